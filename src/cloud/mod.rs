@@ -1,0 +1,193 @@
+//! The cloud side: what the engine may ask of Tencent Cloud, and the two protocols that
+//! carry it.
+//!
+//! The engine sees only [`Cloud`]. Its three operations are the whole contract: list this
+//! instance's ENIs (for the inventory and the send-time checks), unassign a batch of at most
+//! [`MAX_IPS_PER_CALL`] IPs from one ENI, and follow the resulting task to its end. Every
+//! answer is classified ([`ErrorClass`]) so the engine decides on a class, never on a
+//! string.
+
+pub mod sign;
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// Tencent accepts at most ten IPs per `UnassignPrivateIpAddresses`, on both protocols.
+/// Larger sets are split by the engine; the client refuses to send more.
+pub const MAX_IPS_PER_CALL: usize = 10;
+
+/// A MAC address, compared case-insensitively: the metadata service and the API spell
+/// MACs upper case, Linux lower case. Stored normalised to lower case; the spelling the
+/// service used is kept by the metadata client where URLs need it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Parses `aa:bb:cc:dd:ee:ff` in either case.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut out = [0u8; 6];
+        let mut parts = text.trim().split(':');
+        for byte in &mut out {
+            let part = parts.next()?;
+            if part.len() != 2 {
+                return None;
+            }
+            *byte = u8::from_str_radix(part, 16).ok()?;
+        }
+        parts.next().is_none().then_some(Self(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value).ok_or_else(|| format!("not a MAC address: {value:?}"))
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(value: MacAddr) -> Self {
+        value.to_string()
+    }
+}
+
+/// One ENI of this instance as `DescribeNetworkInterfaces` reports it: what the
+/// inventory and the send-time checks of the trigger rule need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eni {
+    pub id: String,
+    pub mac: MacAddr,
+    pub vpc_id: String,
+    pub subnet_id: String,
+    /// `PENDING`, `AVAILABLE`, `ATTACHING`, `DETACHING`, `DELETING`.
+    pub state: String,
+    /// Whether this is the instance's primary ENI.
+    pub primary: bool,
+    pub attachment: Option<Attachment>,
+    pub ips: Vec<EniIp>,
+}
+
+impl Eni {
+    /// The IP entry for `ip`, if the cloud lists it on this ENI.
+    pub fn ip(&self, ip: Ipv4Addr) -> Option<&EniIp> {
+        self.ips.iter().find(|entry| entry.addr == ip)
+    }
+}
+
+/// `Attachment` of an ENI: which instance holds it, at which device index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub instance_id: String,
+    pub device_index: u32,
+}
+
+/// One private IP of an ENI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniIp {
+    pub addr: Ipv4Addr,
+    pub primary: bool,
+    /// `PENDING`, `MIGRATING`, `DELETING`, `AVAILABLE`.
+    pub state: String,
+    /// The `AddressId` of a bound EIP; unassigning silently unbinds it.
+    pub eip: Option<String>,
+}
+
+/// How a finished task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    Success,
+    Failed,
+    Running,
+}
+
+/// The handle of an asynchronous cloud task: API 3.0 polls with the unassign's
+/// `RequestId`, the legacy API with its numeric `taskId`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskRef {
+    /// API 3.0 `RequestId` of the unassign (also logged for the audit trail).
+    pub request_id: Option<String>,
+    /// The id to poll: the RequestId (v3) or the legacy `taskId`.
+    pub task_id: String,
+    pub protocol: Protocol,
+}
+
+/// Which wire protocol carries the release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    V3,
+    Legacy,
+}
+
+/// The class of a failed cloud answer: the engine acts on this, never on a code string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorClass {
+    /// The IP or the ENI is not there any more; the caller confirms with a describe and
+    /// then counts the release as done.
+    AlreadyGone,
+    /// Throttled, busy ENI, server trouble, transport failure, malformed reply.
+    RetryLater,
+    /// Temporary credentials or the clock are off: refresh credentials, retry once.
+    RefreshCredentials,
+    /// Primary IP, authentication, permission, unknown codes: parked, never retried blindly.
+    Refused,
+}
+
+/// A failed cloud call, with its context. Never carries a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{action}: {class:?}: {code}: {message}{}", request_id.as_ref().map(|r| format!(" (RequestId {r})")).unwrap_or_default())]
+pub struct CloudError {
+    pub action: &'static str,
+    pub class: ErrorClass,
+    /// The Tencent error code (`LimitExceeded.ActionLimited`), or a local one
+    /// (`Transport.Timeout`, `Http.503`, `Response.Malformed`).
+    pub code: String,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+/// The three things the engine asks of the cloud.
+///
+/// Implementations retry what is retryable inside a call only as far as their own
+/// policy says (backoff, token bucket, per-ENI serialisation); anything else comes back
+/// classified.
+pub trait Cloud: Send + Sync + 'static {
+    /// This instance's ENIs, with every IP. Always API 3.0 (the legacy API has no
+    /// usable listing).
+    fn list_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
+
+    /// Starts `UnassignPrivateIpAddresses` for at most [`MAX_IPS_PER_CALL`] IPs of one ENI.
+    fn unassign(
+        &self,
+        eni_id: &str,
+        vpc_id: &str,
+        ips: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<TaskRef, CloudError>> + Send;
+
+    /// Polls the task until it leaves RUNNING or the cap passes (then `Running`).
+    fn wait_task(
+        &self,
+        task: &TaskRef,
+    ) -> impl Future<Output = Result<TaskStatus, CloudError>> + Send;
+}

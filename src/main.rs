@@ -1,0 +1,3 @@
+fn main() {
+    println!("enisync {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,1 @@
+//! A fake Tencent Cloud for enisync's tests and demo.
