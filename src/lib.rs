@@ -5,4 +5,6 @@
 //! netlink, `cloud` translates Tencent's APIs, `engine` is the one place that decides.
 
 pub mod cloud;
+pub mod config;
 pub mod host;
+pub mod journal;

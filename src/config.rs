@@ -1,0 +1,764 @@
+//! Typed configuration: defaults, parsing, validation with messages that name the key.
+//!
+//! Decisions recorded here:
+//! - Unknown keys are errors (`deny_unknown_fields` everywhere): a typo must not silently
+//!   fall back to a default on a daemon that calls a destructive API.
+//! - Parse errors are rebuilt from the parser's message and position, never from its
+//!   default rendering, because that quotes the offending line, which may hold a secret.
+//! - Keys in the file are accepted only when the file is not readable by group or others.
+//! - Plain `http://` endpoints are accepted only when the endpoint is set explicitly
+//!   (tests, the demo); the defaults are HTTPS (metadata is plain HTTP by nature).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::cloud::credentials::Secret;
+use crate::cloud::sign::LegacySignMethod;
+use crate::cloud::{MacAddr, Protocol};
+
+pub const DEFAULT_PATH: &str = "/etc/enisync/enisync.toml";
+pub const DEFAULT_V3_ENDPOINT: &str = "https://vpc.tencentcloudapi.com";
+pub const DEFAULT_LEGACY_ENDPOINT: &str = "https://vpc.api.qcloud.com/v2/index.php";
+pub const DEFAULT_METADATA_ENDPOINT: &str = "http://metadata.tencentyun.com/latest/meta-data/";
+
+/// A configuration problem: which key, and why. Exit code 1 at start and in
+/// `check-config`; on reload the old configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: `{key}`{}: {reason}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        line: Option<usize>,
+        reason: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub cloud: CloudConfig,
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+    #[serde(default)]
+    pub release: ReleaseConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub netlink: NetlinkConfig,
+    /// Static ENI mappings for hosts that cannot reach the metadata service.
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<StaticInterface>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// `v3` (TC3-HMAC-SHA256, the default) or `legacy`.
+    #[serde(default)]
+    pub api: Protocol,
+    /// Default: the metadata service's `placement/region`.
+    pub region: Option<String>,
+    /// The endpoint that releases: API 3.0 or the legacy URL, per `api`.
+    pub endpoint: Option<String>,
+    /// The API 3.0 endpoint used for listing ENIs (always API 3.0). Default: `endpoint`
+    /// when `api = "v3"`, else the public API 3.0 endpoint.
+    pub v3_endpoint: Option<String>,
+    #[serde(default)]
+    pub legacy_sign_method: LegacySignMethod,
+    pub secret_id: Option<Secret>,
+    pub secret_key: Option<Secret>,
+    /// Extra CA certificate (PEM) to trust, e.g. a TLS-intercepting proxy's.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "d_3s", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "d_10s", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// A task still RUNNING after this is re-described instead of polled forever.
+    #[serde(default = "d_10m", deserialize_with = "de_duration")]
+    pub task_timeout: Duration,
+    /// Client-side rate limit for mutating calls, per second (the documented 100/s is
+    /// per account and shared by the fleet).
+    #[serde(default = "d_rate")]
+    pub max_calls_per_second: f64,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        Self {
+            api: Protocol::V3,
+            region: None,
+            endpoint: None,
+            v3_endpoint: None,
+            legacy_sign_method: LegacySignMethod::default(),
+            secret_id: None,
+            secret_key: None,
+            ca_file: None,
+            connect_timeout: d_3s(),
+            timeout: d_10s(),
+            task_timeout: d_10m(),
+            max_calls_per_second: d_rate(),
+        }
+    }
+}
+
+impl CloudConfig {
+    /// The endpoint that carries releases.
+    pub fn release_endpoint(&self) -> &str {
+        self.endpoint.as_deref().unwrap_or(match self.api {
+            Protocol::V3 => DEFAULT_V3_ENDPOINT,
+            Protocol::Legacy => DEFAULT_LEGACY_ENDPOINT,
+        })
+    }
+
+    /// The API 3.0 endpoint used to list ENIs.
+    pub fn describe_endpoint(&self) -> &str {
+        match (&self.v3_endpoint, self.api) {
+            (Some(e), _) => e,
+            (None, Protocol::V3) => self.release_endpoint(),
+            (None, Protocol::Legacy) => DEFAULT_V3_ENDPOINT,
+        }
+    }
+
+    /// Plain HTTP only where an endpoint was set explicitly.
+    pub fn allow_plain_http(&self) -> bool {
+        self.endpoint.is_some() || self.v3_endpoint.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataConfig {
+    #[serde(default = "d_metadata")]
+    pub endpoint: String,
+    #[serde(default = "d_3s", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: d_metadata(),
+            timeout: d_3s(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseConfig {
+    /// A removal must last this long before it is released (the cooldown comparable
+    /// agents use is 30 s).
+    #[serde(default = "d_30s", deserialize_with = "de_duration")]
+    pub grace: Duration,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Link-name globs (`*`, `?`); empty: every physical link whose MAC is an ENI of
+    /// this instance.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// CIDRs; empty: everything.
+    #[serde(default, deserialize_with = "de_cidrs")]
+    pub include: Vec<Cidr>,
+    #[serde(default, deserialize_with = "de_cidrs")]
+    pub exclude: Vec<Cidr>,
+    /// Process names whose removals are never released: they drop addresses they did
+    /// not configure whenever they reconfigure a link.
+    #[serde(default = "d_ignore_removers")]
+    pub ignore_removers: Vec<String>,
+    /// More aux IPs than this leaving within `burst_window` are held for an operator.
+    #[serde(default = "d_burst_limit")]
+    pub burst_limit: usize,
+    #[serde(default = "d_1s", deserialize_with = "de_duration")]
+    pub burst_window: Duration,
+    /// Release IPs that have an EIP bound (Unassign silently unbinds it).
+    #[serde(default)]
+    pub with_eip: bool,
+    /// How long a due release waits for other removals of the same ENI about to come
+    /// due, so they share one call.
+    #[serde(default = "d_20ms", deserialize_with = "de_duration")]
+    pub coalesce: Duration,
+    /// An IP the cloud does not list on the ENI is re-checked for this long (the cloud's
+    /// view lags) before the release is cancelled.
+    #[serde(default = "d_3m", deserialize_with = "de_duration")]
+    pub not_listed_recheck: Duration,
+}
+
+impl Default for ReleaseConfig {
+    fn default() -> Self {
+        Self {
+            grace: d_30s(),
+            dry_run: false,
+            interfaces: Vec::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            ignore_removers: d_ignore_removers(),
+            burst_limit: d_burst_limit(),
+            burst_window: d_1s(),
+            with_eip: false,
+            coalesce: d_20ms(),
+            not_listed_recheck: d_3m(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingMode {
+    /// Delete stale `from <released ip>/32` rules and routes enisync owns for that IP.
+    #[default]
+    Cleanup,
+    /// Also keep a table and `from` rules for every secondary ENI.
+    Manage,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    #[serde(default)]
+    pub mode: RoutingMode,
+    /// An ENI's table is `table_base + DeviceIndex`. The default stays clear of the
+    /// numbers other agents use (Calico 65–99, 1000+ifindex, TKE 2003–2005, 10000+).
+    #[serde(default = "d_table_base")]
+    pub table_base: u32,
+    #[serde(default = "d_rule_priority")]
+    pub rule_priority: u32,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            mode: RoutingMode::default(),
+            table_base: d_table_base(),
+            rule_priority: d_rule_priority(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    #[serde(default = "d_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { dir: d_state_dir() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// journald when run under systemd, else plain text.
+    #[default]
+    Auto,
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `enisync=debug`); `RUST_LOG` overrides it.
+    #[serde(default = "d_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: d_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetlinkConfig {
+    /// Receive buffer of the event socket, bytes. Larger buffers overrun less; an
+    /// overrun is recovered by a resync either way.
+    #[serde(default = "d_rcvbuf")]
+    pub receive_buffer: usize,
+    /// Full re-dump as a safety net.
+    #[serde(default = "d_5m", deserialize_with = "de_duration")]
+    pub resync_interval: Duration,
+}
+
+impl Default for NetlinkConfig {
+    fn default() -> Self {
+        Self {
+            receive_buffer: d_rcvbuf(),
+            resync_interval: d_5m(),
+        }
+    }
+}
+
+/// `[[interface]]`: an ENI mapping given by hand.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticInterface {
+    pub mac: MacAddr,
+    pub eni: String,
+    pub vpc: String,
+    pub subnet: Option<String>,
+    pub device_index: Option<u32>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// An IPv4 network in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, p.parse::<u8>().map_err(|_| format!("bad prefix in {text:?}"))?),
+            None => (text, 32),
+        };
+        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("not an IPv4 CIDR: {text:?}"))?;
+        if prefix > 32 {
+            return Err(format!("prefix over 32 in {text:?}"));
+        }
+        Ok(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = prefix_mask(self.prefix);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// The netmask of a prefix length, as a host-order integer.
+pub fn prefix_mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text, path)?;
+        if config.cloud.secret_key.is_some() || config.cloud.secret_id.is_some() {
+            let mode = std::fs::metadata(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: "cloud.secret_key".into(),
+                    line: None,
+                    reason: format!(
+                        "keys are refused in a file readable by group or others (mode {:04o}); \
+                         chmod 600 it, or use systemd credentials or the CAM role",
+                        mode & 0o7777
+                    ),
+                });
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates text; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| parse_error(text, path, &e))?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.into(),
+            line: None,
+            reason,
+        };
+        if self.cloud.secret_id.is_some() != self.cloud.secret_key.is_some() {
+            return Err(invalid(
+                "cloud.secret_key",
+                "secret_id and secret_key go together".into(),
+            ));
+        }
+        for (key, value) in [
+            ("cloud.endpoint", self.cloud.endpoint.as_deref()),
+            ("cloud.v3_endpoint", self.cloud.v3_endpoint.as_deref()),
+            ("metadata.endpoint", Some(self.metadata.endpoint.as_str())),
+        ] {
+            if let Some(url) = value
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err(invalid(key, format!("not an http(s) URL: {url:?}")));
+            }
+        }
+        if !(self.cloud.max_calls_per_second > 0.0 && self.cloud.max_calls_per_second.is_finite()) {
+            return Err(invalid("cloud.max_calls_per_second", "must be a positive number".into()));
+        }
+        if self.release.burst_limit == 0 {
+            return Err(invalid("release.burst_limit", "must be at least 1".into()));
+        }
+        if self.release.burst_window.is_zero() {
+            return Err(invalid("release.burst_window", "must be longer than 0".into()));
+        }
+        for (i, glob) in self.release.interfaces.iter().enumerate() {
+            if glob.is_empty() || glob.contains('/') {
+                return Err(invalid(
+                    &format!("release.interfaces[{i}]"),
+                    format!("not an interface name pattern: {glob:?}"),
+                ));
+            }
+        }
+        if self.routing.table_base == 0 || self.routing.table_base >= 0xFFFF_F000 {
+            return Err(invalid(
+                "routing.table_base",
+                "must be between 1 and 4294963199".into(),
+            ));
+        }
+        for reserved in [253, 254, 255] {
+            if (self.routing.table_base..self.routing.table_base.saturating_add(64)).contains(&reserved) {
+                return Err(invalid(
+                    "routing.table_base",
+                    format!("the range table_base..table_base+63 includes reserved table {reserved}"),
+                ));
+            }
+        }
+        if self.routing.rule_priority == 0 || self.routing.rule_priority >= 32766 {
+            return Err(invalid(
+                "routing.rule_priority",
+                "must be between 1 and 32765 (0, 32766 and 32767 are the kernel's)".into(),
+            ));
+        }
+        if !self.state.dir.is_absolute() {
+            return Err(invalid("state.dir", "must be an absolute path".into()));
+        }
+        let mut macs = std::collections::HashSet::new();
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            if !macs.insert(iface.mac) {
+                return Err(invalid(&format!("interface[{i}].mac"), format!("{} is listed twice", iface.mac)));
+            }
+            if !iface.eni.starts_with("eni-") {
+                return Err(invalid(&format!("interface[{i}].eni"), format!("not an ENI id: {:?}", iface.eni)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rebuilds a TOML error without quoting the source line (it may hold a secret), naming
+/// the key as `table.key`.
+fn parse_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
+    let span = err.span();
+    let line = span.as_ref().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let mut message = err.message().trim().to_string();
+    let table = span
+        .as_ref()
+        .map(|s| enclosing_table(&text[..s.start.min(text.len())]))
+        .unwrap_or_default();
+    let field = span.as_ref().and_then(|s| {
+        // The key of the offending line, or the unknown field the message names.
+        let line_text = text[..s.start.min(text.len())].rsplit('\n').next().unwrap_or("").to_string()
+            + text[s.start.min(text.len())..].split('\n').next().unwrap_or("");
+        let quoted = message.split('`').nth(1).map(str::to_string);
+        if message.starts_with("unknown field") {
+            quoted
+        } else {
+            line_text
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"').to_string())
+                .filter(|k| !k.is_empty() && !k.starts_with('['))
+        }
+    });
+    let key = match (table.is_empty(), field) {
+        (false, Some(f)) => format!("{table}.{f}"),
+        (true, Some(f)) => f,
+        (false, None) => table,
+        (true, None) => "(file)".into(),
+    };
+    if key.ends_with("secret_id") || key.ends_with("secret_key") {
+        // Never repeat a secret's value, even a malformed one.
+        message = "invalid value (not shown: it is a secret)".into();
+    }
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        key,
+        line,
+        reason: message,
+    }
+}
+
+/// The `[table]` or `[[table]]` header in force at the end of `before`.
+fn enclosing_table(before: &str) -> String {
+    before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Parses `250ms`, `30s`, `5m` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}: expected a whole number followed by ms, s or m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("bad duration {text:?}: the unit must be ms, s or m")),
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| Cidr::parse(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn d_3s() -> Duration {
+    Duration::from_secs(3)
+}
+fn d_10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_30s() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_1s() -> Duration {
+    Duration::from_secs(1)
+}
+fn d_20ms() -> Duration {
+    Duration::from_millis(20)
+}
+fn d_3m() -> Duration {
+    Duration::from_secs(180)
+}
+fn d_5m() -> Duration {
+    Duration::from_secs(300)
+}
+fn d_10m() -> Duration {
+    Duration::from_secs(600)
+}
+fn d_rate() -> f64 {
+    5.0
+}
+fn d_metadata() -> String {
+    DEFAULT_METADATA_ENDPOINT.into()
+}
+fn d_ignore_removers() -> Vec<String> {
+    ["systemd-networkd", "NetworkManager", "dhclient", "dhcpcd"]
+        .map(String::from)
+        .to_vec()
+}
+fn d_burst_limit() -> usize {
+    8
+}
+fn d_table_base() -> u32 {
+    3500
+}
+fn d_rule_priority() -> u32 {
+    3500
+}
+fn d_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/enisync")
+}
+fn d_log_level() -> String {
+    "info".into()
+}
+fn d_rcvbuf() -> usize {
+    4 << 20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/t.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("must be rejected").to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = parse("").expect("empty is valid");
+        assert_eq!(c.cloud.api, Protocol::V3);
+        assert_eq!(c.cloud.release_endpoint(), DEFAULT_V3_ENDPOINT);
+        assert_eq!(c.release.grace, Duration::from_secs(30));
+        assert_eq!(c.release.burst_limit, 8);
+        assert!(!c.release.dry_run && !c.release.with_eip);
+        assert_eq!(c.routing.mode, RoutingMode::Cleanup);
+        assert_eq!(c.release.ignore_removers.len(), 4);
+        assert!(!c.cloud.allow_plain_http());
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(
+            r#"
+[cloud]
+api = "legacy"
+region = "ap-guangzhou"
+endpoint = "http://127.0.0.1:1/v2/index.php"
+[metadata]
+endpoint = "http://metadata.tencentyun.com/latest/meta-data/"
+[release]
+grace = "250ms"
+dry_run = true
+interfaces = ["eth*"]
+include = ["10.0.0.0/8"]
+exclude = ["10.0.0.0/28"]
+ignore_removers = ["dhclient"]
+burst_limit = 30
+with_eip = false
+[routing]
+mode = "manage"
+[state]
+dir = "/var/lib/enisync"
+[[interface]]
+mac = "52:54:00:AB:CD:EF"
+eni = "eni-1"
+vpc = "vpc-1"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.cloud.api, Protocol::Legacy);
+        assert_eq!(c.cloud.describe_endpoint(), DEFAULT_V3_ENDPOINT);
+        assert!(c.cloud.allow_plain_http());
+        assert_eq!(c.release.grace, Duration::from_millis(250));
+        assert!(c.release.include[0].contains("10.9.8.7".parse().expect("ip")));
+        assert!(!c.release.exclude[0].contains("10.0.0.16".parse().expect("ip")));
+        assert_eq!(c.interfaces[0].mac.to_string(), "52:54:00:ab:cd:ef");
+        assert_eq!(c.routing.mode, RoutingMode::Manage);
+    }
+
+    #[test]
+    fn misspelt_key_is_named_with_its_table_and_line() {
+        let e = err("[release]\ngrace = \"1s\"\ngrase = \"2s\"\n");
+        assert!(e.contains("`release.grase`"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let e = err("[release]\ngrace = \"30 seconds\"\n");
+        assert!(e.contains("`release.grace`"), "{e}");
+        assert!(e.contains("ms, s or m"), "{e}");
+        let e = err("[cloud]\ntimeout = \"5h\"\n");
+        assert!(e.contains("`cloud.timeout`"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("10").is_err());
+    }
+
+    #[test]
+    fn a_secret_is_never_echoed_in_an_error() {
+        let canary = "CANARYsecretVALUE123";
+        for text in [
+            format!("[cloud]\nsecret_id = \"id\"\nsecret_key = {canary}\n"),
+            format!("[cloud]\nsecret_id = \"id\"\nsecret_kye = \"{canary}\"\n"),
+            format!("[cloud]\nsecret_id = \"id\"\nsecret_key = [\"{canary}\"]\n"),
+            format!("[cloud]\nsecret_key = \"{canary}\"\n"),
+        ] {
+            let e = err(&text);
+            assert!(!e.contains(canary), "leaked: {e}");
+            assert!(e.contains("cloud.secret_k"), "{e}");
+        }
+    }
+
+    #[test]
+    fn keys_in_a_world_readable_file_are_refused() {
+        let dir = std::env::temp_dir().join(format!("enisync-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[cloud]\nsecret_id = \"AKIDx\"\nsecret_key = \"k\"\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = Config::load(&path).expect_err("refused").to_string();
+        assert!(e.contains("readable by group or others"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(Config::load(&path).is_ok());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn validation_names_keys() {
+        assert!(err("[release]\nburst_limit = 0\n").contains("release.burst_limit"));
+        assert!(err("[routing]\ntable_base = 250\n").contains("routing.table_base"));
+        assert!(err("[routing]\nmode = \"sometimes\"\n").contains("routing.mode"));
+        assert!(err("[state]\ndir = \"rel\"\n").contains("state.dir"));
+        assert!(err("[release]\ninclude = [\"10.0.0.0/33\"]\n").contains("release.include"));
+        assert!(err("[cloud]\nendpoint = \"ftp://x\"\n").contains("cloud.endpoint"));
+        assert!(err("[cloud]\nsecret_id = \"x\"\n").contains("cloud.secret_key"));
+        assert!(err("[[interface]]\nmac = \"zz\"\neni = \"eni-1\"\nvpc = \"v\"\n").contains("interface.mac"));
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c = Cidr::parse("10.0.0.0/28").expect("cidr");
+        assert!(c.contains("10.0.0.15".parse().expect("ip")));
+        assert!(!c.contains("10.0.0.16".parse().expect("ip")));
+        assert!(Cidr::parse("0.0.0.0/0").expect("cidr").contains("1.2.3.4".parse().expect("ip")));
+        assert_eq!(Cidr::parse("10.1.2.3").expect("cidr").prefix, 32);
+    }
+}

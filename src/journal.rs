@@ -1,0 +1,365 @@
+//! Durable intents: every pending release is on disk before anything else happens.
+//!
+//! Format: an append-only text file, one record per line, `<fnv1a64 hex> <json>`. The
+//! checksum catches a torn or corrupted line; a bad line is reported and skipped, every
+//! good record is kept. Each record carries the schema version `v`; a record of a
+//! newer version than this binary knows is kept aside (reported, never acted on), so a
+//! downgrade holds rather than guesses. On open the file is compacted: only the latest
+//! record of each live intent is rewritten (temp file, fsync, rename, fsync dir).
+//!
+//! Replay rules (DESIGN.md): an unsent intent of this boot restarts its grace period
+//! and faces the whole trigger rule; an unsent intent of an earlier boot is dropped;
+//! a sent one (it has a task) is followed to its end.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cloud::TaskRef;
+
+/// The schema version this binary writes and understands.
+pub const SCHEMA_VERSION: u32 = 1;
+const FILE_NAME: &str = "intents.journal";
+/// Compact when the file holds this many more records than live intents.
+const COMPACT_SLACK: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One state change of one intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub v: u32,
+    pub ip: Ipv4Addr,
+    pub boot_id: String,
+    /// Unix milliseconds of the state change.
+    pub at_ms: u64,
+    pub state: RecordState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RecordState {
+    /// The removal was observed; the grace period runs.
+    Observed {
+        link: String,
+        mac: Option<String>,
+        eni_id: Option<String>,
+        remover: Option<String>,
+    },
+    /// The unassign was accepted; `task` is followed to its end even across reboots.
+    Sent { eni_id: String, task: TaskRef },
+    /// Terminal: released, already gone, cancelled (with the reason), dry run.
+    Finished { outcome: String },
+}
+
+/// What replay found, for the engine to act on.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Live intents: their latest record.
+    pub live: Vec<Record>,
+    /// Lines that failed their checksum or did not parse (line numbers).
+    pub corrupt_lines: Vec<usize>,
+    /// Records written by a newer schema, kept and not acted on.
+    pub newer_schema: usize,
+}
+
+/// The open journal.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    /// Records in the file, to decide when to compact.
+    records: usize,
+    /// Latest record per live intent (what compaction keeps).
+    live: BTreeMap<Ipv4Addr, Record>,
+    /// Lines of a newer schema, rewritten verbatim by compaction.
+    foreign: Vec<String>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`, replays it and compacts it.
+    pub fn open(dir: &Path) -> Result<(Self, Replay), JournalError> {
+        let path = dir.join(FILE_NAME);
+        let io = |op: &'static str| {
+            let path = path.clone();
+            move |source| JournalError::Io { path, op, source }
+        };
+        let mut replay = Replay::default();
+        let mut live: BTreeMap<Ipv4Addr, Record> = BTreeMap::new();
+        let mut foreign = Vec::new();
+        match File::open(&path) {
+            Ok(file) => {
+                for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
+                    let line = line.map_err(io("read"))?;
+                    let Ok(line) = String::from_utf8(line) else {
+                        replay.corrupt_lines.push(n + 1);
+                        continue;
+                    };
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    match decode_line(&line) {
+                        Some(Decoded::Record(rec)) => {
+                            if matches!(rec.state, RecordState::Finished { .. }) {
+                                live.remove(&rec.ip);
+                            } else {
+                                live.insert(rec.ip, rec);
+                            }
+                        }
+                        Some(Decoded::Newer) => {
+                            replay.newer_schema += 1;
+                            foreign.push(line);
+                        }
+                        None => replay.corrupt_lines.push(n + 1),
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("open")(e)),
+        }
+        replay.live = live.values().cloned().collect();
+        // rewrite() syncs the new file and its directory before returning.
+        let file = rewrite(&path, live.values(), &foreign)?;
+        let journal = Self {
+            file,
+            records: live.len() + foreign.len(),
+            path,
+            live,
+            foreign,
+        };
+        Ok((journal, replay))
+    }
+
+    /// Appends a record and flushes it to disk before returning.
+    pub fn append(&mut self, ip: Ipv4Addr, boot_id: &str, state: RecordState) -> Result<(), JournalError> {
+        let rec = Record {
+            v: SCHEMA_VERSION,
+            ip,
+            boot_id: boot_id.to_owned(),
+            at_ms: now_ms(),
+            state,
+        };
+        let line = encode_line(&rec);
+        let io = |op| {
+            let path = self.path.clone();
+            move |source| JournalError::Io { path, op, source }
+        };
+        self.file.write_all(line.as_bytes()).map_err(io("append"))?;
+        self.file.sync_data().map_err(io("sync"))?;
+        self.records += 1;
+        if matches!(rec.state, RecordState::Finished { .. }) {
+            self.live.remove(&ip);
+        } else {
+            self.live.insert(ip, rec);
+        }
+        if self.records > self.live.len() + self.foreign.len() + COMPACT_SLACK {
+            self.file = rewrite(&self.path, self.live.values(), &self.foreign)?;
+            self.records = self.live.len() + self.foreign.len();
+        }
+        Ok(())
+    }
+
+    /// Live intents (not finished).
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Records in the file now (bounded by compaction).
+    pub fn record_count(&self) -> usize {
+        self.records
+    }
+}
+
+enum Decoded {
+    Record(Record),
+    Newer,
+}
+
+fn encode_line(rec: &Record) -> String {
+    let json = serde_json::to_string(rec).expect("a journal record always serialises");
+    format!("{:016x} {json}\n", fnv1a64(json.as_bytes()))
+}
+
+fn decode_line(line: &str) -> Option<Decoded> {
+    let (sum, json) = line.split_once(' ')?;
+    if u64::from_str_radix(sum, 16).ok()? != fnv1a64(json.as_bytes()) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    let version = value.get("v")?.as_u64()?;
+    if version > u64::from(SCHEMA_VERSION) {
+        return Some(Decoded::Newer);
+    }
+    serde_json::from_value(value).ok().map(Decoded::Record)
+}
+
+/// Writes `records` and `foreign` lines to a temp file and renames it over `path`,
+/// returning the new file opened for appending.
+fn rewrite<'a>(
+    path: &Path,
+    records: impl Iterator<Item = &'a Record>,
+    foreign: &[String],
+) -> Result<File, JournalError> {
+    let io = |op: &'static str| {
+        let path = path.to_owned();
+        move |source| JournalError::Io { path, op, source }
+    };
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp).map_err(io("create temp"))?;
+        let mut text = String::new();
+        for rec in records {
+            text.push_str(&encode_line(rec));
+        }
+        for line in foreign {
+            text.push_str(line);
+            text.push('\n');
+        }
+        f.write_all(text.as_bytes()).map_err(io("write temp"))?;
+        f.sync_all().map_err(io("sync temp"))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io("rename"))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync dir"))?;
+    }
+    OpenOptions::new().append(true).open(path).map_err(io("reopen"))
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The kernel's id of this boot; intents carry it.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-boot".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::Protocol;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("enisync-journal-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("tmp");
+        d
+    }
+
+    fn observed() -> RecordState {
+        RecordState::Observed {
+            link: "eth1".into(),
+            mac: None,
+            eni_id: Some("eni-1".into()),
+            remover: Some("ip".into()),
+        }
+    }
+
+    #[test]
+    fn replay_keeps_live_intents_and_drops_finished() {
+        let dir = tmpdir("replay");
+        let a: Ipv4Addr = "10.0.0.2".parse().expect("ip");
+        let b: Ipv4Addr = "10.0.0.3".parse().expect("ip");
+        {
+            let (mut j, r) = Journal::open(&dir).expect("open");
+            assert!(r.live.is_empty());
+            j.append(a, "boot1", observed()).expect("append");
+            j.append(b, "boot1", observed()).expect("append");
+            j.append(
+                b,
+                "boot1",
+                RecordState::Sent {
+                    eni_id: "eni-1".into(),
+                    task: TaskRef {
+                        request_id: Some("r".into()),
+                        task_id: "r".into(),
+                        protocol: Protocol::V3,
+                    },
+                },
+            )
+            .expect("append");
+            j.append(a, "boot1", RecordState::Finished { outcome: "released".into() }).expect("append");
+        }
+        let (j, r) = Journal::open(&dir).expect("reopen");
+        assert_eq!(r.live.len(), 1);
+        assert_eq!(r.live[0].ip, b);
+        assert!(matches!(r.live[0].state, RecordState::Sent { .. }));
+        assert_eq!(j.record_count(), 1, "compacted on open");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_torn_tail_and_a_flipped_byte_lose_only_their_own_lines() {
+        let dir = tmpdir("torn");
+        let ips: Vec<Ipv4Addr> = (2..6).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+        {
+            let (mut j, _) = Journal::open(&dir).expect("open");
+            for ip in &ips {
+                j.append(*ip, "boot1", observed()).expect("append");
+            }
+        }
+        let path = dir.join(FILE_NAME);
+        let mut text = std::fs::read_to_string(&path).expect("read");
+        // Flip one character inside the second record, and tear the last one.
+        let second = text.match_indices('\n').next().expect("newline").0 + 30;
+        text.replace_range(second..=second, "#");
+        text.truncate(text.len() - 10);
+        std::fs::write(&path, text).expect("write");
+        let (_, r) = Journal::open(&dir).expect("reopen");
+        assert_eq!(r.corrupt_lines, vec![2, 4]);
+        let live: Vec<_> = r.live.iter().map(|rec| rec.ip).collect();
+        assert_eq!(live, vec![ips[0], ips[2]]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn newer_schema_records_are_kept_aside_not_acted_on() {
+        let dir = tmpdir("newer");
+        let json = r#"{"v":99,"ip":"10.0.0.9","what":"future"}"#;
+        std::fs::write(dir.join(FILE_NAME), format!("{:016x} {json}\n", fnv1a64(json.as_bytes()))).expect("write");
+        let (_, r) = Journal::open(&dir).expect("open");
+        assert_eq!(r.newer_schema, 1);
+        assert!(r.live.is_empty());
+        let text = std::fs::read_to_string(dir.join(FILE_NAME)).expect("read");
+        assert!(text.contains("future"), "kept verbatim for the newer binary");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_file_stays_bounded() {
+        let dir = tmpdir("bounded");
+        let (mut j, _) = Journal::open(&dir).expect("open");
+        for i in 0..5000u32 {
+            let ip = Ipv4Addr::from(0x0a00_0000 + (i % 7));
+            j.append(ip, "b", observed()).expect("append");
+            j.append(ip, "b", RecordState::Finished { outcome: "released".into() }).expect("append");
+        }
+        assert!(j.record_count() <= COMPACT_SLACK + 1, "{}", j.record_count());
+        assert_eq!(j.live_count(), 0);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
