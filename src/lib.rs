@@ -6,5 +6,7 @@
 
 pub mod cloud;
 pub mod config;
+pub mod engine;
 pub mod host;
+pub mod inventory;
 pub mod journal;

@@ -1,0 +1,1436 @@
+//! The engine: the one place that decides whether an auxiliary IP is released.
+//!
+//! It applies the trigger rule of DESIGN.md ("When a release is allowed") and nothing
+//! else decides. Its inputs are host events (netlink, translated by `host::watch`),
+//! reports from the cloud tasks it spawned, operator commands, and the clock; its
+//! outputs are cloud calls, journal records, routing changes and an audit log line per
+//! decision (target `audit`, stable field names).
+//!
+//! Life of an intent, keyed by IP:
+//!
+//! ```text
+//! observed ─► Pending ─(grace over, local checks)─► Checking ─(cloud checks)─► Sending ─► Releasing ─► released
+//!               │  └─ burst ─► Held ─(operator)─► Pending         │                 │
+//!               └─ re-added / link down / collateral ─► cancelled  └─ PENDING/MIGRATING/not listed/retry ─► Waiting ─► Checking
+//!                                                                   refused ─► Parked (retried on reload and hourly)
+//! ```
+//!
+//! Time is `tokio::time::Instant`, so tests drive the real engine with a paused clock.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::cloud::{Cloud, CloudError, Eni, ErrorClass, MAX_IPS_PER_CALL, TaskRef, TaskStatus};
+use crate::config::{Cidr, prefix_mask};
+use crate::host::{Addr, HostEvent, HostView, Link, Remover};
+use crate::inventory::Inventory;
+use crate::journal::{Journal, RecordState};
+
+/// Engine settings, from `[release]` and friends.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub grace: Duration,
+    pub dry_run: bool,
+    pub interfaces: Vec<String>,
+    pub include: Vec<Cidr>,
+    pub exclude: Vec<Cidr>,
+    pub ignore_removers: Vec<String>,
+    pub burst_limit: usize,
+    pub burst_window: Duration,
+    pub with_eip: bool,
+    pub coalesce: Duration,
+    pub not_listed_recheck: Duration,
+    /// Backoff for re-checks and retried releases.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// How often parked (refused) releases are tried again.
+    pub parked_retry: Duration,
+    /// How many times a FAILED task is retried before the release is parked.
+    pub max_task_failures: u32,
+    /// How long a released IP is remembered, to raise the alarm if it comes back.
+    pub remember_released: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(30),
+            dry_run: false,
+            interfaces: Vec::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            ignore_removers: Vec::new(),
+            burst_limit: 8,
+            burst_window: Duration::from_secs(1),
+            with_eip: false,
+            coalesce: Duration::from_millis(20),
+            not_listed_recheck: Duration::from_secs(180),
+            retry_base: Duration::from_millis(500),
+            retry_cap: Duration::from_secs(60),
+            parked_retry: Duration::from_secs(3600),
+            max_task_failures: 3,
+            remember_released: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why a release did not (or will not) happen: one variant per clause of the rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", content = "detail", rename_all = "snake_case")]
+pub enum Cancel {
+    /// Clause 2: the kernel removed it (link deleted, lifetime expired).
+    KernelRemoval,
+    /// Clause 2: a remover we ignore (a network manager or DHCP client).
+    IgnoredRemover(String),
+    /// Clause 3: swept away with its subnet's kernel-primary address.
+    Collateral,
+    /// Clause 4: back on a link within the grace period or at send time.
+    Readded,
+    /// Clause 4: still present on another link.
+    PresentElsewhere,
+    /// Clause 5: the link went down, was deleted, moved, or changed MAC.
+    LinkDown,
+    LinkGone,
+    MacChanged,
+    /// Clause 5: not a physical ENI link, outside `interfaces`, or not an ENI of ours.
+    NotPhysical,
+    NotSelectedInterface,
+    NotAnEni,
+    /// Config filters.
+    OutsideInclude,
+    Excluded,
+    /// A primary IP is never released.
+    PrimaryIp,
+    /// Clause 7.
+    NotListedOnEni,
+    EipBound(String),
+    EniNotAttached(String),
+    /// An operator dropped it.
+    Operator,
+    /// From an earlier boot and never sent.
+    EarlierBoot,
+}
+
+impl fmt::Display for Cancel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::KernelRemoval => f.write_str("removed by the kernel, not by a user-space tool"),
+            Self::IgnoredRemover(p) => write!(f, "removed by ignored process {p}"),
+            Self::Collateral => f.write_str("swept away with its subnet's primary address"),
+            Self::Readded => f.write_str("back on the host within the grace period"),
+            Self::PresentElsewhere => f.write_str("still present on another link"),
+            Self::LinkDown => f.write_str("its link went down"),
+            Self::LinkGone => f.write_str("its link was deleted or moved to another namespace"),
+            Self::MacChanged => f.write_str("its link changed MAC address"),
+            Self::NotPhysical => f.write_str("not a physical link (macvlan/ipvlan/VLAN/bridge child)"),
+            Self::NotSelectedInterface => f.write_str("link outside release.interfaces"),
+            Self::NotAnEni => f.write_str("the link's MAC is not an ENI of this instance"),
+            Self::OutsideInclude => f.write_str("IP outside release.include"),
+            Self::Excluded => f.write_str("IP inside release.exclude"),
+            Self::PrimaryIp => f.write_str("a primary IP is never released"),
+            Self::NotListedOnEni => f.write_str("the cloud does not list this IP on the ENI"),
+            Self::EipBound(id) => write!(f, "an EIP ({id}) is bound and release.with_eip is false"),
+            Self::EniNotAttached(why) => write!(f, "the ENI is not attached to this instance: {why}"),
+            Self::Operator => f.write_str("cancelled by an operator"),
+            Self::EarlierBoot => f.write_str("observed in an earlier boot and never sent"),
+        }
+    }
+}
+
+/// Where an intent stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// The grace period runs until `due`.
+    Pending,
+    /// Part of a burst: waits for an operator or for the addresses to come back.
+    Held,
+    /// The send-time cloud check is in flight.
+    Checking,
+    /// Waiting until `due` to check again (cloud state, retry backoff).
+    Waiting { why: String },
+    /// The unassign is being sent.
+    Sending,
+    /// The cloud accepted the unassign; its task is followed.
+    Releasing { task_id: String },
+    /// The cloud refused; retried on reload, on a credential change and hourly.
+    Parked { why: String },
+}
+
+/// One pending release.
+#[derive(Debug, Clone, Serialize)]
+pub struct Intent {
+    pub ip: Ipv4Addr,
+    pub link: u32,
+    pub link_name: String,
+    pub prefix: u8,
+    pub mac: Option<crate::cloud::MacAddr>,
+    pub eni_id: Option<String>,
+    pub remover: Option<Remover>,
+    #[serde(skip)]
+    pub observed_at: Instant,
+    #[serde(skip)]
+    pub due: Instant,
+    /// Seconds until `due` at the time of a snapshot.
+    pub due_in_ms: u64,
+    pub phase: Phase,
+    pub attempts: u32,
+    pub task_failures: u32,
+    #[serde(skip)]
+    not_listed_since: Option<Instant>,
+    /// The kernel-secondary flag at removal, and the subnet primary then in force:
+    /// clause 3 needs both.
+    #[serde(skip)]
+    secondary: bool,
+    #[serde(skip)]
+    subnet_primary: Option<Ipv4Addr>,
+}
+
+/// How a release ended (for status and metrics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Released { task_id: String },
+    AlreadyGone,
+    Cancelled(Cancel),
+    DryRun,
+}
+
+/// A finished decision, kept for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finished {
+    pub ip: Ipv4Addr,
+    pub eni_id: Option<String>,
+    pub outcome: Outcome,
+}
+
+/// Counters exported as metrics and shown in status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub released: u64,
+    pub already_gone: u64,
+    pub cancelled: u64,
+    pub refused: u64,
+    pub held: u64,
+    pub alarms: u64,
+    pub unassign_calls: u64,
+    pub dry_run_calls: u64,
+}
+
+/// A snapshot for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub intents: Vec<Intent>,
+    pub recent: Vec<Finished>,
+    pub alarms: Vec<String>,
+    pub counters: Counters,
+    pub inventory: Inventory,
+    pub paused: bool,
+}
+
+/// Operator and daemon commands.
+#[derive(Debug)]
+pub enum Command {
+    Snapshot(oneshot::Sender<Snapshot>),
+    /// Confirm every held burst.
+    ReleaseHeld(oneshot::Sender<usize>),
+    Cancel(Ipv4Addr, oneshot::Sender<bool>),
+    /// New settings after a reload; parked releases are tried again.
+    Reload(Box<Settings>),
+    /// Credentials changed: parked releases are tried again.
+    CredentialsChanged,
+    /// Refresh the inventory now.
+    RefreshInventory,
+    Pause(bool),
+}
+
+/// Policy routing, as the engine drives it. The real one is `host::routes`; unit tests
+/// record the calls.
+pub trait Router: Send + 'static {
+    /// After releases: remove what routing the released IPs left behind and, in manage
+    /// mode, bring every ENI's table in line with the IPs present now.
+    fn after_release(
+        &mut self,
+        released: &[Ipv4Addr],
+        view: &HostView,
+        inventory: &Inventory,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Brings routing in line with the host now (start, link and rule changes).
+    fn reconcile(&mut self, view: &HostView, inventory: &Inventory) -> impl Future<Output = ()> + Send;
+}
+
+/// Reports from spawned cloud tasks.
+#[derive(Debug)]
+enum Report {
+    Inventory(Result<Vec<Eni>, CloudError>),
+    Checked {
+        eni_id: String,
+        ips: Vec<Ipv4Addr>,
+        result: Result<Vec<Eni>, CloudError>,
+    },
+    Sent {
+        ips: Vec<Ipv4Addr>,
+        eni_id: String,
+        task: TaskRef,
+    },
+    Done {
+        eni_id: String,
+        ips: Vec<Ipv4Addr>,
+        result: BatchResult,
+    },
+    /// A chunk finished and the ENI has nothing more in flight.
+    EniIdle(String),
+}
+
+#[derive(Debug)]
+enum BatchResult {
+    Released(TaskRef),
+    AlreadyGone,
+    Retry(String),
+    Refused(String),
+    /// The task failed: re-check and try again (bounded).
+    TaskFailed(String),
+}
+
+/// The engine. Generic over the cloud and the router so the same code runs in the
+/// daemon and in unit tests.
+pub struct Engine<C: Cloud, R: Router> {
+    settings: Settings,
+    cloud: Arc<C>,
+    router: R,
+    journal: Option<Journal>,
+    boot_id: String,
+    view: HostView,
+    inventory: Inventory,
+    static_meta: HashMap<crate::cloud::MacAddr, crate::inventory::MetaFacts>,
+    statics: Vec<crate::config::StaticInterface>,
+    intents: BTreeMap<Ipv4Addr, Intent>,
+    /// Candidate removals of the last `burst_window`, for clause 6.
+    recent_removals: VecDeque<(Instant, Ipv4Addr)>,
+    /// ENIs with a check or release in flight: calls for one ENI are serialised.
+    busy_enis: HashSet<String>,
+    /// When an ENI's due batch goes out (coalescing).
+    dispatch_at: HashMap<String, Instant>,
+    released: HashMap<Ipv4Addr, Instant>,
+    recent: VecDeque<Finished>,
+    alarms: VecDeque<String>,
+    counters: Counters,
+    paused: bool,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports_rx: mpsc::UnboundedReceiver<Report>,
+    inventory_loading: bool,
+    /// Link changes can come in storms; describes are rate-limited on our side too.
+    last_inventory_refresh: Option<Instant>,
+}
+
+/// The shortest interval between inventory refreshes triggered by link changes.
+const INVENTORY_REFRESH_MIN: Duration = Duration::from_secs(10);
+
+impl<C: Cloud, R: Router> fmt::Debug for Engine<C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("intents", &self.intents.len())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the daemon hands the engine at start.
+#[derive(Debug)]
+pub struct Start {
+    pub view: HostView,
+    pub inventory: Inventory,
+    pub meta: HashMap<crate::cloud::MacAddr, crate::inventory::MetaFacts>,
+    pub statics: Vec<crate::config::StaticInterface>,
+    pub boot_id: String,
+    pub journal: Option<Journal>,
+    pub replay: Vec<crate::journal::Record>,
+}
+
+const RECENT_KEPT: usize = 64;
+
+impl<C: Cloud, R: Router> Engine<C, R> {
+    pub fn new(settings: Settings, cloud: Arc<C>, router: R, start: Start) -> Self {
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let mut engine = Self {
+            settings,
+            cloud,
+            router,
+            journal: start.journal,
+            boot_id: start.boot_id,
+            view: start.view,
+            inventory: start.inventory,
+            static_meta: start.meta,
+            statics: start.statics,
+            intents: BTreeMap::new(),
+            recent_removals: VecDeque::new(),
+            busy_enis: HashSet::new(),
+            dispatch_at: HashMap::new(),
+            released: HashMap::new(),
+            recent: VecDeque::new(),
+            alarms: VecDeque::new(),
+            counters: Counters::default(),
+            paused: false,
+            reports_tx,
+            reports_rx,
+            inventory_loading: false,
+            last_inventory_refresh: None,
+        };
+        engine.recover(start.replay, Instant::now());
+        engine
+    }
+
+    /// Runs until `shutdown` fires or the host event stream ends. Pending intents stay
+    /// in the journal; a restart in the same boot resumes them.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<HostEvent>,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: tokio_util::sync::CancellationToken,
+        mut tick: impl FnMut() + Send,
+    ) {
+        self.router.reconcile(&self.view, &self.inventory).await;
+        let mut parked_retry = tokio::time::interval(self.settings.parked_retry);
+        parked_retry.tick().await;
+        loop {
+            let now = Instant::now();
+            self.dispatch_due(now);
+            // The floor keeps a wrong deadline from turning into a busy loop.
+            let wake = self
+                .next_wakeup()
+                .unwrap_or(now + Duration::from_secs(3600))
+                .max(now + Duration::from_millis(1));
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                event = events.recv() => match event {
+                    Some(event) => self.on_host_event(event, Instant::now()).await,
+                    None => {
+                        warn!("host event stream ended; stopping the engine");
+                        break;
+                    }
+                },
+                Some(report) = self.reports_rx.recv() => self.on_report(report, Instant::now()).await,
+                Some(command) = commands.recv() => self.on_command(command, Instant::now()),
+                _ = parked_retry.tick() => self.unpark(Instant::now()),
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            tick();
+        }
+        info!(pending = self.intents.len(), "engine stopped; pending releases stay journaled");
+    }
+
+    // ===== host events =====
+
+    async fn on_host_event(&mut self, event: HostEvent, now: Instant) {
+        match event {
+            HostEvent::AddrRemoved { addr, remover } => {
+                let subnet_primary = self.subnet_primary(&addr);
+                self.view.addrs.remove(&(addr.link, addr.ip, addr.prefix));
+                self.on_addr_removed(addr, remover, subnet_primary, now);
+            }
+            HostEvent::AddrAdded(addr) => {
+                self.view.addrs.insert((addr.link, addr.ip, addr.prefix), addr);
+                self.on_addr_added(addr);
+            }
+            HostEvent::LinkChanged(link) => {
+                let old = self.view.links.insert(link.index, link.clone());
+                self.on_link_changed(old, &link);
+            }
+            HostEvent::LinkRemoved { index } => {
+                self.view.links.remove(&index);
+                self.view.addrs.retain(|_, a| a.link != index);
+                self.cancel_where(|i| i.link == index, &Cancel::LinkGone);
+            }
+            HostEvent::RoutingChanged | HostEvent::Resynced => {
+                self.router.reconcile(&self.view, &self.inventory).await;
+            }
+        }
+    }
+
+    /// The kernel-primary address of `addr`'s subnet on its link, while still present.
+    fn subnet_primary(&self, addr: &Addr) -> Option<Ipv4Addr> {
+        let mask = prefix_mask(addr.prefix);
+        self.view
+            .addrs_on(addr.link)
+            .find(|a| {
+                !a.secondary
+                    && a.prefix == addr.prefix
+                    && u32::from(a.ip) & mask == u32::from(addr.ip) & mask
+            })
+            .map(|a| a.ip)
+    }
+
+    fn on_addr_removed(
+        &mut self,
+        addr: Addr,
+        remover: Option<Remover>,
+        subnet_primary: Option<Ipv4Addr>,
+        now: Instant,
+    ) {
+        // Clause 3, seen from the primary's side: with promote_secondaries off the kernel
+        // deletes the subnet's secondaries (same requester) just before the primary.
+        if !addr.secondary {
+            let swept: Vec<Ipv4Addr> = self
+                .intents
+                .values()
+                .filter(|i| {
+                    i.link == addr.link
+                        && i.secondary
+                        && i.subnet_primary == Some(addr.ip)
+                        && now.duration_since(i.observed_at) <= self.settings.burst_window
+                        && i.remover.as_ref().map(|r| r.port_id) == remover.as_ref().map(|r| r.port_id)
+                        && matches!(i.phase, Phase::Pending | Phase::Held)
+                })
+                .map(|i| i.ip)
+                .collect();
+            for ip in swept {
+                self.cancel(ip, Cancel::Collateral);
+            }
+        }
+        let link = self.view.links.get(&addr.link).cloned();
+        if let Err(cancel) = self.admissible(&addr, link.as_ref(), remover.as_ref()) {
+            self.audit_skip(addr.ip, link.as_ref(), remover.as_ref(), &cancel);
+            return;
+        }
+        let Some(link) = link else { return };
+        if self.view.has_ip(addr.ip) {
+            self.audit_skip(addr.ip, Some(&link), remover.as_ref(), &Cancel::PresentElsewhere);
+            return;
+        }
+        let eni_id = link
+            .mac
+            .and_then(|m| self.inventory.by_mac(m))
+            .map(|r| r.eni_id.clone());
+        let intent = Intent {
+            ip: addr.ip,
+            link: addr.link,
+            link_name: link.name.clone(),
+            prefix: addr.prefix,
+            mac: link.mac,
+            eni_id: eni_id.clone(),
+            remover: remover.clone(),
+            observed_at: now,
+            due: now + self.settings.grace,
+            due_in_ms: 0,
+            phase: Phase::Pending,
+            attempts: 0,
+            task_failures: 0,
+            not_listed_since: None,
+            secondary: addr.secondary,
+            subnet_primary: subnet_primary.filter(|p| *p != addr.ip),
+        };
+        self.journal(
+            addr.ip,
+            RecordState::Observed {
+                link: link.name.clone(),
+                mac: link.mac.map(|m| m.to_string()),
+                eni_id: eni_id.clone(),
+                remover: remover.as_ref().map(describe_remover),
+            },
+        );
+        info!(
+            target: "audit",
+            decision = "pending",
+            ip = %addr.ip,
+            link = %link.name,
+            eni = eni_id.as_deref().unwrap_or("?"),
+            remover = remover.as_ref().map(describe_remover).as_deref().unwrap_or("unknown (resync)"),
+            grace_ms = u64::try_from(self.settings.grace.as_millis()).unwrap_or(u64::MAX),
+            "aux IP removed; release pending its grace period"
+        );
+        self.intents.insert(addr.ip, intent);
+        self.count_for_burst(addr.ip, now);
+    }
+
+    /// Clauses that can be decided the moment a removal is seen.
+    fn admissible(&self, addr: &Addr, link: Option<&Link>, remover: Option<&Remover>) -> Result<(), Cancel> {
+        let Some(link) = link else {
+            return Err(Cancel::LinkGone);
+        };
+        if let Some(remover) = remover {
+            if remover.is_kernel() {
+                return Err(Cancel::KernelRemoval);
+            }
+            if let Some(p) = &remover.process
+                && self.settings.ignore_removers.iter().any(|n| process_matches(p, n))
+            {
+                return Err(Cancel::IgnoredRemover(p.clone()));
+            }
+        }
+        if !link.is_physical() {
+            return Err(Cancel::NotPhysical);
+        }
+        if !self.settings.interfaces.is_empty() && !self.settings.interfaces.iter().any(|g| glob_match(g, &link.name)) {
+            return Err(Cancel::NotSelectedInterface);
+        }
+        if !self.settings.include.is_empty() && !self.settings.include.iter().any(|c| c.contains(addr.ip)) {
+            return Err(Cancel::OutsideInclude);
+        }
+        if self.settings.exclude.iter().any(|c| c.contains(addr.ip)) {
+            return Err(Cancel::Excluded);
+        }
+        if !link.up {
+            return Err(Cancel::LinkDown);
+        }
+        if self.inventory.is_primary_ip(addr.ip) {
+            return Err(Cancel::PrimaryIp);
+        }
+        if let Some(mac) = link.mac
+            && self.inventory.complete
+            && self.inventory.by_mac(mac).is_none()
+        {
+            return Err(Cancel::NotAnEni);
+        }
+        Ok(())
+    }
+
+    /// Clause 6: too many aux IPs leaving at once are held for an operator.
+    fn count_for_burst(&mut self, ip: Ipv4Addr, now: Instant) {
+        self.recent_removals.push_back((now, ip));
+        while let Some((t, _)) = self.recent_removals.front() {
+            if now.duration_since(*t) > self.settings.burst_window {
+                self.recent_removals.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.recent_removals.len() <= self.settings.burst_limit {
+            return;
+        }
+        let mut newly_held = Vec::new();
+        for (_, ip) in &self.recent_removals {
+            if let Some(intent) = self.intents.get_mut(ip)
+                && intent.phase == Phase::Pending
+            {
+                intent.phase = Phase::Held;
+                newly_held.push(*ip);
+            }
+        }
+        if !newly_held.is_empty() {
+            self.counters.held += newly_held.len() as u64;
+            let total = self.intents.values().filter(|i| i.phase == Phase::Held).count();
+            warn!(
+                target: "audit",
+                decision = "held",
+                held = total,
+                burst_limit = self.settings.burst_limit,
+                ips = ?newly_held,
+                "burst: more aux IPs left within the burst window than release.burst_limit; \
+                 held until an operator confirms (enisync release --held) or they come back"
+            );
+        }
+    }
+
+    fn on_addr_added(&mut self, addr: Addr) {
+        if self.intents.contains_key(&addr.ip) {
+            let phase = self.intents.get(&addr.ip).map(|i| i.phase.clone());
+            if matches!(phase, Some(Phase::Sending | Phase::Releasing { .. })) {
+                self.alarm(addr.ip, "came back on the host while its release is in flight");
+            } else {
+                self.cancel(addr.ip, Cancel::Readded);
+            }
+        } else if self.released.contains_key(&addr.ip) {
+            self.alarm(addr.ip, "came back on the host after the VPC released it");
+        }
+    }
+
+    fn on_link_changed(&mut self, old: Option<Link>, link: &Link) {
+        if !link.up {
+            self.cancel_where(|i| i.link == link.index, &Cancel::LinkDown);
+        }
+        if let Some(old) = old
+            && old.mac != link.mac
+        {
+            self.cancel_where(|i| i.link == link.index, &Cancel::MacChanged);
+        }
+        let known = link.mac.is_some_and(|m| self.inventory.by_mac(m).is_some());
+        if link.is_physical() && !known {
+            // A new ENI may have been attached: refresh the map.
+            self.refresh_inventory();
+        }
+    }
+
+    // ===== dispatch =====
+
+    /// The next instant the loop must look at the intents. Intents of a busy ENI are
+    /// left out (the end of its call wakes the loop), and so are those of an ENI whose
+    /// batch is being coalesced (its `dispatch_at` stands for them).
+    fn next_wakeup(&self) -> Option<Instant> {
+        let due = self
+            .intents
+            .values()
+            .filter(|i| matches!(i.phase, Phase::Pending | Phase::Waiting { .. }))
+            .filter(|i| {
+                !i.eni_id
+                    .as_ref()
+                    .is_some_and(|e| self.busy_enis.contains(e) || self.dispatch_at.contains_key(e))
+            })
+            .map(|i| i.due);
+        let coalescing = self
+            .dispatch_at
+            .iter()
+            .filter(|(eni, _)| !self.busy_enis.contains(*eni))
+            .map(|(_, at)| *at);
+        due.chain(coalescing).min()
+    }
+
+    /// Sends the checks of every ENI whose batch is due. A due release waits at most
+    /// `coalesce` for other removals of its ENI about to come due; an isolated one goes
+    /// out at once. Removals that come due while the ENI is busy join the next batch.
+    fn dispatch_due(&mut self, now: Instant) {
+        if self.paused {
+            return;
+        }
+        // Local checks at the end of the grace period.
+        let due: Vec<Ipv4Addr> = self
+            .intents
+            .values()
+            .filter(|i| matches!(i.phase, Phase::Pending | Phase::Waiting { .. }) && i.due <= now)
+            .map(|i| i.ip)
+            .collect();
+        for ip in due {
+            if let Err(cancel) = self.still_allowed_locally(ip) {
+                self.cancel(ip, cancel);
+            }
+        }
+        let mut by_eni: BTreeMap<String, Vec<(Ipv4Addr, Instant)>> = BTreeMap::new();
+        let mut unmapped = Vec::new();
+        for intent in self.intents.values() {
+            if !matches!(intent.phase, Phase::Pending | Phase::Waiting { .. }) {
+                continue;
+            }
+            let eni = match &intent.eni_id {
+                Some(e) => e.clone(),
+                None => match intent.mac.and_then(|m| self.inventory.by_mac(m)) {
+                    Some(r) => r.eni_id.clone(),
+                    None => {
+                        if intent.due <= now {
+                            unmapped.push(intent.ip);
+                        }
+                        continue;
+                    }
+                },
+            };
+            by_eni.entry(eni).or_default().push((intent.ip, intent.due));
+        }
+        // The link's ENI is not known yet (the inventory could not be loaded): wait and
+        // ask again, never guess.
+        if !unmapped.is_empty() {
+            for ip in unmapped {
+                self.wait(ip, now, "the link's ENI is not known yet".into());
+            }
+            self.refresh_inventory();
+        }
+        let mut to_check = Vec::new();
+        for (eni, intents) in by_eni {
+            if self.busy_enis.contains(&eni) {
+                continue;
+            }
+            let Some(earliest) = intents.iter().map(|(_, due)| *due).min() else { continue };
+            if earliest > now {
+                continue;
+            }
+            // Coalesce with removals of this ENI coming due within the window.
+            let window_end = earliest + self.settings.coalesce;
+            let joining_last = intents
+                .iter()
+                .map(|(_, due)| *due)
+                .filter(|d| *d > now && *d <= window_end)
+                .max();
+            if let Some(last) = joining_last {
+                self.dispatch_at.insert(eni, last);
+                continue;
+            }
+            self.dispatch_at.remove(&eni);
+            let ips: Vec<Ipv4Addr> = intents.iter().filter(|(_, due)| *due <= now).map(|(ip, _)| *ip).collect();
+            to_check.push((eni, ips));
+        }
+        for (eni, ips) in to_check {
+            self.start_check(eni, ips);
+        }
+    }
+
+    /// Clauses 4 and 5 against the host now.
+    fn still_allowed_locally(&self, ip: Ipv4Addr) -> Result<(), Cancel> {
+        let Some(intent) = self.intents.get(&ip) else {
+            return Ok(());
+        };
+        if self.view.has_ip(ip) {
+            return Err(Cancel::Readded);
+        }
+        let Some(link) = self.view.links.get(&intent.link) else {
+            return Err(Cancel::LinkGone);
+        };
+        if !link.up {
+            return Err(Cancel::LinkDown);
+        }
+        if link.mac != intent.mac {
+            return Err(Cancel::MacChanged);
+        }
+        if self.inventory.is_primary_ip(ip) {
+            return Err(Cancel::PrimaryIp);
+        }
+        if let Some(mac) = link.mac
+            && self.inventory.complete
+            && self.inventory.by_mac(mac).is_none()
+        {
+            return Err(Cancel::NotAnEni);
+        }
+        Ok(())
+    }
+
+    fn start_check(&mut self, eni_id: String, ips: Vec<Ipv4Addr>) {
+        for ip in &ips {
+            if let Some(i) = self.intents.get_mut(ip) {
+                i.phase = Phase::Checking;
+                i.eni_id = Some(eni_id.clone());
+            }
+        }
+        self.busy_enis.insert(eni_id.clone());
+        let cloud = Arc::clone(&self.cloud);
+        let tx = self.reports_tx.clone();
+        tokio::spawn(async move {
+            let result = cloud.list_enis().await;
+            let _ = tx.send(Report::Checked { eni_id, ips, result });
+        });
+    }
+
+    // ===== reports =====
+
+    async fn on_report(&mut self, report: Report, now: Instant) {
+        match report {
+            Report::Inventory(result) => self.on_inventory(result),
+            Report::Checked { eni_id, ips, result } => self.on_checked(eni_id, ips, result, now),
+            Report::Sent { ips, eni_id, task } => {
+                for ip in &ips {
+                    if let Some(i) = self.intents.get_mut(ip) {
+                        i.phase = Phase::Releasing {
+                            task_id: task.task_id.clone(),
+                        };
+                    }
+                    self.journal(
+                        *ip,
+                        RecordState::Sent {
+                            eni_id: eni_id.clone(),
+                            task: task.clone(),
+                        },
+                    );
+                }
+                info!(
+                    target: "audit",
+                    decision = "sent",
+                    eni = %eni_id,
+                    ips = ?ips,
+                    request_id = task.request_id.as_deref().unwrap_or(""),
+                    task_id = %task.task_id,
+                    "UnassignPrivateIpAddresses accepted; following the task"
+                );
+            }
+            Report::Done { eni_id, ips, result } => self.on_done(eni_id, ips, result, now).await,
+            Report::EniIdle(eni_id) => {
+                self.busy_enis.remove(&eni_id);
+            }
+        }
+    }
+
+    fn on_inventory(&mut self, result: Result<Vec<Eni>, CloudError>) {
+        self.inventory_loading = false;
+        match result {
+            Ok(enis) => {
+                let inventory = Inventory::build(&self.inventory.instance_id, enis, &self.static_meta, &self.statics);
+                info!(enis = inventory.by_mac.len(), "inventory refreshed");
+                self.inventory = inventory;
+            }
+            Err(e) => warn!(error = %e, "inventory refresh failed; keeping the previous map"),
+        }
+    }
+
+    fn refresh_inventory(&mut self) {
+        let now = Instant::now();
+        if self.inventory_loading
+            || self
+                .last_inventory_refresh
+                .is_some_and(|t| now.duration_since(t) < INVENTORY_REFRESH_MIN)
+        {
+            return;
+        }
+        self.inventory_loading = true;
+        self.last_inventory_refresh = Some(now);
+        let cloud = Arc::clone(&self.cloud);
+        let tx = self.reports_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Report::Inventory(cloud.list_enis().await));
+        });
+    }
+
+    /// Clause 7, then clause 4 and 5 once more, then the call.
+    fn on_checked(&mut self, eni_id: String, ips: Vec<Ipv4Addr>, result: Result<Vec<Eni>, CloudError>, now: Instant) {
+        let enis = match result {
+            Ok(enis) => enis,
+            Err(e) => {
+                self.busy_enis.remove(&eni_id);
+                for ip in ips {
+                    self.wait(ip, now, format!("describe failed: {}", e.code));
+                }
+                return;
+            }
+        };
+        // Refresh the inventory from what we just read, so status and routing see it.
+        self.inventory = Inventory::build(&self.inventory.instance_id, enis.clone(), &self.static_meta, &self.statics);
+        let eni = enis.iter().find(|e| e.id == eni_id);
+        let mut send = Vec::new();
+        for ip in ips {
+            if !self.intents.contains_key(&ip) {
+                continue; // cancelled meanwhile
+            }
+            match self.cloud_verdict(eni, ip, now) {
+                Verdict::Send => match self.still_allowed_locally(ip) {
+                    Ok(()) => send.push(ip),
+                    Err(c) => self.cancel(ip, c),
+                },
+                Verdict::Wait(why) => self.wait(ip, now, why),
+                Verdict::Cancel(c) => self.cancel(ip, c),
+            }
+        }
+        if send.is_empty() {
+            self.busy_enis.remove(&eni_id);
+            return;
+        }
+        let vpc_id = eni.map(|e| e.vpc_id.clone()).unwrap_or_default();
+        if self.settings.dry_run {
+            for chunk in send.chunks(MAX_IPS_PER_CALL) {
+                self.counters.dry_run_calls += 1;
+                info!(
+                    target: "audit",
+                    decision = "dry_run",
+                    eni = %eni_id,
+                    vpc = %vpc_id,
+                    ips = ?chunk,
+                    "dry run: would call UnassignPrivateIpAddresses(NetworkInterfaceId={eni_id}, PrivateIpAddresses={chunk:?})"
+                );
+                for ip in chunk {
+                    self.finish(*ip, Outcome::DryRun);
+                }
+            }
+            self.busy_enis.remove(&eni_id);
+            return;
+        }
+        for ip in &send {
+            if let Some(i) = self.intents.get_mut(ip) {
+                i.phase = Phase::Sending;
+            }
+        }
+        let cloud = Arc::clone(&self.cloud);
+        let tx = self.reports_tx.clone();
+        tokio::spawn(release_task(cloud, tx, eni_id, vpc_id, send));
+    }
+
+    fn cloud_verdict(&mut self, eni: Option<&Eni>, ip: Ipv4Addr, now: Instant) -> Verdict {
+        let Some(eni) = eni else {
+            return self.not_listed(ip, now, "the ENI is not listed for this instance");
+        };
+        match &eni.attachment {
+            Some(a) if a.instance_id == self.inventory.instance_id || self.inventory.instance_id.is_empty() => {}
+            Some(a) => return Verdict::Cancel(Cancel::EniNotAttached(format!("attached to {}", a.instance_id))),
+            None => return Verdict::Cancel(Cancel::EniNotAttached("detached".into())),
+        }
+        if matches!(eni.state.as_str(), "DETACHING" | "DELETING") {
+            return Verdict::Cancel(Cancel::EniNotAttached(eni.state.to_lowercase()));
+        }
+        let Some(entry) = eni.ip(ip) else {
+            return self.not_listed(ip, now, "not listed on the ENI");
+        };
+        if let Some(i) = self.intents.get_mut(&ip) {
+            i.not_listed_since = None;
+        }
+        if entry.primary {
+            return Verdict::Cancel(Cancel::PrimaryIp);
+        }
+        if let Some(eip) = &entry.eip
+            && !self.settings.with_eip
+        {
+            return Verdict::Cancel(Cancel::EipBound(eip.clone()));
+        }
+        match entry.state.as_str() {
+            "AVAILABLE" => Verdict::Send,
+            other => Verdict::Wait(format!("IP state {other}")),
+        }
+    }
+
+    /// The cloud's view lags: an IP it does not list is re-checked with backoff for
+    /// `not_listed_recheck` before the release is cancelled.
+    fn not_listed(&mut self, ip: Ipv4Addr, now: Instant, why: &str) -> Verdict {
+        let limit = self.settings.not_listed_recheck;
+        let Some(intent) = self.intents.get_mut(&ip) else {
+            return Verdict::Cancel(Cancel::NotListedOnEni);
+        };
+        let since = *intent.not_listed_since.get_or_insert(now);
+        if now.duration_since(since) >= limit {
+            Verdict::Cancel(Cancel::NotListedOnEni)
+        } else {
+            Verdict::Wait(why.to_owned())
+        }
+    }
+
+    async fn on_done(&mut self, eni_id: String, ips: Vec<Ipv4Addr>, result: BatchResult, now: Instant) {
+        match result {
+            BatchResult::Released(task) => {
+                self.counters.released += ips.len() as u64;
+                for ip in &ips {
+                    self.released.insert(*ip, now);
+                    self.finish(
+                        *ip,
+                        Outcome::Released {
+                            task_id: task.task_id.clone(),
+                        },
+                    );
+                }
+                info!(
+                    target: "audit",
+                    decision = "released",
+                    eni = %eni_id,
+                    ips = ?ips,
+                    request_id = task.request_id.as_deref().unwrap_or(""),
+                    task_id = %task.task_id,
+                    "task SUCCESS: IPs returned to the VPC"
+                );
+                self.released.retain(|_, t| now.duration_since(*t) < self.settings.remember_released);
+                self.router.after_release(&ips, &self.view, &self.inventory).await;
+            }
+            BatchResult::AlreadyGone => {
+                self.counters.already_gone += ips.len() as u64;
+                for ip in &ips {
+                    self.released.insert(*ip, now);
+                    self.finish(*ip, Outcome::AlreadyGone);
+                }
+                info!(target: "audit", decision = "already_gone", eni = %eni_id, ips = ?ips, "the cloud no longer holds these IPs on the ENI");
+                self.router.after_release(&ips, &self.view, &self.inventory).await;
+            }
+            BatchResult::Retry(why) => {
+                for ip in ips {
+                    self.wait(ip, now, why.clone());
+                }
+            }
+            BatchResult::TaskFailed(why) => {
+                for ip in ips {
+                    let failures = self.intents.get_mut(&ip).map(|i| {
+                        i.task_failures += 1;
+                        i.task_failures
+                    });
+                    if failures.unwrap_or(0) >= self.settings.max_task_failures {
+                        self.park(ip, format!("task failed {} times: {why}", self.settings.max_task_failures));
+                    } else {
+                        self.wait(ip, now, format!("task failed: {why}"));
+                    }
+                }
+            }
+            BatchResult::Refused(why) => {
+                self.counters.refused += ips.len() as u64;
+                for ip in ips {
+                    self.park(ip, why.clone());
+                }
+            }
+        }
+    }
+
+    // ===== commands =====
+
+    fn on_command(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot(now));
+            }
+            Command::ReleaseHeld(reply) => {
+                let mut n = 0;
+                for intent in self.intents.values_mut().filter(|i| i.phase == Phase::Held) {
+                    intent.phase = Phase::Pending;
+                    intent.due = intent.due.max(now);
+                    n += 1;
+                }
+                self.recent_removals.clear();
+                info!(target: "audit", decision = "held_confirmed", count = n, "operator confirmed held releases");
+                let _ = reply.send(n);
+            }
+            Command::Cancel(ip, reply) => {
+                let found = self.intents.contains_key(&ip);
+                if found {
+                    self.cancel(ip, Cancel::Operator);
+                }
+                let _ = reply.send(found);
+            }
+            Command::Reload(settings) => {
+                self.settings = *settings;
+                info!("settings reloaded; parked releases will be tried again");
+                self.unpark(now);
+            }
+            Command::CredentialsChanged => self.unpark(now),
+            Command::RefreshInventory => self.refresh_inventory(),
+            Command::Pause(paused) => {
+                self.paused = paused;
+                info!(target: "audit", decision = if paused { "paused" } else { "resumed" }, "releases {}", if paused { "paused" } else { "resumed" });
+            }
+        }
+    }
+
+    fn snapshot(&self, now: Instant) -> Snapshot {
+        let intents = self
+            .intents
+            .values()
+            .map(|i| {
+                let mut i = i.clone();
+                i.due_in_ms = u64::try_from(i.due.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+                i
+            })
+            .collect();
+        Snapshot {
+            intents,
+            recent: self.recent.iter().cloned().collect(),
+            alarms: self.alarms.iter().cloned().collect(),
+            counters: self.counters.clone(),
+            inventory: self.inventory.clone(),
+            paused: self.paused,
+        }
+    }
+
+    // ===== state changes =====
+
+    fn wait(&mut self, ip: Ipv4Addr, now: Instant, why: String) {
+        let (base, cap) = (self.settings.retry_base, self.settings.retry_cap);
+        if let Some(i) = self.intents.get_mut(&ip) {
+            i.attempts += 1;
+            i.due = now + backoff(base, cap, i.attempts);
+            info!(target: "audit", decision = "wait", ip = %ip, why = %why, attempt = i.attempts, "release postponed");
+            i.phase = Phase::Waiting { why };
+        }
+    }
+
+    fn park(&mut self, ip: Ipv4Addr, why: String) {
+        if let Some(i) = self.intents.get_mut(&ip) {
+            warn!(target: "audit", decision = "parked", ip = %ip, why = %why, "release refused by the cloud; parked (retried on reload, credential change, hourly)");
+            i.phase = Phase::Parked { why };
+        }
+    }
+
+    fn unpark(&mut self, now: Instant) {
+        for i in self.intents.values_mut() {
+            if matches!(i.phase, Phase::Parked { .. }) {
+                i.phase = Phase::Waiting {
+                    why: "retrying a parked release".into(),
+                };
+                i.due = now;
+                i.task_failures = 0;
+            }
+        }
+    }
+
+    fn cancel_where(&mut self, pred: impl Fn(&Intent) -> bool, cancel: &Cancel) {
+        let ips: Vec<Ipv4Addr> = self
+            .intents
+            .values()
+            .filter(|i| pred(i) && !matches!(i.phase, Phase::Sending | Phase::Releasing { .. }))
+            .map(|i| i.ip)
+            .collect();
+        for ip in ips {
+            self.cancel(ip, cancel.clone());
+        }
+    }
+
+    fn cancel(&mut self, ip: Ipv4Addr, cancel: Cancel) {
+        if let Some(i) = self.intents.get(&ip) {
+            if matches!(i.phase, Phase::Sending | Phase::Releasing { .. }) {
+                return; // the call is out; its result decides
+            }
+            info!(
+                target: "audit",
+                decision = "cancelled",
+                ip = %ip,
+                link = %i.link_name,
+                eni = i.eni_id.as_deref().unwrap_or("?"),
+                reason = %cancel,
+                "release cancelled"
+            );
+            self.counters.cancelled += 1;
+            self.finish(ip, Outcome::Cancelled(cancel));
+        }
+    }
+
+    fn finish(&mut self, ip: Ipv4Addr, outcome: Outcome) {
+        let intent = self.intents.remove(&ip);
+        self.journal(
+            ip,
+            RecordState::Finished {
+                outcome: outcome_name(&outcome),
+            },
+        );
+        self.recent.push_front(Finished {
+            ip,
+            eni_id: intent.and_then(|i| i.eni_id),
+            outcome,
+        });
+        self.recent.truncate(RECENT_KEPT);
+    }
+
+    fn alarm(&mut self, ip: Ipv4Addr, what: &str) {
+        self.counters.alarms += 1;
+        let text = format!("{ip} {what}: the host uses an address the VPC no longer routes to it");
+        warn!(target: "audit", decision = "alarm", ip = %ip, "{text}");
+        self.alarms.push_front(text);
+        self.alarms.truncate(RECENT_KEPT);
+    }
+
+    fn audit_skip(&self, ip: Ipv4Addr, link: Option<&Link>, remover: Option<&Remover>, cancel: &Cancel) {
+        info!(
+            target: "audit",
+            decision = "not_released",
+            ip = %ip,
+            link = link.map(|l| l.name.as_str()).unwrap_or("?"),
+            remover = remover.map(describe_remover).as_deref().unwrap_or("unknown (resync)"),
+            reason = %cancel,
+            "address removal will not be released"
+        );
+    }
+
+    fn journal(&mut self, ip: Ipv4Addr, state: RecordState) {
+        if let Some(j) = &mut self.journal
+            && let Err(e) = j.append(ip, &self.boot_id, state)
+        {
+            // A journal that cannot be written must not stop the release decisions in
+            // memory; the operator sees it and a restart would re-observe nothing.
+            warn!(error = %e, "journal write failed");
+        }
+    }
+
+    /// Replays the journal: unsent intents of this boot restart their grace period and
+    /// face the whole rule; unsent intents of an earlier boot are dropped; sent ones are
+    /// followed to their end.
+    fn recover(&mut self, records: Vec<crate::journal::Record>, now: Instant) {
+        for rec in records {
+            match rec.state {
+                RecordState::Observed { link, mac, eni_id, remover } => {
+                    if rec.boot_id != self.boot_id {
+                        self.journal(rec.ip, RecordState::Finished { outcome: "cancelled: earlier boot".into() });
+                        continue;
+                    }
+                    let Some(l) = self.view.links.values().find(|l| l.name == link).cloned() else {
+                        self.journal(rec.ip, RecordState::Finished { outcome: "cancelled: link gone".into() });
+                        continue;
+                    };
+                    if self.view.has_ip(rec.ip) || mac.as_deref() != l.mac.map(|m| m.to_string()).as_deref() {
+                        self.journal(rec.ip, RecordState::Finished { outcome: "cancelled: back or changed".into() });
+                        continue;
+                    }
+                    info!(ip = %rec.ip, link = %link, "resuming a journaled release: its grace period starts again");
+                    self.intents.insert(
+                        rec.ip,
+                        Intent {
+                            ip: rec.ip,
+                            link: l.index,
+                            link_name: link,
+                            prefix: 32,
+                            mac: l.mac,
+                            eni_id,
+                            remover: remover.map(|p| Remover { port_id: u32::MAX, process: Some(p) }),
+                            observed_at: now,
+                            due: now + self.settings.grace,
+                            due_in_ms: 0,
+                            phase: Phase::Pending,
+                            attempts: 0,
+                            task_failures: 0,
+                            not_listed_since: None,
+                            secondary: false,
+                            subnet_primary: None,
+                        },
+                    );
+                }
+                RecordState::Sent { eni_id, task } => {
+                    info!(ip = %rec.ip, task = %task.task_id, "following a journaled release task");
+                    self.intents.insert(
+                        rec.ip,
+                        Intent {
+                            ip: rec.ip,
+                            link: 0,
+                            link_name: String::new(),
+                            prefix: 32,
+                            mac: None,
+                            eni_id: Some(eni_id.clone()),
+                            remover: None,
+                            observed_at: now,
+                            due: now,
+                            due_in_ms: 0,
+                            phase: Phase::Releasing { task_id: task.task_id.clone() },
+                            attempts: 0,
+                            task_failures: 0,
+                            not_listed_since: None,
+                            secondary: false,
+                            subnet_primary: None,
+                        },
+                    );
+                    let cloud = Arc::clone(&self.cloud);
+                    let tx = self.reports_tx.clone();
+                    self.busy_enis.insert(eni_id.clone());
+                    tokio::spawn(async move {
+                        for (ips, result) in follow_task(&*cloud, &eni_id, &[rec.ip], &task).await {
+                            let _ = tx.send(Report::Done { eni_id: eni_id.clone(), ips, result });
+                        }
+                        let _ = tx.send(Report::EniIdle(eni_id));
+                    });
+                }
+                RecordState::Finished { .. } => {}
+            }
+        }
+    }
+}
+
+enum Verdict {
+    Send,
+    Wait(String),
+    Cancel(Cancel),
+}
+
+/// Sends the unassign for `ips` in chunks of ten, one after the other (calls for one ENI
+/// are serialised), and follows each task.
+async fn release_task<C: Cloud>(
+    cloud: Arc<C>,
+    tx: mpsc::UnboundedSender<Report>,
+    eni_id: String,
+    vpc_id: String,
+    ips: Vec<Ipv4Addr>,
+) {
+    for chunk in ips.chunks(MAX_IPS_PER_CALL) {
+        let results = match cloud.unassign(&eni_id, &vpc_id, chunk).await {
+            Ok(task) => {
+                let _ = tx.send(Report::Sent {
+                    ips: chunk.to_vec(),
+                    eni_id: eni_id.clone(),
+                    task: task.clone(),
+                });
+                follow_task(&*cloud, &eni_id, chunk, &task).await
+            }
+            Err(e) if e.class == ErrorClass::AlreadyGone => confirm_gone(&*cloud, &eni_id, chunk, &e.code).await,
+            Err(e) => vec![(chunk.to_vec(), classify_failure(&e))],
+        };
+        for (ips, result) in results {
+            let _ = tx.send(Report::Done {
+                eni_id: eni_id.clone(),
+                ips,
+                result,
+            });
+        }
+    }
+    let _ = tx.send(Report::EniIdle(eni_id));
+}
+
+/// Follows a task to its end. A task still RUNNING at the cap is answered by a describe.
+async fn follow_task<C: Cloud>(
+    cloud: &C,
+    eni_id: &str,
+    ips: &[Ipv4Addr],
+    task: &TaskRef,
+) -> Vec<(Vec<Ipv4Addr>, BatchResult)> {
+    match cloud.wait_task(task).await {
+        Ok(TaskStatus::Success) => vec![(ips.to_vec(), BatchResult::Released(task.clone()))],
+        Ok(TaskStatus::Failed) => vec![(ips.to_vec(), BatchResult::TaskFailed(format!("task {} FAILED", task.task_id)))],
+        Ok(TaskStatus::Running) => {
+            let mut out = confirm_gone(cloud, eni_id, ips, "task still RUNNING at the cap").await;
+            for (_, result) in &mut out {
+                if matches!(result, BatchResult::AlreadyGone) {
+                    *result = BatchResult::Released(task.clone());
+                }
+            }
+            out
+        }
+        Err(e) => vec![(ips.to_vec(), classify_failure(&e))],
+    }
+}
+
+/// "Already gone" answers are confirmed with a describe before they count as done: IPs
+/// no longer on the ENI are gone, the rest are retried.
+async fn confirm_gone<C: Cloud>(
+    cloud: &C,
+    eni_id: &str,
+    ips: &[Ipv4Addr],
+    why: &str,
+) -> Vec<(Vec<Ipv4Addr>, BatchResult)> {
+    match cloud.list_enis().await {
+        Ok(enis) => {
+            let eni = enis.iter().find(|e| e.id == eni_id);
+            let (still, gone): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) =
+                ips.iter().partition(|ip| eni.is_some_and(|e| e.ip(**ip).is_some()));
+            let mut out = Vec::new();
+            if !gone.is_empty() {
+                out.push((gone, BatchResult::AlreadyGone));
+            }
+            if !still.is_empty() {
+                out.push((still, BatchResult::Retry(format!("{why}, and the ENI still lists the IP"))));
+            }
+            out
+        }
+        Err(e) => vec![(ips.to_vec(), BatchResult::Retry(format!("{why}; describe failed: {}", e.code)))],
+    }
+}
+
+fn classify_failure(e: &CloudError) -> BatchResult {
+    match e.class {
+        // The send-time check runs again before any retry.
+        ErrorClass::AlreadyGone | ErrorClass::RetryLater | ErrorClass::RefreshCredentials => {
+            BatchResult::Retry(format!("{}: {}", e.action, e.code))
+        }
+        ErrorClass::Refused => BatchResult::Refused(format!("{} refused: {}: {}", e.action, e.code, e.message)),
+    }
+}
+
+/// Exponential backoff with full jitter, capped.
+fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
+    let millis = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(fastrand::u64(millis / 2..=millis))
+}
+
+fn outcome_name(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Released { .. } => "released".into(),
+        Outcome::AlreadyGone => "already_gone".into(),
+        Outcome::Cancelled(c) => format!("cancelled: {c}"),
+        Outcome::DryRun => "dry_run".into(),
+    }
+}
+
+fn describe_remover(r: &Remover) -> String {
+    match &r.process {
+        Some(p) => format!("{p} (port {})", r.port_id),
+        None => format!("port {}", r.port_id),
+    }
+}
+
+/// `comm` is truncated to 15 bytes by the kernel (`systemd-networkd` shows as
+/// `systemd-network`), so a truncated name matches the configured full name.
+fn process_matches(comm: &str, configured: &str) -> bool {
+    comm == configured || (comm.len() == 15 && configured.starts_with(comm))
+}
+
+/// Shell-style `*` and `?` matching for interface names.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests;

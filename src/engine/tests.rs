@@ -1,0 +1,505 @@
+//! The engine's decisions, driven through its real event loop with a paused clock, an
+//! in-memory cloud and a recording router. Each test names the clause of the trigger
+//! rule it proves; the kernel-level versions live in `tests/e2e.rs`.
+
+use std::sync::Mutex;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::cloud::{Attachment, EniIp, MacAddr, Protocol};
+
+const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+const GRACE: Duration = Duration::from_secs(30);
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 1, last)
+}
+
+/// An in-memory cloud: one ENI with a primary IP and aux IPs; every call recorded.
+#[derive(Default)]
+struct MemCloud {
+    state: Mutex<MemState>,
+}
+
+#[derive(Default)]
+struct MemState {
+    eni: Option<Eni>,
+    unassigns: Vec<Vec<Ipv4Addr>>,
+    refuse_next: u32,
+    fail_tasks: u32,
+}
+
+impl MemCloud {
+    fn new(aux: &[u8]) -> Arc<Self> {
+        let mut ips = vec![EniIp {
+            addr: ip(10),
+            primary: true,
+            state: "AVAILABLE".into(),
+            eip: None,
+        }];
+        ips.extend(aux.iter().map(|n| EniIp {
+            addr: ip(*n),
+            primary: false,
+            state: "AVAILABLE".into(),
+            eip: None,
+        }));
+        let cloud = Self::default();
+        cloud.state.lock().expect("lock").eni = Some(Eni {
+            id: "eni-1".into(),
+            mac: MAC,
+            vpc_id: "vpc-1".into(),
+            subnet_id: "subnet-1".into(),
+            state: "AVAILABLE".into(),
+            primary: false,
+            attachment: Some(Attachment {
+                instance_id: "ins-1".into(),
+                device_index: 1,
+            }),
+            ips,
+        });
+        Arc::new(cloud)
+    }
+
+    fn calls(&self) -> Vec<Vec<Ipv4Addr>> {
+        self.state.lock().expect("lock").unassigns.clone()
+    }
+
+    fn set(&self, f: impl FnOnce(&mut MemState)) {
+        f(&mut self.state.lock().expect("lock"));
+    }
+
+    fn set_ip(&self, addr: Ipv4Addr, f: impl FnOnce(&mut EniIp)) {
+        self.set(|s| {
+            if let Some(e) = s.eni.as_mut().and_then(|e| e.ips.iter_mut().find(|i| i.addr == addr)) {
+                f(e);
+            }
+        });
+    }
+}
+
+impl Cloud for MemCloud {
+    async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        Ok(self.state.lock().expect("lock").eni.iter().cloned().collect())
+    }
+
+    async fn unassign(&self, eni_id: &str, _vpc: &str, ips: &[Ipv4Addr]) -> Result<TaskRef, CloudError> {
+        assert!(ips.len() <= MAX_IPS_PER_CALL, "the engine never sends more than ten");
+        let mut s = self.state.lock().expect("lock");
+        s.unassigns.push(ips.to_vec());
+        if s.refuse_next > 0 {
+            s.refuse_next -= 1;
+            return Err(CloudError {
+                action: "UnassignPrivateIpAddresses",
+                class: ErrorClass::Refused,
+                code: "UnauthorizedOperation".into(),
+                message: "no permission".into(),
+                request_id: None,
+            });
+        }
+        let failing = s.fail_tasks > 0;
+        if failing {
+            s.fail_tasks -= 1;
+        } else if let Some(eni) = s.eni.as_mut().filter(|e| e.id == eni_id) {
+            eni.ips.retain(|i| !ips.contains(&i.addr));
+        }
+        Ok(TaskRef {
+            request_id: Some(format!("req-{}", s.unassigns.len())),
+            task_id: format!("{}{}", if failing { "fail-" } else { "" }, s.unassigns.len()),
+            protocol: Protocol::V3,
+        })
+    }
+
+    async fn wait_task(&self, task: &TaskRef) -> Result<TaskStatus, CloudError> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(if task.task_id.starts_with("fail-") {
+            TaskStatus::Failed
+        } else {
+            TaskStatus::Success
+        })
+    }
+}
+
+#[derive(Clone, Default)]
+struct RecordingRouter {
+    released: Arc<Mutex<Vec<Ipv4Addr>>>,
+}
+
+impl Router for RecordingRouter {
+    async fn after_release(&mut self, released: &[Ipv4Addr], _: &HostView, _: &Inventory) {
+        self.released.lock().expect("lock").extend_from_slice(released);
+    }
+    async fn reconcile(&mut self, _: &HostView, _: &Inventory) {}
+}
+
+struct Harness {
+    cloud: Arc<MemCloud>,
+    router: RecordingRouter,
+    events: mpsc::UnboundedSender<HostEvent>,
+    commands: mpsc::Sender<Command>,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+fn link(index: u32, name: &str, up: bool) -> Link {
+    Link {
+        index,
+        name: name.into(),
+        mac: Some(MAC),
+        up,
+        parent: None,
+        kind: None,
+    }
+}
+
+fn addr(last: u8, secondary: bool) -> Addr {
+    Addr {
+        link: 2,
+        ip: ip(last),
+        prefix: 24,
+        secondary,
+    }
+}
+
+fn by(process: &str) -> Option<Remover> {
+    Some(Remover {
+        port_id: 4242,
+        process: Some(process.into()),
+    })
+}
+
+fn start(aux: &[u8], tweak: impl FnOnce(&mut Settings)) -> Harness {
+    let cloud = MemCloud::new(aux);
+    let mut view = HostView::default();
+    view.links.insert(1, Link { mac: None, ..link(1, "lo", true) });
+    view.links.insert(2, link(2, "eth1", true));
+    for a in std::iter::once(addr(10, false)).chain(aux.iter().map(|n| addr(*n, true))) {
+        view.addrs.insert((a.link, a.ip, a.prefix), a);
+    }
+    let enis = cloud.state.lock().expect("lock").eni.iter().cloned().collect();
+    let inventory = Inventory::build("ins-1", enis, &HashMap::new(), &[]);
+    let mut settings = Settings {
+        grace: GRACE,
+        ignore_removers: vec!["systemd-networkd".into(), "dhclient".into()],
+        burst_limit: 8,
+        ..Settings::default()
+    };
+    tweak(&mut settings);
+    let router = RecordingRouter::default();
+    let engine = Engine::new(
+        settings,
+        Arc::clone(&cloud),
+        router.clone(),
+        Start {
+            view,
+            inventory,
+            meta: HashMap::new(),
+            statics: Vec::new(),
+            boot_id: "boot".into(),
+            journal: None,
+            replay: Vec::new(),
+        },
+    );
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let (commands, commands_rx) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(engine.run(events_rx, commands_rx, shutdown.clone(), || {}));
+    Harness {
+        cloud,
+        router,
+        events,
+        commands,
+        _shutdown: shutdown.drop_guard(),
+    }
+}
+
+impl Harness {
+    fn remove(&self, last: u8, remover: Option<Remover>) {
+        self.remove_addr(addr(last, true), remover);
+    }
+
+    fn remove_addr(&self, addr: Addr, remover: Option<Remover>) {
+        self.events.send(HostEvent::AddrRemoved { addr, remover }).expect("engine runs");
+    }
+
+    fn add(&self, addr: Addr) {
+        self.events.send(HostEvent::AddrAdded(addr)).expect("engine runs");
+    }
+
+    async fn snapshot(&self) -> Snapshot {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Snapshot(tx)).await.expect("engine runs");
+        rx.await.expect("reply")
+    }
+}
+
+async fn sleep(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removal_that_outlives_the_grace_period_is_released_once() {
+    let h = start(&[11, 12], |_| {});
+    h.remove(11, by("ip"));
+    sleep(GRACE - Duration::from_secs(1)).await;
+    assert!(h.cloud.calls().is_empty(), "nothing before the grace period ends");
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]]);
+    assert_eq!(*h.router.released.lock().expect("lock"), vec![ip(11)]);
+    let snap = h.snapshot().await;
+    assert!(snap.intents.is_empty());
+    assert_eq!(snap.counters.released, 1);
+    sleep(GRACE * 3).await;
+    assert_eq!(h.cloud.calls().len(), 1, "exactly once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn clause4_readded_within_grace_is_not_released() {
+    let h = start(&[11], |_| {});
+    h.remove(11, by("ip"));
+    sleep(Duration::from_secs(10)).await;
+    h.add(addr(11, true));
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn clause4_readded_on_another_link_or_prefix_is_not_released() {
+    let h = start(&[11, 12], |_| {});
+    h.remove(11, by("ip"));
+    h.add(Addr { link: 1, ..addr(11, false) });
+    h.remove(12, by("ip"));
+    h.add(Addr { prefix: 32, ..addr(12, false) });
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn clause2_kernel_and_ignored_removers_are_not_released() {
+    let h = start(&[11, 12, 13], |_| {});
+    h.remove(11, Some(Remover { port_id: 0, process: None }));
+    // comm is truncated to 15 bytes by the kernel.
+    h.remove(12, by("systemd-network"));
+    h.remove(13, by("dhclient"));
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn clause3_secondaries_swept_with_their_primary_are_not_released() {
+    let h = start(&[11, 12], |_| {});
+    // promote_secondaries=0: the kernel deletes the secondaries, then the primary, all
+    // on behalf of the same requester.
+    h.remove(11, by("ip"));
+    h.remove(12, by("ip"));
+    h.remove_addr(addr(10, false), by("ip"));
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty(), "neither the primary nor the swept aux IPs");
+    let snap = h.snapshot().await;
+    assert!(snap.recent.iter().all(|f| f.outcome == Outcome::Cancelled(Cancel::Collateral)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn clause5_link_down_or_gone_within_grace_is_not_released() {
+    let h = start(&[11, 12], |_| {});
+    h.remove(11, by("ip"));
+    h.events.send(HostEvent::LinkChanged(link(2, "eth1", false))).expect("send");
+    sleep(GRACE * 2).await;
+    h.events.send(HostEvent::LinkChanged(link(2, "eth1", true))).expect("send");
+    h.remove(12, by("ip"));
+    h.events.send(HostEvent::LinkRemoved { index: 2 }).expect("send");
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn clause5_non_physical_and_unselected_links_are_not_released() {
+    let h = start(&[11, 12], |s| s.interfaces = vec!["eth0".into()]);
+    h.remove(11, by("ip"));
+    let macvlan = Link {
+        parent: Some(2),
+        kind: Some("macvlan".into()),
+        ..link(3, "mv0", true)
+    };
+    h.events.send(HostEvent::LinkChanged(macvlan)).expect("send");
+    h.add(Addr { link: 3, ..addr(40, false) });
+    h.remove_addr(Addr { link: 3, ..addr(40, false) }, by("ip"));
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn config_filters_include_and_exclude() {
+    let h = start(&[11, 12], |s| {
+        s.include = vec![Cidr::parse("10.0.1.0/28").expect("cidr")];
+        s.exclude = vec![Cidr::parse("10.0.1.11/32").expect("cidr")];
+    });
+    h.remove(11, by("ip"));
+    h.remove(12, by("ip"));
+    sleep(GRACE * 2).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(12)]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clause6_a_burst_is_held_until_an_operator_confirms() {
+    let aux: Vec<u8> = (11..21).collect();
+    let h = start(&aux, |s| s.burst_limit = 8);
+    for n in &aux {
+        h.remove(*n, by("ip"));
+    }
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty(), "held");
+    let snap = h.snapshot().await;
+    assert_eq!(snap.intents.iter().filter(|i| i.phase == Phase::Held).count(), 10);
+    let (tx, rx) = oneshot::channel();
+    h.commands.send(Command::ReleaseHeld(tx)).await.expect("send");
+    assert_eq!(rx.await.expect("reply"), 10);
+    sleep(Duration::from_secs(5)).await;
+    let calls = h.cloud.calls();
+    assert_eq!(calls.len(), 1, "ten IPs of one ENI share one call: {calls:?}");
+    assert_eq!(calls[0].len(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn primary_ip_is_never_released() {
+    let h = start(&[11], |_| {});
+    // A primary removed by itself (promote_secondaries=1 keeps the aux IP, promoted).
+    h.remove_addr(addr(10, false), by("ip"));
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn clause7_migrating_waits_then_releases_when_available() {
+    let h = start(&[11], |s| s.retry_cap = Duration::from_secs(2));
+    h.cloud.set_ip(ip(11), |i| i.state = "MIGRATING".into());
+    h.remove(11, by("ip"));
+    sleep(GRACE + Duration::from_secs(10)).await;
+    assert!(h.cloud.calls().is_empty());
+    h.cloud.set_ip(ip(11), |i| i.state = "AVAILABLE".into());
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clause7_eip_bound_is_not_released_unless_configured() {
+    let h = start(&[11], |_| {});
+    h.cloud.set_ip(ip(11), |i| i.eip = Some("eip-1".into()));
+    h.remove(11, by("ip"));
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty());
+
+    let h = start(&[11], |s| s.with_eip = true);
+    h.cloud.set_ip(ip(11), |i| i.eip = Some("eip-1".into()));
+    h.remove(11, by("ip"));
+    sleep(GRACE * 2).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clause7_not_listed_is_rechecked_then_cancelled() {
+    let h = start(&[11], |s| {
+        s.not_listed_recheck = Duration::from_secs(20);
+        s.retry_cap = Duration::from_secs(4);
+    });
+    h.add(addr(50, true));
+    h.remove(50, by("ip"));
+    sleep(GRACE + Duration::from_secs(10)).await;
+    assert_eq!(h.snapshot().await.intents.len(), 1, "still re-checking");
+    sleep(Duration::from_secs(30)).await;
+    let snap = h.snapshot().await;
+    assert!(snap.intents.is_empty());
+    assert_eq!(snap.recent[0].outcome, Outcome::Cancelled(Cancel::NotListedOnEni));
+    assert!(h.cloud.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_checks_everything_and_sends_nothing() {
+    let h = start(&[11], |s| s.dry_run = true);
+    h.remove(11, by("ip"));
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty());
+    let snap = h.snapshot().await;
+    assert_eq!(snap.counters.dry_run_calls, 1);
+    assert_eq!(snap.recent[0].outcome, Outcome::DryRun);
+    assert!(h.router.released.lock().expect("lock").is_empty(), "no routing change");
+}
+
+#[tokio::test(start_paused = true)]
+async fn twenty_three_removals_of_one_eni_become_three_calls() {
+    let aux: Vec<u8> = (11..34).collect();
+    let h = start(&aux, |s| s.burst_limit = 100);
+    for n in &aux {
+        h.remove(*n, by("ip"));
+    }
+    sleep(GRACE * 2).await;
+    let calls = h.cloud.calls();
+    assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 3]);
+    assert_eq!(h.snapshot().await.counters.released, 23);
+}
+
+#[tokio::test(start_paused = true)]
+async fn removals_coming_due_together_are_coalesced_and_isolated_ones_go_at_once() {
+    let h = start(&[11, 12, 13], |s| s.coalesce = Duration::from_millis(50));
+    h.remove(11, by("ip"));
+    sleep(Duration::from_millis(30)).await;
+    h.remove(12, by("ip"));
+    sleep(Duration::from_secs(5)).await;
+    h.remove(13, by("ip"));
+    sleep(GRACE * 2).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11), ip(12)], vec![ip(13)]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_is_parked_and_retried_after_reload() {
+    let h = start(&[11], |_| {});
+    h.cloud.set(|s| s.refuse_next = 1);
+    h.remove(11, by("ip"));
+    sleep(GRACE * 2).await;
+    assert_eq!(h.cloud.calls().len(), 1);
+    let snap = h.snapshot().await;
+    assert!(matches!(snap.intents[0].phase, Phase::Parked { .. }), "parked, not dropped");
+    h.commands.send(Command::Reload(Box::default())).await.expect("send");
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.cloud.calls().len(), 2);
+    assert_eq!(h.snapshot().await.counters.released, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_task_is_retried_then_released() {
+    let h = start(&[11], |s| s.retry_cap = Duration::from_secs(2));
+    h.cloud.set(|s| s.fail_tasks = 1);
+    h.remove(11, by("ip"));
+    sleep(GRACE + Duration::from_secs(10)).await;
+    assert_eq!(h.cloud.calls().len(), 2);
+    assert_eq!(h.snapshot().await.counters.released, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ip_back_after_its_release_raises_the_alarm() {
+    let h = start(&[11], |_| {});
+    h.remove(11, by("ip"));
+    sleep(GRACE * 2).await;
+    h.add(addr(11, true));
+    sleep(Duration::from_millis(10)).await;
+    let snap = h.snapshot().await;
+    assert_eq!(snap.counters.alarms, 1);
+    assert!(snap.alarms[0].contains("10.0.1.11"));
+}
+
+#[test]
+fn globs() {
+    assert!(glob_match("eth*", "eth1"));
+    assert!(glob_match("eth?", "eth1"));
+    assert!(!glob_match("eth?", "eth10"));
+    assert!(glob_match("*", ""));
+    assert!(!glob_match("eth*", "veth1"));
+}
+
+#[test]
+fn backoff_is_jittered_and_capped() {
+    for attempt in 0..40 {
+        let d = backoff(Duration::from_millis(100), Duration::from_secs(2), attempt);
+        assert!(d <= Duration::from_secs(2));
+        assert!(d >= Duration::from_millis(50));
+    }
+}
