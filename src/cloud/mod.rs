@@ -7,7 +7,6 @@
 //! answer is classified ([`ErrorClass`]) so the engine decides on a class, never on a
 //! string.
 
-pub mod credentials;
 pub mod sign;
 
 use std::fmt;
