@@ -15,12 +15,14 @@
 
 pub mod classify;
 pub mod credentials;
+pub mod legacy;
 pub mod metadata;
 pub mod retry;
 pub mod sign;
 #[cfg(test)]
 mod test_http;
 mod transport;
+pub mod v3;
 
 pub use transport::EndpointError;
 
