@@ -14,6 +14,7 @@
 //! facts; [`classify`] is the one mapping from answers to [`ErrorClass`].
 
 pub mod classify;
+pub mod client;
 pub mod credentials;
 pub mod legacy;
 pub mod metadata;
