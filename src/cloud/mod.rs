@@ -18,6 +18,7 @@ pub mod client;
 pub mod credentials;
 pub mod legacy;
 pub mod metadata;
+pub mod release;
 pub mod retry;
 pub mod sign;
 #[cfg(test)]
