@@ -20,6 +20,11 @@ use super::metadata::{MetadataClient, MetadataError};
 /// five-minute signature window, as in the official SDKs.
 pub const REFRESH_MARGIN_SECS: i64 = 300;
 
+/// Inside the margin, how long to wait before asking again when the service handed back
+/// keys that are just as close to expiry (it has not rotated yet) or did not answer:
+/// without it every API call in the last five minutes would fetch.
+pub const REFRESH_RETRY_SECS: i64 = 30;
+
 /// A secret string. `Debug` and `Display` print `***`; the value is only reachable through
 /// [`Secret::expose`], so every use of it is visible in the code.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -256,6 +261,8 @@ enum Inner {
 struct CamCache {
     role: Option<String>,
     keys: Option<Arc<Credentials>>,
+    /// Unix seconds from which `get` fetches again (while the keys are still valid).
+    refresh_at: i64,
 }
 
 /// The CAM role document (`cam/security-credentials/<role>`).
@@ -323,10 +330,7 @@ impl CredentialProvider {
                 let mut cache = cache.lock().await;
                 let now = self.clock.now_unix();
                 if let Some(keys) = &cache.keys {
-                    if keys
-                        .expires_at
-                        .is_some_and(|t| t - now > REFRESH_MARGIN_SECS)
-                    {
+                    if now < cache.refresh_at && keys.expires_at.is_some_and(|t| t > now) {
                         return Ok(Arc::clone(keys));
                     }
                 }
@@ -355,7 +359,11 @@ impl CredentialProvider {
         cache: &mut CamCache,
         now: i64,
     ) -> Result<Arc<Credentials>, CredentialError> {
-        match self.fetch(metadata, cache).await {
+        let result = self.fetch(metadata, cache).await;
+        // Either way, the next fetch is due at the margin, or soon if we are inside it.
+        let refresh_at =
+            |expires_at: i64| (expires_at - REFRESH_MARGIN_SECS).max(now + REFRESH_RETRY_SECS);
+        match result {
             Ok(keys) => {
                 tracing::info!(
                     source = %keys.source,
@@ -363,12 +371,14 @@ impl CredentialProvider {
                     "fetched temporary API keys"
                 );
                 let keys = Arc::new(keys);
+                cache.refresh_at = refresh_at(keys.expires_at.unwrap_or(now));
                 cache.keys = Some(Arc::clone(&keys));
                 Ok(keys)
             }
             Err(error) => match &cache.keys {
                 Some(old) if old.expires_at.is_some_and(|t| t > now) => {
                     tracing::warn!(%error, "refreshing CAM role keys failed; keeping the current ones until they expire");
+                    cache.refresh_at = now + REFRESH_RETRY_SECS;
                     Ok(Arc::clone(old))
                 }
                 _ => Err(error),
@@ -716,10 +726,20 @@ mod tests {
         assert_eq!(p.get().await.unwrap().secret_id.expose(), "two");
         assert_eq!(p.metadata_fetches(), 2);
 
+        // Inside the margin, a service that has not rotated yet is asked again only
+        // every REFRESH_RETRY_SECS, not on every call.
+        base.set(2_750);
+        assert_eq!(p.get().await.unwrap().secret_id.expose(), "two");
+        assert_eq!(p.metadata_fetches(), 3);
+        base.set(2_750 + REFRESH_RETRY_SECS - 1);
+        p.get().await.unwrap();
+        assert_eq!(p.metadata_fetches(), 3);
+
         // A failing refresh keeps the old keys while they are valid...
         md.set(500, "x", 0);
         base.set(2_800);
         assert_eq!(p.get().await.unwrap().secret_id.expose(), "two");
+        assert_eq!(p.metadata_fetches(), 4);
         // ...and not after they expired.
         base.set(3_000);
         let err = p.get().await.unwrap_err();
