@@ -353,6 +353,7 @@ impl Cloud for TencentCloud {
         let deadline = Instant::now() + self.task_cap;
         let mut interval = self.task_poll_start;
         loop {
+            // Wait first: a task just started is still running.
             tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
             let polled = self

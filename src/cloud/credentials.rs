@@ -315,7 +315,7 @@ impl CredentialProvider {
         &self.clock
     }
 
-    /// How many times the CAM role document was fetched from the metadata service.
+    /// How many times the CAM role document was requested from the metadata service.
     pub fn metadata_fetches(&self) -> u64 {
         self.metadata_fetches.load(Ordering::Relaxed)
     }

@@ -135,7 +135,8 @@ impl MetadataClient {
     pub async fn local_ipv4s(&self, mac: &MetadataMac) -> Result<Vec<Ipv4Addr>, MetadataError> {
         let path = mac_path(mac, "local-ipv4s/");
         listing(self.get(&path).await?)
-            .map(|entry| parse_ip(&path, &entry))
+            .iter()
+            .map(|entry| parse_ip(&path, entry))
             .collect()
     }
 
@@ -165,7 +166,7 @@ impl MetadataClient {
         Ok(self
             .get("cam/security-credentials/")
             .await?
-            .and_then(|body| listing(Some(body)).next()))
+            .and_then(|body| listing(Some(body)).into_iter().next()))
     }
 
     /// The raw credentials document of `role` (parsed by the credential provider, which
@@ -227,13 +228,13 @@ fn mac_path(mac: &MetadataMac, leaf: &str) -> String {
 }
 
 /// The entries of a listing: one per line, a trailing `/` marks a directory.
-fn listing(body: Option<String>) -> impl Iterator<Item = String> {
-    body.into_iter().flat_map(|body| {
-        body.lines()
-            .map(|line| line.trim().trim_end_matches('/').to_owned())
-            .filter(|line| !line.is_empty())
-            .collect::<Vec<_>>()
-    })
+fn listing(body: Option<String>) -> Vec<String> {
+    body.as_deref()
+        .unwrap_or("")
+        .lines()
+        .map(|line| line.trim().trim_end_matches('/').to_owned())
+        .filter(|line| !line.is_empty())
+        .collect()
 }
 
 fn parse_ip(path: &str, value: &str) -> Result<Ipv4Addr, MetadataError> {
