@@ -6,8 +6,27 @@
 //! [`MAX_IPS_PER_CALL`] IPs from one ENI, and follow the resulting task to its end. Every
 //! answer is classified ([`ErrorClass`]) so the engine decides on a class, never on a
 //! string.
+//!
+//! Layers, bottom up: [`sign`] (pure signatures), `transport` (one HTTP exchange),
+//! [`v3`] and [`legacy`] (one request each), [`client`] (policy: rate limits, retries,
+//! credential refresh, per-ENI serialisation, the describe cache), [`release`] (the
+//! procedure the engine runs). [`credentials`] and [`metadata`] supply keys and instance
+//! facts; [`classify`] is the one mapping from answers to [`ErrorClass`].
 
+pub mod classify;
+pub mod client;
+pub mod credentials;
+pub mod legacy;
+pub mod metadata;
+pub mod release;
+pub mod retry;
 pub mod sign;
+#[cfg(test)]
+mod test_http;
+mod transport;
+pub mod v3;
+
+pub use transport::EndpointError;
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -165,6 +184,31 @@ pub struct CloudError {
     pub code: String,
     pub message: String,
     pub request_id: Option<String>,
+}
+
+impl CloudError {
+    /// An error whose code is classified by [`classify::classify`].
+    pub fn new(
+        action: &'static str,
+        code: classify::TencentCode<'_>,
+        message: impl Into<String>,
+        request_id: Option<String>,
+    ) -> Self {
+        Self {
+            action,
+            class: classify::classify(code),
+            code: code.to_string(),
+            message: message.into(),
+            request_id,
+        }
+    }
+
+    /// An error found on our side (transport, HTTP status, malformed body, a request we
+    /// refuse to send), with a local code such as `Transport.Timeout`, classified by the
+    /// same table as Tencent's codes.
+    pub fn local(action: &'static str, code: &str, message: impl Into<String>) -> Self {
+        Self::new(action, classify::TencentCode::Code(code), message, None)
+    }
 }
 
 /// The three things the engine asks of the cloud.

@@ -1,0 +1,781 @@
+//! API keys: where they come from, how temporary ones are refreshed, and how they are kept
+//! out of logs.
+//!
+//! The chain, first match wins: systemd credentials (`$CREDENTIALS_DIRECTORY`) → keys from
+//! the config → environment → the instance's CAM role via the metadata service. Static
+//! keys are read once, when the provider is built (a reload builds a new provider); CAM
+//! role keys are cached and refreshed [`REFRESH_MARGIN_SECS`] before they expire.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use super::metadata::{MetadataClient, MetadataError};
+
+/// CAM role keys are refreshed when fewer than this many seconds remain; it matches the
+/// five-minute signature window, as in the official SDKs.
+pub const REFRESH_MARGIN_SECS: i64 = 300;
+
+/// Inside the margin, how long to wait before asking again when the service handed back
+/// keys that are just as close to expiry (it has not rotated yet) or did not answer:
+/// without it every API call in the last five minutes would fetch.
+pub const REFRESH_RETRY_SECS: i64 = 30;
+
+/// A secret string. `Debug` and `Display` print `***`; the value is only reachable through
+/// [`Secret::expose`], so every use of it is visible in the code.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value. Only for signing and sending; never for logs or errors.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where a set of keys came from (for logs and status; never the keys themselves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    Systemd,
+    Config,
+    Environment,
+    CamRole(String),
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Systemd => f.write_str("systemd credentials"),
+            Self::Config => f.write_str("config"),
+            Self::Environment => f.write_str("environment"),
+            Self::CamRole(role) => write!(f, "CAM role {role}"),
+        }
+    }
+}
+
+/// One set of API keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub secret_id: Secret,
+    pub secret_key: Secret,
+    /// Session token of temporary keys (`X-TC-Token` / legacy `Token`).
+    pub token: Option<Secret>,
+    /// Unix seconds when temporary keys expire; `None` for long-term keys.
+    pub expires_at: Option<i64>,
+    pub source: CredentialSource,
+}
+
+/// A failure to obtain keys.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error(
+        "no API keys: none in $CREDENTIALS_DIRECTORY, the config or the environment, and no CAM role is bound to this instance"
+    )]
+    NoSource,
+    #[error("{source_name} has {present} but not {missing}")]
+    Incomplete {
+        source_name: &'static str,
+        present: &'static str,
+        missing: &'static str,
+    },
+    #[error("reading {path}: {error}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("CAM role credentials: {0}")]
+    Metadata(#[from] MetadataError),
+    #[error("CAM role {role}: the metadata service answered {detail}")]
+    BadRoleAnswer { role: String, detail: String },
+}
+
+impl CredentialError {
+    /// Whether trying again later may help (the metadata service was unreachable), as
+    /// opposed to a configuration problem.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Metadata(MetadataError::Transport { .. }) => true,
+            Self::Metadata(MetadataError::Status { status, .. }) => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// A source of the current time, injectable for tests.
+pub trait Clock: Send + Sync + fmt::Debug {
+    fn now_unix(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix(&self) -> i64 {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX)
+    }
+}
+
+/// A clock tests set by hand.
+#[derive(Debug, Default)]
+pub struct TestClock(AtomicI64);
+
+impl TestClock {
+    pub fn new(now: i64) -> Self {
+        Self(AtomicI64::new(now))
+    }
+
+    pub fn set(&self, now: i64) {
+        self.0.store(now, Ordering::SeqCst);
+    }
+
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for TestClock {
+    fn now_unix(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A clock plus a signed offset in seconds: what we believe the server's time is. Request
+/// timestamps and expiry checks read this, so when the server says our clock is skewed,
+/// setting the offset fixes both.
+#[derive(Debug)]
+pub struct ServerClock {
+    base: Arc<dyn Clock>,
+    offset: AtomicI64,
+}
+
+impl ServerClock {
+    pub fn new(base: Arc<dyn Clock>) -> Self {
+        Self {
+            base,
+            offset: AtomicI64::new(0),
+        }
+    }
+
+    /// Sets the offset added to the base clock (server time − our time).
+    pub fn set_offset(&self, secs: i64) {
+        self.offset.store(secs, Ordering::SeqCst);
+    }
+
+    pub fn offset(&self) -> i64 {
+        self.offset.load(Ordering::SeqCst)
+    }
+}
+
+impl Clock for ServerClock {
+    fn now_unix(&self) -> i64 {
+        self.base.now_unix().saturating_add(self.offset())
+    }
+}
+
+/// Environment lookup, injectable so tests never touch the process environment.
+pub type EnvLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The inputs of the credential chain.
+pub struct CredentialSources {
+    /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), if set.
+    pub systemd_dir: Option<PathBuf>,
+    /// `(secret_id, secret_key)` from the config file.
+    pub config_keys: Option<(Secret, Secret)>,
+    /// Reads `TENCENTCLOUD_*` variables.
+    pub env: EnvLookup,
+    /// The metadata service for the CAM role; `None` disables that source.
+    pub metadata: Option<MetadataClient>,
+}
+
+impl fmt::Debug for CredentialSources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialSources")
+            .field("systemd_dir", &self.systemd_dir)
+            .field("config_keys", &self.config_keys)
+            .field("metadata", &self.metadata.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialSources {
+    /// The real environment of this process: `$CREDENTIALS_DIRECTORY` and `std::env`.
+    pub fn from_process(
+        config_keys: Option<(Secret, Secret)>,
+        metadata: Option<MetadataClient>,
+    ) -> Self {
+        Self {
+            systemd_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            config_keys,
+            env: Box::new(|name| std::env::var(name).ok()),
+            metadata,
+        }
+    }
+}
+
+/// Hands out current keys; refreshes CAM role keys; counts metadata fetches.
+#[derive(Debug)]
+pub struct CredentialProvider {
+    inner: Inner,
+    clock: Arc<ServerClock>,
+    metadata_fetches: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Static(Arc<Credentials>),
+    CamRole {
+        metadata: MetadataClient,
+        // Held across a fetch, so concurrent callers wait for one fetch instead of each
+        // starting their own.
+        cache: Mutex<CamCache>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct CamCache {
+    role: Option<String>,
+    keys: Option<Arc<Credentials>>,
+    /// Unix seconds from which `get` fetches again (while the keys are still valid).
+    refresh_at: i64,
+}
+
+/// The CAM role document (`cam/security-credentials/<role>`).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RoleDocument {
+    tmp_secret_id: Option<Secret>,
+    tmp_secret_key: Option<Secret>,
+    token: Option<Secret>,
+    expired_time: Option<i64>,
+    code: Option<String>,
+}
+
+impl CredentialProvider {
+    /// Resolves the chain. Static keys are read now; a CAM role is only looked up on first
+    /// use (the metadata service may not be reachable yet at start).
+    pub fn new(
+        sources: CredentialSources,
+        clock: Arc<ServerClock>,
+    ) -> Result<Self, CredentialError> {
+        let inner = if let Some(keys) = read_systemd(sources.systemd_dir.as_deref())? {
+            Inner::Static(Arc::new(keys))
+        } else if let Some((secret_id, secret_key)) = sources.config_keys {
+            Inner::Static(Arc::new(Credentials {
+                secret_id,
+                secret_key,
+                token: None,
+                expires_at: None,
+                source: CredentialSource::Config,
+            }))
+        } else if let Some(keys) = read_env(&sources.env)? {
+            Inner::Static(Arc::new(keys))
+        } else if let Some(metadata) = sources.metadata {
+            Inner::CamRole {
+                metadata,
+                cache: Mutex::default(),
+            }
+        } else {
+            return Err(CredentialError::NoSource);
+        };
+        Ok(Self {
+            inner,
+            clock,
+            metadata_fetches: AtomicU64::new(0),
+        })
+    }
+
+    /// The clock request timestamps and expiry checks use.
+    pub fn clock(&self) -> &Arc<ServerClock> {
+        &self.clock
+    }
+
+    /// How many times the CAM role document was requested from the metadata service.
+    pub fn metadata_fetches(&self) -> u64 {
+        self.metadata_fetches.load(Ordering::Relaxed)
+    }
+
+    /// Keys to sign the next request with. CAM role keys are refreshed when fewer than
+    /// [`REFRESH_MARGIN_SECS`] remain; if that refresh fails, the old keys are used until
+    /// they really expire.
+    pub async fn get(&self) -> Result<Arc<Credentials>, CredentialError> {
+        match &self.inner {
+            Inner::Static(keys) => Ok(Arc::clone(keys)),
+            Inner::CamRole { metadata, cache } => {
+                let mut cache = cache.lock().await;
+                let now = self.clock.now_unix();
+                if let Some(keys) = &cache.keys {
+                    if now < cache.refresh_at && keys.expires_at.is_some_and(|t| t > now) {
+                        return Ok(Arc::clone(keys));
+                    }
+                }
+                self.refresh(metadata, &mut cache, now).await
+            }
+        }
+    }
+
+    /// Fetches CAM role keys now, whatever their expiry says (the server rejected the
+    /// token). Static keys cannot be refreshed: this is then a no-op, and the caller's one
+    /// retry shows whether the problem was transient.
+    pub async fn force_refresh(&self) -> Result<(), CredentialError> {
+        if let Inner::CamRole { metadata, cache } = &self.inner {
+            let mut cache = cache.lock().await;
+            // The role may have been replaced too: look it up again.
+            cache.role = None;
+            let now = self.clock.now_unix();
+            self.refresh(metadata, &mut cache, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn refresh(
+        &self,
+        metadata: &MetadataClient,
+        cache: &mut CamCache,
+        now: i64,
+    ) -> Result<Arc<Credentials>, CredentialError> {
+        let result = self.fetch(metadata, cache).await;
+        // Either way, the next fetch is due at the margin, or soon if we are inside it.
+        let refresh_at =
+            |expires_at: i64| (expires_at - REFRESH_MARGIN_SECS).max(now + REFRESH_RETRY_SECS);
+        match result {
+            Ok(keys) => {
+                tracing::info!(
+                    source = %keys.source,
+                    expires_at = keys.expires_at,
+                    "fetched temporary API keys"
+                );
+                let keys = Arc::new(keys);
+                cache.refresh_at = refresh_at(keys.expires_at.unwrap_or(now));
+                cache.keys = Some(Arc::clone(&keys));
+                Ok(keys)
+            }
+            Err(error) => match &cache.keys {
+                Some(old) if old.expires_at.is_some_and(|t| t > now) => {
+                    tracing::warn!(%error, "refreshing CAM role keys failed; keeping the current ones until they expire");
+                    cache.refresh_at = now + REFRESH_RETRY_SECS;
+                    Ok(Arc::clone(old))
+                }
+                _ => Err(error),
+            },
+        }
+    }
+
+    async fn fetch(
+        &self,
+        metadata: &MetadataClient,
+        cache: &mut CamCache,
+    ) -> Result<Credentials, CredentialError> {
+        let role = match &cache.role {
+            Some(role) => role.clone(),
+            None => {
+                let role = metadata
+                    .cam_role()
+                    .await?
+                    .ok_or(CredentialError::NoSource)?;
+                cache.role = Some(role.clone());
+                role
+            }
+        };
+        self.metadata_fetches.fetch_add(1, Ordering::Relaxed);
+        let bad = |detail: &str| CredentialError::BadRoleAnswer {
+            role: role.clone(),
+            detail: detail.to_owned(),
+        };
+        let body = metadata
+            .cam_credentials(&role)
+            .await?
+            .ok_or_else(|| bad("404"))?;
+        // Never echo the body: it holds the keys.
+        let doc: RoleDocument = serde_json::from_str(&body).map_err(|_| bad("a non-JSON body"))?;
+        if doc.code.as_deref() != Some("Success") {
+            return Err(bad(&format!("Code {:?}", doc.code.unwrap_or_default())));
+        }
+        match (
+            doc.tmp_secret_id,
+            doc.tmp_secret_key,
+            doc.token,
+            doc.expired_time,
+        ) {
+            (Some(secret_id), Some(secret_key), Some(token), Some(expires_at))
+                if !secret_id.0.is_empty() && !secret_key.0.is_empty() =>
+            {
+                Ok(Credentials {
+                    secret_id,
+                    secret_key,
+                    token: Some(token).filter(|t| !t.0.is_empty()),
+                    expires_at: Some(expires_at),
+                    source: CredentialSource::CamRole(role.clone()),
+                })
+            }
+            _ => Err(bad("a document with missing fields")),
+        }
+    }
+}
+
+const SYSTEMD_ID: &str = "tencentcloud_secret_id";
+const SYSTEMD_KEY: &str = "tencentcloud_secret_key";
+const SYSTEMD_TOKEN: &str = "tencentcloud_session_token";
+const ENV_ID: &str = "TENCENTCLOUD_SECRET_ID";
+const ENV_KEY: &str = "TENCENTCLOUD_SECRET_KEY";
+const ENV_TOKEN: &str = "TENCENTCLOUD_SESSION_TOKEN";
+
+fn read_systemd(dir: Option<&Path>) -> Result<Option<Credentials>, CredentialError> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let read = |name: &str| -> Result<Option<Secret>, CredentialError> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(non_empty(text)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(CredentialError::Read { path, error }),
+        }
+    };
+    let pair = complete_pair(
+        "$CREDENTIALS_DIRECTORY",
+        read(SYSTEMD_ID)?,
+        read(SYSTEMD_KEY)?,
+        (SYSTEMD_ID, SYSTEMD_KEY),
+    )?;
+    Ok(match pair {
+        Some((secret_id, secret_key)) => Some(Credentials {
+            secret_id,
+            secret_key,
+            token: read(SYSTEMD_TOKEN)?,
+            expires_at: None,
+            source: CredentialSource::Systemd,
+        }),
+        None => None,
+    })
+}
+
+fn read_env(env: &EnvLookup) -> Result<Option<Credentials>, CredentialError> {
+    let read = |name: &str| env(name).and_then(non_empty);
+    let pair = complete_pair(
+        "the environment",
+        read(ENV_ID),
+        read(ENV_KEY),
+        (ENV_ID, ENV_KEY),
+    )?;
+    Ok(pair.map(|(secret_id, secret_key)| Credentials {
+        secret_id,
+        secret_key,
+        token: read(ENV_TOKEN),
+        expires_at: None,
+        source: CredentialSource::Environment,
+    }))
+}
+
+/// Both halves or neither: half a key pair is a mistake the operator must hear about,
+/// not a reason to fall through to another source silently.
+fn complete_pair(
+    source_name: &'static str,
+    id: Option<Secret>,
+    key: Option<Secret>,
+    (id_name, key_name): (&'static str, &'static str),
+) -> Result<Option<(Secret, Secret)>, CredentialError> {
+    match (id, key) {
+        (Some(id), Some(key)) => Ok(Some((id, key))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(CredentialError::Incomplete {
+            source_name,
+            present: id_name,
+            missing: key_name,
+        }),
+        (None, Some(_)) => Err(CredentialError::Incomplete {
+            source_name,
+            present: key_name,
+            missing: id_name,
+        }),
+    }
+}
+
+fn non_empty(text: String) -> Option<Secret> {
+    let trimmed = text.trim();
+    (!trimmed.is_empty()).then(|| Secret::new(trimmed))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex as StdMutex;
+    use std::time::Duration;
+
+    use super::super::metadata::MetadataSettings;
+    use super::super::test_http::TestServer;
+    use super::*;
+
+    fn no_env() -> EnvLookup {
+        Box::new(|_| None)
+    }
+
+    fn env(vars: &[(&'static str, &'static str)]) -> EnvLookup {
+        let vars: HashMap<_, _> = vars.iter().copied().collect();
+        Box::new(move |name| vars.get(name).map(|v| (*v).to_owned()))
+    }
+
+    fn clock(now: i64) -> (Arc<TestClock>, Arc<ServerClock>) {
+        let base = Arc::new(TestClock::new(now));
+        (Arc::clone(&base), Arc::new(ServerClock::new(base)))
+    }
+
+    fn sources(
+        dir: Option<PathBuf>,
+        config: Option<(&str, &str)>,
+        env: EnvLookup,
+    ) -> CredentialSources {
+        CredentialSources {
+            systemd_dir: dir,
+            config_keys: config.map(|(id, key)| (Secret::new(id), Secret::new(key))),
+            env,
+            metadata: None,
+        }
+    }
+
+    fn temp_dir(files: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "enisync-creds-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret} {secret:?}"), "*** ***");
+        let creds = Credentials {
+            secret_id: Secret::new("AKIDxyz"),
+            secret_key: Secret::new("topsecret"),
+            token: Some(Secret::new("tok")),
+            expires_at: None,
+            source: CredentialSource::Config,
+        };
+        let debug = format!("{creds:?}");
+        assert!(
+            !debug.contains("topsecret") && !debug.contains("tok\""),
+            "{debug}"
+        );
+        assert_eq!(secret.expose(), "hunter2");
+        let parsed: Secret = serde_json::from_str("\"abc\"").unwrap();
+        assert_eq!(parsed.expose(), "abc");
+    }
+
+    #[tokio::test]
+    async fn chain_order_is_systemd_config_environment() {
+        let (_, clk) = clock(0);
+        let dir = temp_dir(&[
+            (SYSTEMD_ID, "sd-id\n"),
+            (SYSTEMD_KEY, "sd-key\n"),
+            (SYSTEMD_TOKEN, "sd-token"),
+        ]);
+        let full_env = || env(&[(ENV_ID, "env-id"), (ENV_KEY, "env-key")]);
+
+        let p = CredentialProvider::new(
+            sources(Some(dir.clone()), Some(("cfg-id", "cfg-key")), full_env()),
+            Arc::clone(&clk),
+        )
+        .unwrap();
+        let k = p.get().await.unwrap();
+        assert_eq!(k.source, CredentialSource::Systemd);
+        assert_eq!(k.secret_id.expose(), "sd-id");
+        assert_eq!(k.secret_key.expose(), "sd-key");
+        assert_eq!(k.token.as_ref().map(Secret::expose), Some("sd-token"));
+
+        let empty = temp_dir(&[]);
+        let p = CredentialProvider::new(
+            sources(Some(empty), Some(("cfg-id", "cfg-key")), full_env()),
+            Arc::clone(&clk),
+        )
+        .unwrap();
+        assert_eq!(p.get().await.unwrap().source, CredentialSource::Config);
+
+        let p = CredentialProvider::new(sources(None, None, full_env()), Arc::clone(&clk)).unwrap();
+        let k = p.get().await.unwrap();
+        assert_eq!(k.source, CredentialSource::Environment);
+        assert_eq!(k.secret_key.expose(), "env-key");
+        assert!(k.token.is_none());
+
+        let err = CredentialProvider::new(sources(None, None, no_env()), clk).unwrap_err();
+        assert!(matches!(err, CredentialError::NoSource));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn half_a_key_pair_is_an_error_not_a_fall_through() {
+        let (_, clk) = clock(0);
+        let dir = temp_dir(&[(SYSTEMD_ID, "sd-id")]);
+        let err = CredentialProvider::new(
+            sources(Some(dir.clone()), Some(("a", "b")), no_env()),
+            Arc::clone(&clk),
+        )
+        .unwrap_err();
+        assert!(matches!(err, CredentialError::Incomplete { .. }), "{err}");
+        let err = CredentialProvider::new(sources(None, None, env(&[(ENV_KEY, "only-key")])), clk)
+            .unwrap_err();
+        assert!(err.to_string().contains(ENV_ID), "{err}");
+        assert!(!err.to_string().contains("only-key"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A metadata service whose role document the test controls.
+    struct FakeMetadata {
+        doc: Arc<StdMutex<(u16, String)>>,
+        base: String,
+        _server: TestServer,
+    }
+
+    impl FakeMetadata {
+        async fn start() -> Self {
+            let doc = Arc::new(StdMutex::new((200, String::new())));
+            let served = Arc::clone(&doc);
+            let server = TestServer::start(move |req| match req.path.as_str() {
+                "/cam/security-credentials/" => (200, "the-role".to_owned()),
+                "/cam/security-credentials/the-role" => served.lock().unwrap().clone(),
+                _ => (404, String::new()),
+            })
+            .await;
+            Self {
+                doc,
+                base: format!("{}/", server.base),
+                _server: server,
+            }
+        }
+
+        fn set(&self, status: u16, id: &str, expires: i64) {
+            *self.doc.lock().unwrap() = (
+                status,
+                format!(
+                    r#"{{"TmpSecretId":"{id}","TmpSecretKey":"key-{id}","ExpiredTime":{expires},"Expiration":"x","Token":"token-{id}","Code":"Success"}}"#
+                ),
+            );
+        }
+
+        fn provider(&self, clock: Arc<ServerClock>) -> CredentialProvider {
+            let metadata = MetadataClient::new(&MetadataSettings {
+                base_url: self.base.clone(),
+                attempts: 1,
+                backoff: Duration::from_millis(1),
+                ..MetadataSettings::default()
+            })
+            .unwrap();
+            CredentialProvider::new(
+                CredentialSources {
+                    systemd_dir: None,
+                    config_keys: None,
+                    env: no_env(),
+                    metadata: Some(metadata),
+                },
+                clock,
+            )
+            .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn cam_keys_are_cached_refreshed_before_expiry_and_kept_on_failure() {
+        let md = FakeMetadata::start().await;
+        let (base, clk) = clock(1_000);
+        md.set(200, "one", 2_000);
+        let p = md.provider(clk);
+
+        let k = p.get().await.unwrap();
+        assert_eq!(k.secret_id.expose(), "one");
+        assert_eq!(k.token.as_ref().map(Secret::expose), Some("token-one"));
+        assert_eq!(k.source, CredentialSource::CamRole("the-role".into()));
+        // Cached while more than 300 s remain.
+        base.set(1_699);
+        assert_eq!(p.get().await.unwrap().secret_id.expose(), "one");
+        assert_eq!(p.metadata_fetches(), 1);
+
+        // Inside the margin: refreshed.
+        md.set(200, "two", 3_000);
+        base.set(1_700);
+        assert_eq!(p.get().await.unwrap().secret_id.expose(), "two");
+        assert_eq!(p.metadata_fetches(), 2);
+
+        // Inside the margin, a service that has not rotated yet is asked again only
+        // every REFRESH_RETRY_SECS, not on every call.
+        base.set(2_750);
+        assert_eq!(p.get().await.unwrap().secret_id.expose(), "two");
+        assert_eq!(p.metadata_fetches(), 3);
+        base.set(2_750 + REFRESH_RETRY_SECS - 1);
+        p.get().await.unwrap();
+        assert_eq!(p.metadata_fetches(), 3);
+
+        // A failing refresh keeps the old keys while they are valid...
+        md.set(500, "x", 0);
+        base.set(2_800);
+        assert_eq!(p.get().await.unwrap().secret_id.expose(), "two");
+        assert_eq!(p.metadata_fetches(), 4);
+        // ...and not after they expired.
+        base.set(3_000);
+        let err = p.get().await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn force_refresh_fetches_even_fresh_keys_and_a_bad_code_is_refused() {
+        let md = FakeMetadata::start().await;
+        let (_, clk) = clock(1_000);
+        md.set(200, "one", 9_000);
+        let p = md.provider(clk);
+        p.get().await.unwrap();
+        md.set(200, "two", 9_000);
+        p.force_refresh().await.unwrap();
+        assert_eq!(p.get().await.unwrap().secret_id.expose(), "two");
+        assert_eq!(p.metadata_fetches(), 2);
+
+        let md = FakeMetadata::start().await;
+        *md.doc.lock().unwrap() = (200, r#"{"Code":"Failed","TmpSecretKey":"leak"}"#.into());
+        let (_, clk) = clock(1_000);
+        let err = md.provider(clk).get().await.unwrap_err();
+        assert!(
+            matches!(err, CredentialError::BadRoleAnswer { .. }),
+            "{err}"
+        );
+        assert!(!err.is_transient());
+        assert!(!err.to_string().contains("leak"), "{err}");
+    }
+
+    #[test]
+    fn server_clock_applies_the_offset() {
+        let (base, clk) = clock(100);
+        clk.set_offset(-30);
+        assert_eq!(clk.now_unix(), 70);
+        base.advance(10);
+        assert_eq!(clk.now_unix(), 80);
+    }
+}

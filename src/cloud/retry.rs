@@ -1,0 +1,236 @@
+//! Politeness towards the cloud: backoff with jitter, a client-side rate limit per action,
+//! and one mutating call at a time per ENI.
+//!
+//! Tencent's documented rate limits are per account and shared by every host of the
+//! fleet, so each agent keeps its own rate far below them; the jitter keeps a fleet that
+//! was throttled at the same moment from retrying in lockstep.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::time::Instant;
+
+/// Exponential backoff with full jitter: attempt `n` waits a uniformly random time in
+/// `[0, min(cap, base · 2ⁿ)]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (0 for the first retry). `rng` is passed in
+    /// so tests can seed it.
+    pub fn delay(&self, attempt: u32, rng: &mut fastrand::Rng) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        // Nanosecond resolution is plenty; saturate rather than wrap for huge caps.
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rng.u64(0..=nanos))
+    }
+
+    /// The upper bound of the delay for `attempt`, before jitter.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+}
+
+/// A token bucket: at most `rate` calls per second on average, bursts up to `burst`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: StdMutex<BucketState>,
+}
+
+#[derive(Debug)]
+struct BucketState {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    /// A bucket of `rate` tokens per second holding at most `max(rate, 1)`, initially full.
+    /// A rate that is not a positive number is taken as one call per second rather than
+    /// "never" or "unlimited": both would be worse surprises.
+    pub fn new(rate: f64) -> Self {
+        let rate = if rate.is_finite() && rate > 0.0 {
+            rate
+        } else {
+            1.0
+        };
+        let burst = rate.max(1.0);
+        Self {
+            rate,
+            burst,
+            state: StdMutex::new(BucketState {
+                tokens: burst,
+                refilled: Instant::now(),
+            }),
+        }
+    }
+
+    /// Waits until a token is available and takes it.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let elapsed = now.duration_since(state.refilled).as_secs_f64();
+                state.tokens = (state.tokens + elapsed * self.rate).min(self.burst);
+                state.refilled = now;
+                if state.tokens >= 1.0 {
+                    state.tokens -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - state.tokens) / self.rate)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Client-side rates, in calls per second, per action.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    /// `UnassignPrivateIpAddresses` (documented limit 100/s per account).
+    pub unassign: f64,
+    /// `DescribeNetworkInterfaces` (documented limit 100/s per account).
+    pub describe: f64,
+    /// `DescribeVpcTaskResult` (documented limit 20/s per account).
+    pub task_result: f64,
+}
+
+impl Default for Rates {
+    fn default() -> Self {
+        Self {
+            unassign: 5.0,
+            describe: 5.0,
+            task_result: 10.0,
+        }
+    }
+}
+
+/// One bucket per action.
+#[derive(Debug)]
+pub struct RateLimits {
+    pub unassign: TokenBucket,
+    pub describe: TokenBucket,
+    pub task_result: TokenBucket,
+}
+
+impl RateLimits {
+    pub fn new(rates: Rates) -> Self {
+        Self {
+            unassign: TokenBucket::new(rates.unassign),
+            describe: TokenBucket::new(rates.describe),
+            task_result: TokenBucket::new(rates.task_result),
+        }
+    }
+}
+
+/// One mutating call at a time per ENI: Tencent answers a second task on a busy ENI with
+/// `UnsupportedOperation.MutexOperationTaskRunning`, so we queue instead of provoking it.
+#[derive(Debug, Default)]
+pub struct EniLocks {
+    locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl EniLocks {
+    /// Waits for, and holds until the guard drops, the lock of `eni_id`.
+    pub async fn lock(&self, eni_id: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget locks nobody holds or waits for, so the map stays as small as the
+            // set of ENIs being worked on.
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            Arc::clone(locks.entry(eni_id.to_owned()).or_default())
+        };
+        lock.lock_owned().await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        assert_eq!(backoff.ceiling(0), Duration::from_millis(100));
+        assert_eq!(backoff.ceiling(1), Duration::from_millis(200));
+        assert_eq!(backoff.ceiling(3), Duration::from_millis(800));
+        assert_eq!(backoff.ceiling(4), Duration::from_secs(1));
+        assert_eq!(backoff.ceiling(200), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn backoff_jitter_stays_below_the_ceiling_and_spreads() {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let delays: Vec<_> = (0..200).map(|_| backoff.delay(3, &mut rng)).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(800)));
+        // Full jitter: both halves of the range are used.
+        assert!(delays.iter().any(|d| *d < Duration::from_millis(400)));
+        assert!(delays.iter().any(|d| *d > Duration::from_millis(400)));
+        // The same seed gives the same sequence.
+        let mut again = fastrand::Rng::with_seed(7);
+        assert_eq!(backoff.delay(3, &mut again), delays[0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_limits_the_rate_after_the_burst() {
+        let bucket = TokenBucket::new(5.0);
+        let start = Instant::now();
+        for _ in 0..5 {
+            bucket.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "the burst is immediate");
+        for _ in 0..10 {
+            bucket.acquire().await;
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(1990) && elapsed <= Duration::from_millis(2100),
+            "10 more tokens at 5/s take 2 s, took {elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_treats_a_nonsense_rate_as_one_per_second() {
+        let bucket = TokenBucket::new(0.0);
+        let start = Instant::now();
+        bucket.acquire().await;
+        bucket.acquire().await;
+        assert!(start.elapsed() >= Duration::from_millis(990));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eni_locks_serialise_one_eni_and_not_others() {
+        let locks = Arc::new(EniLocks::default());
+        let held = locks.lock("eni-a").await;
+        // Another ENI is free.
+        let other = tokio::time::timeout(Duration::from_millis(10), locks.lock("eni-b")).await;
+        assert!(other.is_ok());
+        // The same ENI waits until the first guard drops.
+        let waiter = {
+            let locks = Arc::clone(&locks);
+            tokio::spawn(async move {
+                let _guard = locks.lock("eni-a").await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        waiter.await.expect("waiter finishes once the lock is free");
+    }
+}

@@ -1,0 +1,481 @@
+//! VPC API 3.0: POST JSON signed with TC3-HMAC-SHA256 (`docs/tencent-api.md` §2).
+//!
+//! One request per method; retries, rate limits and credential refreshes are the
+//! caller's ([`super::client`]). Every reply, whatever it holds, becomes either a value or
+//! a classified [`CloudError`]; nothing here panics on a reply.
+
+use std::net::Ipv4Addr;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::classify::TencentCode;
+use super::credentials::Credentials;
+use super::sign::{Tc3Request, tc3_sign};
+use super::transport::{Endpoint, exchange};
+use super::{Attachment, CloudError, Eni, EniIp, MacAddr, Protocol, TaskRef, TaskStatus};
+
+/// `X-TC-Version` of the VPC API.
+pub const VERSION: &str = "2017-03-12";
+/// The service name in the signing scope.
+pub const SERVICE: &str = "vpc";
+/// Sent and signed byte for byte.
+const CONTENT_TYPE: &str = "application/json";
+/// The largest page `DescribeNetworkInterfaces` returns.
+pub const PAGE_SIZE: u64 = 100;
+
+pub(crate) const UNASSIGN: &str = "UnassignPrivateIpAddresses";
+pub(crate) const DESCRIBE_ENIS: &str = "DescribeNetworkInterfaces";
+pub(crate) const TASK_RESULT: &str = "DescribeVpcTaskResult";
+
+/// An API 3.0 client for one endpoint and region.
+#[derive(Debug, Clone)]
+pub(crate) struct V3Api {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+    region: String,
+}
+
+impl V3Api {
+    pub fn new(http: reqwest::Client, endpoint: Endpoint, region: String) -> Self {
+        Self {
+            http,
+            endpoint,
+            region,
+        }
+    }
+
+    /// Starts an unassign; the task to poll is the call's `RequestId`.
+    pub async fn unassign(
+        &self,
+        creds: &Credentials,
+        timestamp: i64,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+    ) -> Result<TaskRef, CloudError> {
+        let addresses: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({ "PrivateIpAddress": ip.to_string() }))
+            .collect();
+        let body = json!({ "NetworkInterfaceId": eni_id, "PrivateIpAddresses": addresses });
+        let response: RequestOnly = self.call(UNASSIGN, &body, creds, timestamp).await?;
+        Ok(TaskRef {
+            request_id: Some(response.request_id.clone()),
+            task_id: response.request_id,
+            protocol: Protocol::V3,
+        })
+    }
+
+    /// One page of the ENIs attached to `instance_id`, and the total count.
+    pub async fn describe_enis(
+        &self,
+        creds: &Credentials,
+        timestamp: i64,
+        instance_id: &str,
+        offset: u64,
+    ) -> Result<(Vec<Eni>, u64), CloudError> {
+        let body = json!({
+            "Filters": [{ "Name": "attachment.instance-id", "Values": [instance_id] }],
+            "Offset": offset,
+            "Limit": PAGE_SIZE,
+        });
+        let page: EniPage = self.call(DESCRIBE_ENIS, &body, creds, timestamp).await?;
+        let enis = page
+            .network_interface_set
+            .into_iter()
+            .map(NetworkInterface::into_eni)
+            .collect();
+        Ok((enis, page.total_count))
+    }
+
+    /// The status of the task started by the call whose `RequestId` is `task_id`.
+    pub async fn task_status(
+        &self,
+        creds: &Credentials,
+        timestamp: i64,
+        task_id: &str,
+    ) -> Result<TaskStatus, CloudError> {
+        let body = json!({ "TaskId": task_id });
+        let result: TaskResult = self.call(TASK_RESULT, &body, creds, timestamp).await?;
+        match result.status.as_str() {
+            "SUCCESS" => Ok(TaskStatus::Success),
+            "FAILED" => Ok(TaskStatus::Failed),
+            "RUNNING" => Ok(TaskStatus::Running),
+            other => Err(malformed(
+                TASK_RESULT,
+                format!("unknown task Status {other:?}"),
+            )),
+        }
+    }
+
+    /// Signs and sends one action; parses the `Response` object into `T`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        action: &'static str,
+        body: &Value,
+        creds: &Credentials,
+        timestamp: i64,
+    ) -> Result<T, CloudError> {
+        let payload = serde_json::to_vec(body)
+            .map_err(|e| CloudError::local(action, "Client.Encode", e.to_string()))?;
+        let signature = tc3_sign(
+            &Tc3Request {
+                method: "POST",
+                host: &self.endpoint.host,
+                query: "",
+                content_type: CONTENT_TYPE,
+                payload: &payload,
+                service: SERVICE,
+                timestamp,
+            },
+            creds.secret_key.expose(),
+        );
+        let mut request = self
+            .http
+            .post(self.endpoint.url.clone())
+            .header("Content-Type", CONTENT_TYPE)
+            .header("Host", &self.endpoint.host)
+            .header("X-TC-Action", action)
+            .header("X-TC-Version", VERSION)
+            .header("X-TC-Timestamp", timestamp.to_string())
+            .header("X-TC-Region", &self.region)
+            .header(
+                "Authorization",
+                signature.authorization(creds.secret_id.expose(), SERVICE),
+            );
+        if let Some(token) = &creds.token {
+            request = request.header("X-TC-Token", token.expose());
+        }
+        let reply = exchange(action, request.body(payload)).await?;
+        parse_response(action, &reply)
+    }
+}
+
+/// Parses `{"Response": {...}}`: `Response.Error` becomes a classified error, anything
+/// that is not the expected shape is `Response.Malformed`.
+pub(crate) fn parse_response<T: DeserializeOwned>(
+    action: &'static str,
+    body: &[u8],
+) -> Result<T, CloudError> {
+    let envelope: Value = serde_json::from_slice(body)
+        .map_err(|_| malformed(action, "the body is not JSON".to_owned()))?;
+    let Some(response) = envelope.get("Response").filter(|r| r.is_object()) else {
+        return Err(malformed(action, "no Response object".to_owned()));
+    };
+    let request_id = response
+        .get("RequestId")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if let Some(error) = response.get("Error") {
+        let code = error.get("Code").and_then(Value::as_str).unwrap_or("");
+        let message = error.get("Message").and_then(Value::as_str).unwrap_or("");
+        if code.is_empty() {
+            return Err(malformed(action, "an Error without a Code".to_owned()));
+        }
+        return Err(CloudError::new(
+            action,
+            TencentCode::Code(code),
+            message,
+            request_id,
+        ));
+    }
+    T::deserialize(response).map_err(|e| {
+        let mut error = malformed(action, format!("unexpected Response: {e}"));
+        error.request_id = request_id;
+        error
+    })
+}
+
+fn malformed(action: &'static str, message: String) -> CloudError {
+    CloudError::local(action, "Response.Malformed", message)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RequestOnly {
+    request_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TaskResult {
+    status: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EniPage {
+    #[serde(default)]
+    network_interface_set: Vec<NetworkInterface>,
+    total_count: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NetworkInterface {
+    network_interface_id: String,
+    mac_address: MacAddr,
+    vpc_id: String,
+    subnet_id: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    primary: bool,
+    #[serde(default)]
+    attachment: Option<NetworkInterfaceAttachment>,
+    #[serde(default)]
+    private_ip_address_set: Vec<PrivateIpAddress>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NetworkInterfaceAttachment {
+    instance_id: String,
+    #[serde(default)]
+    device_index: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PrivateIpAddress {
+    private_ip_address: Ipv4Addr,
+    #[serde(default)]
+    primary: bool,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    address_id: Option<String>,
+}
+
+impl NetworkInterface {
+    fn into_eni(self) -> Eni {
+        Eni {
+            id: self.network_interface_id,
+            mac: self.mac_address,
+            vpc_id: self.vpc_id,
+            subnet_id: self.subnet_id,
+            state: self.state,
+            primary: self.primary,
+            // An unattached ENI may carry an empty attachment object.
+            attachment: self
+                .attachment
+                .filter(|a| !a.instance_id.is_empty())
+                .map(|a| Attachment {
+                    instance_id: a.instance_id,
+                    device_index: a.device_index,
+                }),
+            ips: self
+                .private_ip_address_set
+                .into_iter()
+                .map(|ip| EniIp {
+                    addr: ip.private_ip_address,
+                    primary: ip.primary,
+                    state: ip.state,
+                    // The API reports "no EIP" as an empty AddressId.
+                    eip: ip.address_id.filter(|id| !id.is_empty()),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+mod tests {
+    use super::super::ErrorClass;
+    use super::super::credentials::{CredentialSource, Secret};
+    use super::super::sign::parse_tc3_authorization;
+    use super::super::test_http::TestServer;
+    use super::*;
+
+    fn creds(token: Option<&str>) -> Credentials {
+        Credentials {
+            secret_id: Secret::new("AKIDtest"),
+            secret_key: Secret::new("the-secret-key"),
+            token: token.map(Secret::new),
+            expires_at: None,
+            source: CredentialSource::Config,
+        }
+    }
+
+    async fn api(answer: &'static str) -> (V3Api, TestServer) {
+        let server = TestServer::start(move |_| (200, answer.to_owned())).await;
+        let endpoint = Endpoint::parse(&format!("{}/", server.base), true).unwrap();
+        let api = V3Api::new(reqwest::Client::new(), endpoint, "ap-guangzhou".to_owned());
+        (api, server)
+    }
+
+    #[tokio::test]
+    async fn unassign_sends_signed_headers_and_returns_the_request_id_as_task() {
+        let (api, server) = api(r#"{"Response":{"RequestId":"req-1"}}"#).await;
+        let ips = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)];
+        let task = api
+            .unassign(&creds(Some("tok")), 1_700_000_000, "eni-1", &ips)
+            .await
+            .unwrap();
+        assert_eq!(task.task_id, "req-1");
+        assert_eq!(task.request_id.as_deref(), Some("req-1"));
+        assert_eq!(task.protocol, Protocol::V3);
+
+        let req = &server.requests()[0];
+        let h = &req.headers;
+        assert_eq!(req.method, "POST");
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h["x-tc-action"], UNASSIGN);
+        assert_eq!(h["x-tc-version"], VERSION);
+        assert_eq!(h["x-tc-timestamp"], "1700000000");
+        assert_eq!(h["x-tc-region"], "ap-guangzhou");
+        assert_eq!(h["x-tc-token"], "tok");
+        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"NetworkInterfaceId":"eni-1","PrivateIpAddresses":[
+                {"PrivateIpAddress":"10.0.0.2"},{"PrivateIpAddress":"10.0.0.3"}]})
+        );
+        // The signature covers exactly the Host header and bytes that were sent.
+        let expected = tc3_sign(
+            &Tc3Request {
+                method: "POST",
+                host: &h["host"],
+                query: "",
+                content_type: &h["content-type"],
+                payload: &req.body,
+                service: SERVICE,
+                timestamp: 1_700_000_000,
+            },
+            "the-secret-key",
+        );
+        let auth = parse_tc3_authorization(&h["authorization"]).unwrap();
+        assert_eq!(auth.signature, expected.signature);
+        assert_eq!(auth.secret_id, "AKIDtest");
+        assert_eq!(h["host"], api.endpoint.host);
+    }
+
+    #[tokio::test]
+    async fn describe_parses_enis_and_sends_the_instance_filter() {
+        let (api, server) = api(
+            r#"{"Response":{"TotalCount":1,"RequestId":"r","NetworkInterfaceSet":[{
+                "NetworkInterfaceId":"eni-1","MacAddress":"20:90:6F:F5:34:C7","VpcId":"vpc-1",
+                "SubnetId":"subnet-1","State":"AVAILABLE","Primary":false,
+                "Attachment":{"InstanceId":"ins-1","DeviceIndex":1},
+                "PrivateIpAddressSet":[
+                  {"PrivateIpAddress":"10.0.0.5","Primary":true,"State":"AVAILABLE","AddressId":""},
+                  {"PrivateIpAddress":"10.0.0.6","Primary":false,"State":"AVAILABLE","AddressId":"eip-1"}]}]}}"#,
+        )
+        .await;
+        let (enis, total) = api
+            .describe_enis(&creds(None), 1, "ins-1", 0)
+            .await
+            .unwrap();
+        assert_eq!(total, 1);
+        let eni = &enis[0];
+        assert_eq!(eni.mac, MacAddr::parse("20:90:6f:f5:34:c7").unwrap());
+        assert_eq!(
+            eni.attachment,
+            Some(Attachment {
+                instance_id: "ins-1".into(),
+                device_index: 1
+            })
+        );
+        assert!(eni.ips[0].primary && eni.ips[0].eip.is_none());
+        assert_eq!(eni.ips[1].eip.as_deref(), Some("eip-1"));
+        let req = &server.requests()[0];
+        assert!(!req.headers.contains_key("x-tc-token"));
+        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(body["Filters"][0]["Name"], "attachment.instance-id");
+        assert_eq!(body["Filters"][0]["Values"][0], "ins-1");
+        assert_eq!(body["Limit"], 100);
+        assert_eq!(body["Offset"], 0);
+    }
+
+    #[test]
+    fn errors_are_classified_and_keep_the_request_id() {
+        let err = parse_response::<RequestOnly>(
+            UNASSIGN,
+            br#"{"Response":{"Error":{"Code":"LimitExceeded.ActionLimited","Message":"slow down"},"RequestId":"r-9"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.class, ErrorClass::RetryLater);
+        assert_eq!(err.code, "LimitExceeded.ActionLimited");
+        assert_eq!(err.request_id.as_deref(), Some("r-9"));
+        let err = parse_response::<RequestOnly>(
+            UNASSIGN,
+            br#"{"Response":{"Error":{"Code":"UnsupportedOperation.PrimaryIp","Message":""}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Refused);
+    }
+
+    #[test]
+    fn no_reply_shape_panics_and_all_are_malformed() {
+        let bodies: &[&[u8]] = &[
+            b"",
+            b"<html>",
+            b"null",
+            b"[]",
+            b"{}",
+            br#"{"Response":null}"#,
+            br#"{"Response":"x"}"#,
+            br#"{"Response":{}}"#,
+            br#"{"Response":{"RequestId":42}}"#,
+            br#"{"Response":{"Error":{}}}"#,
+            br#"{"Response":{"Error":"boom"}}"#,
+            br#"{"Response":{"TotalCount":-1}}"#,
+            br#"{"Response":{"TotalCount":1,"NetworkInterfaceSet":[{"MacAddress":"zz"}]}}"#,
+            b"\xff\xfe",
+        ];
+        for body in bodies {
+            let a = parse_response::<RequestOnly>(UNASSIGN, body).unwrap_err();
+            let b = parse_response::<EniPage>(DESCRIBE_ENIS, body);
+            assert_eq!(
+                a.code,
+                "Response.Malformed",
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(a.class, ErrorClass::RetryLater);
+            if let Err(b) = b {
+                assert_eq!(b.class, ErrorClass::RetryLater);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_task_status_is_malformed() {
+        let (api, _server) = api(r#"{"Response":{"Status":"WEIRD","RequestId":"r"}}"#).await;
+        let err = api.task_status(&creds(None), 1, "t").await.unwrap_err();
+        assert_eq!(err.code, "Response.Malformed");
+    }
+
+    #[tokio::test]
+    async fn non_200_and_dead_endpoints_are_transient() {
+        let server = TestServer::start(|_| (503, "down".to_owned())).await;
+        let api = V3Api::new(
+            reqwest::Client::new(),
+            Endpoint::parse(&server.base, true).unwrap(),
+            "r".into(),
+        );
+        let err = api.task_status(&creds(None), 1, "t").await.unwrap_err();
+        assert_eq!(
+            (err.code.as_str(), err.class),
+            ("Http.503", ErrorClass::RetryLater)
+        );
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let api = V3Api::new(
+            reqwest::Client::new(),
+            Endpoint::parse(&format!("http://127.0.0.1:{port}/"), true).unwrap(),
+            "r".into(),
+        );
+        let err = api.task_status(&creds(None), 1, "t").await.unwrap_err();
+        assert_eq!(
+            (err.code.as_str(), err.class),
+            ("Transport.Connect", ErrorClass::RetryLater)
+        );
+    }
+}

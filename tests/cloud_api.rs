@@ -1,0 +1,640 @@
+//! The cloud client against the fake Tencent Cloud (a real HTTP server on loopback):
+//! issue #2's acceptance. Every test binds its own fake to `127.0.0.1:0` and uses
+//! sub-second backoffs and task durations.
+
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use enisync::cloud::client::{CloudSettings, TencentCloud};
+use enisync::cloud::credentials::{
+    CredentialProvider, CredentialSources, Secret, ServerClock, SystemClock,
+};
+use enisync::cloud::metadata::{MetadataClient, MetadataSettings};
+use enisync::cloud::release::{IpOutcome, ReleasePolicy, release_batch, release_in_batches};
+use enisync::cloud::retry::{Backoff, Rates};
+use enisync::cloud::sign::LegacySignMethod;
+use enisync::cloud::{Cloud, ErrorClass, Protocol};
+use enisync_fakecloud::{FakeCloud, FakeEni, FakeInstance, FakeServer, Fault, Surface};
+
+const INSTANCE: &str = "ins-1";
+const ENI: &str = "eni-1";
+const VPC: &str = "vpc-1";
+const SECRET_ID: &str = "AKIDlongtermexample";
+const SECRET_KEY: &str = "the-long-term-secret-key-NEVER-LOGGED";
+const UNASSIGN: &str = "UnassignPrivateIpAddresses";
+const TASK_RESULT: &str = "DescribeVpcTaskResult";
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 1, last)
+}
+
+/// A fake with one instance, one attached ENI (primary 10.0.1.10, secondaries .11–.40)
+/// and one long-term key; tasks take 50 ms.
+fn fake() -> FakeCloud {
+    let fake = FakeCloud::new();
+    fake.add_instance(FakeInstance::new(INSTANCE, "ap-guangzhou"))
+        .unwrap();
+    fake.add_eni(
+        FakeEni::new(
+            ENI,
+            "52:54:00:12:34:56",
+            VPC,
+            "subnet-1",
+            "10.0.1.0/24",
+            ip(10),
+        )
+        .attached(INSTANCE, 1)
+        .secondaries((11..=40).map(ip)),
+    )
+    .unwrap();
+    fake.add_key(SECRET_ID, SECRET_KEY);
+    fake.set_task_duration(Duration::from_millis(50));
+    fake
+}
+
+fn serve(fake: &FakeCloud) -> FakeServer {
+    fake.serve(TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap()
+}
+
+fn settings(server: &FakeServer, protocol: Protocol) -> CloudSettings {
+    CloudSettings {
+        protocol,
+        v3_endpoint: server.v3_endpoint(),
+        legacy_endpoint: server.legacy_endpoint(),
+        total_timeout: Duration::from_millis(500),
+        rates: Rates {
+            unassign: 100.0,
+            describe: 100.0,
+            task_result: 100.0,
+        },
+        backoff: Backoff {
+            base: Duration::from_millis(5),
+            cap: Duration::from_millis(50),
+        },
+        max_attempts: 4,
+        task_poll_start: Duration::from_millis(20),
+        task_poll_cap: Duration::from_millis(50),
+        task_cap: Duration::from_secs(3),
+        allow_plain_http: true,
+        ..CloudSettings::new("ap-guangzhou", INSTANCE)
+    }
+}
+
+fn config_keys(id: &str, key: &str) -> Arc<CredentialProvider> {
+    let sources = CredentialSources {
+        systemd_dir: None,
+        config_keys: Some((Secret::new(id), Secret::new(key))),
+        env: Box::new(|_| None),
+        metadata: None,
+    };
+    Arc::new(
+        CredentialProvider::new(sources, Arc::new(ServerClock::new(Arc::new(SystemClock))))
+            .unwrap(),
+    )
+}
+
+fn client(server: &FakeServer, protocol: Protocol) -> TencentCloud {
+    TencentCloud::new(
+        settings(server, protocol),
+        config_keys(SECRET_ID, SECRET_KEY),
+    )
+    .unwrap()
+}
+
+fn policy() -> ReleasePolicy {
+    ReleasePolicy::default()
+}
+
+// ----- releases run to SUCCESS on both protocols --------------------------------------
+
+#[tokio::test]
+async fn api3_unassign_runs_to_task_success_and_the_ip_is_gone() {
+    let fake = fake();
+    let server = serve(&fake);
+    let cloud = client(&server, Protocol::V3);
+
+    let out = release_batch(&cloud, ENI, VPC, &[ip(11), ip(12)], policy()).await;
+
+    assert_eq!(out.common(), Some(&IpOutcome::Released), "{out:?}");
+    let ips = fake.ips_of(ENI);
+    assert!(!ips.contains(&ip(11)) && !ips.contains(&ip(12)), "{ips:?}");
+    assert!(ips.contains(&ip(13)));
+    let unassigns = fake.calls_of(UNASSIGN);
+    assert_eq!(unassigns.len(), 1);
+    assert_eq!(unassigns[0].surface, Surface::V3);
+    assert_eq!(unassigns[0].answer, "Success");
+    let polls = fake.calls_of(TASK_RESULT);
+    assert_eq!(
+        polls.last().unwrap().task_status.as_deref(),
+        Some("SUCCESS")
+    );
+    assert_eq!(
+        polls.last().unwrap().task,
+        out.tasks[0].request_id,
+        "polled with the unassign's RequestId"
+    );
+}
+
+#[tokio::test]
+async fn legacy_unassign_runs_to_task_success_with_both_sign_methods() {
+    let fake = fake();
+    let server = serve(&fake);
+    for (method, target) in [
+        (LegacySignMethod::HmacSha256, ip(11)),
+        (LegacySignMethod::HmacSha1, ip(12)),
+    ] {
+        let cloud = TencentCloud::new(
+            CloudSettings {
+                legacy_sign_method: method,
+                ..settings(&server, Protocol::Legacy)
+            },
+            config_keys(SECRET_ID, SECRET_KEY),
+        )
+        .unwrap();
+        let out = release_batch(&cloud, ENI, VPC, &[target], policy()).await;
+        assert_eq!(
+            out.common(),
+            Some(&IpOutcome::Released),
+            "{method:?}: {out:?}"
+        );
+        assert!(!fake.ips_of(ENI).contains(&target));
+        assert_eq!(out.tasks[0].protocol, Protocol::Legacy);
+    }
+    let calls = fake.calls();
+    let legacy: Vec<_> = calls
+        .iter()
+        .filter(|c| c.action == UNASSIGN || c.action == TASK_RESULT)
+        .collect();
+    assert!(legacy.iter().all(|c| c.surface == Surface::Legacy));
+    assert_eq!(
+        legacy
+            .iter()
+            .filter(|c| c.action == UNASSIGN && c.answer == "Success")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn list_enis_uses_api3_even_with_the_legacy_protocol() {
+    let fake = fake();
+    let server = serve(&fake);
+    let cloud = client(&server, Protocol::Legacy);
+    let enis = cloud.list_enis().await.unwrap();
+    assert_eq!(enis.len(), 1);
+    assert_eq!(enis[0].id, ENI);
+    assert_eq!(enis[0].ips.len(), 31);
+    assert!(enis[0].ip(ip(10)).unwrap().primary);
+    let describe = fake.calls_of("DescribeNetworkInterfaces");
+    assert_eq!(describe[0].surface, Surface::V3);
+}
+
+#[tokio::test]
+async fn twenty_three_ips_become_three_calls() {
+    let fake = fake();
+    let server = serve(&fake);
+    let cloud = client(&server, Protocol::V3);
+    let ips: Vec<_> = (11..34).map(ip).collect();
+
+    let out = release_in_batches(&cloud, ENI, VPC, &ips, policy()).await;
+
+    assert_eq!(out.ips.len(), 23);
+    assert!(
+        out.ips.values().all(|o| *o == IpOutcome::Released),
+        "{out:?}"
+    );
+    let sizes: Vec<_> = fake
+        .calls_of(UNASSIGN)
+        .iter()
+        .map(|c| c.ips.len())
+        .collect();
+    assert_eq!(sizes, [10, 10, 3]);
+    let left = fake.ips_of(ENI);
+    assert!(ips.iter().all(|ip| !left.contains(ip)));
+    assert_eq!(left.len(), 31 - 23);
+}
+
+// ----- each outcome class, from a fault or a state --------------------------------------
+
+#[tokio::test]
+async fn an_ip_not_on_the_eni_is_already_gone_on_both_protocols() {
+    let fake = fake();
+    let server = serve(&fake);
+    for protocol in [Protocol::V3, Protocol::Legacy] {
+        let cloud = client(&server, protocol);
+        let out = release_batch(&cloud, ENI, VPC, &[ip(99)], policy()).await;
+        assert_eq!(
+            out.common(),
+            Some(&IpOutcome::AlreadyGone),
+            "{protocol:?}: {out:?}"
+        );
+    }
+    assert!(
+        fake.calls_of("DescribeNetworkInterfaces").len() >= 2,
+        "confirmed by a describe"
+    );
+}
+
+#[tokio::test]
+async fn a_primary_ip_is_refused_with_its_code_on_both_protocols() {
+    let fake = fake();
+    let server = serve(&fake);
+    for (protocol, code) in [
+        (Protocol::V3, "UnsupportedOperation.PrimaryIp"),
+        (Protocol::Legacy, "InvalidPrivateip.IsPrimary"),
+    ] {
+        let cloud = client(&server, protocol);
+        let out = release_batch(&cloud, ENI, VPC, &[ip(10)], policy()).await;
+        let Some(IpOutcome::Refused { reason }) = out.common() else {
+            panic!("{protocol:?}: {out:?}")
+        };
+        assert!(reason.contains(code), "{reason}");
+    }
+    assert!(fake.ips_of(ENI).contains(&ip(10)));
+    assert_eq!(fake.calls_of(UNASSIGN).len(), 2, "a refusal is not retried");
+}
+
+#[tokio::test]
+async fn permission_errors_are_refused_without_retries() {
+    let fake = fake();
+    let server = serve(&fake);
+    fake.inject(UNASSIGN, Fault::error("UnauthorizedOperation"), 1);
+    let out = release_batch(
+        &client(&server, Protocol::V3),
+        ENI,
+        VPC,
+        &[ip(11)],
+        policy(),
+    )
+    .await;
+    assert!(
+        matches!(out.common(), Some(IpOutcome::Refused { .. })),
+        "{out:?}"
+    );
+    assert_eq!(fake.calls_of(UNASSIGN).len(), 1);
+    assert!(fake.ips_of(ENI).contains(&ip(11)));
+}
+
+#[tokio::test]
+async fn persistent_server_errors_end_as_retry_later_after_bounded_retries() {
+    let fake = fake();
+    let server = serve(&fake);
+    fake.inject(UNASSIGN, Fault::Http { status: 503 }, 10);
+    let out = release_batch(
+        &client(&server, Protocol::V3),
+        ENI,
+        VPC,
+        &[ip(11)],
+        policy(),
+    )
+    .await;
+    let Some(IpOutcome::RetryLater { reason }) = out.common() else {
+        panic!("{out:?}")
+    };
+    assert!(reason.contains("Http.503"), "{reason}");
+    assert_eq!(fake.calls_of(UNASSIGN).len(), 4, "max_attempts sends");
+    assert!(fake.ips_of(ENI).contains(&ip(11)));
+}
+
+#[tokio::test]
+async fn malformed_bodies_timeouts_and_a_busy_eni_are_retried_to_success() {
+    let fake = fake();
+    let server = serve(&fake);
+    let cloud = client(&server, Protocol::V3);
+    for fault in [
+        Fault::Malformed,
+        Fault::timeout(Duration::from_millis(800)),
+        Fault::error("UnsupportedOperation.MutexOperationTaskRunning"),
+        Fault::error("InternalError"),
+    ] {
+        fake.clear_calls();
+        fake.inject(UNASSIGN, fault.clone(), 1);
+        let target = ip(11 + u8::try_from(fake.tasks().len()).unwrap());
+        let out = release_batch(&cloud, ENI, VPC, &[target], policy()).await;
+        assert_eq!(
+            out.common(),
+            Some(&IpOutcome::Released),
+            "{fault:?}: {out:?}"
+        );
+        assert_eq!(fake.calls_of(UNASSIGN).len(), 2, "{fault:?}: one retry");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_task_is_retried_and_one_that_always_fails_is_refused() {
+    let fake = fake();
+    let server = serve(&fake);
+    let cloud = client(&server, Protocol::V3);
+
+    fake.fail_next_task(UNASSIGN);
+    let out = release_batch(&cloud, ENI, VPC, &[ip(11)], policy()).await;
+    assert_eq!(out.common(), Some(&IpOutcome::Released), "{out:?}");
+    assert_eq!(out.tasks.len(), 2);
+
+    fake.inject(UNASSIGN, Fault::TaskFails, 10);
+    let out = release_batch(&cloud, ENI, VPC, &[ip(12)], policy()).await;
+    assert_eq!(
+        out.common(),
+        Some(&IpOutcome::Refused {
+            reason: "task failed 3 times".into()
+        })
+    );
+    assert!(fake.ips_of(ENI).contains(&ip(12)));
+}
+
+#[tokio::test]
+async fn a_task_still_running_at_the_cap_is_retry_later() {
+    let fake = fake();
+    let server = serve(&fake);
+    fake.set_task_duration(Duration::from_secs(30));
+    let cloud = TencentCloud::new(
+        CloudSettings {
+            task_cap: Duration::from_millis(200),
+            ..settings(&server, Protocol::V3)
+        },
+        config_keys(SECRET_ID, SECRET_KEY),
+    )
+    .unwrap();
+    let out = release_batch(&cloud, ENI, VPC, &[ip(11)], policy()).await;
+    assert!(
+        matches!(out.common(), Some(IpOutcome::RetryLater { .. })),
+        "{out:?}"
+    );
+    assert_eq!(out.tasks.len(), 1, "the task is reported for the journal");
+}
+
+#[tokio::test]
+async fn a_rejected_token_refreshes_and_retries_once() {
+    let fake = fake();
+    let server = serve(&fake);
+    let cloud = client(&server, Protocol::V3);
+    fake.inject(UNASSIGN, Fault::error("AuthFailure.TokenFailure"), 1);
+    let out = release_batch(&cloud, ENI, VPC, &[ip(11)], policy()).await;
+    assert_eq!(out.common(), Some(&IpOutcome::Released), "{out:?}");
+    assert_eq!(fake.calls_of(UNASSIGN).len(), 2);
+
+    fake.inject(UNASSIGN, Fault::error("AuthFailure.TokenFailure"), 5);
+    let out = release_batch(&cloud, ENI, VPC, &[ip(12)], policy()).await;
+    assert!(
+        matches!(out.common(), Some(IpOutcome::Refused { .. })),
+        "{out:?}"
+    );
+    assert_eq!(fake.calls_of(UNASSIGN).len(), 4, "exactly one retry");
+}
+
+// ----- throttling -------------------------------------------------------------------
+
+#[tokio::test]
+async fn throttling_recovers_without_losing_the_release() {
+    let fake = fake();
+    let server = serve(&fake);
+    for protocol in [Protocol::V3, Protocol::Legacy] {
+        fake.clear_calls();
+        let target = if protocol == Protocol::V3 {
+            ip(11)
+        } else {
+            ip(12)
+        };
+        fake.inject(UNASSIGN, Fault::Throttle, 2);
+        fake.inject(UNASSIGN, Fault::ActionLimited, 1);
+        fake.inject(TASK_RESULT, Fault::Throttle, 3);
+        let out = release_batch(&client(&server, protocol), ENI, VPC, &[target], policy()).await;
+        assert_eq!(
+            out.common(),
+            Some(&IpOutcome::Released),
+            "{protocol:?}: {out:?}"
+        );
+        assert!(!fake.ips_of(ENI).contains(&target));
+        let answers: Vec<_> = fake
+            .calls_of(UNASSIGN)
+            .into_iter()
+            .map(|c| c.answer)
+            .collect();
+        assert_eq!(answers.len(), 4, "{protocol:?}: {answers:?}");
+        assert_eq!(answers.last().map(String::as_str), Some("Success"));
+        assert!(fake.faults().iter().all(|rule| rule.remaining == 0));
+    }
+}
+
+#[tokio::test]
+async fn the_client_side_rate_limit_spaces_calls() {
+    let fake = fake();
+    let server = serve(&fake);
+    let cloud = TencentCloud::new(
+        CloudSettings {
+            rates: Rates {
+                unassign: 100.0,
+                describe: 10.0,
+                task_result: 100.0,
+            },
+            describe_cache_ttl: Duration::ZERO,
+            ..settings(&server, Protocol::V3)
+        },
+        config_keys(SECRET_ID, SECRET_KEY),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..15 {
+        cloud.list_enis().await.unwrap();
+    }
+    // A burst of 10, then 10 per second: the last 5 take about half a second.
+    assert!(
+        start.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+// ----- credentials ------------------------------------------------------------------
+
+#[tokio::test]
+async fn cam_role_keys_rotate_and_are_fetched_once_per_rotation() {
+    let fake = fake();
+    let server = serve(&fake);
+    fake.set_cam_role(INSTANCE, Some("enisync-role")).unwrap();
+    fake.set_cam_rotation(Duration::from_secs(3600));
+    // Keys overlap their successor by ten minutes, as real temporary keys do.
+    fake.set_cam_key_lifetime(Duration::from_secs(4200));
+    let clock = Arc::new(ServerClock::new(Arc::new(SystemClock)));
+    let cloud = cam_client(&server, Arc::clone(&clock));
+
+    let rounds = 3;
+    let mut secret_ids = Vec::new();
+    for round in 0..rounds {
+        // Both clocks jump past the refresh point (issue + 4200 − 300 s) of the previous
+        // key, which the fake has rotated (issue + 3600 s).
+        fake.set_clock_offset_secs(round * 4000);
+        clock.set_offset(round * 4000);
+        for target in 0..2 {
+            let target = ip(11 + u8::try_from(round * 2 + target).unwrap());
+            let out = release_batch(&cloud, ENI, VPC, &[target], policy()).await;
+            assert_eq!(
+                out.common(),
+                Some(&IpOutcome::Released),
+                "round {round}: {out:?}"
+            );
+        }
+        secret_ids.push(fake.cam_key(INSTANCE).unwrap().secret_id);
+    }
+    let rounds = u64::try_from(rounds).unwrap();
+    assert_eq!(fake.metadata_credential_fetches(), rounds);
+    assert_eq!(cloud.credentials().metadata_fetches(), rounds);
+    secret_ids.dedup();
+    assert_eq!(secret_ids.len(), 3, "a new key each round");
+    let calls = fake.calls();
+    let api_calls: Vec<_> = calls.iter().filter(|c| c.surface == Surface::V3).collect();
+    assert!(
+        api_calls.iter().all(|c| c.answer == "Success"),
+        "{api_calls:#?}"
+    );
+    for id in &secret_ids {
+        assert!(api_calls.iter().any(|c| c.secret_id.as_ref() == Some(id)));
+    }
+}
+
+fn cam_client(server: &FakeServer, clock: Arc<ServerClock>) -> TencentCloud {
+    let metadata = MetadataClient::new(&MetadataSettings {
+        base_url: server.metadata_endpoint(),
+        ..MetadataSettings::default()
+    })
+    .unwrap();
+    let sources = CredentialSources {
+        systemd_dir: None,
+        config_keys: None,
+        env: Box::new(|_| None),
+        metadata: Some(metadata),
+    };
+    let credentials = Arc::new(CredentialProvider::new(sources, clock).unwrap());
+    TencentCloud::new(settings(server, Protocol::V3), credentials).unwrap()
+}
+
+#[tokio::test]
+async fn a_request_signed_with_a_wrong_key_is_rejected() {
+    let fake = fake();
+    let server = serve(&fake);
+    for protocol in [Protocol::V3, Protocol::Legacy] {
+        let cloud = TencentCloud::new(
+            settings(&server, protocol),
+            config_keys(SECRET_ID, "not-the-right-key"),
+        )
+        .unwrap();
+        let error = cloud.unassign(ENI, VPC, &[ip(11)]).await.unwrap_err();
+        assert_eq!(error.class, ErrorClass::Refused, "{protocol:?}: {error}");
+        assert!(
+            error.code.contains("AuthFailure.SignatureFailure"),
+            "{error}"
+        );
+    }
+    let error = TencentCloud::new(
+        settings(&server, Protocol::V3),
+        config_keys("AKIDunknown", SECRET_KEY),
+    )
+    .unwrap()
+    .unassign(ENI, VPC, &[ip(11)])
+    .await
+    .unwrap_err();
+    assert_eq!(error.code, "AuthFailure.SecretIdNotFound");
+    assert!(fake.ips_of(ENI).contains(&ip(11)));
+    assert!(
+        fake.calls_of(UNASSIGN)
+            .iter()
+            .all(|c| c.answer.starts_with("AuthFailure"))
+    );
+}
+
+// ----- no secret in any log line --------------------------------------------------
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_secret_key_or_token_appears_in_any_log_line() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let fake = fake();
+    let server = serve(&fake);
+    let mut texts = Vec::new();
+
+    // Long-term keys, both protocols, with errors, retries and refreshes on the way.
+    for protocol in [Protocol::V3, Protocol::Legacy] {
+        fake.inject(UNASSIGN, Fault::Throttle, 1);
+        fake.inject(UNASSIGN, Fault::error("AuthFailure.TokenFailure"), 1);
+        fake.inject(UNASSIGN, Fault::error("AuthFailure.SignatureExpire"), 1);
+        let cloud = client(&server, protocol);
+        let target = if protocol == Protocol::V3 {
+            ip(11)
+        } else {
+            ip(12)
+        };
+        let out = release_batch(&cloud, ENI, VPC, &[target, ip(10), ip(99)], policy()).await;
+        texts.push(format!("{out:?} {cloud:?}"));
+    }
+    let wrong = TencentCloud::new(
+        settings(&server, Protocol::Legacy),
+        config_keys(SECRET_ID, "wrong-key-also-secret"),
+    )
+    .unwrap();
+    let error = wrong.unassign(ENI, VPC, &[ip(13)]).await.unwrap_err();
+    texts.push(format!("{error} {error:?} {wrong:?}"));
+
+    // CAM role keys with session tokens, on both protocols, across a rotation.
+    fake.set_cam_role(INSTANCE, Some("enisync-role")).unwrap();
+    fake.set_cam_rotation(Duration::from_secs(3600));
+    fake.set_cam_key_lifetime(Duration::from_secs(4200));
+    let clock = Arc::new(ServerClock::new(Arc::new(SystemClock)));
+    let cam = cam_client(&server, Arc::clone(&clock));
+    let mut cam_keys = Vec::new();
+    for round in 0..2 {
+        fake.set_clock_offset_secs(round * 4000);
+        clock.set_offset(round * 4000);
+        fake.inject(UNASSIGN, Fault::error("AuthFailure.TokenFailure"), 1);
+        let target = ip(20 + u8::try_from(round).unwrap());
+        let out = release_batch(&cam, ENI, VPC, &[target], policy()).await;
+        assert_eq!(out.common(), Some(&IpOutcome::Released), "{out:?}");
+        cam_keys.push(fake.cam_key(INSTANCE).unwrap());
+        texts.push(format!("{out:?} {cam:?}"));
+    }
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("unassign sent"), "the capture works: {logs}");
+    assert!(logs.contains("fetched temporary API keys"));
+    assert!(logs.contains("check this host's clock"));
+    let mut secrets = vec![SECRET_KEY.to_owned(), "wrong-key-also-secret".to_owned()];
+    for key in &cam_keys {
+        secrets.push(key.secret_key.clone());
+        secrets.push(key.token.clone());
+    }
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret is in the logs");
+        for text in &texts {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret is in an error or Debug output"
+            );
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The HTTP server: one listener, three surfaces routed by path, plus the control
+//! endpoints `GET /_fake/calls` and `GET /_fake/state`.
+//!
+//! Every request is handled synchronously under the state lock (so answers are
+//! deterministic), logged, shown to the call observer, and only then, outside the lock,
+//! delayed if a fault asks for it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
+
+use crate::FakeCloud;
+use crate::calls::Call;
+use crate::faults::Fault;
+use crate::{auth, legacy, metadata, v3};
+
+/// How often the background tick ends due tasks (they also end lazily on every request
+/// and state read).
+const TICK: Duration = Duration::from_millis(20);
+
+/// A request as the surfaces see it.
+#[derive(Debug)]
+pub(crate) struct RawRequest {
+    pub method: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub source: SocketAddr,
+}
+
+impl RawRequest {
+    /// A header as text (`None` if absent or not visible ASCII).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// An answer, possibly held back.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+    pub delay: Option<Duration>,
+    label: Option<String>,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body: value.to_string(),
+            delay: None,
+            label: None,
+        }
+    }
+
+    pub fn text(status: u16, body: String) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body,
+            delay: None,
+            label: None,
+        }
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    pub fn labelled(mut self, label: &str) -> Self {
+        self.label = Some(label.to_string());
+        self
+    }
+
+    /// The answer of a fault that replaces processing.
+    pub fn for_fault(fault: &Fault) -> Self {
+        match fault {
+            Fault::Http { status } => {
+                Self::text(*status, format!("fake: injected HTTP {status}\n"))
+                    .labelled(&format!("HTTP {status}"))
+            }
+            Fault::Timeout { after_ms } => Self::text(504, "fake: injected timeout\n".into())
+                .delayed(Duration::from_millis(*after_ms))
+                .labelled("Timeout"),
+            Fault::Malformed => Self {
+                status: 200,
+                content_type: "application/json",
+                body: "{\"Response\": {\"RequestId\": \"truncat".to_string(),
+                delay: None,
+                label: Some("Malformed".to_string()),
+            },
+            other => {
+                let code = other.error_code().map_or("InternalError", |(c, _)| c);
+                Self::text(500, format!("{code}\n")).labelled(code)
+            }
+        }
+    }
+
+    /// What the call log records for a fault answer.
+    pub fn answer_label(&self) -> String {
+        self.label
+            .clone()
+            .unwrap_or_else(|| format!("HTTP {}", self.status))
+    }
+
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, self.body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        response
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    cloud: FakeCloud,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A running server. Stops when dropped (or with [`FakeServer::stop`]); keep it alive
+/// for as long as the fake should answer.
+#[derive(Debug)]
+pub struct FakeServer {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeServer {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://ADDR/latest/meta-data/`, for enisync's `metadata.endpoint`.
+    pub fn metadata_endpoint(&self) -> String {
+        format!("http://{}{}/", self.addr, metadata::PREFIX)
+    }
+
+    /// `http://ADDR/`, the API 3.0 endpoint.
+    pub fn v3_endpoint(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// `http://ADDR/v2/index.php`, the legacy endpoint.
+    pub fn legacy_endpoint(&self) -> String {
+        format!("http://{}{}", self.addr, auth::LEGACY_PATH)
+    }
+
+    /// Asks the server to stop: no new connections, held-back answers are cut short.
+    pub fn stop(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Stops and waits until the server has finished.
+    pub async fn shutdown(mut self) {
+        self.stop();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl FakeCloud {
+    /// Serves on `listener` (bound by the caller: loopback, or inside a test's network
+    /// namespace) from the current Tokio runtime. Fails outside a runtime.
+    pub fn serve(&self, listener: std::net::TcpListener) -> io::Result<FakeServer> {
+        tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(run(self.clone(), listener, rx));
+        Ok(FakeServer {
+            addr,
+            shutdown: tx,
+            task: Some(task),
+            thread: None,
+        })
+    }
+
+    /// Serves on `listener` from a thread of its own with its own runtime, for callers
+    /// without a Tokio runtime (or that block theirs).
+    pub fn serve_in_thread(&self, listener: std::net::TcpListener) -> io::Result<FakeServer> {
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, rx) = watch::channel(false);
+        let cloud = self.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("fakecloud-{addr}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => run(cloud, listener, rx).await,
+                        Err(e) => tracing::error!("fakecloud: listener: {e}"),
+                    }
+                });
+            })?;
+        Ok(FakeServer {
+            addr,
+            shutdown: tx,
+            task: None,
+            thread: Some(thread),
+        })
+    }
+}
+
+async fn run(cloud: FakeCloud, listener: tokio::net::TcpListener, shutdown: watch::Receiver<bool>) {
+    let ticker = {
+        let cloud = cloud.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => cloud.settle(),
+                    () = stopped(&mut stop) => break,
+                }
+            }
+        })
+    };
+    let app = App {
+        cloud,
+        shutdown: shutdown.clone(),
+    };
+    let router = Router::new().fallback(route).with_state(app);
+    let mut stop = shutdown;
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stopped(&mut stop).await })
+    .await;
+    if let Err(e) = served {
+        tracing::error!("fakecloud: server: {e}");
+    }
+    ticker.abort();
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn route(
+    State(app): State<App>,
+    ConnectInfo(source): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let req = RawRequest {
+        method: method.as_str().to_string(),
+        query: uri.query().unwrap_or("").to_string(),
+        headers,
+        body,
+        source,
+    };
+    let handled: Option<(Reply, Call)> = app.cloud.with_world(|world| {
+        world.settle();
+        let answer = if let Some(rest) = path.strip_prefix(metadata::PREFIX) {
+            match rest {
+                "" => Some(metadata::handle(world, &req, "")),
+                _ => rest
+                    .strip_prefix('/')
+                    .map(|rel| metadata::handle(world, &req, rel)),
+            }
+        } else if path == auth::LEGACY_PATH && matches!(req.method.as_str(), "GET" | "POST") {
+            Some(legacy::handle(world, &req))
+        } else if path == "/" && req.method == "POST" {
+            Some(v3::handle(world, &req))
+        } else {
+            None
+        };
+        answer.map(|(reply, call)| (reply, world.log(call)))
+    });
+    let Some((reply, call)) = handled else {
+        return control(&app.cloud, &method, &path);
+    };
+    app.cloud.notify(&call);
+    if let Some(delay) = reply.delay {
+        let mut stop = app.shutdown.clone();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stopped(&mut stop) => {
+                return Reply::text(503, "fake: shutting down\n".into()).into_response();
+            }
+        }
+    }
+    reply.into_response()
+}
+
+/// `GET /_fake/calls`, `GET /_fake/state`; anything else is 404.
+fn control(cloud: &FakeCloud, method: &Method, path: &str) -> Response {
+    let value = match (method.as_str(), path) {
+        ("GET", "/_fake/calls") => serde_json::to_value(cloud.calls()).ok(),
+        ("GET", "/_fake/state") => Some(cloud.state_json()),
+        _ => None,
+    };
+    match value {
+        Some(value) => Reply::json(200, &value).into_response(),
+        None => Reply::text(404, "404 - Not Found\n".into()).into_response(),
+    }
+}
