@@ -91,9 +91,7 @@ pub enum HostEvent {
     /// A link appeared or changed (up/down, MAC, name).
     LinkChanged(Link),
     /// A link was deleted or moved to another namespace.
-    LinkRemoved {
-        index: u32,
-    },
+    LinkRemoved { index: u32 },
     /// Policy rules or routes changed (someone else's or ours): the routing reconciler
     /// may want to repair.
     RoutingChanged,

@@ -364,12 +364,19 @@ impl Watcher {
         }
     }
 
-    /// Re-dumps, emits the differences against the mirror, then `Resynced`.
+    /// Re-dumps, emits the differences against the mirror, then `Resynced`. Reopens
+    /// the sockets (and resyncs again) if the event stream turns out to have ended.
     async fn resync(&mut self, reason: Reason) {
+        if !self.resync_once(reason).await {
+            self.reconnect().await;
+        }
+    }
+
+    /// One resync; returns whether the event stream is still alive.
+    async fn resync_once(&mut self, reason: Reason) -> bool {
         let alive = self.drain();
-        let fresh = match self.dump_with_retry().await {
-            Some(view) => view,
-            None => return,
+        let Some(fresh) = self.dump_with_retry().await else {
+            return alive;
         };
         let differences = self.mirror.diff(&fresh);
         let drift = u64::try_from(differences.len()).unwrap_or(u64::MAX);
@@ -400,9 +407,7 @@ impl Watcher {
         }
         self.counters.resyncs.fetch_add(1, Ordering::Relaxed);
         self.emit(HostEvent::Resynced);
-        if !alive {
-            self.reconnect().await;
-        }
+        alive
     }
 
     /// Dumps, retrying with backoff (and a fresh request socket) until it works or the
@@ -428,12 +433,14 @@ impl Watcher {
         }
     }
 
-    /// The event stream ended: reopen both sockets with backoff, then resync.
+    /// The event stream ended: reopen both sockets with backoff, then resync; again if
+    /// the new stream dies during that resync.
     async fn reconnect(&mut self) {
         let mut delay = self.opts.reconnect_min;
         loop {
             tracing::warn!(?delay, "netlink event stream ended; reconnecting");
             tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.opts.reconnect_max);
             if self.tx.is_closed() {
                 return;
             }
@@ -444,15 +451,12 @@ impl Watcher {
                     self.events = events;
                     self.requests = requests;
                     self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                    break;
+                    if self.resync_once(Reason::Reconnect).await {
+                        return;
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "reopening netlink sockets failed");
-                    delay = (delay * 2).min(self.opts.reconnect_max);
-                }
+                Err(error) => tracing::warn!(%error, "reopening netlink sockets failed"),
             }
         }
-        // Boxed: `resync` may call `reconnect` again when the new stream dies at once.
-        Box::pin(self.resync(Reason::Reconnect)).await;
     }
 }
