@@ -425,3 +425,62 @@ fn remover_process_name_is_resolved_while_it_runs() {
         }
     });
 }
+
+#[test]
+fn new_links_are_link_changes() {
+    in_netns(|| async {
+        let (_view, _handle, mut rx) = start().await;
+        veth("n0", "n1");
+        let events = events_until_quiet(&mut rx, QUIET).await;
+        for name in ["n0", "n1"] {
+            let index = ifindex(name);
+            assert!(
+                events.iter().any(|e| matches!(e, HostEvent::LinkChanged(l)
+                    if l.index == index && l.name == name)),
+                "{name}: {events:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn routing_changes_are_coalesced() {
+    in_netns(|| async {
+        veth("e0", "e1");
+        ip("addr add 10.0.0.1/24 dev e0");
+        let (_view, _handle, mut rx) = start().await;
+        let _ = events_until_quiet(&mut rx, QUIET).await;
+
+        ip("rule add from 10.0.0.1 lookup 300 pref 100");
+        ip("route add 10.7.0.0/16 via 10.0.0.2 table 300");
+        ip("route add 10.8.0.0/16 via 10.0.0.2 table 300");
+        let mut routing = 0;
+        while let Ok(Some(event)) = tokio::time::timeout(QUIET, rx.recv()).await {
+            assert_eq!(event, HostEvent::RoutingChanged);
+            routing += 1;
+        }
+        assert_eq!(routing, 1, "one burst, one event");
+    });
+}
+
+#[test]
+fn periodic_resync_runs_and_finds_no_drift() {
+    in_netns(|| async {
+        veth("e0", "e1");
+        ip("addr add 10.0.0.1/24 dev e0");
+        let opts = WatchOptions {
+            resync_interval: Duration::from_millis(100),
+            ..WatchOptions::default()
+        };
+        let (_view, handle, mut rx) = watch::start(opts).await.expect("watcher starts");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let stats = handle.stats();
+        assert!(stats.resyncs >= 2, "{stats:?}");
+        assert_eq!(stats.drift, 0, "{stats:?}");
+        let events = events_until_quiet(&mut rx, Duration::from_millis(50)).await;
+        assert!(
+            events.iter().all(|e| *e == HostEvent::Resynced),
+            "{events:?}"
+        );
+    });
+}
