@@ -15,7 +15,7 @@
 //!
 //! # What the kernel sends when a subnet's primary address is deleted
 //!
-//! Observed on 6.18 (tests `promote_secondaries_off` / `promote_secondaries_on` in
+//! Observed on 6.18 (tests `promote_secondaries_off_*` / `promote_secondaries_on_*` in
 //! `tests/host_watch.rs`), `ip addr del` of the primary 10.1.0.1/24 of a link that also
 //! has the secondaries 10.1.0.2/24 and 10.1.0.3/24:
 //!
@@ -31,8 +31,13 @@
 //!   address it already knew (its `secondary` flag changed). 10.1.0.3 stays secondary
 //!   and gets no message.
 //!
-//! Link deletion and moving a link to another namespace send an RTM_DELADDR per
-//! address with port id 0 (the kernel) and then RTM_DELLINK.
+//! Link deletion and moving a link to another namespace send an RTM_NEWLINK (the link
+//! going down), an RTM_DELADDR per address with port id 0 (the kernel), then
+//! RTM_DELLINK.
+//!
+//! The remover's process name is read from `/proc/<port id>/comm` when the DELADDR is
+//! handled. A short-lived `ip addr del` has usually exited by then, so expect `None`
+//! for it; long-lived removers (keepalived, network managers, `ip -batch`) resolve.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
