@@ -36,8 +36,8 @@
 //! RTM_DELLINK.
 //!
 //! The remover's process name is read from `/proc/<port id>/comm` when the DELADDR is
-//! handled. A short-lived `ip addr del` has usually exited by then, so expect `None`
-//! for it; long-lived removers (keepalived, network managers, `ip -batch`) resolve.
+//! handled. A short-lived `ip addr del` may have exited by then, giving `None`
+//! (best effort); long-lived removers (keepalived, network managers, `ip -batch`) resolve.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
