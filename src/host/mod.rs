@@ -5,11 +5,18 @@
 //! `netlink.rs`, so an rtnetlink upgrade touches one file.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::cloud::MacAddr;
+
+pub mod netlink;
+pub mod routes;
+pub mod watch;
 
 /// One link as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -20,8 +27,9 @@ pub struct Link {
     pub mac: Option<MacAddr>,
     /// Administratively up and with carrier (`IFF_UP` and `IFF_RUNNING`/oper state up).
     pub up: bool,
-    /// The parent link (`IFLA_LINK`) of macvlan, ipvlan, VLAN and veth children in
-    /// another namespace; physical ENI links have none.
+    /// The parent link (`IFLA_LINK`) of macvlan, ipvlan and VLAN children; physical ENI
+    /// links have none. A veth's `IFLA_LINK` names its *peer*, not a parent (the two
+    /// ends have different MACs), so veths report `None` here: tests use them as ENIs.
     pub parent: Option<u32>,
     /// `IFLA_INFO_KIND` (`veth`, `macvlan`, `vlan`, `bridge`, …); `None` for real NICs.
     pub kind: Option<String>,
@@ -71,6 +79,8 @@ impl Remover {
 /// difference a resync found, becomes exactly one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostEvent {
+    /// An address appeared, or a known one changed its `secondary` flag (promoted to
+    /// primary when `promote_secondaries` is on and the subnet's primary was deleted).
     AddrAdded(Addr),
     /// `remover` is `None` when the removal was found by a resync after an overrun: the
     /// sender is unknown, so the engine treats it as not asked for by anybody.
@@ -81,9 +91,7 @@ pub enum HostEvent {
     /// A link appeared or changed (up/down, MAC, name).
     LinkChanged(Link),
     /// A link was deleted or moved to another namespace.
-    LinkRemoved {
-        index: u32,
-    },
+    LinkRemoved { index: u32 },
     /// Policy rules or routes changed (someone else's or ours): the routing reconciler
     /// may want to repair.
     RoutingChanged,
@@ -109,5 +117,281 @@ impl HostView {
     /// The addresses on one link.
     pub fn addrs_on(&self, link: u32) -> impl Iterator<Item = &Addr> {
         self.addrs.values().filter(move |a| a.link == link)
+    }
+
+    /// Applies one event, so a consumer (the engine) can keep its own copy of the view
+    /// in step with the watcher's: starting from the view `watch::start` returned and
+    /// applying every event in order yields the watcher's mirror.
+    pub fn apply(&mut self, event: &HostEvent) {
+        match event {
+            HostEvent::AddrAdded(addr) => {
+                self.addrs.insert(addr.key(), *addr);
+            }
+            HostEvent::AddrRemoved { addr, .. } => {
+                self.addrs.remove(&addr.key());
+            }
+            HostEvent::LinkChanged(link) => {
+                self.links.insert(link.index, link.clone());
+            }
+            HostEvent::LinkRemoved { index } => {
+                self.links.remove(index);
+                // The kernel sends DELADDRs before the DELLINK, but an overrun can lose
+                // them; a link that is gone has no addresses either way.
+                self.addrs.retain(|_, a| a.link != *index);
+            }
+            HostEvent::RoutingChanged | HostEvent::Resynced => {}
+        }
+    }
+
+    /// The events that turn `self` into `newer`: removals first (links, then
+    /// addresses), then additions and changes. Removals carry `remover: None`, since a
+    /// diff cannot know who removed anything.
+    pub fn diff(&self, newer: &HostView) -> Vec<HostEvent> {
+        let mut events = Vec::new();
+        for index in self.links.keys() {
+            if !newer.links.contains_key(index) {
+                events.push(HostEvent::LinkRemoved { index: *index });
+            }
+        }
+        for (key, addr) in &self.addrs {
+            // Addresses of a removed link are dropped by `LinkRemoved` itself.
+            if !newer.addrs.contains_key(key) && newer.links.contains_key(&addr.link) {
+                events.push(HostEvent::AddrRemoved {
+                    addr: *addr,
+                    remover: None,
+                });
+            }
+        }
+        for (index, link) in &newer.links {
+            if self.links.get(index) != Some(link) {
+                events.push(HostEvent::LinkChanged(link.clone()));
+            }
+        }
+        for (key, addr) in &newer.addrs {
+            if self.addrs.get(key) != Some(addr) {
+                events.push(HostEvent::AddrAdded(*addr));
+            }
+        }
+        events
+    }
+}
+
+impl Addr {
+    /// The mirror's key: the kernel identifies an IPv4 address by link, address and
+    /// prefix length (the same IP may sit on a link twice with different prefixes).
+    pub fn key(&self) -> (u32, Ipv4Addr, u8) {
+        (self.link, self.ip, self.prefix)
+    }
+}
+
+/// Route scope (`rtm_scope`), the few values policy routing cares about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Scope {
+    /// Routes via a gateway (`RT_SCOPE_UNIVERSE`).
+    Universe,
+    /// Directly attached subnets (`RT_SCOPE_LINK`).
+    Link,
+    /// Local addresses (`RT_SCOPE_HOST`).
+    Host,
+    Other(u8),
+}
+
+/// One IPv4 policy rule, as dumped or as wanted.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub priority: u32,
+    /// The table looked up, from `FRA_TABLE` when present (tables above 255 only
+    /// appear there; the header then says 252).
+    pub table: u32,
+    /// `from <ip>/<len>`; `None` means `from all`.
+    pub source: Option<(Ipv4Addr, u8)>,
+    /// Any other selector present: destination, iif, oif, fwmark, tos, uid range,
+    /// ports, IP protocol, l3mdev, tunnel id, or the `not` (invert) flag. A rule with
+    /// such a selector is never a plain `from <ip>/32` rule.
+    pub other_selectors: bool,
+    /// `FR_ACT_TO_TBL` (a `lookup`); goto, blackhole, prohibit… are not.
+    pub lookup: bool,
+    /// `FRA_PROTOCOL`: who created the rule (`RTPROT_ENISYNC` for us).
+    pub protocol: u8,
+    /// The message as the kernel dumped it, handed back verbatim on delete so exactly
+    /// this rule goes (a delete built from the fields above could match a rule with
+    /// more selectors). `None` for rules we want rather than found.
+    pub(crate) raw: Option<netlink::RawRule>,
+}
+
+impl Rule {
+    /// `from <ip>/32 lookup <table> pref <priority> proto <protocol>`.
+    pub fn lookup_from(ip: Ipv4Addr, table: u32, priority: u32, protocol: u8) -> Self {
+        Self {
+            priority,
+            table,
+            source: Some((ip, 32)),
+            other_selectors: false,
+            lookup: true,
+            protocol,
+            raw: None,
+        }
+    }
+
+    /// The host IP when this rule's only selector is `from <ip>/32`.
+    pub fn sole_source_host(&self) -> Option<Ipv4Addr> {
+        match self.source {
+            Some((ip, 32)) if !self.other_selectors => Some(ip),
+            _ => None,
+        }
+    }
+
+    /// Whether two rules select and act the same, ignoring who created them.
+    pub fn same_effect(&self, other: &Rule) -> bool {
+        self.priority == other.priority
+            && self.table == other.table
+            && self.source == other.source
+            && self.other_selectors == other.other_selectors
+            && self.lookup == other.lookup
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: from ", self.priority)?;
+        match self.source {
+            Some((ip, len)) => write!(f, "{ip}/{len}")?,
+            None => f.write_str("all")?,
+        }
+        if self.other_selectors {
+            f.write_str(" (+selectors)")?;
+        }
+        if self.lookup {
+            write!(f, " lookup {}", self.table)?;
+        } else {
+            f.write_str(" (not a lookup)")?;
+        }
+        write!(f, " proto {}", self.protocol)
+    }
+}
+
+/// One IPv4 route, as dumped or as wanted.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// From `RTA_TABLE` when present (tables above 255 only appear there).
+    pub table: u32,
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    /// Output interface index (`RTA_OIF`).
+    pub oif: Option<u32>,
+    /// Preferred source (`RTA_PREFSRC`).
+    pub prefsrc: Option<Ipv4Addr>,
+    /// `RTA_PRIORITY` (the metric); part of the route's identity in its table.
+    pub metric: Option<u32>,
+    pub tos: u8,
+    /// `rtm_protocol`: who created the route (`RTPROT_ENISYNC` for us).
+    pub protocol: u8,
+    pub scope: Scope,
+    /// `RTN_UNICAST`; local, broadcast, blackhole… routes are not.
+    pub unicast: bool,
+    /// The dumped message, handed back verbatim on delete. `None` for wanted routes.
+    pub(crate) raw: Option<netlink::RawRoute>,
+}
+
+impl Route {
+    /// The kernel's identity of a route inside one table: replacing a route replaces
+    /// the one with this key.
+    pub fn key(&self) -> (u32, Ipv4Addr, u8, u8, Option<u32>) {
+        (self.table, self.dst, self.prefix, self.tos, self.metric)
+    }
+
+    /// Whether two routes have the same identity and the same content, ignoring who
+    /// created them.
+    pub fn same_effect(&self, other: &Route) -> bool {
+        self.key() == other.key()
+            && self.gateway == other.gateway
+            && self.oif == other.oif
+            && self.prefsrc == other.prefsrc
+            && self.scope == other.scope
+            && self.unicast == other.unicast
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.dst, self.prefix)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        if let Some(oif) = self.oif {
+            write!(f, " dev #{oif}")?;
+        }
+        if let Some(src) = self.prefsrc {
+            write!(f, " src {src}")?;
+        }
+        if let Some(metric) = self.metric {
+            write!(f, " metric {metric}")?;
+        }
+        write!(f, " table {} proto {}", self.table, self.protocol)
+    }
+}
+
+/// Errors of the host layer. Each names the operation and, where one applies, the link
+/// and table involved.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// Creating or configuring a netlink socket failed.
+    #[error("netlink socket: {op}")]
+    Socket {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// A netlink request failed (the kernel's errno is in `source`).
+    #[error("netlink {op}{}", Ctx(*ifindex, *table))]
+    Request {
+        op: &'static str,
+        ifindex: Option<u32>,
+        table: Option<u32>,
+        #[source]
+        source: io::Error,
+    },
+    /// The startup check found routes enisync did not create in a table it would
+    /// manage; managing it would fight whoever owns them.
+    #[error(
+        "table {table} already holds routes enisync does not own (e.g. {example}); \
+         refusing to manage it: choose another table_base or remove them"
+    )]
+    ForeignTable { table: u32, example: String },
+    /// A configuration file could not be read.
+    #[error("reading {}", path.display())]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The watcher task has ended (its receiver was dropped or it failed).
+    #[error("the host watcher has stopped")]
+    WatcherStopped,
+}
+
+impl HostError {
+    /// The kernel's errno for a failed request, if that is what this is.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Request { source, .. } | Self::Socket { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Formats the optional context of [`HostError::Request`].
+struct Ctx(Option<u32>, Option<u32>);
+
+impl fmt::Display for Ctx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ifindex) = self.0 {
+            write!(f, " (ifindex {ifindex})")?;
+        }
+        if let Some(table) = self.1 {
+            write!(f, " (table {table})")?;
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,654 @@
+//! The only file that speaks rtnetlink: sockets, dumps, rule and route changes, and the
+//! conversion of netlink messages into the plain types of `host`.
+//!
+//! Two kinds of socket, as the watcher's recipe wants (docs/rust-notes.md §1.5):
+//! - [`Netlink`], an ordinary request socket for dumps and changes;
+//! - [`EventSocket`], a multicast-only socket that never sends a request, so dump
+//!   replies never compete with events for its receive buffer.
+//!
+//! Dumps do not use strict checking: the kernel then ignores the header's table and
+//! protocol and returns every IPv4 route and rule, and we filter in user space.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use std::pin::Pin;
+
+use futures_util::{FutureExt, Stream, StreamExt, TryStreamExt};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::link::{
+    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::sys::{AsyncSocket, SocketAddr};
+use rtnetlink::{Handle, IpVersion, MulticastGroup, RouteMessageBuilder};
+use tokio::task::JoinHandle;
+
+use super::{Addr, HostError, Link, Route, Rule, Scope};
+use crate::cloud::MacAddr;
+
+const EEXIST: i32 = libc::EEXIST;
+const ENOENT: i32 = libc::ENOENT;
+const ESRCH: i32 = libc::ESRCH;
+
+/// A dumped rule message, kept so a delete hands the kernel exactly what it reported.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawRule(RuleMessage);
+
+/// A dumped route message, kept so a delete hands the kernel exactly what it reported.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawRoute(RouteMessage);
+
+impl std::fmt::Debug for RawRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawRule")
+    }
+}
+
+impl std::fmt::Debug for RawRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawRoute")
+    }
+}
+
+/// Converts an rtnetlink error into the layer's error with its context.
+fn request_error(
+    op: &'static str,
+    ifindex: Option<u32>,
+    table: Option<u32>,
+    err: rtnetlink::Error,
+) -> HostError {
+    let source = match &err {
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
+        other => io::Error::other(other.to_string()),
+    };
+    HostError::Request {
+        op,
+        ifindex,
+        table,
+        source,
+    }
+}
+
+/// The errno of a kernel NACK, if the error is one.
+fn nack_code(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
+        _ => None,
+    }
+}
+
+/// A request socket: dumps and changes. Its connection task lives as long as this
+/// value (it is aborted on drop).
+#[derive(Debug)]
+pub struct Netlink {
+    handle: Handle,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Netlink {
+    /// Opens a request socket in the caller's network namespace and spawns its
+    /// connection task on the current tokio runtime.
+    pub fn connect() -> Result<Self, HostError> {
+        let (conn, handle, _unsolicited) =
+            rtnetlink::new_connection().map_err(|source| HostError::Socket {
+                op: "open request socket",
+                source,
+            })?;
+        let task = tokio::spawn(conn);
+        Ok(Self { handle, task })
+    }
+
+    /// All links.
+    pub async fn links(&self) -> Result<Vec<Link>, HostError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| request_error("dump links", None, None, e))?;
+        Ok(msgs.iter().map(link_from_msg).collect())
+    }
+
+    /// All IPv4 addresses. The request's family makes the kernel dump IPv4 only.
+    pub async fn addrs(&self) -> Result<Vec<Addr>, HostError> {
+        let mut req = self.handle.address().get();
+        req.message_mut().header.family = AddressFamily::Inet;
+        let msgs: Vec<AddressMessage> = req
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| request_error("dump addresses", None, None, e))?;
+        Ok(msgs.iter().filter_map(addr_from_msg).collect())
+    }
+
+    /// All IPv4 policy rules.
+    pub async fn rules(&self) -> Result<Vec<Rule>, HostError> {
+        let msgs: Vec<RuleMessage> = self
+            .handle
+            .rule()
+            .get(IpVersion::V4)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| request_error("dump rules", None, None, e))?;
+        Ok(msgs.into_iter().filter_map(rule_from_msg).collect())
+    }
+
+    /// All IPv4 routes of every table.
+    pub async fn routes(&self) -> Result<Vec<Route>, HostError> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| request_error("dump routes", None, None, e))?;
+        Ok(msgs.into_iter().filter_map(route_from_msg).collect())
+    }
+
+    /// Adds a lookup rule built from `rule`'s fields. An identical rule already there
+    /// (EEXIST) counts as success.
+    pub async fn add_rule(&self, rule: &Rule) -> Result<(), HostError> {
+        let mut req = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .table_id(rule.table)
+            .priority(rule.priority)
+            // rtnetlink defaults to FR_ACT_UNSPEC, which makes every matching lookup
+            // fail with EINVAL; iproute2 sets "to table" implicitly, we must too.
+            .action(RuleAction::ToTable);
+        if let Some((ip, len)) = rule.source {
+            req = req.source_prefix(ip, len);
+        }
+        // No builder method exists for FRA_PROTOCOL.
+        req.message_mut()
+            .attributes
+            .push(RuleAttribute::Protocol(RouteProtocol::from(rule.protocol)));
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if nack_code(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(request_error("add rule", None, Some(rule.table), e)),
+        }
+    }
+
+    /// Deletes a rule: the dumped message when we have it, else one built from the
+    /// fields. A rule already gone (ENOENT) counts as success.
+    pub async fn del_rule(&self, rule: &Rule) -> Result<(), HostError> {
+        let msg = match &rule.raw {
+            Some(RawRule(msg)) => msg.clone(),
+            None => rule_to_msg(rule),
+        };
+        match self.handle.rule().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(nack_code(&e), Some(ENOENT | ESRCH)) => Ok(()),
+            Err(e) => Err(request_error("delete rule", None, Some(rule.table), e)),
+        }
+    }
+
+    /// Adds or replaces (`NLM_F_REPLACE`) a unicast route built from `route`'s fields.
+    pub async fn replace_route(&self, route: &Route) -> Result<(), HostError> {
+        let msg = route_to_msg(route);
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| request_error("replace route", route.oif, Some(route.table), e))
+    }
+
+    /// Deletes a route: the dumped message when we have it, else one built from the
+    /// fields. A route already gone (ESRCH/ENOENT) counts as success.
+    pub async fn del_route(&self, route: &Route) -> Result<(), HostError> {
+        let msg = match &route.raw {
+            Some(RawRoute(msg)) => msg.clone(),
+            None => route_to_msg(route),
+        };
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(nack_code(&e), Some(ENOENT | ESRCH)) => Ok(()),
+            Err(e) => Err(request_error(
+                "delete route",
+                route.oif,
+                Some(route.table),
+                e,
+            )),
+        }
+    }
+}
+
+/// One message from the event socket, already reduced to what the watcher needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// RTM_NEWLINK.
+    NewLink(Link),
+    /// RTM_DELLINK (deleted, or moved to another namespace).
+    DelLink(u32),
+    /// RTM_NEWADDR for IPv4.
+    NewAddr(Addr),
+    /// RTM_DELADDR for IPv4, with the netlink header's port id: the port of the socket
+    /// that asked for the change, 0 when the kernel did it on its own.
+    DelAddr { addr: Addr, port_id: u32 },
+    /// A rule or route was added or deleted.
+    Routing,
+    /// The kernel dropped notifications (ENOBUFS): the mirror must be rebuilt.
+    Overrun,
+    /// Anything else (IPv6 addresses, unparsable attributes, other message types).
+    Ignored,
+}
+
+/// A multicast-only socket subscribed to link, IPv4 address, IPv4 rule and IPv4 route
+/// notifications. Its connection task lives as long as this value.
+pub struct EventSocket {
+    /// The connection's unsolicited-message channel (boxed: futures-channel's type is
+    /// not reachable without another dependency).
+    events: Pin<Box<dyn Stream<Item = (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)> + Send>>,
+    task: JoinHandle<()>,
+    /// The receive buffer the kernel reports after our request (it doubles the value
+    /// and floors it).
+    pub effective_rcvbuf: usize,
+}
+
+impl std::fmt::Debug for EventSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSocket")
+            .field("effective_rcvbuf", &self.effective_rcvbuf)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EventSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EventSocket {
+    /// Subscribes (binds the groups) before anything is sent on the socket, sets the
+    /// receive buffer, and spawns the connection task on the current runtime.
+    ///
+    /// `NETLINK_NO_ENOBUFS` is deliberately left off: losing notifications must show
+    /// up as an overrun, since the watcher keeps a mirror that would silently drift.
+    pub fn open(rcvbuf: usize) -> Result<Self, HostError> {
+        let groups = [
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv4Rule,
+            MulticastGroup::Ipv4Route,
+        ];
+        let (mut conn, _handle, events) =
+            rtnetlink::new_multicast_connection(&groups).map_err(|source| HostError::Socket {
+                op: "open event socket",
+                source,
+            })?;
+        let socket = conn.socket_mut().socket_mut();
+        set_rcvbuf(socket.as_raw_fd(), rcvbuf)?;
+        let effective_rcvbuf = socket.get_rx_buf_sz().map_err(|source| HostError::Socket {
+            op: "read SO_RCVBUF",
+            source,
+        })?;
+        let task = tokio::spawn(conn);
+        Ok(Self {
+            events: Box::pin(events),
+            task,
+            effective_rcvbuf,
+        })
+    }
+
+    /// The next notification; `None` when the connection has ended.
+    pub async fn next(&mut self) -> Option<Notification> {
+        let (msg, _from) = self.events.next().await?;
+        Some(notification_from_msg(msg))
+    }
+
+    /// A notification already queued, without waiting. `Ok(None)` when nothing is
+    /// queued right now, `Err(())` when the connection has ended.
+    #[allow(clippy::result_unit_err)]
+    pub fn try_next(&mut self) -> Result<Option<Notification>, ()> {
+        match self.events.next().now_or_never() {
+            Some(Some((msg, _from))) => Ok(Some(notification_from_msg(msg))),
+            Some(None) => Err(()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Sets the socket's receive buffer: `SO_RCVBUFFORCE` first (needs CAP_NET_ADMIN, may
+/// exceed `net.core.rmem_max`), `SO_RCVBUF` (capped at `rmem_max`) when refused.
+fn set_rcvbuf(fd: libc::c_int, size: usize) -> Result<(), HostError> {
+    let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .unwrap_or(libc::socklen_t::MAX);
+    let set = |option: libc::c_int| -> io::Result<()> {
+        // SAFETY: `fd` is the open netlink socket owned by the connection we hold;
+        // `value` lives for the whole call and `len` is exactly its size, so the kernel
+        // reads a valid c_int and nothing else.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_ref(&value).cast::<libc::c_void>(),
+                len,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    match set(libc::SO_RCVBUFFORCE) {
+        Ok(()) => Ok(()),
+        Err(forced) => {
+            tracing::debug!(error = %forced, "SO_RCVBUFFORCE refused, using SO_RCVBUF");
+            set(libc::SO_RCVBUF).map_err(|source| HostError::Socket {
+                op: "set SO_RCVBUF",
+                source,
+            })
+        }
+    }
+}
+
+fn notification_from_msg(msg: NetlinkMessage<RouteNetlinkMessage>) -> Notification {
+    let port_id = msg.header.port_number;
+    match msg.payload {
+        NetlinkPayload::Overrun(_) => Notification::Overrun,
+        NetlinkPayload::InnerMessage(inner) => match inner {
+            RouteNetlinkMessage::NewLink(link) => Notification::NewLink(link_from_msg(&link)),
+            RouteNetlinkMessage::DelLink(link) => Notification::DelLink(link.header.index),
+            RouteNetlinkMessage::NewAddress(a) => {
+                addr_from_msg(&a).map_or(Notification::Ignored, Notification::NewAddr)
+            }
+            RouteNetlinkMessage::DelAddress(a) => match addr_from_msg(&a) {
+                Some(addr) => Notification::DelAddr { addr, port_id },
+                None => Notification::Ignored,
+            },
+            RouteNetlinkMessage::NewRule(_)
+            | RouteNetlinkMessage::DelRule(_)
+            | RouteNetlinkMessage::NewRoute(_)
+            | RouteNetlinkMessage::DelRoute(_) => Notification::Routing,
+            _ => Notification::Ignored,
+        },
+        _ => Notification::Ignored,
+    }
+}
+
+fn link_from_msg(msg: &LinkMessage) -> Link {
+    let mut name = String::new();
+    let mut hwaddr: Option<&[u8]> = None;
+    let mut link_attr = None;
+    let mut kind = None;
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => name.clone_from(n),
+            LinkAttribute::Address(a) => hwaddr = Some(a),
+            LinkAttribute::Link(l) => link_attr = Some(*l),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(k) = info {
+                        kind = Some(k.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // lo reports a 6-byte all-zero address; only Ethernet-like links carry an ENI MAC.
+    let mac = match hwaddr {
+        Some(bytes) if msg.header.link_layer_type == LinkLayerType::Ether => {
+            <[u8; 6]>::try_from(bytes)
+                .ok()
+                .filter(|b| b.iter().any(|x| *x != 0))
+                .map(MacAddr)
+        }
+        _ => None,
+    };
+    // A veth's IFLA_LINK is its peer, not a parent sharing its MAC.
+    let parent = if matches!(kind, Some(InfoKind::Veth)) {
+        None
+    } else {
+        link_attr.filter(|p| *p != 0 && *p != msg.header.index)
+    };
+    let flags = msg.header.flags;
+    Link {
+        index: msg.header.index,
+        name,
+        mac,
+        up: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::Running),
+        parent,
+        kind: kind.map(|k| k.to_string()),
+    }
+}
+
+fn addr_from_msg(msg: &AddressMessage) -> Option<Addr> {
+    if msg.header.family != AddressFamily::Inet {
+        return None;
+    }
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on
+    // point-to-point links and equal to IFA_LOCAL otherwise.
+    let mut local = None;
+    let mut address = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
+            AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    let ip = local.or(address)?;
+    Some(Addr {
+        link: msg.header.index,
+        ip,
+        prefix: msg.header.prefix_len,
+        secondary: msg.header.flags.contains(AddressHeaderFlags::Secondary),
+    })
+}
+
+fn v4(addr: &RouteAddress) -> Option<Ipv4Addr> {
+    match addr {
+        RouteAddress::Inet(ip) => Some(*ip),
+        _ => None,
+    }
+}
+
+fn rule_from_msg(msg: RuleMessage) -> Option<Rule> {
+    if msg.header.family != AddressFamily::Inet {
+        return None;
+    }
+    let mut table = u32::from(msg.header.table);
+    let mut priority = 0;
+    let mut source = None;
+    let mut protocol = 0;
+    let mut other_selectors = msg.header.tos != 0
+        || msg.header.dst_len != 0
+        || msg.header.flags.contains(RuleFlags::Invert);
+    for attr in &msg.attributes {
+        match attr {
+            RuleAttribute::Table(t) => table = *t,
+            RuleAttribute::Priority(p) => priority = *p,
+            RuleAttribute::Source(IpAddr::V4(ip)) => source = Some((*ip, msg.header.src_len)),
+            RuleAttribute::Protocol(p) => protocol = u8::from(*p),
+            RuleAttribute::Destination(_)
+            | RuleAttribute::Iifname(_)
+            | RuleAttribute::Oifname(_)
+            | RuleAttribute::FwMark(_)
+            | RuleAttribute::TunId(_)
+            | RuleAttribute::UidRange(_)
+            | RuleAttribute::IpProtocol(_)
+            | RuleAttribute::SourcePortRange(_)
+            | RuleAttribute::DestinationPortRange(_) => other_selectors = true,
+            RuleAttribute::L3MDev(on) => other_selectors |= *on,
+            _ => {}
+        }
+    }
+    Some(Rule {
+        priority,
+        table,
+        source,
+        other_selectors,
+        lookup: msg.header.action == RuleAction::ToTable,
+        protocol,
+        raw: Some(RawRule(msg)),
+    })
+}
+
+fn rule_to_msg(rule: &Rule) -> RuleMessage {
+    let mut msg = RuleMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.action = if rule.lookup {
+        RuleAction::ToTable
+    } else {
+        RuleAction::Unspec
+    };
+    if let Ok(small) = u8::try_from(rule.table) {
+        msg.header.table = small;
+    } else {
+        msg.attributes.push(RuleAttribute::Table(rule.table));
+    }
+    msg.attributes.push(RuleAttribute::Priority(rule.priority));
+    if let Some((ip, len)) = rule.source {
+        msg.header.src_len = len;
+        msg.attributes.push(RuleAttribute::Source(IpAddr::V4(ip)));
+    }
+    msg.attributes
+        .push(RuleAttribute::Protocol(RouteProtocol::from(rule.protocol)));
+    msg
+}
+
+fn route_from_msg(msg: RouteMessage) -> Option<Route> {
+    if msg.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    let mut table = u32::from(msg.header.table);
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut prefsrc = None;
+    let mut metric = None;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(a) => dst = v4(a)?,
+            RouteAttribute::Gateway(a) => gateway = v4(a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::PrefSource(a) => prefsrc = v4(a),
+            RouteAttribute::Priority(p) => metric = Some(*p),
+            _ => {}
+        }
+    }
+    let scope = match msg.header.scope {
+        RouteScope::Universe => Scope::Universe,
+        RouteScope::Link => Scope::Link,
+        RouteScope::Host => Scope::Host,
+        other => Scope::Other(u8::from(other)),
+    };
+    Some(Route {
+        table,
+        dst,
+        prefix: msg.header.destination_prefix_length,
+        gateway,
+        oif,
+        prefsrc,
+        metric,
+        tos: msg.header.tos,
+        protocol: u8::from(msg.header.protocol),
+        scope,
+        unicast: msg.header.kind == RouteType::Unicast,
+        raw: Some(RawRoute(msg)),
+    })
+}
+
+fn route_to_msg(route: &Route) -> RouteMessage {
+    let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(route.dst, route.prefix)
+        .table_id(route.table)
+        .protocol(RouteProtocol::from(route.protocol))
+        .tos(route.tos)
+        .scope(match route.scope {
+            Scope::Universe => RouteScope::Universe,
+            Scope::Link => RouteScope::Link,
+            Scope::Host => RouteScope::Host,
+            Scope::Other(n) => RouteScope::from(n),
+        })
+        .kind(if route.unicast {
+            RouteType::Unicast
+        } else {
+            RouteType::Unspec
+        });
+    if let Some(gw) = route.gateway {
+        builder = builder.gateway(gw);
+    }
+    if let Some(oif) = route.oif {
+        builder = builder.output_interface(oif);
+    }
+    if let Some(src) = route.prefsrc {
+        builder = builder.pref_source(src);
+    }
+    if let Some(metric) = route.metric {
+        builder = builder.priority(metric);
+    }
+    let mut msg = builder.build();
+    // `table_id` puts tables above 255 in RTA_TABLE; the header must then say
+    // RT_TABLE_UNSPEC or RT_TABLE_COMPAT, never main.
+    if route.table > 255 {
+        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_for_big_table_carries_the_attribute() {
+        let route = Route {
+            table: 10_001,
+            dst: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+            gateway: Some(Ipv4Addr::new(10, 0, 1, 1)),
+            oif: Some(3),
+            prefsrc: None,
+            metric: None,
+            tos: 0,
+            protocol: 212,
+            scope: Scope::Universe,
+            unicast: true,
+            raw: None,
+        };
+        let msg = route_to_msg(&route);
+        assert!(msg.attributes.contains(&RouteAttribute::Table(10_001)));
+        assert_eq!(msg.header.protocol, RouteProtocol::Other(212));
+        let back = route_from_msg(msg).expect("ipv4 route");
+        assert!(back.same_effect(&route));
+    }
+
+    #[test]
+    fn rule_round_trip() {
+        let rule = Rule::lookup_from(Ipv4Addr::new(10, 0, 1, 5), 10_002, 1000, 212);
+        let back = rule_from_msg(rule_to_msg(&rule)).expect("ipv4 rule");
+        assert!(back.same_effect(&rule));
+        assert_eq!(back.protocol, 212);
+        assert_eq!(back.sole_source_host(), Some(Ipv4Addr::new(10, 0, 1, 5)));
+    }
+}

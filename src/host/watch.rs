@@ -1,0 +1,467 @@
+//! The watcher: follows the kernel's link and IPv4 address notifications, keeps a
+//! mirror ([`HostView`]) and tells the engine what changed as [`HostEvent`]s.
+//!
+//! Start-up follows the subscribe → dump → apply-queued recipe (docs/rust-notes.md
+//! §1.5): the event socket is subscribed before the dump, so every change after the
+//! subscription is queued behind the dump and applying the queue in order converges.
+//! Applying is idempotent against the mirror: a notification that changes nothing the
+//! mirror tracks produces no event, which is also what keeps a removal from being
+//! reported twice (once by a notification, once by a resync diff).
+//!
+//! When the kernel drops notifications (the socket's receive buffer overflowed,
+//! ENOBUFS, seen as `Notification::Overrun`), the watcher re-dumps and emits the
+//! difference between its mirror and the dump, then [`HostEvent::Resynced`]. Removals
+//! found that way carry `remover: None`: nobody knows who asked for them.
+//!
+//! # What the kernel sends when a subnet's primary address is deleted
+//!
+//! Observed on 6.18 (tests `promote_secondaries_off_*` / `promote_secondaries_on_*` in
+//! `tests/host_watch.rs`), `ip addr del` of the primary 10.1.0.1/24 of a link that also
+//! has the secondaries 10.1.0.2/24 and 10.1.0.3/24:
+//!
+//! - `promote_secondaries = 0` (the default): one RTM_DELADDR per secondary **first**
+//!   (10.1.0.2, then 10.1.0.3, flagged secondary), then the RTM_DELADDR of the
+//!   primary. All of them carry the port id of the `ip` process that asked for the
+//!   primary's deletion, not 0: the collateral removals look user-requested. Only the
+//!   order, the `secondary` flag and the primary's removal right behind them tell
+//!   them apart.
+//! - `promote_secondaries = 1`: one RTM_DELADDR for the primary (port id of `ip`),
+//!   then one RTM_NEWADDR for the promoted address (10.1.0.2, now without the
+//!   secondary flag; same port id). The watcher reports that as `AddrAdded` of an
+//!   address it already knew (its `secondary` flag changed). 10.1.0.3 stays secondary
+//!   and gets no message.
+//!
+//! Link deletion and moving a link to another namespace send an RTM_NEWLINK (the link
+//! going down), an RTM_DELADDR per address with port id 0 (the kernel), then
+//! RTM_DELLINK.
+//!
+//! The remover's process name is read from `/proc/<port id>/comm` when the DELADDR is
+//! handled. A short-lived `ip addr del` may have exited by then, giving `None`
+//! (best effort); long-lived removers (keepalived, network managers, `ip -batch`) resolve.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::netlink::{EventSocket, Netlink, Notification};
+use super::{HostError, HostEvent, HostView, Remover};
+
+/// How the watcher runs.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Requested receive buffer of the event socket in bytes (the kernel doubles it,
+    /// and floors it at a few KiB). Bigger absorbs longer bursts before an overrun.
+    pub recv_buffer: usize,
+    /// Full re-dump as a safety net against anything the notifications missed
+    /// (interrupted dumps, kernel flushes that send nothing).
+    pub resync_interval: Duration,
+    /// Rule and route notifications come in bursts (an address brings its local and
+    /// prefix routes, a link going down flushes many): one `RoutingChanged` at most
+    /// per this window.
+    pub routing_debounce: Duration,
+    /// Backoff between attempts to reopen the sockets after the event stream ended.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            recv_buffer: 4 * 1024 * 1024,
+            resync_interval: Duration::from_secs(300),
+            routing_debounce: Duration::from_millis(200),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters the watcher updates while it runs (read them with [`WatchHandle::stats`]).
+#[derive(Debug, Default)]
+struct Counters {
+    notifications: AtomicU64,
+    events: AtomicU64,
+    overruns: AtomicU64,
+    resyncs: AtomicU64,
+    drift: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+/// A snapshot of the watcher's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchStats {
+    /// Kernel notifications received (all kinds).
+    pub notifications: u64,
+    /// `HostEvent`s sent to the engine.
+    pub events: u64,
+    /// Overrun markers seen (the kernel dropped notifications).
+    pub overruns: u64,
+    /// Full re-dumps done (after overruns, reconnects, requests, and periodically).
+    pub resyncs: u64,
+    /// Differences those re-dumps found between the mirror and the kernel.
+    pub drift: u64,
+    /// Times the sockets were reopened after the event stream ended.
+    pub reconnects: u64,
+}
+
+#[derive(Debug)]
+enum Command {
+    Resync,
+}
+
+/// The engine's handle on the watcher. Dropping it stops the watcher.
+#[derive(Debug)]
+pub struct WatchHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    counters: Arc<Counters>,
+    task: JoinHandle<()>,
+    effective_recv_buffer: usize,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl WatchHandle {
+    /// Asks for a full re-dump; its differences and then `Resynced` follow as events.
+    pub fn request_resync(&self) -> Result<(), HostError> {
+        self.commands
+            .send(Command::Resync)
+            .map_err(|_| HostError::WatcherStopped)
+    }
+
+    /// The current counters.
+    pub fn stats(&self) -> WatchStats {
+        let c = &self.counters;
+        WatchStats {
+            notifications: c.notifications.load(Ordering::Relaxed),
+            events: c.events.load(Ordering::Relaxed),
+            overruns: c.overruns.load(Ordering::Relaxed),
+            resyncs: c.resyncs.load(Ordering::Relaxed),
+            drift: c.drift.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The event socket's receive buffer as the kernel reports it at start.
+    pub fn effective_recv_buffer(&self) -> usize {
+        self.effective_recv_buffer
+    }
+
+    /// Whether the watcher task has ended (the event receiver was dropped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Starts the watcher on the current tokio runtime, in the caller's network namespace.
+///
+/// Returns the view after the initial dump (what was already gone before the start is
+/// simply absent, never an event), the handle, and the receiver of every change after
+/// that dump. Applying the events in order to the returned view (with
+/// [`HostView::apply`]) keeps a copy equal to the watcher's mirror. The watcher stops
+/// when the receiver or the handle is dropped.
+pub async fn start(
+    opts: WatchOptions,
+) -> Result<(HostView, WatchHandle, mpsc::UnboundedReceiver<HostEvent>), HostError> {
+    // Subscribe before dumping: changes made during the dump are queued, not lost.
+    let events = EventSocket::open(opts.recv_buffer)?;
+    let effective_recv_buffer = events.effective_rcvbuf;
+    let requests = Netlink::connect()?;
+    let view = dump(&requests).await?;
+    tracing::info!(
+        links = view.links.len(),
+        addrs = view.addrs.len(),
+        rcvbuf = effective_recv_buffer,
+        "host watcher started"
+    );
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let counters = Arc::new(Counters::default());
+    let watcher = Watcher {
+        opts,
+        events,
+        requests,
+        mirror: view.clone(),
+        tx,
+        commands: cmd_rx,
+        counters: Arc::clone(&counters),
+        routing_due: None,
+    };
+    let task = tokio::spawn(watcher.run());
+    Ok((
+        view,
+        WatchHandle {
+            commands: cmd_tx,
+            counters,
+            task,
+            effective_recv_buffer,
+        },
+        rx,
+    ))
+}
+
+/// Links and IPv4 addresses, as the kernel has them now.
+async fn dump(nl: &Netlink) -> Result<HostView, HostError> {
+    let mut view = HostView::default();
+    for link in nl.links().await? {
+        view.links.insert(link.index, link);
+    }
+    for addr in nl.addrs().await? {
+        view.addrs.insert(addr.key(), addr);
+    }
+    Ok(view)
+}
+
+/// The process behind a netlink port id. A socket's port id is its process's pid
+/// when the kernel auto-binds the first socket of a process (what `ip`, keepalived
+/// and the network managers do); later sockets get ids that are not pids and resolve
+/// to nothing. Read at once: the requester (`ip addr del`) is usually gone soon after.
+fn remover(port_id: u32) -> Remover {
+    let process = (port_id != 0)
+        .then(|| std::fs::read_to_string(format!("/proc/{port_id}/comm")).ok())
+        .flatten()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty());
+    Remover { port_id, process }
+}
+
+/// Why a resync runs; only changes what is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Overrun,
+    Reconnect,
+    Requested,
+    Periodic,
+}
+
+struct Watcher {
+    opts: WatchOptions,
+    events: EventSocket,
+    requests: Netlink,
+    mirror: HostView,
+    tx: mpsc::UnboundedSender<HostEvent>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    counters: Arc<Counters>,
+    /// When the pending `RoutingChanged` is due, if one is.
+    routing_due: Option<Instant>,
+}
+
+impl Watcher {
+    async fn run(mut self) {
+        let period = self.opts.resync_interval;
+        let mut periodic = tokio::time::interval_at(Instant::now() + period, period);
+        periodic.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+        while !self.tx.is_closed() {
+            let routing_due = self.routing_due;
+            let routing_timer = async move {
+                match routing_due {
+                    Some(when) => tokio::time::sleep_until(when).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                notification = self.events.next() => match notification {
+                    Some(Notification::Overrun) => {
+                        self.counters.overruns.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("netlink event socket overran; resyncing");
+                        self.resync(Reason::Overrun).await;
+                    }
+                    Some(n) => self.handle(n),
+                    None => self.reconnect().await,
+                },
+                command = self.commands.recv() => match command {
+                    Some(Command::Resync) => self.resync(Reason::Requested).await,
+                    // The handle is gone; it aborts us on drop anyway.
+                    None => break,
+                },
+                _ = periodic.tick() => self.resync(Reason::Periodic).await,
+                () = routing_timer => {
+                    self.routing_due = None;
+                    self.emit(HostEvent::RoutingChanged);
+                }
+            }
+        }
+        tracing::debug!("host watcher stopped");
+    }
+
+    fn emit(&self, event: HostEvent) {
+        tracing::trace!(?event, "host event");
+        if self.tx.send(event).is_ok() {
+            self.counters.events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Applies one notification to the mirror and emits an event when something we
+    /// track changed.
+    fn handle(&mut self, notification: Notification) {
+        self.counters.notifications.fetch_add(1, Ordering::Relaxed);
+        match notification {
+            Notification::NewLink(link) => {
+                // The kernel sends RTM_NEWLINK for many things we do not track
+                // (statistics, IPv6 settings, carrier flaps that end where they began).
+                if self.mirror.links.get(&link.index) != Some(&link) {
+                    let event = HostEvent::LinkChanged(link);
+                    self.mirror.apply(&event);
+                    self.emit(event);
+                }
+            }
+            Notification::DelLink(index) => {
+                let known = self.mirror.links.contains_key(&index)
+                    || self.mirror.addrs_on(index).next().is_some();
+                if known {
+                    let event = HostEvent::LinkRemoved { index };
+                    self.mirror.apply(&event);
+                    self.emit(event);
+                }
+            }
+            Notification::NewAddr(addr) => {
+                // A repeated RTM_NEWADDR (lifetime or flag updates) is only news when
+                // the address is new or its `secondary` flag changed (a promotion).
+                if self.mirror.addrs.get(&addr.key()) != Some(&addr) {
+                    let event = HostEvent::AddrAdded(addr);
+                    self.mirror.apply(&event);
+                    self.emit(event);
+                }
+            }
+            Notification::DelAddr { addr, port_id } => {
+                if self.mirror.addrs.contains_key(&addr.key()) {
+                    let event = HostEvent::AddrRemoved {
+                        addr,
+                        remover: Some(remover(port_id)),
+                    };
+                    self.mirror.apply(&event);
+                    self.emit(event);
+                }
+            }
+            Notification::Routing => {
+                if self.routing_due.is_none() {
+                    self.routing_due = Some(Instant::now() + self.opts.routing_debounce);
+                }
+            }
+            Notification::Overrun => {
+                // Only reached from `drain`; the caller resyncs after draining.
+                self.counters.overruns.fetch_add(1, Ordering::Relaxed);
+            }
+            Notification::Ignored => {}
+        }
+    }
+
+    /// Handles every notification already queued. They are genuine (the kernel sent
+    /// them, in order), so they keep their removers; the dump that follows fixes what
+    /// was lost. Extra overrun markers in the queue are counted and folded into the
+    /// resync that follows.
+    fn drain(&mut self) -> bool {
+        loop {
+            match self.events.try_next() {
+                Ok(Some(n)) => self.handle(n),
+                Ok(None) => return true,
+                Err(()) => return false,
+            }
+        }
+    }
+
+    /// Re-dumps, emits the differences against the mirror, then `Resynced`. Reopens
+    /// the sockets (and resyncs again) if the event stream turns out to have ended.
+    async fn resync(&mut self, reason: Reason) {
+        if !self.resync_once(reason).await {
+            self.reconnect().await;
+        }
+    }
+
+    /// One resync; returns whether the event stream is still alive.
+    async fn resync_once(&mut self, reason: Reason) -> bool {
+        let alive = self.drain();
+        let Some(fresh) = self.dump_with_retry().await else {
+            return alive;
+        };
+        let differences = self.mirror.diff(&fresh);
+        let drift = u64::try_from(differences.len()).unwrap_or(u64::MAX);
+        self.counters.drift.fetch_add(drift, Ordering::Relaxed);
+        if drift > 0 {
+            match reason {
+                Reason::Periodic | Reason::Requested => {
+                    tracing::warn!(
+                        ?reason,
+                        drift,
+                        "resync found drift: the mirror missed changes"
+                    )
+                }
+                Reason::Overrun | Reason::Reconnect => {
+                    tracing::info!(?reason, drift, "resync found lost changes")
+                }
+            }
+        }
+        for event in differences {
+            self.mirror.apply(&event);
+            self.emit(event);
+        }
+        self.mirror = fresh;
+        if matches!(reason, Reason::Overrun | Reason::Reconnect) {
+            // Rule and route notifications may have been lost too.
+            self.routing_due = None;
+            self.emit(HostEvent::RoutingChanged);
+        }
+        self.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+        self.emit(HostEvent::Resynced);
+        alive
+    }
+
+    /// Dumps, retrying with backoff (and a fresh request socket) until it works or the
+    /// engine is gone.
+    async fn dump_with_retry(&mut self) -> Option<HostView> {
+        let mut delay = self.opts.reconnect_min;
+        loop {
+            match dump(&self.requests).await {
+                Ok(view) => return Some(view),
+                Err(error) => {
+                    tracing::warn!(%error, ?delay, "dump failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.opts.reconnect_max);
+                    if self.tx.is_closed() {
+                        return None;
+                    }
+                    match Netlink::connect() {
+                        Ok(nl) => self.requests = nl,
+                        Err(error) => tracing::warn!(%error, "reopening request socket failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The event stream ended: reopen both sockets with backoff, then resync; again if
+    /// the new stream dies during that resync.
+    async fn reconnect(&mut self) {
+        let mut delay = self.opts.reconnect_min;
+        loop {
+            tracing::warn!(?delay, "netlink event stream ended; reconnecting");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.opts.reconnect_max);
+            if self.tx.is_closed() {
+                return;
+            }
+            let opened = EventSocket::open(self.opts.recv_buffer)
+                .and_then(|events| Ok((events, Netlink::connect()?)));
+            match opened {
+                Ok((events, requests)) => {
+                    self.events = events;
+                    self.requests = requests;
+                    self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                    if self.resync_once(Reason::Reconnect).await {
+                        return;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "reopening netlink sockets failed"),
+            }
+        }
+    }
+}
