@@ -185,6 +185,17 @@ impl FakeCloud {
         self.lock().keys.remove(secret_id);
     }
 
+    /// Registers another source address for an instance's metadata requests.
+    pub fn add_source_ip(&self, instance_id: &str, ip: std::net::IpAddr) -> Result<(), String> {
+        let mut world = self.lock();
+        let inst = world
+            .instances
+            .get_mut(instance_id)
+            .ok_or_else(|| format!("{instance_id}: no such instance"))?;
+        inst.source_ips.push(ip);
+        Ok(())
+    }
+
     /// Binds (or with `None` unbinds) a CAM role to an instance.
     pub fn set_cam_role(&self, instance_id: &str, role: Option<&str>) -> Result<(), String> {
         let mut world = self.lock();

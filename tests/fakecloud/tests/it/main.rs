@@ -1,0 +1,8 @@
+//! The fake cloud's own tests: real HTTP against a real server on loopback, requests
+//! signed with `enisync::cloud::sign`.
+
+mod common;
+mod faults;
+mod legacy;
+mod metadata;
+mod v3;
