@@ -169,7 +169,9 @@ impl FakeCloud {
         valid_for: Duration,
     ) {
         let mut world = self.lock();
-        let expires = world.now_ms() + i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX / 2);
+        let expires = world
+            .now_ms()
+            .saturating_add(i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX));
         world.keys.insert(
             secret_id.to_string(),
             Key {

@@ -181,6 +181,27 @@ async fn malformed_requests_get_error_answers() {
         "AuthFailure.InvalidAuthorization"
     );
 
+    // An absurd timestamp is refused, not a crash.
+    let resp = env
+        .http
+        .post(env.server.v3_endpoint())
+        .header("Content-Type", "application/json")
+        .header(
+            "Authorization",
+            format!("TC3-HMAC-SHA256 Credential={ID}/2023-01-01/vpc/tc3_request, SignedHeaders=content-type;host, Signature=00"),
+        )
+        .header("X-TC-Timestamp", i64::MIN.to_string())
+        .header("X-TC-Action", "DescribeNetworkInterfaces")
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(
+        v["Response"]["Error"]["Code"],
+        "AuthFailure.SignatureExpire"
+    );
+
     // Signed, but not JSON.
     let mut req = V3::new("DescribeNetworkInterfaces", &json!({}));
     req.body = "{not json".to_string();
