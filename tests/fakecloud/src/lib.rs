@@ -29,7 +29,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! `FakeCloud` is cheap to clone; every clone sees the same state.
+//! `FakeCloud` is cheap to clone; every clone sees the same state. The crate's
+//! `README.md` states the whole contract: scenario format, error codes, fault kinds.
 
 mod auth;
 mod calls;
