@@ -165,7 +165,7 @@ pub(crate) fn verify_legacy(
 
 fn check_window(world: &World, timestamp: i64) -> Result<(), AuthError> {
     let now = world.now_s();
-    if (now - timestamp).abs() > world.signature_window_s {
+    if now.abs_diff(timestamp) > world.signature_window_s.unsigned_abs() {
         return Err(AuthError::SignatureExpire(format!(
             "timestamp {timestamp} is more than {} s from server time {now}",
             world.signature_window_s

@@ -61,7 +61,12 @@ impl Call {
             Surface::V3 => "v3",
             Surface::Legacy => "legacy",
         };
-        let mut line = format!("{surface} {}", self.action);
+        let action = if self.action.is_empty() {
+            "(no action)"
+        } else {
+            self.action.as_str()
+        };
+        let mut line = format!("{surface} {action}");
         if let Some(eni) = &self.eni {
             line.push(' ');
             line.push_str(eni);

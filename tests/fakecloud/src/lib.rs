@@ -29,7 +29,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! `FakeCloud` is cheap to clone; every clone sees the same state.
+//! `FakeCloud` is cheap to clone; every clone sees the same state. The crate's
+//! `README.md` states the whole contract: scenario format, error codes, fault kinds.
 
 mod auth;
 mod calls;
@@ -169,7 +170,9 @@ impl FakeCloud {
         valid_for: Duration,
     ) {
         let mut world = self.lock();
-        let expires = world.now_ms() + i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX / 2);
+        let expires = world
+            .now_ms()
+            .saturating_add(i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX));
         world.keys.insert(
             secret_id.to_string(),
             Key {
@@ -183,6 +186,17 @@ impl FakeCloud {
     /// Forgets a key (its requests then get `AuthFailure.SecretIdNotFound`).
     pub fn remove_key(&self, secret_id: &str) {
         self.lock().keys.remove(secret_id);
+    }
+
+    /// Registers another source address for an instance's metadata requests.
+    pub fn add_source_ip(&self, instance_id: &str, ip: std::net::IpAddr) -> Result<(), String> {
+        let mut world = self.lock();
+        let inst = world
+            .instances
+            .get_mut(instance_id)
+            .ok_or_else(|| format!("{instance_id}: no such instance"))?;
+        inst.source_ips.push(ip);
+        Ok(())
     }
 
     /// Binds (or with `None` unbinds) a CAM role to an instance.

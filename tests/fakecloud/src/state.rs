@@ -566,7 +566,9 @@ impl World {
         let now = Instant::now();
         for i in 0..self.tasks.len() {
             let task = &self.tasks[i];
-            if task.view.status == FakeTaskStatus::Running && task.started + task.duration <= now {
+            // A duration too long to represent never ends.
+            let due = task.started.checked_add(task.duration);
+            if task.view.status == FakeTaskStatus::Running && due.is_some_and(|due| due <= now) {
                 self.finish_task(i);
             }
         }

@@ -1,0 +1,9 @@
+//! The fake cloud's own tests: real HTTP against a real server on loopback, requests
+//! signed with `enisync::cloud::sign`.
+
+mod binary;
+mod common;
+mod faults;
+mod legacy;
+mod metadata;
+mod v3;
