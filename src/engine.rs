@@ -28,7 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::cloud::{Cloud, CloudError, Eni, ErrorClass, MAX_IPS_PER_CALL, TaskRef, TaskStatus};
+use crate::cloud::release::{IpOutcome, ReleaseOutcome, ReleasePolicy, release_batch_observed};
+use crate::cloud::{Cloud, CloudError, Eni, MAX_IPS_PER_CALL, TaskRef, TaskStatus};
 use crate::config::{Cidr, prefix_mask};
 use crate::host::{Addr, HostEvent, HostView, Link, Remover};
 use crate::inventory::Inventory;
@@ -186,6 +187,9 @@ pub struct Intent {
     pub task_failures: u32,
     #[serde(skip)]
     not_listed_since: Option<Instant>,
+    /// An unassign for it was accepted once: if the cloud stops listing it, it is gone
+    /// because of us, not a lagging view.
+    pub sent: bool,
     /// The kernel-secondary flag at removal, and the subnet primary then in force:
     /// clause 3 needs both.
     #[serde(skip)]
@@ -282,23 +286,9 @@ enum Report {
         eni_id: String,
         task: TaskRef,
     },
-    Done {
-        eni_id: String,
-        ips: Vec<Ipv4Addr>,
-        result: BatchResult,
-    },
+    Done { eni_id: String, outcome: ReleaseOutcome },
     /// A chunk finished and the ENI has nothing more in flight.
     EniIdle(String),
-}
-
-#[derive(Debug)]
-enum BatchResult {
-    Released(TaskRef),
-    AlreadyGone,
-    Retry(String),
-    Refused(String),
-    /// The task failed: re-check and try again (bounded).
-    TaskFailed(String),
 }
 
 /// The engine. Generic over the cloud and the router so the same code runs in the
@@ -526,6 +516,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             attempts: 0,
             task_failures: 0,
             not_listed_since: None,
+            sent: false,
             secondary: addr.secondary,
             subnet_primary: subnet_primary.filter(|p| *p != addr.ip),
         };
@@ -817,6 +808,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                         i.phase = Phase::Releasing {
                             task_id: task.task_id.clone(),
                         };
+                        i.sent = true;
                     }
                     self.journal(
                         *ip,
@@ -836,7 +828,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     "UnassignPrivateIpAddresses accepted; following the task"
                 );
             }
-            Report::Done { eni_id, ips, result } => self.on_done(eni_id, ips, result, now).await,
+            Report::Done { eni_id, outcome } => self.on_done(eni_id, outcome, now).await,
             Report::EniIdle(eni_id) => {
                 self.busy_enis.remove(&eni_id);
             }
@@ -900,6 +892,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 },
                 Verdict::Wait(why) => self.wait(ip, now, why),
                 Verdict::Cancel(c) => self.cancel(ip, c),
+                Verdict::Gone => {
+                    self.counters.already_gone += 1;
+                    self.released.insert(ip, now);
+                    self.finish(ip, Outcome::AlreadyGone);
+                }
             }
         }
         if send.is_empty() {
@@ -932,7 +929,10 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
         let cloud = Arc::clone(&self.cloud);
         let tx = self.reports_tx.clone();
-        tokio::spawn(release_task(cloud, tx, eni_id, vpc_id, send));
+        let policy = ReleasePolicy {
+            max_task_failures: self.settings.max_task_failures,
+        };
+        tokio::spawn(release_task(cloud, tx, eni_id, vpc_id, send, policy));
     }
 
     fn cloud_verdict(&mut self, eni: Option<&Eni>, ip: Ipv4Addr, now: Instant) -> Verdict {
@@ -974,6 +974,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         let Some(intent) = self.intents.get_mut(&ip) else {
             return Verdict::Cancel(Cancel::NotListedOnEni);
         };
+        if intent.sent {
+            return Verdict::Gone;
+        }
         let since = *intent.not_listed_since.get_or_insert(now);
         if now.duration_since(since) >= limit {
             Verdict::Cancel(Cancel::NotListedOnEni)
@@ -982,65 +985,46 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
     }
 
-    async fn on_done(&mut self, eni_id: String, ips: Vec<Ipv4Addr>, result: BatchResult, now: Instant) {
-        match result {
-            BatchResult::Released(task) => {
-                self.counters.released += ips.len() as u64;
-                for ip in &ips {
-                    self.released.insert(*ip, now);
-                    self.finish(
-                        *ip,
-                        Outcome::Released {
-                            task_id: task.task_id.clone(),
-                        },
-                    );
+    async fn on_done(&mut self, eni_id: String, outcome: ReleaseOutcome, now: Instant) {
+        let task = outcome.tasks.last();
+        let task_id = task.map(|t| t.task_id.clone()).unwrap_or_default();
+        let request_id = task.and_then(|t| t.request_id.clone()).unwrap_or_default();
+        let mut done = Vec::new();
+        for (ip, result) in outcome.ips {
+            match result {
+                IpOutcome::Released => {
+                    self.counters.released += 1;
+                    self.released.insert(ip, now);
+                    self.finish(ip, Outcome::Released { task_id: task_id.clone() });
+                    done.push(ip);
                 }
-                info!(
-                    target: "audit",
-                    decision = "released",
-                    eni = %eni_id,
-                    ips = ?ips,
-                    request_id = task.request_id.as_deref().unwrap_or(""),
-                    task_id = %task.task_id,
-                    "task SUCCESS: IPs returned to the VPC"
-                );
-                self.released.retain(|_, t| now.duration_since(*t) < self.settings.remember_released);
-                self.router.after_release(&ips, &self.view, &self.inventory).await;
-            }
-            BatchResult::AlreadyGone => {
-                self.counters.already_gone += ips.len() as u64;
-                for ip in &ips {
-                    self.released.insert(*ip, now);
-                    self.finish(*ip, Outcome::AlreadyGone);
+                IpOutcome::AlreadyGone => {
+                    self.counters.already_gone += 1;
+                    self.released.insert(ip, now);
+                    self.finish(ip, Outcome::AlreadyGone);
+                    done.push(ip);
                 }
-                info!(target: "audit", decision = "already_gone", eni = %eni_id, ips = ?ips, "the cloud no longer holds these IPs on the ENI");
-                self.router.after_release(&ips, &self.view, &self.inventory).await;
-            }
-            BatchResult::Retry(why) => {
-                for ip in ips {
-                    self.wait(ip, now, why.clone());
-                }
-            }
-            BatchResult::TaskFailed(why) => {
-                for ip in ips {
-                    let failures = self.intents.get_mut(&ip).map(|i| {
-                        i.task_failures += 1;
-                        i.task_failures
-                    });
-                    if failures.unwrap_or(0) >= self.settings.max_task_failures {
-                        self.park(ip, format!("task failed {} times: {why}", self.settings.max_task_failures));
-                    } else {
-                        self.wait(ip, now, format!("task failed: {why}"));
-                    }
-                }
-            }
-            BatchResult::Refused(why) => {
-                self.counters.refused += ips.len() as u64;
-                for ip in ips {
-                    self.park(ip, why.clone());
+                IpOutcome::RetryLater { reason } => self.wait(ip, now, reason),
+                IpOutcome::Refused { reason } => {
+                    self.counters.refused += 1;
+                    self.park(ip, reason);
                 }
             }
         }
+        if done.is_empty() {
+            return;
+        }
+        info!(
+            target: "audit",
+            decision = "released",
+            eni = %eni_id,
+            ips = ?done,
+            request_id = %request_id,
+            task_id = %task_id,
+            "IPs returned to the VPC"
+        );
+        self.released.retain(|_, t| now.duration_since(*t) < self.settings.remember_released);
+        self.router.after_release(&done, &self.view, &self.inventory).await;
     }
 
     // ===== commands =====
@@ -1247,6 +1231,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                             attempts: 0,
                             task_failures: 0,
                             not_listed_since: None,
+                            sent: false,
                             secondary: false,
                             subnet_primary: None,
                         },
@@ -1271,6 +1256,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                             attempts: 0,
                             task_failures: 0,
                             not_listed_since: None,
+                            sent: true,
                             secondary: false,
                             subnet_primary: None,
                         },
@@ -1279,9 +1265,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     let tx = self.reports_tx.clone();
                     self.busy_enis.insert(eni_id.clone());
                     tokio::spawn(async move {
-                        for (ips, result) in follow_task(&*cloud, &eni_id, &[rec.ip], &task).await {
-                            let _ = tx.send(Report::Done { eni_id: eni_id.clone(), ips, result });
-                        }
+                        let outcome = follow_journaled_task(&*cloud, rec.ip, &task).await;
+                        let _ = tx.send(Report::Done { eni_id: eni_id.clone(), outcome });
                         let _ = tx.send(Report::EniIdle(eni_id));
                     });
                 }
@@ -1293,99 +1278,56 @@ impl<C: Cloud, R: Router> Engine<C, R> {
 
 enum Verdict {
     Send,
+    /// Sent before and no longer listed: released by our earlier call.
+    Gone,
     Wait(String),
     Cancel(Cancel),
 }
 
 /// Sends the unassign for `ips` in chunks of ten, one after the other (calls for one ENI
-/// are serialised), and follows each task.
+/// are serialised), through the cloud module's release procedure.
 async fn release_task<C: Cloud>(
     cloud: Arc<C>,
     tx: mpsc::UnboundedSender<Report>,
     eni_id: String,
     vpc_id: String,
     ips: Vec<Ipv4Addr>,
+    policy: ReleasePolicy,
 ) {
     for chunk in ips.chunks(MAX_IPS_PER_CALL) {
-        let results = match cloud.unassign(&eni_id, &vpc_id, chunk).await {
-            Ok(task) => {
-                let _ = tx.send(Report::Sent {
-                    ips: chunk.to_vec(),
-                    eni_id: eni_id.clone(),
-                    task: task.clone(),
-                });
-                follow_task(&*cloud, &eni_id, chunk, &task).await
-            }
-            Err(e) if e.class == ErrorClass::AlreadyGone => confirm_gone(&*cloud, &eni_id, chunk, &e.code).await,
-            Err(e) => vec![(chunk.to_vec(), classify_failure(&e))],
-        };
-        for (ips, result) in results {
-            let _ = tx.send(Report::Done {
-                eni_id: eni_id.clone(),
-                ips,
-                result,
+        let sent_tx = tx.clone();
+        let sent_eni = eni_id.clone();
+        let outcome = release_batch_observed(&*cloud, &eni_id, &vpc_id, chunk, policy, move |ips, task| {
+            let _ = sent_tx.send(Report::Sent {
+                ips: ips.to_vec(),
+                eni_id: sent_eni.clone(),
+                task: task.clone(),
             });
-        }
+        })
+        .await;
+        let _ = tx.send(Report::Done {
+            eni_id: eni_id.clone(),
+            outcome,
+        });
     }
     let _ = tx.send(Report::EniIdle(eni_id));
 }
 
-/// Follows a task to its end. A task still RUNNING at the cap is answered by a describe.
-async fn follow_task<C: Cloud>(
-    cloud: &C,
-    eni_id: &str,
-    ips: &[Ipv4Addr],
-    task: &TaskRef,
-) -> Vec<(Vec<Ipv4Addr>, BatchResult)> {
-    match cloud.wait_task(task).await {
-        Ok(TaskStatus::Success) => vec![(ips.to_vec(), BatchResult::Released(task.clone()))],
-        Ok(TaskStatus::Failed) => vec![(ips.to_vec(), BatchResult::TaskFailed(format!("task {} FAILED", task.task_id)))],
-        Ok(TaskStatus::Running) => {
-            let mut out = confirm_gone(cloud, eni_id, ips, "task still RUNNING at the cap").await;
-            for (_, result) in &mut out {
-                if matches!(result, BatchResult::AlreadyGone) {
-                    *result = BatchResult::Released(task.clone());
-                }
-            }
-            out
-        }
-        Err(e) => vec![(ips.to_vec(), classify_failure(&e))],
-    }
-}
-
-/// "Already gone" answers are confirmed with a describe before they count as done: IPs
-/// no longer on the ENI are gone, the rest are retried.
-async fn confirm_gone<C: Cloud>(
-    cloud: &C,
-    eni_id: &str,
-    ips: &[Ipv4Addr],
-    why: &str,
-) -> Vec<(Vec<Ipv4Addr>, BatchResult)> {
-    match cloud.list_enis().await {
-        Ok(enis) => {
-            let eni = enis.iter().find(|e| e.id == eni_id);
-            let (still, gone): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) =
-                ips.iter().partition(|ip| eni.is_some_and(|e| e.ip(**ip).is_some()));
-            let mut out = Vec::new();
-            if !gone.is_empty() {
-                out.push((gone, BatchResult::AlreadyGone));
-            }
-            if !still.is_empty() {
-                out.push((still, BatchResult::Retry(format!("{why}, and the ENI still lists the IP"))));
-            }
-            out
-        }
-        Err(e) => vec![(ips.to_vec(), BatchResult::Retry(format!("{why}; describe failed: {}", e.code)))],
-    }
-}
-
-fn classify_failure(e: &CloudError) -> BatchResult {
-    match e.class {
-        // The send-time check runs again before any retry.
-        ErrorClass::AlreadyGone | ErrorClass::RetryLater | ErrorClass::RefreshCredentials => {
-            BatchResult::Retry(format!("{}: {}", e.action, e.code))
-        }
-        ErrorClass::Refused => BatchResult::Refused(format!("{} refused: {}: {}", e.action, e.code, e.message)),
+/// After a restart: a journaled task is followed to its end. Anything but SUCCESS goes
+/// back through the send-time checks, where "no longer listed" counts as done.
+async fn follow_journaled_task<C: Cloud>(cloud: &C, ip: Ipv4Addr, task: &TaskRef) -> ReleaseOutcome {
+    let outcome = match cloud.wait_task(task).await {
+        Ok(TaskStatus::Success) => IpOutcome::Released,
+        Ok(status) => IpOutcome::RetryLater {
+            reason: format!("journaled task {} ended {status:?}", task.task_id),
+        },
+        Err(e) => IpOutcome::RetryLater {
+            reason: format!("following journaled task {}: {}", task.task_id, e.code),
+        },
+    };
+    ReleaseOutcome {
+        ips: [(ip, outcome)].into(),
+        tasks: vec![task.clone()],
     }
 }
 

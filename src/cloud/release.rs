@@ -82,6 +82,20 @@ pub async fn release_batch(
     ips: &[Ipv4Addr],
     policy: ReleasePolicy,
 ) -> ReleaseOutcome {
+    release_batch_observed(cloud, eni_id, vpc_id, ips, policy, |_, _| {}).await
+}
+
+/// [`release_batch`], telling `on_sent` about every task the cloud accepted (with the
+/// IPs it carries) before following it, so the engine can journal it: a task that was
+/// sent is followed to its end even across a restart.
+pub async fn release_batch_observed(
+    cloud: &impl Cloud,
+    eni_id: &str,
+    vpc_id: &str,
+    ips: &[Ipv4Addr],
+    policy: ReleasePolicy,
+    mut on_sent: impl FnMut(&[Ipv4Addr], &TaskRef) + Send,
+) -> ReleaseOutcome {
     let mut out = ReleaseOutcome::default();
     let mut remaining: Vec<Ipv4Addr> = ips.to_vec();
     remaining.sort_unstable();
@@ -95,6 +109,7 @@ pub async fn release_batch(
                 return out;
             }
         };
+        on_sent(&remaining, &task);
         out.tasks.push(task.clone());
         match cloud.wait_task(&task).await {
             Ok(TaskStatus::Success) => {

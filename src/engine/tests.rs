@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::cloud::{Attachment, EniIp, MacAddr, Protocol};
+use crate::cloud::{Attachment, EniIp, ErrorClass, MacAddr, Protocol};
 
 const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const GRACE: Duration = Duration::from_secs(30);
