@@ -338,10 +338,16 @@ pub struct Cidr {
 impl Cidr {
     pub fn parse(text: &str) -> Result<Self, String> {
         let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, p.parse::<u8>().map_err(|_| format!("bad prefix in {text:?}"))?),
+            Some((a, p)) => (
+                a,
+                p.parse::<u8>()
+                    .map_err(|_| format!("bad prefix in {text:?}"))?,
+            ),
             None => (text, 32),
         };
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("not an IPv4 CIDR: {text:?}"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("not an IPv4 CIDR: {text:?}"))?;
         if prefix > 32 {
             return Err(format!("prefix over 32 in {text:?}"));
         }
@@ -433,13 +439,19 @@ impl Config {
             }
         }
         if !(self.cloud.max_calls_per_second > 0.0 && self.cloud.max_calls_per_second.is_finite()) {
-            return Err(invalid("cloud.max_calls_per_second", "must be a positive number".into()));
+            return Err(invalid(
+                "cloud.max_calls_per_second",
+                "must be a positive number".into(),
+            ));
         }
         if self.release.burst_limit == 0 {
             return Err(invalid("release.burst_limit", "must be at least 1".into()));
         }
         if self.release.burst_window.is_zero() {
-            return Err(invalid("release.burst_window", "must be longer than 0".into()));
+            return Err(invalid(
+                "release.burst_window",
+                "must be longer than 0".into(),
+            ));
         }
         for (i, glob) in self.release.interfaces.iter().enumerate() {
             if glob.is_empty() || glob.contains('/') {
@@ -456,10 +468,14 @@ impl Config {
             ));
         }
         for reserved in [253, 254, 255] {
-            if (self.routing.table_base..self.routing.table_base.saturating_add(64)).contains(&reserved) {
+            if (self.routing.table_base..self.routing.table_base.saturating_add(64))
+                .contains(&reserved)
+            {
                 return Err(invalid(
                     "routing.table_base",
-                    format!("the range table_base..table_base+63 includes reserved table {reserved}"),
+                    format!(
+                        "the range table_base..table_base+63 includes reserved table {reserved}"
+                    ),
                 ));
             }
         }
@@ -475,10 +491,16 @@ impl Config {
         let mut macs = std::collections::HashSet::new();
         for (i, iface) in self.interfaces.iter().enumerate() {
             if !macs.insert(iface.mac) {
-                return Err(invalid(&format!("interface[{i}].mac"), format!("{} is listed twice", iface.mac)));
+                return Err(invalid(
+                    &format!("interface[{i}].mac"),
+                    format!("{} is listed twice", iface.mac),
+                ));
             }
             if !iface.eni.starts_with("eni-") {
-                return Err(invalid(&format!("interface[{i}].eni"), format!("not an ENI id: {:?}", iface.eni)));
+                return Err(invalid(
+                    &format!("interface[{i}].eni"),
+                    format!("not an ENI id: {:?}", iface.eni),
+                ));
             }
         }
         Ok(())
@@ -489,7 +511,9 @@ impl Config {
 /// the key as `table.key`.
 fn parse_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
     let span = err.span();
-    let line = span.as_ref().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let line = span
+        .as_ref()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let mut message = err.message().trim().to_string();
     let table = span
         .as_ref()
@@ -497,8 +521,15 @@ fn parse_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
         .unwrap_or_default();
     let field = span.as_ref().and_then(|s| {
         // The key of the offending line, or the unknown field the message names.
-        let line_text = text[..s.start.min(text.len())].rsplit('\n').next().unwrap_or("").to_string()
-            + text[s.start.min(text.len())..].split('\n').next().unwrap_or("");
+        let line_text = text[..s.start.min(text.len())]
+            .rsplit('\n')
+            .next()
+            .unwrap_or("")
+            .to_string()
+            + text[s.start.min(text.len())..]
+                .split('\n')
+                .next()
+                .unwrap_or("");
         let quoted = message.split('`').nth(1).map(str::to_string);
         if message.starts_with("unknown field") {
             quoted
@@ -541,16 +572,20 @@ fn enclosing_table(before: &str) -> String {
 /// Parses `250ms`, `30s`, `5m` (a whole number and a unit).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("bad duration {text:?}: expected a whole number followed by ms, s or m"))?;
+    let n: u64 = number.parse().map_err(|_| {
+        format!("bad duration {text:?}: expected a whole number followed by ms, s or m")
+    })?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        _ => Err(format!("bad duration {text:?}: the unit must be ms, s or m")),
+        _ => Err(format!(
+            "bad duration {text:?}: the unit must be ms, s or m"
+        )),
     }
 }
 
@@ -732,7 +767,11 @@ vpc = "vpc-1"
         let dir = std::env::temp_dir().join(format!("enisync-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let path = dir.join("c.toml");
-        std::fs::write(&path, "[cloud]\nsecret_id = \"AKIDx\"\nsecret_key = \"k\"\n").expect("write");
+        std::fs::write(
+            &path,
+            "[cloud]\nsecret_id = \"AKIDx\"\nsecret_key = \"k\"\n",
+        )
+        .expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let e = Config::load(&path).expect_err("refused").to_string();
         assert!(e.contains("readable by group or others"), "{e}");
@@ -750,7 +789,10 @@ vpc = "vpc-1"
         assert!(err("[release]\ninclude = [\"10.0.0.0/33\"]\n").contains("release.include"));
         assert!(err("[cloud]\nendpoint = \"ftp://x\"\n").contains("cloud.endpoint"));
         assert!(err("[cloud]\nsecret_id = \"x\"\n").contains("cloud.secret_key"));
-        assert!(err("[[interface]]\nmac = \"zz\"\neni = \"eni-1\"\nvpc = \"v\"\n").contains("interface.mac"));
+        assert!(
+            err("[[interface]]\nmac = \"zz\"\neni = \"eni-1\"\nvpc = \"v\"\n")
+                .contains("interface.mac")
+        );
     }
 
     #[test]
@@ -758,7 +800,11 @@ vpc = "vpc-1"
         let c = Cidr::parse("10.0.0.0/28").expect("cidr");
         assert!(c.contains("10.0.0.15".parse().expect("ip")));
         assert!(!c.contains("10.0.0.16".parse().expect("ip")));
-        assert!(Cidr::parse("0.0.0.0/0").expect("cidr").contains("1.2.3.4".parse().expect("ip")));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .expect("cidr")
+                .contains("1.2.3.4".parse().expect("ip"))
+        );
         assert_eq!(Cidr::parse("10.1.2.3").expect("cidr").prefix, 32);
     }
 }

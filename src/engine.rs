@@ -131,7 +131,9 @@ impl fmt::Display for Cancel {
             Self::LinkDown => f.write_str("its link went down"),
             Self::LinkGone => f.write_str("its link was deleted or moved to another namespace"),
             Self::MacChanged => f.write_str("its link changed MAC address"),
-            Self::NotPhysical => f.write_str("not a physical link (macvlan/ipvlan/VLAN/bridge child)"),
+            Self::NotPhysical => {
+                f.write_str("not a physical link (macvlan/ipvlan/VLAN/bridge child)")
+            }
             Self::NotSelectedInterface => f.write_str("link outside release.interfaces"),
             Self::NotAnEni => f.write_str("the link's MAC is not an ENI of this instance"),
             Self::OutsideInclude => f.write_str("IP outside release.include"),
@@ -139,7 +141,9 @@ impl fmt::Display for Cancel {
             Self::PrimaryIp => f.write_str("a primary IP is never released"),
             Self::NotListedOnEni => f.write_str("the cloud does not list this IP on the ENI"),
             Self::EipBound(id) => write!(f, "an EIP ({id}) is bound and release.with_eip is false"),
-            Self::EniNotAttached(why) => write!(f, "the ENI is not attached to this instance: {why}"),
+            Self::EniNotAttached(why) => {
+                write!(f, "the ENI is not attached to this instance: {why}")
+            }
             Self::Operator => f.write_str("cancelled by an operator"),
             Self::EarlierBoot => f.write_str("observed in an earlier boot and never sent"),
         }
@@ -269,7 +273,11 @@ pub trait Router: Send + 'static {
     ) -> impl Future<Output = ()> + Send;
 
     /// Brings routing in line with the host now (start, link and rule changes).
-    fn reconcile(&mut self, view: &HostView, inventory: &Inventory) -> impl Future<Output = ()> + Send;
+    fn reconcile(
+        &mut self,
+        view: &HostView,
+        inventory: &Inventory,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Reports from spawned cloud tasks.
@@ -286,7 +294,10 @@ enum Report {
         eni_id: String,
         task: TaskRef,
     },
-    Done { eni_id: String, outcome: ReleaseOutcome },
+    Done {
+        eni_id: String,
+        outcome: ReleaseOutcome,
+    },
     /// A chunk finished and the ENI has nothing more in flight.
     EniIdle(String),
 }
@@ -380,12 +391,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// Runs until `shutdown` fires or the host event stream ends. Pending intents stay
-    /// in the journal; a restart in the same boot resumes them.
+    /// in the journal; a restart in the same boot resumes them. The loop turns at least
+    /// every `heartbeat` (the watchdog's half period) and calls `tick` on every turn, so
+    /// a stuck loop stops the watchdog pings.
     pub async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<HostEvent>,
         mut commands: mpsc::Receiver<Command>,
         shutdown: tokio_util::sync::CancellationToken,
+        heartbeat: Option<Duration>,
         mut tick: impl FnMut() + Send,
     ) {
         self.router.reconcile(&self.view, &self.inventory).await;
@@ -398,6 +412,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             let wake = self
                 .next_wakeup()
                 .unwrap_or(now + Duration::from_secs(3600))
+                .min(heartbeat.map_or(now + Duration::from_secs(3600), |h| now + h))
                 .max(now + Duration::from_millis(1));
             tokio::select! {
                 biased;
@@ -416,30 +431,41 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             }
             tick();
         }
-        info!(pending = self.intents.len(), "engine stopped; pending releases stay journaled");
+        info!(
+            pending = self.intents.len(),
+            "engine stopped; pending releases stay journaled"
+        );
     }
 
     // ===== host events =====
 
     async fn on_host_event(&mut self, event: HostEvent, now: Instant) {
+        // Clause 3 needs the subnet's primary as it was before this removal.
+        let subnet_primary = match &event {
+            HostEvent::AddrRemoved { addr, .. } => self.subnet_primary(addr),
+            _ => None,
+        };
+        let old_link = match &event {
+            HostEvent::LinkChanged(link) => self.view.links.get(&link.index).cloned(),
+            _ => None,
+        };
+        self.view.apply(&event);
         match event {
             HostEvent::AddrRemoved { addr, remover } => {
-                let subnet_primary = self.subnet_primary(&addr);
-                self.view.addrs.remove(&(addr.link, addr.ip, addr.prefix));
-                self.on_addr_removed(addr, remover, subnet_primary, now);
-            }
-            HostEvent::AddrAdded(addr) => {
-                self.view.addrs.insert((addr.link, addr.ip, addr.prefix), addr);
-                self.on_addr_added(addr);
-            }
-            HostEvent::LinkChanged(link) => {
-                let old = self.view.links.insert(link.index, link.clone());
-                self.on_link_changed(old, &link);
+                self.on_addr_removed(addr, remover, subnet_primary, now)
             }
             HostEvent::LinkRemoved { index } => {
-                self.view.links.remove(&index);
-                self.view.addrs.retain(|_, a| a.link != index);
-                self.cancel_where(|i| i.link == index, &Cancel::LinkGone);
+                self.cancel_where(|i| i.link == index, &Cancel::LinkGone)
+            }
+            // The kernel flushes a table's routes silently when its link goes down or
+            // loses its last address: every one of these may need a repair.
+            HostEvent::AddrAdded(addr) => {
+                self.on_addr_added(addr);
+                self.router.reconcile(&self.view, &self.inventory).await;
+            }
+            HostEvent::LinkChanged(link) => {
+                self.on_link_changed(old_link, &link);
+                self.router.reconcile(&self.view, &self.inventory).await;
             }
             HostEvent::RoutingChanged | HostEvent::Resynced => {
                 self.router.reconcile(&self.view, &self.inventory).await;
@@ -478,7 +504,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                         && i.secondary
                         && i.subnet_primary == Some(addr.ip)
                         && now.duration_since(i.observed_at) <= self.settings.burst_window
-                        && i.remover.as_ref().map(|r| r.port_id) == remover.as_ref().map(|r| r.port_id)
+                        && i.remover.as_ref().map(|r| r.port_id)
+                            == remover.as_ref().map(|r| r.port_id)
                         && matches!(i.phase, Phase::Pending | Phase::Held)
                 })
                 .map(|i| i.ip)
@@ -494,7 +521,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
         let Some(link) = link else { return };
         if self.view.has_ip(addr.ip) {
-            self.audit_skip(addr.ip, Some(&link), remover.as_ref(), &Cancel::PresentElsewhere);
+            self.audit_skip(
+                addr.ip,
+                Some(&link),
+                remover.as_ref(),
+                &Cancel::PresentElsewhere,
+            );
             return;
         }
         let eni_id = link
@@ -544,7 +576,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// Clauses that can be decided the moment a removal is seen.
-    fn admissible(&self, addr: &Addr, link: Option<&Link>, remover: Option<&Remover>) -> Result<(), Cancel> {
+    fn admissible(
+        &self,
+        addr: &Addr,
+        link: Option<&Link>,
+        remover: Option<&Remover>,
+    ) -> Result<(), Cancel> {
         let Some(link) = link else {
             return Err(Cancel::LinkGone);
         };
@@ -553,7 +590,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 return Err(Cancel::KernelRemoval);
             }
             if let Some(p) = &remover.process
-                && self.settings.ignore_removers.iter().any(|n| process_matches(p, n))
+                && self
+                    .settings
+                    .ignore_removers
+                    .iter()
+                    .any(|n| process_matches(p, n))
             {
                 return Err(Cancel::IgnoredRemover(p.clone()));
             }
@@ -561,10 +602,18 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         if !link.is_physical() {
             return Err(Cancel::NotPhysical);
         }
-        if !self.settings.interfaces.is_empty() && !self.settings.interfaces.iter().any(|g| glob_match(g, &link.name)) {
+        if !self.settings.interfaces.is_empty()
+            && !self
+                .settings
+                .interfaces
+                .iter()
+                .any(|g| glob_match(g, &link.name))
+        {
             return Err(Cancel::NotSelectedInterface);
         }
-        if !self.settings.include.is_empty() && !self.settings.include.iter().any(|c| c.contains(addr.ip)) {
+        if !self.settings.include.is_empty()
+            && !self.settings.include.iter().any(|c| c.contains(addr.ip))
+        {
             return Err(Cancel::OutsideInclude);
         }
         if self.settings.exclude.iter().any(|c| c.contains(addr.ip)) {
@@ -609,7 +658,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
         if !newly_held.is_empty() {
             self.counters.held += newly_held.len() as u64;
-            let total = self.intents.values().filter(|i| i.phase == Phase::Held).count();
+            let total = self
+                .intents
+                .values()
+                .filter(|i| i.phase == Phase::Held)
+                .count();
             warn!(
                 target: "audit",
                 decision = "held",
@@ -626,7 +679,10 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         if self.intents.contains_key(&addr.ip) {
             let phase = self.intents.get(&addr.ip).map(|i| i.phase.clone());
             if matches!(phase, Some(Phase::Sending | Phase::Releasing { .. })) {
-                self.alarm(addr.ip, "came back on the host while its release is in flight");
+                self.alarm(
+                    addr.ip,
+                    "came back on the host while its release is in flight",
+                );
             } else {
                 self.cancel(addr.ip, Cancel::Readded);
             }
@@ -727,7 +783,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             if self.busy_enis.contains(&eni) {
                 continue;
             }
-            let Some(earliest) = intents.iter().map(|(_, due)| *due).min() else { continue };
+            let Some(earliest) = intents.iter().map(|(_, due)| *due).min() else {
+                continue;
+            };
             if earliest > now {
                 continue;
             }
@@ -743,7 +801,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 continue;
             }
             self.dispatch_at.remove(&eni);
-            let ips: Vec<Ipv4Addr> = intents.iter().filter(|(_, due)| *due <= now).map(|(ip, _)| *ip).collect();
+            let ips: Vec<Ipv4Addr> = intents
+                .iter()
+                .filter(|(_, due)| *due <= now)
+                .map(|(ip, _)| *ip)
+                .collect();
             to_check.push((eni, ips));
         }
         for (eni, ips) in to_check {
@@ -792,7 +854,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         let tx = self.reports_tx.clone();
         tokio::spawn(async move {
             let result = cloud.list_enis().await;
-            let _ = tx.send(Report::Checked { eni_id, ips, result });
+            let _ = tx.send(Report::Checked {
+                eni_id,
+                ips,
+                result,
+            });
         });
     }
 
@@ -801,7 +867,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     async fn on_report(&mut self, report: Report, now: Instant) {
         match report {
             Report::Inventory(result) => self.on_inventory(result),
-            Report::Checked { eni_id, ips, result } => self.on_checked(eni_id, ips, result, now),
+            Report::Checked {
+                eni_id,
+                ips,
+                result,
+            } => self.on_checked(eni_id, ips, result, now),
             Report::Sent { ips, eni_id, task } => {
                 for ip in &ips {
                     if let Some(i) = self.intents.get_mut(ip) {
@@ -839,7 +909,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         self.inventory_loading = false;
         match result {
             Ok(enis) => {
-                let inventory = Inventory::build(&self.inventory.instance_id, enis, &self.static_meta, &self.statics);
+                let inventory = Inventory::build(
+                    &self.inventory.instance_id,
+                    enis,
+                    &self.static_meta,
+                    &self.statics,
+                );
                 info!(enis = inventory.by_mac.len(), "inventory refreshed");
                 self.inventory = inventory;
             }
@@ -866,7 +941,13 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// Clause 7, then clause 4 and 5 once more, then the call.
-    fn on_checked(&mut self, eni_id: String, ips: Vec<Ipv4Addr>, result: Result<Vec<Eni>, CloudError>, now: Instant) {
+    fn on_checked(
+        &mut self,
+        eni_id: String,
+        ips: Vec<Ipv4Addr>,
+        result: Result<Vec<Eni>, CloudError>,
+        now: Instant,
+    ) {
         let enis = match result {
             Ok(enis) => enis,
             Err(e) => {
@@ -878,7 +959,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             }
         };
         // Refresh the inventory from what we just read, so status and routing see it.
-        self.inventory = Inventory::build(&self.inventory.instance_id, enis.clone(), &self.static_meta, &self.statics);
+        self.inventory = Inventory::build(
+            &self.inventory.instance_id,
+            enis.clone(),
+            &self.static_meta,
+            &self.statics,
+        );
         let eni = enis.iter().find(|e| e.id == eni_id);
         let mut send = Vec::new();
         for ip in ips {
@@ -940,8 +1026,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             return self.not_listed(ip, now, "the ENI is not listed for this instance");
         };
         match &eni.attachment {
-            Some(a) if a.instance_id == self.inventory.instance_id || self.inventory.instance_id.is_empty() => {}
-            Some(a) => return Verdict::Cancel(Cancel::EniNotAttached(format!("attached to {}", a.instance_id))),
+            Some(a)
+                if a.instance_id == self.inventory.instance_id
+                    || self.inventory.instance_id.is_empty() => {}
+            Some(a) => {
+                return Verdict::Cancel(Cancel::EniNotAttached(format!(
+                    "attached to {}",
+                    a.instance_id
+                )));
+            }
             None => return Verdict::Cancel(Cancel::EniNotAttached("detached".into())),
         }
         if matches!(eni.state.as_str(), "DETACHING" | "DELETING") {
@@ -995,7 +1088,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 IpOutcome::Released => {
                     self.counters.released += 1;
                     self.released.insert(ip, now);
-                    self.finish(ip, Outcome::Released { task_id: task_id.clone() });
+                    self.finish(
+                        ip,
+                        Outcome::Released {
+                            task_id: task_id.clone(),
+                        },
+                    );
                     done.push(ip);
                 }
                 IpOutcome::AlreadyGone => {
@@ -1023,8 +1121,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             task_id = %task_id,
             "IPs returned to the VPC"
         );
-        self.released.retain(|_, t| now.duration_since(*t) < self.settings.remember_released);
-        self.router.after_release(&done, &self.view, &self.inventory).await;
+        self.released
+            .retain(|_, t| now.duration_since(*t) < self.settings.remember_released);
+        self.router
+            .after_release(&done, &self.view, &self.inventory)
+            .await;
     }
 
     // ===== commands =====
@@ -1072,7 +1173,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             .values()
             .map(|i| {
                 let mut i = i.clone();
-                i.due_in_ms = u64::try_from(i.due.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+                i.due_in_ms = u64::try_from(i.due.saturating_duration_since(now).as_millis())
+                    .unwrap_or(u64::MAX);
                 i
             })
             .collect();
@@ -1172,7 +1274,13 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         self.alarms.truncate(RECENT_KEPT);
     }
 
-    fn audit_skip(&self, ip: Ipv4Addr, link: Option<&Link>, remover: Option<&Remover>, cancel: &Cancel) {
+    fn audit_skip(
+        &self,
+        ip: Ipv4Addr,
+        link: Option<&Link>,
+        remover: Option<&Remover>,
+        cancel: &Cancel,
+    ) {
         info!(
             target: "audit",
             decision = "not_released",
@@ -1200,17 +1308,39 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     fn recover(&mut self, records: Vec<crate::journal::Record>, now: Instant) {
         for rec in records {
             match rec.state {
-                RecordState::Observed { link, mac, eni_id, remover } => {
+                RecordState::Observed {
+                    link,
+                    mac,
+                    eni_id,
+                    remover,
+                } => {
                     if rec.boot_id != self.boot_id {
-                        self.journal(rec.ip, RecordState::Finished { outcome: "cancelled: earlier boot".into() });
+                        self.journal(
+                            rec.ip,
+                            RecordState::Finished {
+                                outcome: "cancelled: earlier boot".into(),
+                            },
+                        );
                         continue;
                     }
                     let Some(l) = self.view.links.values().find(|l| l.name == link).cloned() else {
-                        self.journal(rec.ip, RecordState::Finished { outcome: "cancelled: link gone".into() });
+                        self.journal(
+                            rec.ip,
+                            RecordState::Finished {
+                                outcome: "cancelled: link gone".into(),
+                            },
+                        );
                         continue;
                     };
-                    if self.view.has_ip(rec.ip) || mac.as_deref() != l.mac.map(|m| m.to_string()).as_deref() {
-                        self.journal(rec.ip, RecordState::Finished { outcome: "cancelled: back or changed".into() });
+                    if self.view.has_ip(rec.ip)
+                        || mac.as_deref() != l.mac.map(|m| m.to_string()).as_deref()
+                    {
+                        self.journal(
+                            rec.ip,
+                            RecordState::Finished {
+                                outcome: "cancelled: back or changed".into(),
+                            },
+                        );
                         continue;
                     }
                     info!(ip = %rec.ip, link = %link, "resuming a journaled release: its grace period starts again");
@@ -1223,7 +1353,10 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                             prefix: 32,
                             mac: l.mac,
                             eni_id,
-                            remover: remover.map(|p| Remover { port_id: u32::MAX, process: Some(p) }),
+                            remover: remover.map(|p| Remover {
+                                port_id: u32::MAX,
+                                process: Some(p),
+                            }),
                             observed_at: now,
                             due: now + self.settings.grace,
                             due_in_ms: 0,
@@ -1252,7 +1385,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                             observed_at: now,
                             due: now,
                             due_in_ms: 0,
-                            phase: Phase::Releasing { task_id: task.task_id.clone() },
+                            phase: Phase::Releasing {
+                                task_id: task.task_id.clone(),
+                            },
                             attempts: 0,
                             task_failures: 0,
                             not_listed_since: None,
@@ -1266,7 +1401,10 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     self.busy_enis.insert(eni_id.clone());
                     tokio::spawn(async move {
                         let outcome = follow_journaled_task(&*cloud, rec.ip, &task).await;
-                        let _ = tx.send(Report::Done { eni_id: eni_id.clone(), outcome });
+                        let _ = tx.send(Report::Done {
+                            eni_id: eni_id.clone(),
+                            outcome,
+                        });
                         let _ = tx.send(Report::EniIdle(eni_id));
                     });
                 }
@@ -1297,13 +1435,20 @@ async fn release_task<C: Cloud>(
     for chunk in ips.chunks(MAX_IPS_PER_CALL) {
         let sent_tx = tx.clone();
         let sent_eni = eni_id.clone();
-        let outcome = release_batch_observed(&*cloud, &eni_id, &vpc_id, chunk, policy, move |ips, task| {
-            let _ = sent_tx.send(Report::Sent {
-                ips: ips.to_vec(),
-                eni_id: sent_eni.clone(),
-                task: task.clone(),
-            });
-        })
+        let outcome = release_batch_observed(
+            &*cloud,
+            &eni_id,
+            &vpc_id,
+            chunk,
+            policy,
+            move |ips, task| {
+                let _ = sent_tx.send(Report::Sent {
+                    ips: ips.to_vec(),
+                    eni_id: sent_eni.clone(),
+                    task: task.clone(),
+                });
+            },
+        )
         .await;
         let _ = tx.send(Report::Done {
             eni_id: eni_id.clone(),
@@ -1315,7 +1460,11 @@ async fn release_task<C: Cloud>(
 
 /// After a restart: a journaled task is followed to its end. Anything but SUCCESS goes
 /// back through the send-time checks, where "no longer listed" counts as done.
-async fn follow_journaled_task<C: Cloud>(cloud: &C, ip: Ipv4Addr, task: &TaskRef) -> ReleaseOutcome {
+async fn follow_journaled_task<C: Cloud>(
+    cloud: &C,
+    ip: Ipv4Addr,
+    task: &TaskRef,
+) -> ReleaseOutcome {
     let outcome = match cloud.wait_task(task).await {
         Ok(TaskStatus::Success) => IpOutcome::Released,
         Ok(status) => IpOutcome::RetryLater {

@@ -59,7 +59,11 @@ impl Inventory {
         for eni in enis {
             // Only ENIs attached to this instance count; the filter should guarantee it,
             // a stale or wrong answer must not widen what we act on.
-            if eni.attachment.as_ref().is_some_and(|a| a.instance_id != instance_id) {
+            if eni
+                .attachment
+                .as_ref()
+                .is_some_and(|a| a.instance_id != instance_id)
+            {
                 continue;
             }
             let record = EniRecord {

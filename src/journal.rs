@@ -144,7 +144,12 @@ impl Journal {
     }
 
     /// Appends a record and flushes it to disk before returning.
-    pub fn append(&mut self, ip: Ipv4Addr, boot_id: &str, state: RecordState) -> Result<(), JournalError> {
+    pub fn append(
+        &mut self,
+        ip: Ipv4Addr,
+        boot_id: &str,
+        state: RecordState,
+    ) -> Result<(), JournalError> {
         let rec = Record {
             v: SCHEMA_VERSION,
             ip,
@@ -233,9 +238,14 @@ fn rewrite<'a>(
     }
     std::fs::rename(&tmp, path).map_err(io("rename"))?;
     if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync dir"))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync dir"))?;
     }
-    OpenOptions::new().append(true).open(path).map_err(io("reopen"))
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io("reopen"))
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -302,7 +312,14 @@ mod tests {
                 },
             )
             .expect("append");
-            j.append(a, "boot1", RecordState::Finished { outcome: "released".into() }).expect("append");
+            j.append(
+                a,
+                "boot1",
+                RecordState::Finished {
+                    outcome: "released".into(),
+                },
+            )
+            .expect("append");
         }
         let (j, r) = Journal::open(&dir).expect("reopen");
         assert_eq!(r.live.len(), 1);
@@ -340,12 +357,19 @@ mod tests {
     fn newer_schema_records_are_kept_aside_not_acted_on() {
         let dir = tmpdir("newer");
         let json = r#"{"v":99,"ip":"10.0.0.9","what":"future"}"#;
-        std::fs::write(dir.join(FILE_NAME), format!("{:016x} {json}\n", fnv1a64(json.as_bytes()))).expect("write");
+        std::fs::write(
+            dir.join(FILE_NAME),
+            format!("{:016x} {json}\n", fnv1a64(json.as_bytes())),
+        )
+        .expect("write");
         let (_, r) = Journal::open(&dir).expect("open");
         assert_eq!(r.newer_schema, 1);
         assert!(r.live.is_empty());
         let text = std::fs::read_to_string(dir.join(FILE_NAME)).expect("read");
-        assert!(text.contains("future"), "kept verbatim for the newer binary");
+        assert!(
+            text.contains("future"),
+            "kept verbatim for the newer binary"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -356,9 +380,20 @@ mod tests {
         for i in 0..5000u32 {
             let ip = Ipv4Addr::from(0x0a00_0000 + (i % 7));
             j.append(ip, "b", observed()).expect("append");
-            j.append(ip, "b", RecordState::Finished { outcome: "released".into() }).expect("append");
+            j.append(
+                ip,
+                "b",
+                RecordState::Finished {
+                    outcome: "released".into(),
+                },
+            )
+            .expect("append");
         }
-        assert!(j.record_count() <= COMPACT_SLACK + 1, "{}", j.record_count());
+        assert!(
+            j.record_count() <= COMPACT_SLACK + 1,
+            "{}",
+            j.record_count()
+        );
         assert_eq!(j.live_count(), 0);
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -6,6 +6,7 @@
 
 pub mod cloud;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod host;
 pub mod inventory;

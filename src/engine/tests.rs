@@ -71,7 +71,11 @@ impl MemCloud {
 
     fn set_ip(&self, addr: Ipv4Addr, f: impl FnOnce(&mut EniIp)) {
         self.set(|s| {
-            if let Some(e) = s.eni.as_mut().and_then(|e| e.ips.iter_mut().find(|i| i.addr == addr)) {
+            if let Some(e) = s
+                .eni
+                .as_mut()
+                .and_then(|e| e.ips.iter_mut().find(|i| i.addr == addr))
+            {
                 f(e);
             }
         });
@@ -80,11 +84,26 @@ impl MemCloud {
 
 impl Cloud for MemCloud {
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
-        Ok(self.state.lock().expect("lock").eni.iter().cloned().collect())
+        Ok(self
+            .state
+            .lock()
+            .expect("lock")
+            .eni
+            .iter()
+            .cloned()
+            .collect())
     }
 
-    async fn unassign(&self, eni_id: &str, _vpc: &str, ips: &[Ipv4Addr]) -> Result<TaskRef, CloudError> {
-        assert!(ips.len() <= MAX_IPS_PER_CALL, "the engine never sends more than ten");
+    async fn unassign(
+        &self,
+        eni_id: &str,
+        _vpc: &str,
+        ips: &[Ipv4Addr],
+    ) -> Result<TaskRef, CloudError> {
+        assert!(
+            ips.len() <= MAX_IPS_PER_CALL,
+            "the engine never sends more than ten"
+        );
         let mut s = self.state.lock().expect("lock");
         s.unassigns.push(ips.to_vec());
         if s.refuse_next > 0 {
@@ -105,7 +124,11 @@ impl Cloud for MemCloud {
         }
         Ok(TaskRef {
             request_id: Some(format!("req-{}", s.unassigns.len())),
-            task_id: format!("{}{}", if failing { "fail-" } else { "" }, s.unassigns.len()),
+            task_id: format!(
+                "{}{}",
+                if failing { "fail-" } else { "" },
+                s.unassigns.len()
+            ),
             protocol: Protocol::V3,
         })
     }
@@ -127,7 +150,10 @@ struct RecordingRouter {
 
 impl Router for RecordingRouter {
     async fn after_release(&mut self, released: &[Ipv4Addr], _: &HostView, _: &Inventory) {
-        self.released.lock().expect("lock").extend_from_slice(released);
+        self.released
+            .lock()
+            .expect("lock")
+            .extend_from_slice(released);
     }
     async fn reconcile(&mut self, _: &HostView, _: &Inventory) {}
 }
@@ -170,12 +196,25 @@ fn by(process: &str) -> Option<Remover> {
 fn start(aux: &[u8], tweak: impl FnOnce(&mut Settings)) -> Harness {
     let cloud = MemCloud::new(aux);
     let mut view = HostView::default();
-    view.links.insert(1, Link { mac: None, ..link(1, "lo", true) });
+    view.links.insert(
+        1,
+        Link {
+            mac: None,
+            ..link(1, "lo", true)
+        },
+    );
     view.links.insert(2, link(2, "eth1", true));
     for a in std::iter::once(addr(10, false)).chain(aux.iter().map(|n| addr(*n, true))) {
         view.addrs.insert((a.link, a.ip, a.prefix), a);
     }
-    let enis = cloud.state.lock().expect("lock").eni.iter().cloned().collect();
+    let enis = cloud
+        .state
+        .lock()
+        .expect("lock")
+        .eni
+        .iter()
+        .cloned()
+        .collect();
     let inventory = Inventory::build("ins-1", enis, &HashMap::new(), &[]);
     let mut settings = Settings {
         grace: GRACE,
@@ -202,7 +241,7 @@ fn start(aux: &[u8], tweak: impl FnOnce(&mut Settings)) -> Harness {
     let (events, events_rx) = mpsc::unbounded_channel();
     let (commands, commands_rx) = mpsc::channel(8);
     let shutdown = CancellationToken::new();
-    tokio::spawn(engine.run(events_rx, commands_rx, shutdown.clone(), || {}));
+    tokio::spawn(engine.run(events_rx, commands_rx, shutdown.clone(), None, || {}));
     Harness {
         cloud,
         router,
@@ -218,16 +257,23 @@ impl Harness {
     }
 
     fn remove_addr(&self, addr: Addr, remover: Option<Remover>) {
-        self.events.send(HostEvent::AddrRemoved { addr, remover }).expect("engine runs");
+        self.events
+            .send(HostEvent::AddrRemoved { addr, remover })
+            .expect("engine runs");
     }
 
     fn add(&self, addr: Addr) {
-        self.events.send(HostEvent::AddrAdded(addr)).expect("engine runs");
+        self.events
+            .send(HostEvent::AddrAdded(addr))
+            .expect("engine runs");
     }
 
     async fn snapshot(&self) -> Snapshot {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Snapshot(tx)).await.expect("engine runs");
+        self.commands
+            .send(Command::Snapshot(tx))
+            .await
+            .expect("engine runs");
         rx.await.expect("reply")
     }
 }
@@ -241,7 +287,10 @@ async fn a_removal_that_outlives_the_grace_period_is_released_once() {
     let h = start(&[11, 12], |_| {});
     h.remove(11, by("ip"));
     sleep(GRACE - Duration::from_secs(1)).await;
-    assert!(h.cloud.calls().is_empty(), "nothing before the grace period ends");
+    assert!(
+        h.cloud.calls().is_empty(),
+        "nothing before the grace period ends"
+    );
     sleep(Duration::from_secs(5)).await;
     assert_eq!(h.cloud.calls(), vec![vec![ip(11)]]);
     assert_eq!(*h.router.released.lock().expect("lock"), vec![ip(11)]);
@@ -266,9 +315,15 @@ async fn clause4_readded_within_grace_is_not_released() {
 async fn clause4_readded_on_another_link_or_prefix_is_not_released() {
     let h = start(&[11, 12], |_| {});
     h.remove(11, by("ip"));
-    h.add(Addr { link: 1, ..addr(11, false) });
+    h.add(Addr {
+        link: 1,
+        ..addr(11, false)
+    });
     h.remove(12, by("ip"));
-    h.add(Addr { prefix: 32, ..addr(12, false) });
+    h.add(Addr {
+        prefix: 32,
+        ..addr(12, false)
+    });
     sleep(GRACE * 2).await;
     assert!(h.cloud.calls().is_empty());
 }
@@ -276,7 +331,13 @@ async fn clause4_readded_on_another_link_or_prefix_is_not_released() {
 #[tokio::test(start_paused = true)]
 async fn clause2_kernel_and_ignored_removers_are_not_released() {
     let h = start(&[11, 12, 13], |_| {});
-    h.remove(11, Some(Remover { port_id: 0, process: None }));
+    h.remove(
+        11,
+        Some(Remover {
+            port_id: 0,
+            process: None,
+        }),
+    );
     // comm is truncated to 15 bytes by the kernel.
     h.remove(12, by("systemd-network"));
     h.remove(13, by("dhclient"));
@@ -293,20 +354,33 @@ async fn clause3_secondaries_swept_with_their_primary_are_not_released() {
     h.remove(12, by("ip"));
     h.remove_addr(addr(10, false), by("ip"));
     sleep(GRACE * 2).await;
-    assert!(h.cloud.calls().is_empty(), "neither the primary nor the swept aux IPs");
+    assert!(
+        h.cloud.calls().is_empty(),
+        "neither the primary nor the swept aux IPs"
+    );
     let snap = h.snapshot().await;
-    assert!(snap.recent.iter().all(|f| f.outcome == Outcome::Cancelled(Cancel::Collateral)));
+    assert!(
+        snap.recent
+            .iter()
+            .all(|f| f.outcome == Outcome::Cancelled(Cancel::Collateral))
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn clause5_link_down_or_gone_within_grace_is_not_released() {
     let h = start(&[11, 12], |_| {});
     h.remove(11, by("ip"));
-    h.events.send(HostEvent::LinkChanged(link(2, "eth1", false))).expect("send");
+    h.events
+        .send(HostEvent::LinkChanged(link(2, "eth1", false)))
+        .expect("send");
     sleep(GRACE * 2).await;
-    h.events.send(HostEvent::LinkChanged(link(2, "eth1", true))).expect("send");
+    h.events
+        .send(HostEvent::LinkChanged(link(2, "eth1", true)))
+        .expect("send");
     h.remove(12, by("ip"));
-    h.events.send(HostEvent::LinkRemoved { index: 2 }).expect("send");
+    h.events
+        .send(HostEvent::LinkRemoved { index: 2 })
+        .expect("send");
     sleep(GRACE * 2).await;
     assert!(h.cloud.calls().is_empty());
 }
@@ -320,9 +394,20 @@ async fn clause5_non_physical_and_unselected_links_are_not_released() {
         kind: Some("macvlan".into()),
         ..link(3, "mv0", true)
     };
-    h.events.send(HostEvent::LinkChanged(macvlan)).expect("send");
-    h.add(Addr { link: 3, ..addr(40, false) });
-    h.remove_addr(Addr { link: 3, ..addr(40, false) }, by("ip"));
+    h.events
+        .send(HostEvent::LinkChanged(macvlan))
+        .expect("send");
+    h.add(Addr {
+        link: 3,
+        ..addr(40, false)
+    });
+    h.remove_addr(
+        Addr {
+            link: 3,
+            ..addr(40, false)
+        },
+        by("ip"),
+    );
     sleep(GRACE * 2).await;
     assert!(h.cloud.calls().is_empty());
 }
@@ -349,13 +434,26 @@ async fn clause6_a_burst_is_held_until_an_operator_confirms() {
     sleep(GRACE * 2).await;
     assert!(h.cloud.calls().is_empty(), "held");
     let snap = h.snapshot().await;
-    assert_eq!(snap.intents.iter().filter(|i| i.phase == Phase::Held).count(), 10);
+    assert_eq!(
+        snap.intents
+            .iter()
+            .filter(|i| i.phase == Phase::Held)
+            .count(),
+        10
+    );
     let (tx, rx) = oneshot::channel();
-    h.commands.send(Command::ReleaseHeld(tx)).await.expect("send");
+    h.commands
+        .send(Command::ReleaseHeld(tx))
+        .await
+        .expect("send");
     assert_eq!(rx.await.expect("reply"), 10);
     sleep(Duration::from_secs(5)).await;
     let calls = h.cloud.calls();
-    assert_eq!(calls.len(), 1, "ten IPs of one ENI share one call: {calls:?}");
+    assert_eq!(
+        calls.len(),
+        1,
+        "ten IPs of one ENI share one call: {calls:?}"
+    );
     assert_eq!(calls[0].len(), 10);
 }
 
@@ -408,7 +506,10 @@ async fn clause7_not_listed_is_rechecked_then_cancelled() {
     sleep(Duration::from_secs(30)).await;
     let snap = h.snapshot().await;
     assert!(snap.intents.is_empty());
-    assert_eq!(snap.recent[0].outcome, Outcome::Cancelled(Cancel::NotListedOnEni));
+    assert_eq!(
+        snap.recent[0].outcome,
+        Outcome::Cancelled(Cancel::NotListedOnEni)
+    );
     assert!(h.cloud.calls().is_empty());
 }
 
@@ -421,7 +522,10 @@ async fn dry_run_checks_everything_and_sends_nothing() {
     let snap = h.snapshot().await;
     assert_eq!(snap.counters.dry_run_calls, 1);
     assert_eq!(snap.recent[0].outcome, Outcome::DryRun);
-    assert!(h.router.released.lock().expect("lock").is_empty(), "no routing change");
+    assert!(
+        h.router.released.lock().expect("lock").is_empty(),
+        "no routing change"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -433,7 +537,10 @@ async fn twenty_three_removals_of_one_eni_become_three_calls() {
     }
     sleep(GRACE * 2).await;
     let calls = h.cloud.calls();
-    assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 3]);
+    assert_eq!(
+        calls.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![10, 10, 3]
+    );
     assert_eq!(h.snapshot().await.counters.released, 23);
 }
 
@@ -457,8 +564,14 @@ async fn a_refusal_is_parked_and_retried_after_reload() {
     sleep(GRACE * 2).await;
     assert_eq!(h.cloud.calls().len(), 1);
     let snap = h.snapshot().await;
-    assert!(matches!(snap.intents[0].phase, Phase::Parked { .. }), "parked, not dropped");
-    h.commands.send(Command::Reload(Box::default())).await.expect("send");
+    assert!(
+        matches!(snap.intents[0].phase, Phase::Parked { .. }),
+        "parked, not dropped"
+    );
+    h.commands
+        .send(Command::Reload(Box::default()))
+        .await
+        .expect("send");
     sleep(Duration::from_secs(5)).await;
     assert_eq!(h.cloud.calls().len(), 2);
     assert_eq!(h.snapshot().await.counters.released, 1);

@@ -1,0 +1,505 @@
+//! `enisync run`: wires the edges (netlink, metadata, cloud, disk, systemd, signals) to
+//! the engine and gets out of the way. Nothing here decides about a release.
+//!
+//! Start-up order matters: the state directory is locked first (one enisync per host),
+//! the netlink watcher subscribes and dumps before anything else can change, the
+//! metadata service and the inventory are waited for (with backoff, never giving up:
+//! a CVM whose metadata service is briefly down must not lose its agent), and only then
+//! is `READY=1` sent.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::cloud::client::{CloudSettings, TencentCloud};
+use crate::cloud::credentials::{CredentialProvider, CredentialSources, ServerClock, SystemClock};
+use crate::cloud::metadata::{MetadataClient, MetadataSettings};
+use crate::cloud::retry::Rates;
+use crate::cloud::{Cloud, MacAddr};
+use crate::config::{Config, RoutingMode, prefix_mask};
+use crate::engine::{Command, Engine, Settings, Start};
+use crate::host::routes::{ManagedEni, RoutingConfig};
+use crate::host::watch::WatchOptions;
+use crate::host::{HostView, routes, watch};
+use crate::inventory::{Inventory, MetaFacts};
+use crate::journal::{self, Journal};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another enisync holds the lock on {0}")]
+    AlreadyRunning(PathBuf),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error("netlink: {0}")]
+    Host(#[from] crate::host::HostError),
+    #[error("metadata client: {0}")]
+    Metadata(#[from] crate::cloud::metadata::MetadataError),
+    #[error("credentials: {0}")]
+    Credentials(#[from] crate::cloud::credentials::CredentialError),
+    #[error("cloud client: {0}")]
+    Cloud(#[from] crate::cloud::client::SetupError),
+    #[error("signals: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// The engine settings a config gives.
+pub fn engine_settings(config: &Config) -> Settings {
+    let r = &config.release;
+    Settings {
+        grace: r.grace,
+        dry_run: r.dry_run,
+        interfaces: r.interfaces.clone(),
+        include: r.include.clone(),
+        exclude: r.exclude.clone(),
+        ignore_removers: r.ignore_removers.clone(),
+        burst_limit: r.burst_limit,
+        burst_window: r.burst_window,
+        with_eip: r.with_eip,
+        coalesce: r.coalesce,
+        not_listed_recheck: r.not_listed_recheck,
+        ..Settings::default()
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. `config_path` is re-read on SIGHUP.
+pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError> {
+    let _lock = lock_state_dir(&config.state.dir)?;
+    let (journal, replay) = Journal::open(&config.state.dir)?;
+    if !replay.corrupt_lines.is_empty() {
+        warn!(lines = ?replay.corrupt_lines, "journal lines failed their checksum and were skipped");
+    }
+    notify_status("watching the host's interfaces");
+    let (view, watch_handle, events) = watch::start(WatchOptions {
+        recv_buffer: config.netlink.receive_buffer,
+        resync_interval: config.netlink.resync_interval,
+        ..WatchOptions::default()
+    })
+    .await?;
+    info!(
+        links = view.links.len(),
+        addrs = view.addrs.len(),
+        recv_buffer = watch_handle.effective_recv_buffer(),
+        "host dumped"
+    );
+
+    let shutdown = CancellationToken::new();
+    let metadata = MetadataClient::new(&MetadataSettings {
+        base_url: config.metadata.endpoint.clone(),
+        total_timeout: config.metadata.timeout,
+        ..MetadataSettings::default()
+    })?;
+    notify_status("waiting for the metadata service");
+    let Some(facts) = wait_for_instance(&metadata, &config, &shutdown).await else {
+        return Ok(());
+    };
+
+    let clock = Arc::new(ServerClock::new(Arc::new(SystemClock)));
+    let config_keys = match (&config.cloud.secret_id, &config.cloud.secret_key) {
+        (Some(id), Some(key)) => Some((id.clone(), key.clone())),
+        _ => None,
+    };
+    let credentials = Arc::new(CredentialProvider::new(
+        CredentialSources::from_process(config_keys, Some(metadata.clone())),
+        clock,
+    )?);
+    let cloud = Arc::new(TencentCloud::new(
+        cloud_settings(&config, &facts),
+        credentials,
+    )?);
+
+    notify_status("loading the ENI inventory");
+    let Some(inventory) = wait_for_inventory(&*cloud, &facts, &config, &shutdown).await else {
+        return Ok(());
+    };
+    info!(enis = inventory.by_mac.len(), instance = %inventory.instance_id, "inventory loaded");
+
+    let router = HostRouter::new(&config)?;
+    if config.routing.mode == RoutingMode::Manage {
+        router.startup_check(&view, &inventory).await?;
+        // Only a running networkd (it keeps state under /run/systemd/netif) can fight us.
+        let networkd_running = Path::new("/run/systemd/netif/links").exists();
+        match routes::networkd_foreign_rules(Path::new("/")) {
+            Ok(s) if s.manage_foreign_rules && networkd_running => warn!(
+                decided_by = ?s.decided_by,
+                "systemd-networkd is set to remove foreign policy rules (ManageForeignRoutingPolicyRules=yes): \
+                 it will fight routing.mode = \"manage\"; set it to no in networkd.conf"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not read systemd-networkd's configuration"),
+        }
+    }
+
+    let engine = Engine::new(
+        engine_settings(&config),
+        Arc::clone(&cloud),
+        router,
+        Start {
+            view,
+            inventory,
+            meta: facts.meta.clone(),
+            statics: config.interfaces.clone(),
+            boot_id: journal::boot_id(),
+            journal: Some(journal),
+            replay: replay.live,
+        },
+    );
+    let (commands_tx, commands_rx) = mpsc::channel(16);
+    spawn_signal_handler(config_path, shutdown.clone(), commands_tx.clone())?;
+
+    let watchdog = sd_notify::watchdog_enabled();
+    let heartbeat = watchdog.map(|w| w / 2);
+    let mut last_ping = tokio::time::Instant::now();
+    let tick = move || {
+        if let Some(h) = heartbeat
+            && last_ping.elapsed() >= h
+        {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            last_ping = tokio::time::Instant::now();
+        }
+    };
+    let mode = if config.release.dry_run {
+        "dry run"
+    } else {
+        "armed"
+    };
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("watching; releases {mode}")),
+    ]);
+    info!(
+        dry_run = config.release.dry_run,
+        grace_ms = config.release.grace.as_millis() as u64,
+        "enisync ready"
+    );
+    engine
+        .run(events, commands_rx, shutdown.clone(), heartbeat, tick)
+        .await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    drop(watch_handle);
+    info!("enisync stopped");
+    Ok(())
+}
+
+/// Instance facts from the metadata service (or the config, for hosts without it).
+#[derive(Debug, Clone)]
+struct InstanceFacts {
+    instance_id: String,
+    region: String,
+    meta: HashMap<MacAddr, MetaFacts>,
+}
+
+async fn wait_for_instance(
+    metadata: &MetadataClient,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Option<InstanceFacts> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match read_instance(metadata, config).await {
+            Ok(facts) => return Some(facts),
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "metadata service not usable yet")
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn read_instance(
+    metadata: &MetadataClient,
+    config: &Config,
+) -> Result<InstanceFacts, String> {
+    let instance_id = metadata
+        .instance_id()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("metadata has no instance-id")?;
+    let region = match &config.cloud.region {
+        Some(r) => r.clone(),
+        None => metadata
+            .region()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("metadata has no placement/region")?,
+    };
+    let mut meta = HashMap::new();
+    for mac in metadata.macs().await.map_err(|e| e.to_string())? {
+        let primary = metadata
+            .primary_local_ipv4(&mac)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut facts = MetaFacts::default();
+        if let Some(ip) = primary {
+            facts.gateway = metadata
+                .gateway(&mac, ip)
+                .await
+                .map_err(|e| e.to_string())?;
+            facts.subnet_prefix = metadata
+                .subnet_mask(&mac, ip)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|m| u32::from(m).leading_ones() as u8);
+        }
+        meta.insert(mac.mac, facts);
+    }
+    Ok(InstanceFacts {
+        instance_id,
+        region,
+        meta,
+    })
+}
+
+async fn wait_for_inventory(
+    cloud: &TencentCloud,
+    facts: &InstanceFacts,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Option<Inventory> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match cloud.list_enis().await {
+            Ok(enis) => {
+                return Some(Inventory::build(
+                    &facts.instance_id,
+                    enis,
+                    &facts.meta,
+                    &config.interfaces,
+                ));
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "DescribeNetworkInterfaces failed; retrying")
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+fn cloud_settings(config: &Config, facts: &InstanceFacts) -> CloudSettings {
+    let c = &config.cloud;
+    let mut s = CloudSettings::new(&facts.region, &facts.instance_id);
+    s.protocol = c.api;
+    s.v3_endpoint = c.describe_endpoint().to_owned();
+    if c.api == crate::cloud::Protocol::Legacy {
+        s.legacy_endpoint = c.release_endpoint().to_owned();
+    }
+    s.legacy_sign_method = c.legacy_sign_method;
+    s.connect_timeout = c.connect_timeout;
+    s.total_timeout = c.timeout;
+    s.task_cap = c.task_timeout;
+    s.extra_ca_file = c.ca_file.clone();
+    s.allow_plain_http = c.allow_plain_http();
+    s.rates = Rates {
+        unassign: c.max_calls_per_second,
+        ..Rates::default()
+    };
+    s
+}
+
+/// Holds an exclusive `flock` on `<state.dir>/lock` for the life of the process.
+fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
+    let err = |source| DaemonError::StateDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let path = dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
+    // SAFETY: flock on a file descriptor we own and keep open; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            DaemonError::AlreadyRunning(path)
+        } else {
+            err(e)
+        });
+    }
+    Ok(file)
+}
+
+fn notify_status(status: &str) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(status)]);
+}
+
+/// SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the config (a bad one is rejected
+/// with its reason and the old one stays).
+fn spawn_signal_handler(
+    config_path: PathBuf,
+    shutdown: CancellationToken,
+    commands: mpsc::Sender<Command>,
+) -> Result<(), DaemonError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(DaemonError::Signals)?;
+    tokio::spawn(async move {
+        while let Some(signal) = signals.next().await {
+            if signal == SIGHUP {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match Config::load(&config_path) {
+                    Ok(config) => {
+                        info!(path = %config_path.display(), "configuration reloaded");
+                        let _ = commands
+                            .send(Command::Reload(Box::new(engine_settings(&config))))
+                            .await;
+                    }
+                    Err(e) => {
+                        error!(error = %e, "reload rejected; the running configuration stays")
+                    }
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            } else {
+                info!(signal, "stopping");
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                shutdown.cancel();
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Policy routing as the engine asks for it, per `routing.mode`.
+#[derive(Debug)]
+pub struct HostRouter {
+    mode: RoutingMode,
+    router: Option<routes::Router>,
+}
+
+impl HostRouter {
+    pub fn new(config: &Config) -> Result<Self, DaemonError> {
+        let router = match config.routing.mode {
+            RoutingMode::Off => None,
+            _ => Some(routes::Router::new(RoutingConfig {
+                table_base: config.routing.table_base,
+                rule_priority: config.routing.rule_priority,
+            })?),
+        };
+        Ok(Self {
+            mode: config.routing.mode,
+            router,
+        })
+    }
+
+    async fn startup_check(
+        &self,
+        view: &HostView,
+        inventory: &Inventory,
+    ) -> Result<(), DaemonError> {
+        if let Some(r) = &self.router {
+            r.startup_check(&managed_enis(view, inventory)).await?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::engine::Router for HostRouter {
+    async fn after_release(
+        &mut self,
+        released: &[Ipv4Addr],
+        view: &HostView,
+        inventory: &Inventory,
+    ) {
+        let Some(router) = &self.router else { return };
+        match router.cleanup(released).await {
+            Ok(report) => info!(
+                target: "audit",
+                decision = "routing",
+                released = ?released,
+                applied = report.applied,
+                errors = report.errors.len(),
+                plan = ?report.plan,
+                "stale rules of released IPs removed"
+            ),
+            Err(e) => warn!(error = %e, "routing cleanup failed"),
+        }
+        if self.mode == RoutingMode::Manage {
+            self.reconcile(view, inventory).await;
+        }
+    }
+
+    async fn reconcile(&mut self, view: &HostView, inventory: &Inventory) {
+        if self.mode != RoutingMode::Manage {
+            return;
+        }
+        let Some(router) = &self.router else { return };
+        match router.manage(&managed_enis(view, inventory)).await {
+            Ok(report) if report.applied > 0 || !report.errors.is_empty() => info!(
+                target: "audit",
+                decision = "routing",
+                applied = report.applied,
+                errors = ?report.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                plan = ?report.plan,
+                "policy routing repaired"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "policy routing reconcile failed"),
+        }
+    }
+}
+
+/// The secondary ENIs present on the host, with the IPs on their links now.
+pub fn managed_enis(view: &HostView, inventory: &Inventory) -> Vec<ManagedEni> {
+    let mut out = Vec::new();
+    for link in view.links.values().filter(|l| l.is_physical()) {
+        let Some(record) = link.mac.and_then(|m| inventory.by_mac(m)) else {
+            continue;
+        };
+        let Some(device_index) = record.device_index else {
+            continue;
+        };
+        if record.primary_eni {
+            continue; // the primary ENI's routing belongs to the main table
+        }
+        let addrs: Vec<_> = view.addrs_on(link.index).collect();
+        let Some(first) = addrs
+            .iter()
+            .find(|a| Some(a.ip) == record.primary_ip)
+            .or_else(|| addrs.iter().find(|a| !a.secondary))
+        else {
+            continue;
+        };
+        let prefix = record.meta.subnet_prefix.unwrap_or(first.prefix);
+        let network = Ipv4Addr::from(u32::from(first.ip) & prefix_mask(prefix));
+        let gateway = record
+            .meta
+            .gateway
+            .unwrap_or_else(|| Ipv4Addr::from(u32::from(network).wrapping_add(1)));
+        out.push(ManagedEni {
+            link: link.index,
+            device_index,
+            gateway,
+            subnet: (network, prefix),
+            ips: addrs.iter().map(|a| a.ip).collect(),
+        });
+    }
+    out
+}
