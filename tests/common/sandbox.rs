@@ -1,0 +1,375 @@
+//! A sandboxed "CVM" for end-to-end tests: a network namespace of its own with ENI-like
+//! veth links and aux IPs, a fake Tencent Cloud listening inside that namespace, and the
+//! real `enisync` binary running there under `ip netns exec`.
+//!
+//! Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for `ip netns`). Without it every test
+//! fails loudly: a test that cannot run must never pass.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use enisync_fakecloud::{Call, FakeCloud, FakeEni, FakeInstance, FakeServer};
+
+pub const SECRET_ID: &str = "AKIDsandboxEXAMPLE";
+pub const SECRET_KEY: &str = "sandboxSecretKeyEXAMPLE";
+pub const INSTANCE: &str = "ins-sandbox1";
+pub const ENI0: &str = "eni-primary0";
+pub const ENI1: &str = "eni-second01";
+pub const MAC0: &str = "52:54:00:00:00:01";
+pub const MAC1: &str = "52:54:00:12:34:56";
+
+/// The secondary ENI's primary IP; aux IPs are 10.0.1.11 and up.
+pub const ENI1_PRIMARY: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
+
+pub fn aux(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 1, n)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command and panics with its output when it fails.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a sandbox looks like before `enisync` starts.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Aux IPs (last octet) configured on eth1 and assigned in the cloud.
+    pub aux: Vec<u8>,
+    /// Extra `[section]` TOML appended to the config (after the generated sections,
+    /// so it may only add sections the generator does not write).
+    pub extra_config: String,
+    /// Overrides for `[release]` keys, as TOML lines.
+    pub release: Vec<String>,
+    /// Overrides for `[cloud]` keys.
+    pub cloud: Vec<String>,
+    /// `routing.mode`.
+    pub routing_mode: &'static str,
+    pub task_ms: u64,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self {
+            aux: (11..=15).collect(),
+            extra_config: String::new(),
+            release: vec![],
+            cloud: vec![],
+            routing_mode: "cleanup",
+            task_ms: 150,
+        }
+    }
+}
+
+/// One sandboxed instance.
+pub struct Sandbox {
+    pub ns: String,
+    pub fake: FakeCloud,
+    pub server: FakeServer,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sandbox {
+    /// Builds the namespace, links, addresses and the fake cloud; writes the config.
+    pub fn new(tag: &str, layout: Layout) -> Self {
+        assert!(
+            unsafe_free_is_root(),
+            "end-to-end tests need root (network namespaces); run them as root, as CI does"
+        );
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let ns = format!("es{}-{tag}-{n}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        sh(Command::new("ip").args(["netns", "add", &ns]));
+        let sb_dir = std::env::temp_dir().join(format!("enisync-e2e-{ns}"));
+        let _ = std::fs::remove_dir_all(&sb_dir);
+        std::fs::create_dir_all(&sb_dir).expect("sandbox dir");
+
+        let mut script = String::from("link set lo up\n");
+        // eth0: the primary ENI; eth1: a secondary ENI. Each veth's peer stays in the
+        // namespace so the link has carrier.
+        for (name, peer, mac, addr) in [
+            ("eth0", "peer0", MAC0, "10.0.0.10/24"),
+            ("eth1", "peer1", MAC1, "10.0.1.10/24"),
+        ] {
+            script += &format!("link add {name} address {mac} type veth peer name {peer}\n");
+            script +=
+                &format!("link set {peer} up\nlink set {name} up\naddr add {addr} dev {name}\n");
+        }
+        for a in &layout.aux {
+            script += &format!("addr add 10.0.1.{a}/24 dev eth1\n");
+        }
+        let sandbox_ns = ns.clone();
+        let batch = sb_dir.join("setup.batch");
+        std::fs::write(&batch, script).expect("write batch");
+        sh(Command::new("ip")
+            .args(["-n", &sandbox_ns, "-batch"])
+            .arg(&batch));
+
+        let fake = FakeCloud::new();
+        fake.add_key(SECRET_ID, SECRET_KEY);
+        fake.set_task_duration(Duration::from_millis(layout.task_ms));
+        fake.add_instance(FakeInstance::new(INSTANCE, "ap-guangzhou"))
+            .expect("instance");
+        fake.add_eni(
+            FakeEni::new(
+                ENI0,
+                MAC0,
+                "vpc-sandbox",
+                "subnet-0",
+                "10.0.0.0/24",
+                Ipv4Addr::new(10, 0, 0, 10),
+            )
+            .attached(INSTANCE, 0)
+            .primary_eni(),
+        )
+        .expect("eni0");
+        fake.add_eni(
+            FakeEni::new(
+                ENI1,
+                MAC1,
+                "vpc-sandbox",
+                "subnet-1",
+                "10.0.1.0/24",
+                ENI1_PRIMARY,
+            )
+            .attached(INSTANCE, 1)
+            .secondaries(layout.aux.iter().map(|a| aux(*a))),
+        )
+        .expect("eni1");
+        let listener = listener_in(&ns);
+        let server = fake.serve_in_thread(listener).expect("serve fake cloud");
+
+        let mut cloud = vec![
+            format!("endpoint = \"{}\"", server.v3_endpoint()),
+            "region = \"ap-guangzhou\"".into(),
+            format!("secret_id = \"{SECRET_ID}\""),
+            format!("secret_key = \"{SECRET_KEY}\""),
+        ];
+        // Later keys win by replacing earlier ones with the same name.
+        for over in &layout.cloud {
+            let key = over.split('=').next().unwrap_or("").trim();
+            cloud.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
+            cloud.push(over.clone());
+        }
+        let mut release = vec![
+            "grace = \"300ms\"".to_string(),
+            "coalesce = \"20ms\"".into(),
+        ];
+        for over in &layout.release {
+            let key = over.split('=').next().unwrap_or("").trim();
+            release.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
+            release.push(over.clone());
+        }
+        let config = format!(
+            "[cloud]\n{}\n\n[metadata]\nendpoint = \"{}\"\n\n[release]\n{}\n\n[routing]\nmode = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[log]\nlevel = \"info,enisync=debug\"\n{}\n",
+            cloud.join("\n"),
+            server.metadata_endpoint(),
+            release.join("\n"),
+            layout.routing_mode,
+            sb_dir.join("state").display(),
+            layout.extra_config,
+        );
+        let config_path = sb_dir.join("enisync.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        Self {
+            ns,
+            fake,
+            server,
+            dir: sb_dir,
+            config_path,
+            child: None,
+            log: Arc::default(),
+        }
+    }
+
+    /// Starts `enisync run` in the namespace and waits until it says it is ready.
+    pub fn start(&mut self) {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                env!("CARGO_BIN_EXE_enisync"),
+                "run",
+                "--config",
+            ])
+            .arg(&self.config_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn enisync");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().expect("log").push(line);
+            }
+        });
+        self.child = Some(child);
+        self.wait_log("enisync ready", Duration::from_secs(20));
+    }
+
+    /// Stops enisync with SIGTERM and waits for it (bounded).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // `ip netns exec` execs the binary, so the child's pid is enisync's.
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &str) -> String {
+        sh(Command::new("ip")
+            .arg("-n")
+            .arg(&self.ns)
+            .args(args.split_whitespace()))
+    }
+
+    /// Runs a batch of `ip` commands in one process (as fast as the kernel takes them).
+    pub fn ip_batch(&self, lines: &[String]) {
+        let path = self
+            .dir
+            .join(format!("batch-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        std::fs::write(&path, lines.join("\n") + "\n").expect("write batch");
+        sh(Command::new("ip")
+            .args(["-n", &self.ns, "-batch"])
+            .arg(&path));
+    }
+
+    /// A shell command inside the namespace.
+    pub fn exec(&self, script: &str) -> String {
+        sh(Command::new("ip").args(["netns", "exec", &self.ns, "sh", "-c", script]))
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log_lines().join("\n")
+    }
+
+    /// Waits for a log line containing `needle`; panics with the log on timeout.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_lines().iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no log line with {needle:?} within {timeout:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Unassign calls the fake cloud received (both protocols).
+    pub fn unassigns(&self) -> Vec<Call> {
+        self.fake.calls_of("UnassignPrivateIpAddresses")
+    }
+
+    /// Waits until `n` unassign calls arrived and every task finished.
+    pub fn wait_unassigns(&self, n: usize, timeout: Duration) -> Vec<Call> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let calls = self.unassigns();
+            if calls.len() >= n {
+                return calls;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "expected {n} unassign calls within {timeout:?}, got {:?}; log:\n{}",
+            self.unassigns(),
+            self.log_text()
+        );
+    }
+
+    /// Lets a quiet period pass (long enough for any release to have gone out) and
+    /// asserts no unassign was sent.
+    pub fn assert_no_unassign_for(&self, quiet: Duration) {
+        std::thread::sleep(quiet);
+        let calls = self.unassigns();
+        assert!(
+            calls.is_empty(),
+            "unexpected unassign calls: {calls:?}\nlog:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn ips_in_cloud(&self) -> Vec<Ipv4Addr> {
+        self.fake.ips_of(ENI1)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop();
+        self.server.stop();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Binds a TCP listener on 127.0.0.1 inside the namespace `ns`: a thread enters the
+/// namespace, binds, and hands the socket back. A socket keeps the namespace it was
+/// created in, so the fake cloud serves inside the sandbox from this process.
+pub fn listener_in(ns: &str) -> TcpListener {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on a valid namespace fd affects only this short-lived thread,
+        // which binds one socket and exits.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        TcpListener::bind("127.0.0.1:0").expect("bind in namespace")
+    })
+    .join()
+    .expect("listener thread")
+}
+
+fn unsafe_free_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
