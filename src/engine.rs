@@ -333,6 +333,10 @@ pub struct Engine<C: Cloud, R: Router> {
     last_inventory_refresh: Option<Instant>,
 }
 
+/// A coalescing wait ends at most this many `coalesce` periods after the first release
+/// of the batch came due.
+const COALESCE_CAP_FACTOR: u32 = 10;
+
 /// The shortest interval between inventory refreshes triggered by link changes.
 const INVENTORY_REFRESH_MIN: Duration = Duration::from_secs(10);
 
@@ -731,8 +735,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         due.chain(coalescing).min()
     }
 
-    /// Sends the checks of every ENI whose batch is due. A due release waits at most
-    /// `coalesce` for other removals of its ENI about to come due; an isolated one goes
+    /// Sends the checks of every ENI whose batch is due. A due release waits (briefly,
+    /// see below) for other removals of its ENI about to come due; an isolated one goes
     /// out at once. Removals that come due while the ENI is busy join the next batch.
     fn dispatch_due(&mut self, now: Instant) {
         if self.paused {
@@ -789,15 +793,20 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             if earliest > now {
                 continue;
             }
-            // Coalesce with removals of this ENI coming due within the window.
-            let window_end = earliest + self.settings.coalesce;
-            let joining_last = intents
+            // Coalesce: while more removals of this ENI come due within `coalesce` of
+            // now, wait for them (a burst arrives as a stream, a few per millisecond),
+            // but never longer than COALESCE_CAP_FACTOR × `coalesce` after the first
+            // came due. An isolated removal has nothing coming and goes at once.
+            let cap = earliest + self.settings.coalesce * COALESCE_CAP_FACTOR;
+            let next_joining = intents
                 .iter()
                 .map(|(_, due)| *due)
-                .filter(|d| *d > now && *d <= window_end)
+                .filter(|d| *d > now && *d <= now + self.settings.coalesce)
                 .max();
-            if let Some(last) = joining_last {
-                self.dispatch_at.insert(eni, last);
+            if let Some(next) = next_joining
+                && now < cap
+            {
+                self.dispatch_at.insert(eni, next.min(cap));
                 continue;
             }
             self.dispatch_at.remove(&eni);

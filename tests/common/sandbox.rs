@@ -65,6 +65,8 @@ pub struct Layout {
     /// `routing.mode`.
     pub routing_mode: &'static str,
     pub task_ms: u64,
+    /// Release through the legacy API (listing still goes through API 3.0).
+    pub legacy: bool,
 }
 
 impl Default for Layout {
@@ -76,6 +78,7 @@ impl Default for Layout {
             cloud: vec![],
             routing_mode: "cleanup",
             task_ms: 150,
+            legacy: false,
         }
     }
 }
@@ -163,10 +166,15 @@ impl Sandbox {
 
         let mut cloud = vec![
             format!("endpoint = \"{}\"", server.v3_endpoint()),
+            format!("v3_endpoint = \"{}\"", server.v3_endpoint()),
             "region = \"ap-guangzhou\"".into(),
             format!("secret_id = \"{SECRET_ID}\""),
             format!("secret_key = \"{SECRET_KEY}\""),
         ];
+        if layout.legacy {
+            cloud.push("api = \"legacy\"".into());
+            cloud[0] = format!("endpoint = \"{}\"", server.legacy_endpoint());
+        }
         // Later keys win by replacing earlier ones with the same name.
         for over in &layout.cloud {
             let key = over.split('=').next().unwrap_or("").trim();
