@@ -124,7 +124,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     )?);
 
     notify_status("loading the ENI inventory");
-    let Some(inventory) = wait_for_inventory(&*cloud, &facts, &config, &shutdown).await else {
+    let Some(inventory) = wait_for_inventory(&cloud, &facts, &config, &shutdown).await else {
         return Ok(());
     };
     info!(enis = inventory.by_mac.len(), instance = %inventory.instance_id, "inventory loaded");
@@ -184,7 +184,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     ]);
     info!(
         dry_run = config.release.dry_run,
-        grace_ms = config.release.grace.as_millis() as u64,
+        grace_ms = crate::millis(config.release.grace),
         "enisync ready"
     );
     engine
@@ -214,7 +214,7 @@ async fn wait_for_instance(
         match read_instance(metadata, config).await {
             Ok(facts) => return Some(facts),
             Err(e) => {
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "metadata service not usable yet")
+                warn!(error = %e, retry_in_ms = crate::millis(delay), "metadata service not usable yet")
             }
         }
         tokio::select! {
@@ -258,7 +258,7 @@ async fn read_instance(
                 .subnet_mask(&mac, ip)
                 .await
                 .map_err(|e| e.to_string())?
-                .map(|m| u32::from(m).leading_ones() as u8);
+                .map(|m| u8::try_from(u32::from(m).leading_ones()).unwrap_or(32));
         }
         meta.insert(mac.mac, facts);
     }
@@ -287,7 +287,7 @@ async fn wait_for_inventory(
                 ));
             }
             Err(e) => {
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "DescribeNetworkInterfaces failed; retrying")
+                warn!(error = %e, retry_in_ms = crate::millis(delay), "DescribeNetworkInterfaces failed; retrying")
             }
         }
         tokio::select! {

@@ -572,7 +572,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             link = %link.name,
             eni = eni_id.as_deref().unwrap_or("?"),
             remover = remover.as_ref().map(describe_remover).as_deref().unwrap_or("unknown (resync)"),
-            grace_ms = u64::try_from(self.settings.grace.as_millis()).unwrap_or(u64::MAX),
+            grace_ms = crate::millis(self.settings.grace),
             "aux IP removed; release pending its grace period"
         );
         self.intents.insert(addr.ip, intent);

@@ -11,3 +11,9 @@ pub mod engine;
 pub mod host;
 pub mod inventory;
 pub mod journal;
+
+/// Milliseconds of a duration for logs and status, saturating (a `u128` is not a log
+/// field type, and no duration here comes near `u64::MAX` ms).
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -443,3 +443,52 @@ fn o_ipv6_is_ignored() {
     sb.assert_no_unassign_for(QUIET);
     assert!(!sb.log_text().contains("fd00::11"));
 }
+
+/// One enisync per host: a second one on the same state directory refuses to start.
+#[test]
+fn a_second_instance_refuses_to_start() {
+    let mut sb = Sandbox::new("lock", Layout::default());
+    sb.start();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &sb.ns,
+            env!("CARGO_BIN_EXE_enisync"),
+            "run",
+            "--config",
+        ])
+        .arg(&sb.config_path)
+        .output()
+        .expect("run a second enisync");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another enisync holds the lock"), "{err}");
+}
+
+/// Manage mode refuses to start, naming the table, when a table it would manage already
+/// holds routes it does not own.
+#[test]
+fn manage_mode_refuses_a_table_with_foreign_routes() {
+    let sb = Sandbox::new("tbl", layout(|l| l.routing_mode = "manage"));
+    sb.ip("route add 10.7.0.0/16 via 10.0.1.1 table 3501");
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &sb.ns,
+            env!("CARGO_BIN_EXE_enisync"),
+            "run",
+            "--config",
+        ])
+        .arg(&sb.config_path)
+        .output()
+        .expect("run enisync");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3501"), "names the table: {err}");
+    assert!(
+        sb.ip("route show table 3501").contains("10.7.0.0/16"),
+        "left alone"
+    );
+}
