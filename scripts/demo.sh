@@ -38,7 +38,9 @@ die() { printf '\ndemo: FAILED: %s\n' "$*" >&2; exit 1; }
 
 apt_missing=()
 command -v ip >/dev/null 2>&1 || apt_missing+=(iproute2)
-command -v python3 >/dev/null 2>&1 || apt_missing+=(python3-minimal)
+command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
+# aws-lc-sys (TLS, under reqwest/rustls) compiles C code.
+command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || die "missing ${apt_missing[*]} and no apt-get to install them"
   echo "demo: installing ${apt_missing[*]}"
@@ -55,8 +57,12 @@ fi
 command -v cargo >/dev/null 2>&1 ||
   die "cargo not found: install Rust (1.85 or newer, e.g. with rustup: https://rustup.rs) and run again"
 
-say "build (cargo build --locked --bins)"
-cargo build --locked --bins 2>&1 | tail -n 3
+say "build (cargo build --locked --bins; the first build takes a few minutes)"
+BUILD_LOG=$(mktemp /tmp/enisync-demo-build.XXXXXX)
+if ! cargo build --locked --bins >"$BUILD_LOG" 2>&1; then
+  tail -n 40 "$BUILD_LOG"; rm -f "$BUILD_LOG"; die "cargo build failed"
+fi
+tail -n 1 "$BUILD_LOG" | sed 's/^ */  /'; rm -f "$BUILD_LOG"
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
 [ -x "$BIN/enisync" ] && [ -x "$BIN/fakecloud" ] || die "build produced no $BIN/enisync or $BIN/fakecloud"
 
