@@ -57,21 +57,13 @@ fi
 command -v cargo >/dev/null 2>&1 ||
   die "cargo not found: install Rust (1.85 or newer, e.g. with rustup: https://rustup.rs) and run again"
 
-say "build (cargo build --locked --bins; the first build takes a few minutes)"
-BUILD_LOG=$(mktemp /tmp/enisync-demo-build.XXXXXX)
-if ! cargo build --locked --bins >"$BUILD_LOG" 2>&1; then
-  tail -n 40 "$BUILD_LOG"; rm -f "$BUILD_LOG"; die "cargo build failed"
-fi
-tail -n 1 "$BUILD_LOG" | sed 's/^ */  /'; rm -f "$BUILD_LOG"
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
-[ -x "$BIN/enisync" ] && [ -x "$BIN/fakecloud" ] || die "build produced no $BIN/enisync or $BIN/fakecloud"
-
-# ---- sandbox, with cleanup on every way out --------------------------------------------
+# ---- cleanup on every way out ---------------------------------------------------------
 
 NS="enisync-demo-$$"
 TMP=$(mktemp -d /tmp/enisync-demo.XXXXXX)
 ENISYNC_PID=
 FAKE_PID=
+NS_CREATED=
 
 stop_pid() { # pid: SIGTERM, then up to 5 s, then SIGKILL
   local pid=$1 i
@@ -87,7 +79,7 @@ cleanup() {
   trap - EXIT INT TERM
   stop_pid "$ENISYNC_PID"
   stop_pid "$FAKE_PID"
-  ip netns del "$NS" 2>/dev/null || true
+  [ -z "$NS_CREATED" ] || ip netns del "$NS" 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then
     echo "demo: kept $TMP (logs, config, state)"
   else
@@ -99,8 +91,18 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+say "build (cargo build --locked --bins; the first build takes a few minutes)"
+BUILD_LOG=$TMP/build.log
+if ! cargo build --locked --bins >"$BUILD_LOG" 2>&1; then
+  tail -n 40 "$BUILD_LOG"; die "cargo build failed"
+fi
+tail -n 1 "$BUILD_LOG" | sed 's/^ */  /'
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
+[ -x "$BIN/enisync" ] && [ -x "$BIN/fakecloud" ] || die "build produced no $BIN/enisync or $BIN/fakecloud"
+
 say "sandbox: network namespace $NS"
 ip netns add "$NS"
+NS_CREATED=1
 # eth0 = the primary ENI, eth1 = a secondary ENI, with the demo scenario's MACs. The
 # peer of each veth stays in the namespace and is up, so the "ENI" has carrier.
 ip -n "$NS" -batch - <<EOF
