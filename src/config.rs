@@ -76,6 +76,9 @@ pub struct CloudConfig {
     pub api: Protocol,
     /// Default: the metadata service's `placement/region`.
     pub region: Option<String>,
+    /// Default: the metadata service's `instance-id`. With `region` and `[[interface]]`
+    /// mappings set, enisync starts without the metadata service.
+    pub instance_id: Option<String>,
     /// The endpoint that releases: API 3.0 or the legacy URL, per `api`.
     pub endpoint: Option<String>,
     /// The API 3.0 endpoint used for listing ENIs (always API 3.0). Default: `endpoint`
@@ -105,6 +108,7 @@ impl Default for CloudConfig {
         Self {
             api: Protocol::V3,
             region: None,
+            instance_id: None,
             endpoint: None,
             v3_endpoint: None,
             legacy_sign_method: LegacySignMethod::default(),
@@ -323,7 +327,7 @@ pub struct StaticInterface {
     pub mac: MacAddr,
     pub eni: String,
     pub vpc: String,
-    pub subnet: Option<String>,
+    /// The attachment's `DeviceIndex` (manage mode's table is `table_base + device_index`).
     pub device_index: Option<u32>,
     pub gateway: Option<Ipv4Addr>,
 }

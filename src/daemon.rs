@@ -387,10 +387,12 @@ fn spawn_signal_handler(
     Ok(())
 }
 
-/// Policy routing as the engine asks for it, per `routing.mode`.
+/// Policy routing as the engine asks for it, per `routing.mode`. In dry run it plans
+/// and logs, and changes nothing.
 #[derive(Debug)]
 pub struct HostRouter {
     mode: RoutingMode,
+    dry_run: bool,
     router: Option<routes::Router>,
 }
 
@@ -405,6 +407,7 @@ impl HostRouter {
         };
         Ok(Self {
             mode: config.routing.mode,
+            dry_run: config.release.dry_run,
             router,
         })
     }
@@ -429,6 +432,16 @@ impl crate::engine::Router for HostRouter {
         inventory: &Inventory,
     ) {
         let Some(router) = &self.router else { return };
+        if self.dry_run {
+            // Nothing was released in a dry run, so nothing is stale; say what would go.
+            match router.plan_cleanup(released).await {
+                Ok(plan) => {
+                    info!(target: "audit", decision = "routing_dry_run", released = ?released, plan = %plan, "dry run: routing not changed")
+                }
+                Err(e) => warn!(error = %e, "routing plan failed"),
+            }
+            return;
+        }
         match router.cleanup(released).await {
             Ok(report) => info!(
                 target: "audit",
@@ -436,7 +449,7 @@ impl crate::engine::Router for HostRouter {
                 released = ?released,
                 applied = report.applied,
                 errors = report.errors.len(),
-                plan = ?report.plan,
+                plan = %report.plan,
                 "stale rules of released IPs removed"
             ),
             Err(e) => warn!(error = %e, "routing cleanup failed"),
@@ -451,13 +464,24 @@ impl crate::engine::Router for HostRouter {
             return;
         }
         let Some(router) = &self.router else { return };
-        match router.manage(&managed_enis(view, inventory)).await {
+        let enis = managed_enis(view, inventory);
+        if self.dry_run {
+            match router.plan_manage(&enis).await {
+                Ok(plan) if !plan.is_empty() => {
+                    info!(target: "audit", decision = "routing_dry_run", plan = %plan, "dry run: routing not changed");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "routing plan failed"),
+            }
+            return;
+        }
+        match router.manage(&enis).await {
             Ok(report) if report.applied > 0 || !report.errors.is_empty() => info!(
                 target: "audit",
                 decision = "routing",
                 applied = report.applied,
                 errors = ?report.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                plan = ?report.plan,
+                plan = %report.plan,
                 "policy routing repaired"
             ),
             Ok(_) => {}

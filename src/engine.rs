@@ -166,7 +166,8 @@ pub enum Phase {
     Sending,
     /// The cloud accepted the unassign; its task is followed.
     Releasing { task_id: String },
-    /// The cloud refused; retried on reload, on a credential change and hourly.
+    /// The cloud refused; retried on reload (new config or keys) and hourly (CAM role
+    /// keys rotate well within that).
     Parked { why: String },
 }
 
@@ -253,8 +254,6 @@ pub enum Command {
     Cancel(Ipv4Addr, oneshot::Sender<bool>),
     /// New settings after a reload; parked releases are tried again.
     Reload(Box<Settings>),
-    /// Credentials changed: parked releases are tried again.
-    CredentialsChanged,
     /// Refresh the inventory now.
     RefreshInventory,
     Pause(bool),
@@ -563,6 +562,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 mac: link.mac.map(|m| m.to_string()),
                 eni_id: eni_id.clone(),
                 remover: remover.as_ref().map(describe_remover),
+                held: false,
             },
         );
         info!(
@@ -659,6 +659,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 intent.phase = Phase::Held;
                 newly_held.push(*ip);
             }
+        }
+        for ip in &newly_held {
+            self.journal_observed(*ip, true);
         }
         if !newly_held.is_empty() {
             self.counters.held += newly_held.len() as u64;
@@ -1145,12 +1148,20 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 let _ = reply.send(self.snapshot(now));
             }
             Command::ReleaseHeld(reply) => {
-                let mut n = 0;
-                for intent in self.intents.values_mut().filter(|i| i.phase == Phase::Held) {
-                    intent.phase = Phase::Pending;
-                    intent.due = intent.due.max(now);
-                    n += 1;
+                let held: Vec<Ipv4Addr> = self
+                    .intents
+                    .values()
+                    .filter(|i| i.phase == Phase::Held)
+                    .map(|i| i.ip)
+                    .collect();
+                for ip in &held {
+                    if let Some(intent) = self.intents.get_mut(ip) {
+                        intent.phase = Phase::Pending;
+                        intent.due = intent.due.max(now);
+                    }
+                    self.journal_observed(*ip, false);
                 }
+                let n = held.len();
                 self.recent_removals.clear();
                 info!(target: "audit", decision = "held_confirmed", count = n, "operator confirmed held releases");
                 let _ = reply.send(n);
@@ -1167,7 +1178,6 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 info!("settings reloaded; parked releases will be tried again");
                 self.unpark(now);
             }
-            Command::CredentialsChanged => self.unpark(now),
             Command::RefreshInventory => self.refresh_inventory(),
             Command::Pause(paused) => {
                 self.paused = paused;
@@ -1211,7 +1221,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
 
     fn park(&mut self, ip: Ipv4Addr, why: String) {
         if let Some(i) = self.intents.get_mut(&ip) {
-            warn!(target: "audit", decision = "parked", ip = %ip, why = %why, "release refused by the cloud; parked (retried on reload, credential change, hourly)");
+            warn!(target: "audit", decision = "parked", ip = %ip, why = %why, "release refused by the cloud; parked (retried on reload and hourly)");
             i.phase = Phase::Parked { why };
         }
     }
@@ -1301,6 +1311,21 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         );
     }
 
+    /// Re-journals an intent's observation, with its held flag.
+    fn journal_observed(&mut self, ip: Ipv4Addr, held: bool) {
+        let Some(i) = self.intents.get(&ip) else {
+            return;
+        };
+        let state = RecordState::Observed {
+            link: i.link_name.clone(),
+            mac: i.mac.map(|m| m.to_string()),
+            eni_id: i.eni_id.clone(),
+            remover: i.remover.as_ref().map(describe_remover),
+            held,
+        };
+        self.journal(ip, state);
+    }
+
     fn journal(&mut self, ip: Ipv4Addr, state: RecordState) {
         if let Some(j) = &mut self.journal
             && let Err(e) = j.append(ip, &self.boot_id, state)
@@ -1322,6 +1347,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     mac,
                     eni_id,
                     remover,
+                    held,
                 } => {
                     if rec.boot_id != self.boot_id {
                         self.journal(
@@ -1369,7 +1395,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                             observed_at: now,
                             due: now + self.settings.grace,
                             due_in_ms: 0,
-                            phase: Phase::Pending,
+                            // A held burst stays held until an operator confirms.
+                            phase: if held { Phase::Held } else { Phase::Pending },
                             attempts: 0,
                             task_failures: 0,
                             not_listed_since: None,

@@ -58,6 +58,10 @@ pub enum RecordState {
         mac: Option<String>,
         eni_id: Option<String>,
         remover: Option<String>,
+        /// Part of a held burst: stays held across a restart until an operator
+        /// confirms. (Added within schema 1: older records read as not held.)
+        #[serde(default)]
+        held: bool,
     },
     /// The unassign was accepted; `task` is followed to its end even across reboots.
     Sent { eni_id: String, task: TaskRef },
@@ -286,6 +290,7 @@ mod tests {
             mac: None,
             eni_id: Some("eni-1".into()),
             remover: Some("ip".into()),
+            held: false,
         }
     }
 

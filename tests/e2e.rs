@@ -423,6 +423,57 @@ fn m_a_burst_is_held() {
     sb.assert_no_unassign_for(QUIET);
 }
 
+/// Clause 6 across a restart: a held burst stays held (it is journaled as held), so a
+/// restart is no way around the operator's confirmation.
+#[test]
+fn m_a_held_burst_stays_held_across_a_restart() {
+    let mut sb = Sandbox::new("m2", layout(|l| l.release = vec!["burst_limit = 2".into()]));
+    sb.start();
+    sb.ip_batch(
+        &(11..=14)
+            .map(|n| format!("addr del 10.0.1.{n}/24 dev eth1"))
+            .collect::<Vec<_>>(),
+    );
+    sb.wait_log("held until an operator confirms", SOON);
+    assert_eq!(sb.stop().and_then(|s| s.code()), Some(0), "graceful stop");
+    sb.start();
+    sb.assert_no_unassign_for(QUIET);
+    assert_eq!(
+        sb.log_text()
+            .matches("resuming a journaled release")
+            .count(),
+        4,
+        "{}",
+        sb.log_text()
+    );
+}
+
+/// Dry run in manage mode: routing is planned and logged, never changed.
+#[test]
+fn h_dry_run_in_manage_mode_changes_no_routing() {
+    let mut sb = Sandbox::new(
+        "h2",
+        layout(|l| {
+            l.routing_mode = "manage";
+            l.release = vec!["dry_run = true".into()];
+        }),
+    );
+    let before = (sb.ip("rule show"), sb.ip("route show table all"));
+    sb.start();
+    sb.wait_log("dry run: routing not changed", SOON);
+    sb.ip("addr del 10.0.1.12/24 dev eth1");
+    sb.wait_log("would call UnassignPrivateIpAddresses", SOON);
+    std::thread::sleep(QUIET);
+    let after = (sb.ip("rule show"), sb.ip("route show table all"));
+    assert_eq!(before.0, after.0, "rules unchanged");
+    assert!(
+        !after.1.contains("proto 212"),
+        "no route of ours: {}",
+        after.1
+    );
+    assert!(sb.unassigns().is_empty());
+}
+
 /// (n) Clause 1: an aux IP already absent when enisync starts is never released.
 #[test]
 fn n_absent_at_start_is_not_released() {

@@ -264,19 +264,23 @@ mod tests {
         signature: String,
     }
 
-    /// The vectors live in the steering repository's `shared/`, beside this checkout
-    /// (CI lays a copy there too). A missing file fails the test: it must never pass
-    /// without checking.
+    /// The vectors computed by the official SDKs. The repository keeps a copy so a fresh
+    /// clone tests on its own; where the steering repository's `shared/` sits beside the
+    /// checkout (as in CI), the copy must equal it, so it can never go stale silently.
     fn vectors() -> Vectors {
-        let path = std::env::var("ENISYNC_SIGNING_VECTORS").unwrap_or_else(|_| {
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../shared/vectors/signing.json"
-            )
-            .to_string()
-        });
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("signing vectors at {path}: {e}"));
+        let copy = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/signing.json");
+        let text = std::fs::read_to_string(copy)
+            .unwrap_or_else(|e| panic!("signing vectors at {copy}: {e}"));
+        let shared = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/vectors/signing.json"
+        );
+        if let Ok(source) = std::fs::read_to_string(shared) {
+            assert_eq!(
+                text, source,
+                "tests/data/signing.json differs from {shared}: copy it again"
+            );
+        }
         serde_json::from_str(&text).expect("signing.json parses")
     }
 

@@ -92,6 +92,37 @@ pub struct Plan {
     pub conflicts: Vec<Route>,
 }
 
+/// One change per item, `; `-separated (`add rule …; delete route …`): the audit log's
+/// `plan` field.
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let items = self
+            .add_routes
+            .iter()
+            .map(|r| format!("add route {r}"))
+            .chain(self.add_rules.iter().map(|r| format!("add rule {r}")))
+            .chain(self.del_rules.iter().map(|r| format!("delete rule {r}")))
+            .chain(self.del_routes.iter().map(|r| format!("delete route {r}")))
+            .chain(
+                self.conflicts
+                    .iter()
+                    .map(|r| format!("conflict (left alone) {r}")),
+            );
+        let mut first = true;
+        for item in items {
+            if !first {
+                f.write_str("; ")?;
+            }
+            first = false;
+            f.write_str(&item)?;
+        }
+        if first {
+            f.write_str("nothing")?;
+        }
+        Ok(())
+    }
+}
+
 impl Plan {
     /// Whether there is nothing to change.
     pub fn is_empty(&self) -> bool {
@@ -343,24 +374,36 @@ impl Router {
         check_tables(&routes, enis.iter().map(|e| e.table(&self.cfg)))
     }
 
+    /// What [`Router::manage`] would change now, without changing it (dry run).
+    pub async fn plan_manage(&self, enis: &[ManagedEni]) -> Result<Plan, HostError> {
+        let rules = self.nl.rules().await?;
+        let routes = self.nl.routes().await?;
+        Ok(plan_manage(&rules, &routes, &desired(&self.cfg, enis)))
+    }
+
     /// Brings our rules and routes in line with `enis` (every managed ENI: ours that
     /// are not wanted are deleted). Dump errors fail the call; refused changes are in
     /// the report.
     pub async fn manage(&self, enis: &[ManagedEni]) -> Result<ApplyReport, HostError> {
+        let plan = self.plan_manage(enis).await?;
+        Ok(apply(&self.nl, plan).await)
+    }
+
+    /// What [`Router::cleanup`] would change now, without changing it (dry run).
+    pub async fn plan_cleanup(&self, released: &[Ipv4Addr]) -> Result<Plan, HostError> {
+        let present: BTreeSet<Ipv4Addr> =
+            self.nl.addrs().await?.into_iter().map(|a| a.ip).collect();
         let rules = self.nl.rules().await?;
         let routes = self.nl.routes().await?;
-        let plan = plan_manage(&rules, &routes, &desired(&self.cfg, enis));
-        Ok(apply(&self.nl, plan).await)
+        Ok(plan_cleanup(&rules, &routes, released, |ip| {
+            present.contains(&ip)
+        }))
     }
 
     /// Deletes the stale rules (and our routes) of released IPs that are absent from
     /// every link, checked against a fresh address dump.
     pub async fn cleanup(&self, released: &[Ipv4Addr]) -> Result<ApplyReport, HostError> {
-        let present: BTreeSet<Ipv4Addr> =
-            self.nl.addrs().await?.into_iter().map(|a| a.ip).collect();
-        let rules = self.nl.rules().await?;
-        let routes = self.nl.routes().await?;
-        let plan = plan_cleanup(&rules, &routes, released, |ip| present.contains(&ip));
+        let plan = self.plan_cleanup(released).await?;
         Ok(apply(&self.nl, plan).await)
     }
 }

@@ -214,8 +214,10 @@ impl Sandbox {
         }
     }
 
-    /// Starts `enisync run` in the namespace and waits until it says it is ready.
+    /// Starts `enisync run` in the namespace and waits until it says it is ready. The
+    /// log starts afresh with each start.
     pub fn start(&mut self) {
+        self.log.lock().expect("log").clear();
         let mut child = Command::new("ip")
             .args([
                 "netns",
