@@ -63,6 +63,10 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub netlink: NetlinkConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
     /// Static ENI mappings for hosts that cannot reach the metadata service.
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<StaticInterface>,
@@ -203,6 +207,11 @@ pub struct ReleaseConfig {
     /// view lags) before the release is cancelled.
     #[serde(default = "d_3m", deserialize_with = "de_duration")]
     pub not_listed_recheck: Duration,
+    /// At most this many IPs released per `host_limit_window` on this host; 0: no limit.
+    #[serde(default = "d_host_limit")]
+    pub host_limit: usize,
+    #[serde(default = "d_10m", deserialize_with = "de_duration")]
+    pub host_limit_window: Duration,
 }
 
 impl Default for ReleaseConfig {
@@ -219,6 +228,8 @@ impl Default for ReleaseConfig {
             with_eip: false,
             coalesce: d_20ms(),
             not_listed_recheck: d_3m(),
+            host_limit: d_host_limit(),
+            host_limit_window: d_10m(),
         }
     }
 }
@@ -317,6 +328,44 @@ impl Default for NetlinkConfig {
             receive_buffer: d_rcvbuf(),
             resync_interval: d_5m(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    #[serde(default = "d_metrics_address")]
+    pub address: std::net::SocketAddr,
+    /// A non-loopback address is refused unless this is set.
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: d_metrics_address(),
+            allow_remote: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The control socket of `status`, `plan`, `pause`, `resume`, `release --held`,
+    /// `cancel` (mode 0600).
+    #[serde(default = "d_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self { socket: d_socket() }
     }
 }
 
@@ -654,6 +703,20 @@ fn d_state_dir() -> PathBuf {
 }
 fn d_log_level() -> String {
     "info".into()
+}
+fn d_true() -> bool {
+    true
+}
+fn d_metrics_address() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9469))
+}
+fn d_socket() -> PathBuf {
+    PathBuf::from(crate::ops::control::DEFAULT_SOCKET)
+}
+/// Generous for a node (a pod-dense host frees tens of IPs at a time), small enough
+/// that a runaway cannot empty every ENI of the host in one window.
+fn d_host_limit() -> usize {
+    200
 }
 fn d_rcvbuf() -> usize {
     4 << 20

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::cloud::client::{CloudSettings, TencentCloud};
+use crate::cloud::client::{CallObserver, CloudSettings, TencentCloud};
 use crate::cloud::credentials::{CredentialProvider, CredentialSources, ServerClock, SystemClock};
 use crate::cloud::metadata::{MetadataClient, MetadataSettings};
 use crate::cloud::retry::Rates;
@@ -32,6 +32,8 @@ use crate::host::watch::WatchOptions;
 use crate::host::{HostView, routes, watch};
 use crate::inventory::{Inventory, MetaFacts};
 use crate::journal::{self, Journal};
+use crate::ops::control;
+use crate::ops::metrics::{self, Health, Metrics};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +58,19 @@ pub enum DaemonError {
     Cloud(#[from] crate::cloud::client::SetupError),
     #[error("signals: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("metrics listener: {0}")]
+    Metrics(#[source] std::io::Error),
+    #[error("control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// `/healthz` fails when the engine loop has not turned for this long (it turns at
+/// least every minute and on every event).
+const LIVENESS_WINDOW: Duration = Duration::from_secs(120);
 
 /// The engine settings a config gives.
 pub fn engine_settings(config: &Config) -> Settings {
@@ -73,6 +87,8 @@ pub fn engine_settings(config: &Config) -> Settings {
         with_eip: r.with_eip,
         coalesce: r.coalesce,
         not_listed_recheck: r.not_listed_recheck,
+        host_limit: r.host_limit,
+        host_limit_window: r.host_limit_window,
         ..Settings::default()
     }
 }
@@ -99,6 +115,34 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     );
 
     let shutdown = CancellationToken::new();
+    let watch_handle = Arc::new(watch_handle);
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    // Served from the start, so /readyz answers "not ready" while we wait below.
+    let credentials_slot: Arc<std::sync::OnceLock<Arc<CredentialProvider>>> = Arc::default();
+    if config.metrics.enabled {
+        let listener = metrics::bind(config.metrics.address, config.metrics.allow_remote)
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(DaemonError::Metrics)?;
+        let (watch, creds) = (Arc::clone(&watch_handle), Arc::clone(&credentials_slot));
+        let refresh: metrics::Refresh = Arc::new(move |m: &Metrics| {
+            let stats = watch.stats();
+            Metrics::catch_up(&m.netlink_events, stats.events);
+            Metrics::catch_up(&m.netlink_overruns, stats.overruns);
+            Metrics::catch_up(&m.resyncs, stats.resyncs);
+            if let Some(c) = creds.get() {
+                Metrics::catch_up(&m.credential_refreshes, c.metadata_fetches());
+            }
+        });
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            LIVENESS_WINDOW,
+            refresh,
+            shutdown.clone(),
+        ));
+    }
     let metadata = MetadataClient::new(&MetadataSettings {
         base_url: config.metadata.endpoint.clone(),
         total_timeout: config.metadata.timeout,
@@ -118,10 +162,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         CredentialSources::from_process(config_keys, Some(metadata.clone())),
         clock,
     )?);
-    let cloud = Arc::new(TencentCloud::new(
-        cloud_settings(&config, &facts),
-        credentials,
-    )?);
+    let _ = credentials_slot.set(Arc::clone(&credentials));
+    let observer_metrics = Arc::clone(&metrics);
+    let observer = CallObserver(Arc::new(move |action, code, took| {
+        observer_metrics.cloud_call(action, code, took);
+    }));
+    let cloud = Arc::new(
+        TencentCloud::new(cloud_settings(&config, &facts), credentials)?.with_observer(observer),
+    );
 
     notify_status("loading the ENI inventory");
     let Some(inventory) = wait_for_inventory(&cloud, &facts, &config, &shutdown).await else {
@@ -129,7 +177,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     };
     info!(enis = inventory.by_mac.len(), instance = %inventory.instance_id, "inventory loaded");
 
-    let router = HostRouter::new(&config)?;
+    let router = HostRouter::new(&config, Some(Arc::clone(&metrics)))?;
     if config.routing.mode == RoutingMode::Manage {
         router.startup_check(&view, &inventory).await?;
         // Only a running networkd (it keeps state under /run/systemd/netif) can fight us.
@@ -157,15 +205,27 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             boot_id: journal::boot_id(),
             journal: Some(journal),
             replay: replay.live,
+            metrics: Some(Arc::clone(&metrics)),
         },
     );
     let (commands_tx, commands_rx) = mpsc::channel(16);
     spawn_signal_handler(config_path, shutdown.clone(), commands_tx.clone())?;
+    let control = control::bind(&config.control.socket).map_err(|source| DaemonError::Control {
+        path: config.control.socket.clone(),
+        source,
+    })?;
+    tokio::spawn(control::serve(
+        control,
+        commands_tx.clone(),
+        shutdown.clone(),
+    ));
 
     let watchdog = sd_notify::watchdog_enabled();
     let heartbeat = watchdog.map(|w| w / 2);
     let mut last_ping = tokio::time::Instant::now();
+    let turned = Arc::clone(&health);
     let tick = move || {
+        turned.turned();
         if let Some(h) = heartbeat
             && last_ping.elapsed() >= h
         {
@@ -173,6 +233,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             last_ping = tokio::time::Instant::now();
         }
     };
+    health.set_ready(true);
     let mode = if config.release.dry_run {
         "dry run"
     } else {
@@ -191,7 +252,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         .run(events, commands_rx, shutdown.clone(), heartbeat, tick)
         .await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
     drop(watch_handle);
+    let _ = std::fs::remove_file(&config.control.socket);
     info!("enisync stopped");
     Ok(())
 }
@@ -394,10 +457,11 @@ pub struct HostRouter {
     mode: RoutingMode,
     dry_run: bool,
     router: Option<routes::Router>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl HostRouter {
-    pub fn new(config: &Config) -> Result<Self, DaemonError> {
+    pub fn new(config: &Config, metrics: Option<Arc<Metrics>>) -> Result<Self, DaemonError> {
         let router = match config.routing.mode {
             RoutingMode::Off => None,
             _ => Some(routes::Router::new(RoutingConfig {
@@ -409,6 +473,7 @@ impl HostRouter {
             mode: config.routing.mode,
             dry_run: config.release.dry_run,
             router,
+            metrics,
         })
     }
 
@@ -425,6 +490,33 @@ impl HostRouter {
 }
 
 impl crate::engine::Router for HostRouter {
+    async fn plan(
+        &mut self,
+        releasing: &[Ipv4Addr],
+        view: &HostView,
+        inventory: &Inventory,
+    ) -> Vec<String> {
+        let Some(router) = &self.router else {
+            return vec!["routing.mode = \"off\": no routing changes".into()];
+        };
+        let mut lines = Vec::new();
+        if !releasing.is_empty() {
+            match router.plan_cleanup(releasing).await {
+                Ok(plan) if !plan.is_empty() => lines.push(format!("after release: {plan}")),
+                Ok(_) => {}
+                Err(e) => lines.push(format!("cleanup plan failed: {e}")),
+            }
+        }
+        if self.mode == RoutingMode::Manage {
+            match router.plan_manage(&managed_enis(view, inventory)).await {
+                Ok(plan) if !plan.is_empty() => lines.push(format!("reconcile: {plan}")),
+                Ok(_) => {}
+                Err(e) => lines.push(format!("manage plan failed: {e}")),
+            }
+        }
+        lines
+    }
+
     async fn after_release(
         &mut self,
         released: &[Ipv4Addr],
@@ -443,7 +535,9 @@ impl crate::engine::Router for HostRouter {
             return;
         }
         match router.cleanup(released).await {
-            Ok(report) => info!(
+            Ok(report) => {
+                count_changes(self.metrics.as_deref(), report.applied);
+                info!(
                 target: "audit",
                 decision = "routing",
                 released = ?released,
@@ -451,7 +545,8 @@ impl crate::engine::Router for HostRouter {
                 errors = report.errors.len(),
                 plan = %report.plan,
                 "stale rules of released IPs removed"
-            ),
+                );
+            }
             Err(e) => warn!(error = %e, "routing cleanup failed"),
         }
         if self.mode == RoutingMode::Manage {
@@ -476,17 +571,26 @@ impl crate::engine::Router for HostRouter {
             return;
         }
         match router.manage(&enis).await {
-            Ok(report) if report.applied > 0 || !report.errors.is_empty() => info!(
+            Ok(report) if report.applied > 0 || !report.errors.is_empty() => {
+                count_changes(self.metrics.as_deref(), report.applied);
+                info!(
                 target: "audit",
                 decision = "routing",
                 applied = report.applied,
                 errors = ?report.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 plan = %report.plan,
                 "policy routing repaired"
-            ),
+                );
+            }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "policy routing reconcile failed"),
         }
+    }
+}
+
+fn count_changes(metrics: Option<&Metrics>, applied: usize) {
+    if let Some(m) = metrics {
+        m.route_changes.inc_by(applied as u64);
     }
 }
 

@@ -58,6 +58,11 @@ pub struct Settings {
     pub max_task_failures: u32,
     /// How long a released IP is remembered, to raise the alarm if it comes back.
     pub remember_released: Duration,
+    /// At most this many IPs released per `host_limit_window` on this host (0: no
+    /// limit). A blast-radius control: a bug or a bad day elsewhere cannot empty an ENI
+    /// faster than this.
+    pub host_limit: usize,
+    pub host_limit_window: Duration,
 }
 
 impl Default for Settings {
@@ -79,6 +84,8 @@ impl Default for Settings {
             parked_retry: Duration::from_secs(3600),
             max_task_failures: 3,
             remember_released: Duration::from_secs(3600),
+            host_limit: 0,
+            host_limit_window: Duration::from_secs(600),
         }
     }
 }
@@ -118,6 +125,52 @@ pub enum Cancel {
     Operator,
     /// From an earlier boot and never sent.
     EarlierBoot,
+}
+
+impl Cancel {
+    /// A short stable key (metrics label, JSON).
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::KernelRemoval => "kernel_removal",
+            Self::IgnoredRemover(_) => "ignored_remover",
+            Self::Collateral => "collateral",
+            Self::Readded => "readded",
+            Self::PresentElsewhere => "present_elsewhere",
+            Self::LinkDown => "link_down",
+            Self::LinkGone => "link_gone",
+            Self::MacChanged => "mac_changed",
+            Self::NotPhysical => "not_physical",
+            Self::NotSelectedInterface => "not_selected_interface",
+            Self::NotAnEni => "not_an_eni",
+            Self::OutsideInclude => "outside_include",
+            Self::Excluded => "excluded",
+            Self::PrimaryIp => "primary_ip",
+            Self::NotListedOnEni => "not_listed_on_eni",
+            Self::EipBound(_) => "eip_bound",
+            Self::EniNotAttached(_) => "eni_not_attached",
+            Self::Operator => "operator",
+            Self::EarlierBoot => "earlier_boot",
+        }
+    }
+
+    /// The clause of the trigger rule (DESIGN.md) this reason belongs to; 0 for the
+    /// config filters, the primary rule and operator actions.
+    pub fn clause(&self) -> u8 {
+        match self {
+            Self::EarlierBoot => 1,
+            Self::KernelRemoval | Self::IgnoredRemover(_) => 2,
+            Self::Collateral => 3,
+            Self::Readded | Self::PresentElsewhere => 4,
+            Self::LinkDown
+            | Self::LinkGone
+            | Self::MacChanged
+            | Self::NotPhysical
+            | Self::NotSelectedInterface
+            | Self::NotAnEni => 5,
+            Self::NotListedOnEni | Self::EipBound(_) | Self::EniNotAttached(_) => 7,
+            Self::OutsideInclude | Self::Excluded | Self::PrimaryIp | Self::Operator => 0,
+        }
+    }
 }
 
 impl fmt::Display for Cancel {
@@ -183,6 +236,8 @@ pub struct Intent {
     pub remover: Option<Remover>,
     #[serde(skip)]
     pub observed_at: Instant,
+    /// Wall-clock time of the removal, Unix ms (audit, status).
+    pub observed_unix_ms: u64,
     #[serde(skip)]
     pub due: Instant,
     /// Seconds until `due` at the time of a snapshot.
@@ -237,18 +292,60 @@ pub struct Counters {
 /// A snapshot for `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
+    pub links: Vec<LinkStatus>,
     pub intents: Vec<Intent>,
     pub recent: Vec<Finished>,
     pub alarms: Vec<String>,
+    pub errors: Vec<String>,
     pub counters: Counters,
-    pub inventory: Inventory,
     pub paused: bool,
+    pub dry_run: bool,
+}
+
+/// One ENI-backed link for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkStatus {
+    pub name: String,
+    pub index: u32,
+    pub mac: Option<String>,
+    pub up: bool,
+    pub eni_id: Option<String>,
+    pub vpc_id: Option<String>,
+    pub primary_ip: Option<Ipv4Addr>,
+    /// Aux IPs present on the link now.
+    pub aux_ips: Vec<Ipv4Addr>,
+    /// Secondary IPs the cloud lists on the ENI (as of the last describe).
+    pub cloud_ips: Vec<Ipv4Addr>,
+}
+
+/// What `plan` shows: what would be released now, and the routing changes.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanView {
+    /// Releases whose grace period and local checks pass now (the send-time cloud
+    /// check still applies).
+    pub would_release: Vec<PlannedRelease>,
+    /// Releases still in their grace period or waiting.
+    pub not_yet: Vec<PlannedRelease>,
+    pub held: Vec<Ipv4Addr>,
+    pub routing: Vec<String>,
+    pub paused: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRelease {
+    pub ip: Ipv4Addr,
+    pub eni_id: Option<String>,
+    pub link: String,
+    pub due_in_ms: u64,
+    pub note: String,
 }
 
 /// Operator and daemon commands.
 #[derive(Debug)]
 pub enum Command {
     Snapshot(oneshot::Sender<Snapshot>),
+    Plan(oneshot::Sender<PlanView>),
     /// Confirm every held burst.
     ReleaseHeld(oneshot::Sender<usize>),
     Cancel(Ipv4Addr, oneshot::Sender<bool>),
@@ -256,7 +353,7 @@ pub enum Command {
     Reload(Box<Settings>),
     /// Refresh the inventory now.
     RefreshInventory,
-    Pause(bool),
+    Pause(bool, oneshot::Sender<()>),
 }
 
 /// Policy routing, as the engine drives it. The real one is `host::routes`; unit tests
@@ -277,6 +374,15 @@ pub trait Router: Send + 'static {
         view: &HostView,
         inventory: &Inventory,
     ) -> impl Future<Output = ()> + Send;
+
+    /// What would change if `releasing` were released now and routing reconciled, one
+    /// line per change; nothing is changed.
+    fn plan(
+        &mut self,
+        releasing: &[Ipv4Addr],
+        view: &HostView,
+        inventory: &Inventory,
+    ) -> impl Future<Output = Vec<String>> + Send;
 }
 
 /// Reports from spawned cloud tasks.
@@ -323,6 +429,11 @@ pub struct Engine<C: Cloud, R: Router> {
     released: HashMap<Ipv4Addr, Instant>,
     recent: VecDeque<Finished>,
     alarms: VecDeque<String>,
+    /// Recent failures (cloud errors, refusals), newest first, for `status`.
+    errors: VecDeque<String>,
+    /// When each of the recent releases went out, for the per-host limit.
+    release_times: VecDeque<Instant>,
+    metrics: Option<Arc<crate::ops::metrics::Metrics>>,
     counters: Counters,
     paused: bool,
     reports_tx: mpsc::UnboundedSender<Report>,
@@ -358,6 +469,7 @@ pub struct Start {
     pub boot_id: String,
     pub journal: Option<Journal>,
     pub replay: Vec<crate::journal::Record>,
+    pub metrics: Option<Arc<crate::ops::metrics::Metrics>>,
 }
 
 const RECENT_KEPT: usize = 64;
@@ -382,6 +494,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             released: HashMap::new(),
             recent: VecDeque::new(),
             alarms: VecDeque::new(),
+            errors: VecDeque::new(),
+            release_times: VecDeque::new(),
+            metrics: start.metrics,
             counters: Counters::default(),
             paused: false,
             reports_tx,
@@ -428,10 +543,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     }
                 },
                 Some(report) = self.reports_rx.recv() => self.on_report(report, Instant::now()).await,
-                Some(command) = commands.recv() => self.on_command(command, Instant::now()),
+                Some(command) = commands.recv() => self.on_command_async(command, Instant::now()).await,
                 _ = parked_retry.tick() => self.unpark(Instant::now()),
                 () = tokio::time::sleep_until(wake) => {}
             }
+            self.update_gauges();
             tick();
         }
         info!(
@@ -545,6 +661,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             eni_id: eni_id.clone(),
             remover: remover.clone(),
             observed_at: now,
+            observed_unix_ms: unix_ms(),
             due: now + self.settings.grace,
             due_in_ms: 0,
             phase: Phase::Pending,
@@ -997,11 +1114,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 }
             }
         }
+        let send = self.within_host_limit(send, now);
         if send.is_empty() {
             self.busy_enis.remove(&eni_id);
             return;
         }
         let vpc_id = eni.map(|e| e.vpc_id.clone()).unwrap_or_default();
+        for ip in &send {
+            self.audit_allowed(*ip, eni, now);
+        }
         if self.settings.dry_run {
             for chunk in send.chunks(MAX_IPS_PER_CALL) {
                 self.counters.dry_run_calls += 1;
@@ -1072,6 +1193,84 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
     }
 
+    /// The per-host limit: at most `host_limit` IPs per `host_limit_window`. The rest
+    /// wait for the window to move on.
+    fn within_host_limit(&mut self, mut send: Vec<Ipv4Addr>, now: Instant) -> Vec<Ipv4Addr> {
+        if self.settings.host_limit == 0 {
+            return send;
+        }
+        let window = self.settings.host_limit_window;
+        while self
+            .release_times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            self.release_times.pop_front();
+        }
+        let room = self
+            .settings
+            .host_limit
+            .saturating_sub(self.release_times.len());
+        let over = send.split_off(room.min(send.len()));
+        self.release_times
+            .extend(std::iter::repeat_n(now, send.len()));
+        if !over.is_empty() {
+            // The window frees its first slot when its oldest release ages out.
+            let free_at = self.release_times.front().map_or(now, |t| *t + window);
+            warn!(
+                target: "audit",
+                decision = "host_limit",
+                limit = self.settings.host_limit,
+                window_ms = crate::millis(window),
+                ips = ?over,
+                "per-host release limit reached; the rest wait for the window"
+            );
+            for ip in over {
+                if let Some(m) = &self.metrics {
+                    m.host_limit_waits.inc();
+                }
+                if let Some(i) = self.intents.get_mut(&ip) {
+                    i.phase = Phase::Waiting {
+                        why: "per-host release limit reached".into(),
+                    };
+                    i.due = free_at.max(now + Duration::from_millis(1));
+                }
+            }
+        }
+        send
+    }
+
+    /// The audit record of a release the rule allows: each clause and what held it.
+    fn audit_allowed(&self, ip: Ipv4Addr, eni: Option<&Eni>, now: Instant) {
+        let Some(i) = self.intents.get(&ip) else {
+            return;
+        };
+        let entry = eni.and_then(|e| e.ip(ip));
+        info!(
+            target: "audit",
+            decision = "allowed",
+            ip = %ip,
+            link = %i.link_name,
+            eni = i.eni_id.as_deref().unwrap_or("?"),
+            removed_unix_ms = i.observed_unix_ms,
+            remover = i.remover.as_ref().map(describe_remover).as_deref().unwrap_or("unknown (resync)"),
+            grace_ms = crate::millis(self.settings.grace),
+            absent_ms = crate::millis(now.duration_since(i.observed_at)),
+            c1_observed = "seen while running, this boot",
+            c2_remover = "user space, not ignored",
+            c3_collateral = "no",
+            c4_absent = "on no link since the removal",
+            c5_link = "physical ENI link, up, selected",
+            c6_burst = "no",
+            c7_cloud = %format!(
+                "secondary, {}, attached to this instance, EIP {}",
+                entry.map_or("?", |e| e.state.as_str()),
+                entry.and_then(|e| e.eip.as_deref()).unwrap_or("none")
+            ),
+            "every clause of the trigger rule holds; releasing"
+        );
+    }
+
     /// The cloud's view lags: an IP it does not list is re-checked with backoff for
     /// `not_listed_recheck` before the release is cancelled.
     fn not_listed(&mut self, ip: Ipv4Addr, now: Instant, why: &str) -> Verdict {
@@ -1095,6 +1294,13 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         let task_id = task.map(|t| t.task_id.clone()).unwrap_or_default();
         let request_id = task.and_then(|t| t.request_id.clone()).unwrap_or_default();
         let mut done = Vec::new();
+        let took = outcome
+            .ips
+            .keys()
+            .filter_map(|ip| self.intents.get(ip))
+            .map(|i| now.duration_since(i.observed_at))
+            .max()
+            .unwrap_or_default();
         for (ip, result) in outcome.ips {
             match result {
                 IpOutcome::Released => {
@@ -1131,6 +1337,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             ips = ?done,
             request_id = %request_id,
             task_id = %task_id,
+            duration_ms = crate::millis(took),
             "IPs returned to the VPC"
         );
         self.released
@@ -1141,6 +1348,56 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     // ===== commands =====
+
+    async fn on_command_async(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Plan(reply) => {
+                let plan = self.plan(now).await;
+                let _ = reply.send(plan);
+            }
+            other => self.on_command(other, now),
+        }
+    }
+
+    /// Releases that would go now and the routing they would change; nothing changes.
+    async fn plan(&mut self, now: Instant) -> PlanView {
+        let mut would_release = Vec::new();
+        let mut not_yet = Vec::new();
+        let mut held = Vec::new();
+        for i in self.intents.values() {
+            let planned = |note: String| PlannedRelease {
+                ip: i.ip,
+                eni_id: i.eni_id.clone(),
+                link: i.link_name.clone(),
+                due_in_ms: crate::millis(i.due.saturating_duration_since(now)),
+                note,
+            };
+            match &i.phase {
+                Phase::Held => held.push(i.ip),
+                Phase::Pending | Phase::Waiting { .. } if i.due <= now => {
+                    match self.still_allowed_locally(i.ip) {
+                        Ok(()) => would_release
+                            .push(planned("due; the send-time cloud check applies".into())),
+                        Err(c) => not_yet.push(planned(format!("would be cancelled: {c}"))),
+                    }
+                }
+                Phase::Pending => not_yet.push(planned("grace period".into())),
+                Phase::Waiting { why } => not_yet.push(planned(format!("waiting: {why}"))),
+                Phase::Parked { why } => not_yet.push(planned(format!("parked: {why}"))),
+                other => not_yet.push(planned(format!("in flight: {other:?}"))),
+            }
+        }
+        let ips: Vec<Ipv4Addr> = would_release.iter().map(|p| p.ip).collect();
+        let routing = self.router.plan(&ips, &self.view, &self.inventory).await;
+        PlanView {
+            would_release,
+            not_yet,
+            held,
+            routing,
+            paused: self.paused,
+            dry_run: self.settings.dry_run,
+        }
+    }
 
     fn on_command(&mut self, command: Command, now: Instant) {
         match command {
@@ -1179,10 +1436,14 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 self.unpark(now);
             }
             Command::RefreshInventory => self.refresh_inventory(),
-            Command::Pause(paused) => {
+            Command::Pause(paused, reply) => {
                 self.paused = paused;
-                info!(target: "audit", decision = if paused { "paused" } else { "resumed" }, "releases {}", if paused { "paused" } else { "resumed" });
+                let what = if paused { "paused" } else { "resumed" };
+                info!(target: "audit", decision = what, "releases {what} by an operator; routing repair goes on");
+                let _ = reply.send(());
             }
+            // Answered in `on_command_async`.
+            Command::Plan(_) => {}
         }
     }
 
@@ -1192,24 +1453,88 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             .values()
             .map(|i| {
                 let mut i = i.clone();
-                i.due_in_ms = u64::try_from(i.due.saturating_duration_since(now).as_millis())
-                    .unwrap_or(u64::MAX);
+                i.due_in_ms = crate::millis(i.due.saturating_duration_since(now));
                 i
             })
             .collect();
+        let links = self
+            .view
+            .links
+            .values()
+            .filter_map(|link| {
+                let record = link.mac.and_then(|m| self.inventory.by_mac(m))?;
+                let primary = record.primary_ip;
+                Some(LinkStatus {
+                    name: link.name.clone(),
+                    index: link.index,
+                    mac: link.mac.map(|m| m.to_string()),
+                    up: link.up,
+                    eni_id: Some(record.eni_id.clone()),
+                    vpc_id: Some(record.vpc_id.clone()),
+                    primary_ip: primary,
+                    aux_ips: self
+                        .view
+                        .addrs_on(link.index)
+                        .map(|a| a.ip)
+                        .filter(|ip| Some(*ip) != primary)
+                        .collect(),
+                    cloud_ips: record
+                        .cloud
+                        .as_ref()
+                        .map(|e| {
+                            e.ips
+                                .iter()
+                                .filter(|i| !i.primary)
+                                .map(|i| i.addr)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            })
+            .collect();
         Snapshot {
+            links,
             intents,
             recent: self.recent.iter().cloned().collect(),
             alarms: self.alarms.iter().cloned().collect(),
+            errors: self.errors.iter().cloned().collect(),
             counters: self.counters.clone(),
-            inventory: self.inventory.clone(),
             paused: self.paused,
+            dry_run: self.settings.dry_run,
         }
+    }
+
+    /// Updates the gauges from the intents (once per loop turn; the map is small).
+    fn update_gauges(&self) {
+        let Some(m) = &self.metrics else { return };
+        let count = |f: &dyn Fn(&Phase) -> bool| {
+            i64::try_from(self.intents.values().filter(|i| f(&i.phase)).count()).unwrap_or(i64::MAX)
+        };
+        m.pending
+            .set(count(&|p| !matches!(p, Phase::Held | Phase::Parked { .. })));
+        m.held.set(count(&|p| matches!(p, Phase::Held)));
+        m.parked.set(count(&|p| matches!(p, Phase::Parked { .. })));
+        m.paused.set(i64::from(self.paused));
+        if let Some(j) = &self.journal {
+            m.journal_records
+                .set(i64::try_from(j.record_count()).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn record_error(&mut self, text: String) {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.errors.push_front(format!("@{stamp} {text}"));
+        self.errors.truncate(RECENT_KEPT);
     }
 
     // ===== state changes =====
 
     fn wait(&mut self, ip: Ipv4Addr, now: Instant, why: String) {
+        if why.contains("failed") || why.contains(':') {
+            self.record_error(format!("{ip}: {why}"));
+        }
         let (base, cap) = (self.settings.retry_base, self.settings.retry_cap);
         if let Some(i) = self.intents.get_mut(&ip) {
             i.attempts += 1;
@@ -1220,6 +1545,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     fn park(&mut self, ip: Ipv4Addr, why: String) {
+        if let Some(m) = &self.metrics {
+            m.release("refused", refusal_key(&why));
+        }
+        if self.intents.contains_key(&ip) {
+            self.record_error(format!("{ip}: refused: {why}"));
+        }
         if let Some(i) = self.intents.get_mut(&ip) {
             warn!(target: "audit", decision = "parked", ip = %ip, why = %why, "release refused by the cloud; parked (retried on reload and hourly)");
             i.phase = Phase::Parked { why };
@@ -1270,6 +1601,14 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     fn finish(&mut self, ip: Ipv4Addr, outcome: Outcome) {
+        if let Some(m) = &self.metrics {
+            match &outcome {
+                Outcome::Released { .. } => m.release("released", ""),
+                Outcome::AlreadyGone => m.release("already_gone", ""),
+                Outcome::Cancelled(c) => m.release("cancelled", c.key()),
+                Outcome::DryRun => m.release("dry_run", ""),
+            }
+        }
         let intent = self.intents.remove(&ip);
         self.journal(
             ip,
@@ -1287,6 +1626,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
 
     fn alarm(&mut self, ip: Ipv4Addr, what: &str) {
         self.counters.alarms += 1;
+        if let Some(m) = &self.metrics {
+            m.alarms.inc();
+        }
         let text = format!("{ip} {what}: the host uses an address the VPC no longer routes to it");
         warn!(target: "audit", decision = "alarm", ip = %ip, "{text}");
         self.alarms.push_front(text);
@@ -1393,6 +1735,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                                 process: Some(p),
                             }),
                             observed_at: now,
+                            observed_unix_ms: unix_ms(),
                             due: now + self.settings.grace,
                             due_in_ms: 0,
                             // A held burst stays held until an operator confirms.
@@ -1419,6 +1762,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                             eni_id: Some(eni_id.clone()),
                             remover: None,
                             observed_at: now,
+                            observed_unix_ms: unix_ms(),
                             due: now,
                             due_in_ms: 0,
                             phase: Phase::Releasing {
@@ -1523,6 +1867,21 @@ fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
     Duration::from_millis(fastrand::u64(millis / 2..=millis))
 }
 
+/// A short stable label for a refusal: its error code, or the failed-task reason.
+fn refusal_key(why: &str) -> &'static str {
+    if why.contains("task failed") {
+        "task_failed"
+    } else if why.contains("PrimaryIp") || why.contains("IsPrimary") {
+        "primary_ip"
+    } else if why.contains("AuthFailure") {
+        "auth"
+    } else if why.contains("UnauthorizedOperation") {
+        "permission"
+    } else {
+        "other"
+    }
+}
+
 fn outcome_name(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Released { .. } => "released".into(),
@@ -1530,6 +1889,12 @@ fn outcome_name(outcome: &Outcome) -> String {
         Outcome::Cancelled(c) => format!("cancelled: {c}"),
         Outcome::DryRun => "dry_run".into(),
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, crate::millis)
 }
 
 fn describe_remover(r: &Remover) -> String {

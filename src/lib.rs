@@ -11,6 +11,7 @@ pub mod engine;
 pub mod host;
 pub mod inventory;
 pub mod journal;
+pub mod ops;
 
 /// Milliseconds of a duration for logs and status, saturating (a `u128` is not a log
 /// field type, and no duration here comes near `u64::MAX` ms).

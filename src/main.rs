@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use enisync::config::{self, Config, LogFormat};
+use enisync::ops::{control, status};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,11 +30,115 @@ enum Cmd {
         #[arg(long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Links and their ENIs, pending releases, last results, alarms and errors.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What would be released right now and which rules or routes would change.
+    Plan {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop releasing (route repair goes on) until `resume`.
+    Pause {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Release again after `pause`.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Confirm the releases held as part of a burst.
+    Release {
+        #[command(flatten)]
+        target: Target,
+        /// Release every held IP (required: this is the only thing `release` does).
+        #[arg(long, required = true)]
+        held: bool,
+    },
+    /// Drop the pending release of one IP.
+    Cancel {
+        #[command(flatten)]
+        target: Target,
+        ip: std::net::Ipv4Addr,
+    },
+}
+
+/// Which daemon to talk to.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The control socket; default: the one `--config` names, else /run/enisync/enisync.sock.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+impl Target {
+    fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| {
+            // Only root can read the packaged config; others get the default path.
+            Config::load(&self.config).map_or_else(
+                |_| PathBuf::from(control::DEFAULT_SOCKET),
+                |c| c.control.socket,
+            )
+        })
+    }
+}
+
+/// Sends one request and prints the answer.
+fn control_command(
+    target: &Target,
+    request: &control::Request,
+    render: Option<fn(&serde_json::Value) -> String>,
+) -> ExitCode {
+    match control::request(&target.socket(), request) {
+        Ok(data) => {
+            match (render, &data) {
+                (Some(render), _) => print!("{}", render(&data)),
+                (None, serde_json::Value::String(text)) => println!("{text}"),
+                (None, other) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(other).unwrap_or_default()
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("enisync: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Status { target, json } => control_command(
+            &target,
+            &control::Request::Status,
+            (!json).then_some(status::render_status as fn(&serde_json::Value) -> String),
+        ),
+        Cmd::Plan { target, json } => control_command(
+            &target,
+            &control::Request::Plan,
+            (!json).then_some(status::render_plan as fn(&serde_json::Value) -> String),
+        ),
+        Cmd::Pause { target } => control_command(&target, &control::Request::Pause, None),
+        Cmd::Resume { target } => control_command(&target, &control::Request::Resume, None),
+        Cmd::Release { target, held: _ } => {
+            control_command(&target, &control::Request::ReleaseHeld, None)
+        }
+        Cmd::Cancel { target, ip } => {
+            control_command(&target, &control::Request::Cancel { ip }, None)
+        }
         Cmd::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(

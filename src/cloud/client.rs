@@ -126,6 +126,21 @@ pub struct TencentCloud {
     task_cap: Duration,
     describe_cache_ttl: Duration,
     describe_cache: StdMutex<DescribeCache>,
+    /// Told about every send (action, answer code or `Success`, duration): metrics.
+    observer: Option<CallObserver>,
+}
+
+/// Receives `(action, answer code or "Success", duration)` for every request sent.
+#[derive(Clone)]
+pub struct CallObserver(pub Arc<ObserveFn>);
+
+/// `(action, answer code or "Success", duration)`.
+pub type ObserveFn = dyn Fn(&'static str, &str, Duration) + Send + Sync;
+
+impl std::fmt::Debug for CallObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallObserver")
+    }
 }
 
 /// The last `list_enis` answer. `generation` changes on every invalidation, so a listing
@@ -181,7 +196,15 @@ impl TencentCloud {
             task_cap: settings.task_cap,
             describe_cache_ttl: settings.describe_cache_ttl,
             describe_cache: StdMutex::default(),
+            observer: None,
         })
+    }
+
+    /// Reports every request sent to `observer` (metrics).
+    #[must_use]
+    pub fn with_observer(mut self, observer: CallObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The credential provider (for metrics: metadata fetches; for the clock offset).
@@ -206,7 +229,17 @@ impl TencentCloud {
         loop {
             bucket.acquire().await;
             let result = match self.credentials.get().await {
-                Ok(keys) => op(keys, self.credentials.clock().now_unix()).await,
+                Ok(keys) => {
+                    let started = Instant::now();
+                    let result = op(keys, self.credentials.clock().now_unix()).await;
+                    if let Some(observer) = &self.observer {
+                        let code = result
+                            .as_ref()
+                            .map_or_else(|e| e.code.as_str(), |_| "Success");
+                        (observer.0)(action, code, started.elapsed());
+                    }
+                    result
+                }
                 Err(error) => Err(credential_error(action, &error)),
             };
             let error = match result {

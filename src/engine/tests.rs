@@ -156,6 +156,12 @@ impl Router for RecordingRouter {
             .extend_from_slice(released);
     }
     async fn reconcile(&mut self, _: &HostView, _: &Inventory) {}
+    async fn plan(&mut self, releasing: &[Ipv4Addr], _: &HostView, _: &Inventory) -> Vec<String> {
+        releasing
+            .iter()
+            .map(|ip| format!("delete rule from {ip}"))
+            .collect()
+    }
 }
 
 struct Harness {
@@ -236,6 +242,7 @@ fn start(aux: &[u8], tweak: impl FnOnce(&mut Settings)) -> Harness {
             boot_id: "boot".into(),
             journal: None,
             replay: Vec::new(),
+            metrics: None,
         },
     );
     let (events, events_rx) = mpsc::unbounded_channel();

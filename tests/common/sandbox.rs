@@ -191,12 +191,13 @@ impl Sandbox {
             release.push(over.clone());
         }
         let config = format!(
-            "[cloud]\n{}\n\n[metadata]\nendpoint = \"{}\"\n\n[release]\n{}\n\n[routing]\nmode = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[log]\nlevel = \"info,enisync=debug\"\n{}\n",
+            "[cloud]\n{}\n\n[metadata]\nendpoint = \"{}\"\n\n[release]\n{}\n\n[routing]\nmode = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[control]\nsocket = \"{}\"\n\n[log]\nlevel = \"info,enisync=debug\"\n{}\n",
             cloud.join("\n"),
             server.metadata_endpoint(),
             release.join("\n"),
             layout.routing_mode,
             sb_dir.join("state").display(),
+            sb_dir.join("enisync.sock").display(),
             layout.extra_config,
         );
         let config_path = sb_dir.join("enisync.toml");
@@ -217,6 +218,12 @@ impl Sandbox {
     /// Starts `enisync run` in the namespace and waits until it says it is ready. The
     /// log starts afresh with each start.
     pub fn start(&mut self) {
+        self.spawn();
+        self.wait_log("enisync ready", Duration::from_secs(20));
+    }
+
+    /// Starts `enisync run` without waiting for readiness.
+    pub fn spawn(&mut self) {
         self.log.lock().expect("log").clear();
         let mut child = Command::new("ip")
             .args([
@@ -241,7 +248,62 @@ impl Sandbox {
             }
         });
         self.child = Some(child);
-        self.wait_log("enisync ready", Duration::from_secs(20));
+    }
+
+    /// The control socket of this sandbox's enisync.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("enisync.sock")
+    }
+
+    /// Runs the enisync CLI (host side) against this sandbox's daemon.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_enisync"))
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .expect("run the enisync CLI")
+    }
+
+    /// `GET path` on 127.0.0.1:`port` inside the namespace: (status, body).
+    pub fn http_get(&self, port: u16, path: &str) -> (u16, String) {
+        self.try_http_get(port, path)
+            .expect("HTTP GET in the sandbox")
+    }
+
+    /// Like [`Sandbox::http_get`], `None` when nothing listens yet.
+    pub fn try_http_get(&self, port: u16, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let ns_path = format!("/var/run/netns/{}", self.ns);
+        let mut stream = std::thread::spawn(move || {
+            let file = std::fs::File::open(&ns_path).expect("open netns");
+            // SAFETY: setns affects only this short-lived thread, which connects one
+            // socket and exits; the socket keeps the namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            std::net::TcpStream::connect(("127.0.0.1", port))
+        })
+        .join()
+        .expect("connect thread")
+        .ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((status, body))
     }
 
     /// Stops enisync with SIGTERM and waits for it (bounded).

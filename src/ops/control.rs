@@ -1,0 +1,250 @@
+//! The control socket: one JSON request per line, one JSON answer per line.
+//!
+//! The socket lives under `/run/enisync/` with mode 0600, so only root and the
+//! service's own user may talk to the daemon: `status` shows which IPs the host is about
+//! to give up, and `release --held` gives them up.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::engine::Command;
+
+pub const DEFAULT_SOCKET: &str = "/run/enisync/enisync.sock";
+
+/// What a client may ask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Plan,
+    Pause,
+    Resume,
+    ReleaseHeld,
+    Cancel { ip: Ipv4Addr },
+}
+
+/// The answer: `{"ok": true, "data": …}` or `{"ok": false, "error": "…"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Answer {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Answer {
+    fn data(value: impl Serialize) -> Self {
+        match serde_json::to_value(value) {
+            Ok(v) => Self {
+                ok: true,
+                data: Some(v),
+                error: None,
+            },
+            Err(e) => Self::error(format!("encoding the answer: {e}")),
+        }
+    }
+
+    fn error(text: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            data: None,
+            error: Some(text.into()),
+        }
+    }
+}
+
+/// Why a client could not get an answer: each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "enisync is not running (no control socket at {0}); start it with `systemctl start enisync`"
+    )]
+    NotRunning(PathBuf),
+    #[error("permission denied on {0}: run this as root or as the enisync service user")]
+    NotPermitted(PathBuf),
+    #[error("talking to enisync at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("enisync answered: {0}")]
+    Refused(String),
+}
+
+/// Binds the socket (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves requests until `shutdown`, forwarding each to the engine.
+pub async fn serve(
+    listener: UnixListener,
+    engine: mpsc::Sender<Command>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read.take(64 * 1024));
+            let answer =
+                match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+                    .await
+                {
+                    Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
+                        Ok(request) => handle(request, &engine).await,
+                        Err(e) => Answer::error(format!("bad request: {e}")),
+                    },
+                    Ok(Err(e)) => Answer::error(format!("reading the request: {e}")),
+                    Err(_) => Answer::error("no request within 5 s"),
+                };
+            let mut text =
+                serde_json::to_string(&answer).unwrap_or_else(|_| "{\"ok\":false}".into());
+            text.push('\n');
+            let _ = write.write_all(text.as_bytes()).await;
+        });
+    }
+}
+
+async fn handle(request: Request, engine: &mpsc::Sender<Command>) -> Answer {
+    match request {
+        Request::Status => ask(engine, Command::Snapshot)
+            .await
+            .map_or_else(Answer::error, Answer::data),
+        Request::Plan => ask(engine, Command::Plan)
+            .await
+            .map_or_else(Answer::error, Answer::data),
+        Request::Pause => ask(engine, |tx| Command::Pause(true, tx))
+            .await
+            .map_or_else(Answer::error, |()| Answer::data("paused")),
+        Request::Resume => ask(engine, |tx| Command::Pause(false, tx))
+            .await
+            .map_or_else(Answer::error, |()| Answer::data("resumed")),
+        Request::ReleaseHeld => {
+            info!(target: "audit", decision = "operator", "release --held requested on the control socket");
+            ask(engine, Command::ReleaseHeld)
+                .await
+                .map_or_else(Answer::error, Answer::data)
+        }
+        Request::Cancel { ip } => match ask(engine, |tx| Command::Cancel(ip, tx)).await {
+            Ok(true) => Answer::data(format!("cancelled the pending release of {ip}")),
+            Ok(false) => Answer::error(format!(
+                "no pending release of {ip} (or it is already in flight)"
+            )),
+            Err(e) => Answer::error(e),
+        },
+    }
+}
+
+async fn ask<T>(
+    engine: &mpsc::Sender<Command>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, String> {
+    let (tx, rx) = oneshot::channel();
+    engine
+        .send(make(tx))
+        .await
+        .map_err(|_| "the engine has stopped".to_string())?;
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .map_err(|_| "the engine did not answer within 10 s".to_string())?
+        .map_err(|_| "the engine dropped the request".to_string())
+}
+
+/// The client side (blocking: the CLI has no runtime).
+pub fn request(path: &Path, request: &Request) -> Result<serde_json::Value, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ControlError::NotRunning(path.to_owned())
+        }
+        std::io::ErrorKind::PermissionDenied => ControlError::NotPermitted(path.to_owned()),
+        _ => io(e),
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .map_err(io)?;
+    let mut line = serde_json::to_string(request).map_err(|e| io(std::io::Error::other(e)))?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+    let answer: Answer = serde_json::from_str(&answer)
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    if answer.ok {
+        Ok(answer.data.unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(ControlError::Refused(answer.error.unwrap_or_default()))
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_wire_form() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).expect("json"),
+            r#"{"cmd":"status"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Cancel {
+                ip: Ipv4Addr::new(10, 0, 1, 5)
+            })
+            .expect("json"),
+            r#"{"cmd":"cancel","ip":"10.0.1.5"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"release_held"}"#).expect("parse"),
+            Request::ReleaseHeld
+        );
+    }
+
+    #[test]
+    fn a_missing_socket_says_the_daemon_is_not_running() {
+        let err = request(Path::new("/nonexistent/enisync.sock"), &Request::Status)
+            .expect_err("no daemon");
+        assert!(matches!(err, ControlError::NotRunning(_)), "{err}");
+        assert!(err.to_string().contains("not running"));
+    }
+}

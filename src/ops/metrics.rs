@@ -1,0 +1,435 @@
+//! Prometheus metrics, `/healthz` and `/readyz`, on one small HTTP listener.
+//!
+//! Bound to `127.0.0.1:9469` by default: metrics describe which IPs the host gives up,
+//! which is nobody else's business, so a non-loopback address must be configured
+//! explicitly. Names follow Prometheus conventions (`enisync_` prefix, `_total` on
+//! counters, base units).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `released`, `already_gone`, `cancelled`, `refused`, `dry_run`.
+    pub outcome: String,
+    /// For cancelled and refused: why (a short stable key); empty otherwise.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub action: String,
+    /// `Success` or the answer's error code.
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+type HistogramFamily = Family<ActionLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric enisync exports. Cheap to share (`Arc`); each metric is atomic.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub releases: Family<OutcomeLabels, Counter>,
+    pub cloud_calls: Family<CallLabels, Counter>,
+    pub cloud_call_duration: HistogramFamily,
+    pub pending: Gauge,
+    pub held: Gauge,
+    pub parked: Gauge,
+    pub paused: Gauge,
+    pub journal_records: Gauge,
+    pub netlink_events: Counter,
+    pub netlink_overruns: Counter,
+    pub resyncs: Counter,
+    pub route_changes: Counter,
+    pub credential_refreshes: Counter,
+    pub alarms: Counter,
+    pub host_limit_waits: Counter,
+}
+
+fn call_histogram() -> Histogram {
+    // 5 ms … ~10 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 12))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("enisync");
+        let m = Self {
+            releases: Family::default(),
+            cloud_calls: Family::default(),
+            cloud_call_duration: Family::new_with_constructor(call_histogram),
+            pending: Gauge::default(),
+            held: Gauge::default(),
+            parked: Gauge::default(),
+            paused: Gauge::default(),
+            journal_records: Gauge::default(),
+            netlink_events: Counter::default(),
+            netlink_overruns: Counter::default(),
+            resyncs: Counter::default(),
+            route_changes: Counter::default(),
+            credential_refreshes: Counter::default(),
+            alarms: Counter::default(),
+            host_limit_waits: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "releases",
+            "Release decisions by outcome and reason",
+            m.releases.clone(),
+        );
+        registry.register(
+            "cloud_calls",
+            "Cloud API requests by action and answer code",
+            m.cloud_calls.clone(),
+        );
+        registry.register(
+            "cloud_call_duration_seconds",
+            "Cloud API request latency by action",
+            m.cloud_call_duration.clone(),
+        );
+        registry.register(
+            "pending_releases",
+            "Releases waiting (grace, checks, calls)",
+            m.pending.clone(),
+        );
+        registry.register(
+            "held_releases",
+            "Releases held as part of a burst, awaiting an operator",
+            m.held.clone(),
+        );
+        registry.register(
+            "parked_releases",
+            "Releases refused by the cloud, retried on reload and hourly",
+            m.parked.clone(),
+        );
+        registry.register(
+            "paused",
+            "1 while releases are paused by an operator",
+            m.paused.clone(),
+        );
+        registry.register(
+            "journal_records",
+            "Records in the intent journal file",
+            m.journal_records.clone(),
+        );
+        registry.register(
+            "netlink_events",
+            "Host events from netlink",
+            m.netlink_events.clone(),
+        );
+        registry.register(
+            "netlink_overruns",
+            "Netlink receive-buffer overruns (each followed by a resync)",
+            m.netlink_overruns.clone(),
+        );
+        registry.register(
+            "netlink_resyncs",
+            "Full re-dumps of links and addresses",
+            m.resyncs.clone(),
+        );
+        registry.register(
+            "route_changes",
+            "Policy rules and routes added or deleted (repairs included)",
+            m.route_changes.clone(),
+        );
+        registry.register(
+            "credential_refreshes",
+            "CAM role credential fetches from the metadata service",
+            m.credential_refreshes.clone(),
+        );
+        registry.register(
+            "alarms",
+            "Released or releasing IPs that came back on the host",
+            m.alarms.clone(),
+        );
+        registry.register(
+            "host_limit_waits",
+            "Releases delayed by the per-host release limit",
+            m.host_limit_waits.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build);
+        Self { registry, ..m }
+    }
+
+    pub fn release(&self, outcome: &str, reason: &str) {
+        self.releases
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// The cloud client's observer.
+    pub fn cloud_call(&self, action: &str, code: &str, took: Duration) {
+        self.cloud_calls
+            .get_or_create(&CallLabels {
+                action: action.into(),
+                code: code.into(),
+            })
+            .inc();
+        self.cloud_call_duration
+            .get_or_create(&ActionLabels {
+                action: action.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Raises a counter fed from a monotonic source to `value`.
+    pub fn catch_up(counter: &Counter, value: u64) {
+        let now = counter.get();
+        if value > now {
+            counter.inc_by(value - now);
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Liveness and readiness, shared by the engine loop, the daemon and the listener.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix ms of the engine loop's last turn.
+    last_turn_ms: AtomicU64,
+    /// First dump and inventory done, credentials usable.
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn turned(&self) {
+        self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Alive when the loop turned within `within` (before the loop starts, the process
+    /// is starting up and counts as alive).
+    pub fn is_alive(&self, within: Duration) -> bool {
+        let last = self.last_turn_ms.load(Ordering::Relaxed);
+        last == 0 || now_ms().saturating_sub(last) <= crate::millis(within)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, crate::millis)
+}
+
+/// What `/metrics` refreshes from other sources just before encoding.
+pub type Refresh = Arc<dyn Fn(&Metrics) + Send + Sync>;
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    liveness_window: Duration,
+    refresh: Refresh,
+    shutdown: CancellationToken,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics and health endpoints listening");
+    }
+    loop {
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "metrics listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (metrics, health, refresh) = (
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            Arc::clone(&refresh),
+        );
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let response = answer(
+                    req.uri().path(),
+                    &metrics,
+                    &health,
+                    liveness_window,
+                    &refresh,
+                );
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            // A scrape is one short request; a slow client must not hold a task forever.
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        });
+    }
+}
+
+fn answer(
+    path: &str,
+    metrics: &Metrics,
+    health: &Health,
+    window: Duration,
+    refresh: &Refresh,
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => {
+            refresh(metrics);
+            (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics.encode(),
+            )
+        }
+        "/healthz" if health.is_alive(window) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/healthz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "engine loop stalled\n".into(),
+        ),
+        "/readyz" if health.is_ready() => (StatusCode::OK, "text/plain", "ready\n".into()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: waiting for the first dump, the inventory or usable credentials\n".into(),
+        ),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Binds the metrics address; refuses a non-loopback one unless `allow_remote`.
+pub fn bind(addr: SocketAddr, allow_remote: bool) -> std::io::Result<std::net::TcpListener> {
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "metrics address {addr} is not loopback; set metrics.allow_remote = true to expose it"
+            ),
+        ));
+    }
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exported_with_conventional_names() {
+        let m = Metrics::new();
+        m.release("released", "");
+        m.cloud_call(
+            "UnassignPrivateIpAddresses",
+            "Success",
+            Duration::from_millis(12),
+        );
+        m.netlink_events.inc();
+        let text = m.encode();
+        for name in [
+            "enisync_releases_total{outcome=\"released\",reason=\"\"} 1",
+            "enisync_cloud_calls_total{action=\"UnassignPrivateIpAddresses\",code=\"Success\"} 1",
+            "enisync_cloud_call_duration_seconds_bucket",
+            "enisync_pending_releases 0",
+            "enisync_held_releases 0",
+            "enisync_parked_releases 0",
+            "enisync_journal_records 0",
+            "enisync_netlink_events_total 1",
+            "enisync_netlink_overruns_total 0",
+            "enisync_netlink_resyncs_total 0",
+            "enisync_route_changes_total 0",
+            "enisync_credential_refreshes_total 0",
+            "enisync_alarms_total 0",
+            "enisync_build_info{version=",
+            "# EOF",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn catch_up_only_moves_forward() {
+        let c = Counter::<u64>::default();
+        Metrics::catch_up(&c, 5);
+        Metrics::catch_up(&c, 3);
+        assert_eq!(c.get(), 5);
+    }
+
+    #[test]
+    fn non_loopback_needs_the_explicit_setting() {
+        let err = bind("0.0.0.0:0".parse().expect("addr"), false).expect_err("refused");
+        assert!(err.to_string().contains("not loopback"));
+        assert!(bind("127.0.0.1:0".parse().expect("addr"), false).is_ok());
+    }
+
+    #[test]
+    fn health_windows() {
+        let h = Health::default();
+        assert!(h.is_alive(Duration::from_secs(1)), "alive while starting");
+        assert!(!h.is_ready());
+        h.turned();
+        assert!(h.is_alive(Duration::from_secs(1)));
+        h.set_ready(true);
+        assert!(h.is_ready());
+    }
+}
