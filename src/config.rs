@@ -284,7 +284,8 @@ impl Default for StateConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// journald when run under systemd, else plain text.
+    /// Native journald records when run under systemd (`JOURNAL_STREAM` set), else
+    /// plain text.
     #[default]
     Auto,
     Plain,

@@ -189,18 +189,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Plain text to stderr (journald adds timestamps itself when it captures it), or JSON
-/// lines; `RUST_LOG` overrides `log.level`.
+/// Under systemd (`JOURNAL_STREAM` set) and `log.format = "auto"`: native journald
+/// records, so audit fields stay fields (`journalctl DECISION=released`). Otherwise plain
+/// text or JSON lines to stderr. `RUST_LOG` overrides `log.level`.
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    if config.log.format == LogFormat::Auto && under_journald {
+        // Falls back to text when the journal socket is not there (a container).
+        if let Ok(journald) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journald.with_field_prefix(None))
+                .init();
+            return;
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
+        // journald stamps the time itself.
         LogFormat::Auto if under_journald => builder.without_time().with_ansi(false).init(),
         LogFormat::Auto | LogFormat::Plain => builder.with_ansi(false).init(),
     }

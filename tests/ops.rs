@@ -341,3 +341,72 @@ fn the_per_host_limit_caps_releases_per_window() {
         "{metrics}"
     );
 }
+
+#[test]
+fn an_ip_back_after_release_raises_the_alarm_in_status_metrics_and_log() {
+    let mut sb = Sandbox::new("alm", Layout::default());
+    sb.start();
+    sb.ip("addr del 10.0.1.12/24 dev eth1");
+    sb.wait_unassigns(1, SOON);
+    sb.wait_log("IPs returned to the VPC", SOON);
+    sb.ip("addr add 10.0.1.12/24 dev eth1");
+    sb.wait_log("came back on the host after the VPC released it", SOON);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&sb.cli(&["status", "--json"]).stdout).expect("json");
+    assert!(
+        doc["alarms"][0]
+            .as_str()
+            .is_some_and(|a| a.contains("10.0.1.12")),
+        "{doc}"
+    );
+    assert!(stdout(&sb.cli(&["status"])).contains("ALARMS\n10.0.1.12 came back"));
+    let (_, metrics) = sb.http_get(METRICS_PORT, "/metrics");
+    assert_eq!(
+        metric(&metrics, "enisync_alarms_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn no_secret_in_status_plan_or_metrics() {
+    let mut sb = Sandbox::new("sec", Layout::default());
+    sb.start();
+    sb.ip("addr del 10.0.1.12/24 dev eth1");
+    sb.wait_unassigns(1, SOON);
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["plan"],
+        &["plan", "--json"],
+    ] {
+        let out = sb.cli(args);
+        assert!(out.status.success());
+        assert!(!stdout(&out).contains(SECRET_KEY), "{args:?}");
+    }
+    let (_, metrics) = sb.http_get(METRICS_PORT, "/metrics");
+    assert!(!metrics.contains(SECRET_KEY));
+}
+
+#[test]
+fn json_log_lines_carry_the_audit_fields() {
+    let mut sb = Sandbox::new("jsn", layout(|l| l.log_format = Some("json")));
+    sb.start();
+    sb.ip("addr del 10.0.1.12/24 dev eth1");
+    sb.wait_log("IPs returned to the VPC", SOON);
+    let released = sb
+        .log_lines()
+        .into_iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .find(|v| v["decision"] == "released")
+        .expect("a JSON record with decision=released");
+    assert_eq!(released["target"], "audit");
+    assert!(
+        released["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{released}"
+    );
+    assert!(released["task_id"].is_string());
+    assert!(released["duration_ms"].is_u64());
+}

@@ -67,6 +67,8 @@ pub struct Layout {
     pub task_ms: u64,
     /// Release through the legacy API (listing still goes through API 3.0).
     pub legacy: bool,
+    /// `log.format` (`auto` when unset).
+    pub log_format: Option<&'static str>,
 }
 
 impl Default for Layout {
@@ -79,6 +81,7 @@ impl Default for Layout {
             routing_mode: "cleanup",
             task_ms: 150,
             legacy: false,
+            log_format: None,
         }
     }
 }
@@ -191,13 +194,14 @@ impl Sandbox {
             release.push(over.clone());
         }
         let config = format!(
-            "[cloud]\n{}\n\n[metadata]\nendpoint = \"{}\"\n\n[release]\n{}\n\n[routing]\nmode = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[control]\nsocket = \"{}\"\n\n[log]\nlevel = \"info,enisync=debug\"\n{}\n",
+            "[cloud]\n{}\n\n[metadata]\nendpoint = \"{}\"\n\n[release]\n{}\n\n[routing]\nmode = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[control]\nsocket = \"{}\"\n\n[log]\nlevel = \"info,enisync=debug\"\nformat = \"{}\"\n{}\n",
             cloud.join("\n"),
             server.metadata_endpoint(),
             release.join("\n"),
             layout.routing_mode,
             sb_dir.join("state").display(),
             sb_dir.join("enisync.sock").display(),
+            layout.log_format.unwrap_or("auto"),
             layout.extra_config,
         );
         let config_path = sb_dir.join("enisync.toml");
