@@ -623,3 +623,71 @@ fn backoff_is_jittered_and_capped() {
         assert!(d >= Duration::from_millis(50));
     }
 }
+
+/// The watchdog contract: `tick` (which pings systemd) runs on the engine loop itself,
+/// at least every heartbeat while idle, and stops when the loop is stuck.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_loop_stops_the_ticks() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    struct HangingRouter(Arc<AtomicBool>);
+    impl Router for HangingRouter {
+        async fn after_release(&mut self, _: &[Ipv4Addr], _: &HostView, _: &Inventory) {}
+        async fn reconcile(&mut self, _: &HostView, _: &Inventory) {
+            if self.0.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+        }
+        async fn plan(&mut self, _: &[Ipv4Addr], _: &HostView, _: &Inventory) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    let hang = Arc::new(AtomicBool::new(false));
+    let engine = Engine::new(
+        Settings::default(),
+        MemCloud::new(&[11]),
+        HangingRouter(Arc::clone(&hang)),
+        Start {
+            view: HostView::default(),
+            inventory: Inventory::default(),
+            meta: HashMap::new(),
+            statics: Vec::new(),
+            boot_id: "boot".into(),
+            journal: None,
+            replay: Vec::new(),
+            metrics: None,
+        },
+    );
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let (_commands, commands_rx) = mpsc::channel(1);
+    let shutdown = CancellationToken::new();
+    let ticks = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&ticks);
+    tokio::spawn(engine.run(
+        events_rx,
+        commands_rx,
+        shutdown.clone(),
+        Some(Duration::from_millis(100)),
+        move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        },
+    ));
+    sleep(Duration::from_secs(1)).await;
+    let idle_ticks = ticks.load(Ordering::SeqCst);
+    assert!(
+        idle_ticks >= 9,
+        "ticks every heartbeat while idle: {idle_ticks}"
+    );
+    hang.store(true, Ordering::SeqCst);
+    events.send(HostEvent::RoutingChanged).expect("send");
+    sleep(Duration::from_millis(50)).await;
+    let stuck_at = ticks.load(Ordering::SeqCst);
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        ticks.load(Ordering::SeqCst),
+        stuck_at,
+        "no tick while the loop is stuck"
+    );
+    shutdown.cancel();
+}

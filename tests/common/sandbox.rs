@@ -254,6 +254,11 @@ impl Sandbox {
         self.child = Some(child);
     }
 
+    /// The pid of the running enisync (`ip netns exec` execs it, so the child is it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("enisync is running").id()
+    }
+
     /// The control socket of this sandbox's enisync.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("enisync.sock")
