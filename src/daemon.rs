@@ -178,16 +178,18 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     info!(enis = inventory.by_mac.len(), instance = %inventory.instance_id, "inventory loaded");
 
     let router = HostRouter::new(&config, Some(Arc::clone(&metrics)))?;
+    let mut warnings = Vec::new();
     if config.routing.mode == RoutingMode::Manage {
         router.startup_check(&view, &inventory).await?;
         // Only a running networkd (it keeps state under /run/systemd/netif) can fight us.
         let networkd_running = Path::new("/run/systemd/netif/links").exists();
         match routes::networkd_foreign_rules(Path::new("/")) {
-            Ok(s) if s.manage_foreign_rules && networkd_running => warn!(
-                decided_by = ?s.decided_by,
-                "systemd-networkd is set to remove foreign policy rules (ManageForeignRoutingPolicyRules=yes): \
-                 it will fight routing.mode = \"manage\"; set it to no in networkd.conf"
-            ),
+            Ok(s) if s.manage_foreign_rules && networkd_running => {
+                let text = "systemd-networkd is set to remove foreign policy rules (ManageForeignRoutingPolicyRules=yes): \
+                            it will fight routing.mode = \"manage\"; set ManageForeignRoutingPolicyRules=no in networkd.conf";
+                warn!(decided_by = ?s.decided_by, "{text}");
+                warnings.push(text.to_string());
+            }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "could not read systemd-networkd's configuration"),
         }
@@ -206,6 +208,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             journal: Some(journal),
             replay: replay.live,
             metrics: Some(Arc::clone(&metrics)),
+            warnings,
         },
     );
     let (commands_tx, commands_rx) = mpsc::channel(16);

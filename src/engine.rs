@@ -292,6 +292,8 @@ pub struct Counters {
 /// A snapshot for `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
+    /// Standing conditions an operator should fix (e.g. networkd removing our rules).
+    pub warnings: Vec<String>,
     pub links: Vec<LinkStatus>,
     pub intents: Vec<Intent>,
     pub recent: Vec<Finished>,
@@ -434,6 +436,7 @@ pub struct Engine<C: Cloud, R: Router> {
     /// When each of the recent releases went out, for the per-host limit.
     release_times: VecDeque<Instant>,
     metrics: Option<Arc<crate::ops::metrics::Metrics>>,
+    warnings: Vec<String>,
     counters: Counters,
     paused: bool,
     reports_tx: mpsc::UnboundedSender<Report>,
@@ -470,6 +473,8 @@ pub struct Start {
     pub journal: Option<Journal>,
     pub replay: Vec<crate::journal::Record>,
     pub metrics: Option<Arc<crate::ops::metrics::Metrics>>,
+    /// Standing warnings found at start, shown by `status`.
+    pub warnings: Vec<String>,
 }
 
 const RECENT_KEPT: usize = 64;
@@ -497,6 +502,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             errors: VecDeque::new(),
             release_times: VecDeque::new(),
             metrics: start.metrics,
+            warnings: start.warnings,
             counters: Counters::default(),
             paused: false,
             reports_tx,
@@ -1493,6 +1499,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             })
             .collect();
         Snapshot {
+            warnings: self.warnings.clone(),
             links,
             intents,
             recent: self.recent.iter().cloned().collect(),

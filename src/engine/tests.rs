@@ -243,6 +243,7 @@ fn start(aux: &[u8], tweak: impl FnOnce(&mut Settings)) -> Harness {
             journal: None,
             replay: Vec::new(),
             metrics: None,
+            warnings: Vec::new(),
         },
     );
     let (events, events_rx) = mpsc::unbounded_channel();
@@ -657,6 +658,7 @@ async fn a_stuck_loop_stops_the_ticks() {
             journal: None,
             replay: Vec::new(),
             metrics: None,
+            warnings: Vec::new(),
         },
     );
     let (events, events_rx) = mpsc::unbounded_channel();

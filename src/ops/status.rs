@@ -80,6 +80,9 @@ pub fn render_status(doc: &Value) -> String {
         "running"
     };
     let _ = writeln!(out, "enisync: {paused}, releases {mode}\n");
+    for warning in doc["warnings"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "WARNING: {}\n", s(warning));
+    }
     out.push_str("LINKS\n");
     let links: Vec<Vec<String>> = doc["links"]
         .as_array()
