@@ -40,8 +40,9 @@ in_root "$root" "$ns" getent passwd enisync | grep -q ':/var/lib/enisync:/usr/sb
 # The service user (not just root) can read the 0600 configuration, and it is dry-run.
 in_root "$root" "$ns" runuser -u enisync -- enisync check-config --config /etc/enisync/enisync.toml |
     grep -q 'dry_run true' || fail "enisync user cannot validate the installed config"
-[ "$(stat -c '%a %U:%G' "$conf")" = "600 enisync:enisync" ] || fail "config: $(stat -c '%a %U:%G' "$conf")"
-[ "$(stat -c '%a %U' "$root/usr/bin/enisync")" = "755 root" ] || fail "binary mode"
+cstat=$(in_root "$root" "$ns" stat -c '%a %U:%G' /etc/enisync/enisync.toml)
+[ "$cstat" = "600 enisync:enisync" ] || fail "config: $cstat"
+[ "$(in_root "$root" "$ns" stat -c '%a %U' /usr/bin/enisync)" = "755 root" ] || fail "binary mode"
 [ "$(stat -c '%a' "$root/usr/lib/systemd/system/enisync.service")" = 644 ] || fail "unit mode"
 grep -qx 'ExecStart=/usr/bin/enisync run --config /etc/enisync/enisync.toml' \
     "$root/usr/lib/systemd/system/enisync.service" || fail "unit ExecStart"
@@ -52,8 +53,9 @@ in_root "$root" "$ns" dpkg-query -W -f='${Conffiles}\n' enisync | grep -q '/etc/
     fail "config is not a conffile"
 # The installed rt_protos name is used by iproute2.
 in_root "$root" "$ns" ip rule add pref 3600 from 10.77.9.9 lookup 3600 protocol enisync
-in_root "$root" "$ns" ip rule show | grep -q 'from 10.77.9.9 lookup 3600 proto enisync' ||
-    fail "iproute2 does not resolve protocol 212 as enisync"
+rules=$(in_root "$root" "$ns" ip rule show)
+grep -q 'from 10.77.9.9 lookup 3600 proto enisync' <<<"$rules" ||
+    fail "iproute2 does not resolve protocol 212 as enisync: $rules"
 
 step "local edit, then upgrade to $v2"
 echo '# local edit: keep me' >>"$conf"
@@ -69,7 +71,8 @@ refuse_call "$root" ' (start|stop) enisync'
 only_our_unit "$root"
 [ "$(in_root "$root" "$ns" dpkg-query -W -f='${Version}' enisync)" = "$v2" ] || fail "not upgraded"
 grep -q '^# local edit: keep me$' "$conf" || fail "upgrade lost the local edit of the conffile"
-[ "$(stat -c '%a %U:%G' "$conf")" = "600 enisync:enisync" ] || fail "config owner after upgrade"
+[ "$(in_root "$root" "$ns" stat -c '%a %U:%G' /etc/enisync/enisync.toml)" = "600 enisync:enisync" ] ||
+    fail "config owner after upgrade"
 [ -f "$root/var/lib/enisync/journal" ] || fail "upgrade lost the state"
 
 step "remove"

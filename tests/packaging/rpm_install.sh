@@ -29,7 +29,8 @@ refuse_call "$root" 'restart|disable|stop'
 only_our_unit "$root"
 in_root "$root" "$ns" getent passwd enisync | grep -q ':/var/lib/enisync:/sbin/nologin$' ||
     fail "%pre did not create the enisync user"
-[ "$(stat -c '%a %U:%G' "$conf")" = "600 enisync:enisync" ] || fail "config: $(stat -c '%a %U:%G' "$conf")"
+cstat=$(in_root "$root" "$ns" stat -c '%a %U:%G' /etc/enisync/enisync.toml)
+[ "$cstat" = "600 enisync:enisync" ] || fail "config: $cstat"
 [ "$(stat -c '%a' "$root/usr/bin/enisync")" = 755 ] || fail "binary mode"
 [ "$(stat -c '%a' "$root/usr/lib/systemd/system/enisync.service")" = 644 ] || fail "unit mode"
 in_root "$root" "$ns" runuser -u enisync -- enisync check-config --config /etc/enisync/enisync.toml |
