@@ -71,8 +71,7 @@ enisync ($version-$deb_revision) unstable; urgency=medium
 CHANGELOG
 
 log "building the .deb"
-deb=$(cargo deb --no-build --no-strip --target "$TRIPLE" --deb-revision "$deb_revision" \
-    --output "$out/" 2>&1 | tee /dev/stderr | tail -n1)
+cargo deb --no-build --no-strip --target "$TRIPLE" --deb-revision "$deb_revision" --output "$out/" >&2
 
 log "building the .rpm (gzip payload, readable by old rpm)"
 cargo generate-rpm --target "$TRIPLE" --payload-compress gzip \
@@ -80,4 +79,3 @@ cargo generate-rpm --target "$TRIPLE" --payload-compress gzip \
 
 log "packages:"
 ls -l "$out"/enisync_"$version"-"$deb_revision"_*.deb "$out"/enisync-"$version"-"$rpm_release".*.rpm >&2
-: "$deb"

@@ -35,11 +35,11 @@ only_our_unit "$root"
 
 version=$(in_root "$root" "$ns" enisync --version)
 [ "$version" = "enisync ${v1%-*}" ] || fail "enisync --version in the chroot said: $version"
-in_root "$root" "$ns" getent passwd enisync | grep -q ':/var/lib/enisync:/usr/sbin/nologin$' ||
+in_root "$root" "$ns" getent passwd enisync | grep >/dev/null ':/var/lib/enisync:/usr/sbin/nologin$' ||
     fail "system user enisync missing or not a nologin user"
 # The service user (not just root) can read the 0600 configuration, and it is dry-run.
 in_root "$root" "$ns" runuser -u enisync -- enisync check-config --config /etc/enisync/enisync.toml |
-    grep -q 'dry_run true' || fail "enisync user cannot validate the installed config"
+    grep >/dev/null 'dry_run true' || fail "enisync user cannot validate the installed config"
 cstat=$(in_root "$root" "$ns" stat -c '%a %U:%G' /etc/enisync/enisync.toml)
 [ "$cstat" = "600 enisync:enisync" ] || fail "config: $cstat"
 [ "$(in_root "$root" "$ns" stat -c '%a %U' /usr/bin/enisync)" = "755 root" ] || fail "binary mode"
@@ -49,7 +49,7 @@ grep -qx 'ExecStart=/usr/bin/enisync run --config /etc/enisync/enisync.toml' \
 grep -Eq '^212[[:space:]]+enisync$' "$root/etc/iproute2/rt_protos.d/enisync.conf" || fail "rt_protos"
 [ -s "$root/usr/share/man/man8/enisync.8.gz" ] || fail "man page"
 [ -x "$root/usr/libexec/enisync/flush-routing" ] || fail "flush helper"
-in_root "$root" "$ns" dpkg-query -W -f='${Conffiles}\n' enisync | grep -q '/etc/enisync/enisync.toml' ||
+in_root "$root" "$ns" dpkg-query -W -f='${Conffiles}\n' enisync | grep >/dev/null '/etc/enisync/enisync.toml' ||
     fail "config is not a conffile"
 # The installed rt_protos name is used by iproute2.
 in_root "$root" "$ns" ip rule add pref 3600 from 10.77.9.9 lookup 3600 protocol enisync
@@ -106,7 +106,7 @@ for gone in /etc/enisync /var/lib/enisync /etc/iproute2/rt_protos.d/enisync.conf
     /usr/libexec/enisync /usr/share/doc/enisync; do
     [ ! -e "$root$gone" ] || fail "$gone left after purge"
 done
-if in_root "$root" "$ns" dpkg-statoverride --list | grep -q enisync; then
+if in_root "$root" "$ns" dpkg-statoverride --list | grep >/dev/null enisync; then
     fail "statoverride left after purge"
 fi
 in_root "$root" "$ns" dpkg-query -W enisync >/dev/null 2>&1 && fail "package still known to dpkg"

@@ -9,7 +9,7 @@ floor=2.28
 fail() { echo "FAIL: $*" >&2; exit 1; }
 [ -f "$bin" ] || fail "$bin not found"
 
-if ! readelf -d "$bin" | grep -q '(NEEDED)'; then
+if ! readelf -d "$bin" | grep >/dev/null '(NEEDED)'; then
     echo "glibc_floor: ok ($bin is static)"
     exit 0
 fi

@@ -33,7 +33,7 @@ trap 'rm -rf "$ctl"' EXIT
 dpkg-deb -e "$deb" "$ctl"
 grep -qx /etc/enisync/enisync.toml "$ctl/conffiles" || fail "deb: config is not a conffile"
 grep -qx /etc/iproute2/rt_protos.d/enisync.conf "$ctl/conffiles" || fail "deb: rt_protos not a conffile"
-dpkg-deb -f "$deb" Depends | grep -q 'libc6 (>= 2.28)' || fail "deb: Depends must say libc6 (>= 2.28)"
+dpkg-deb -f "$deb" Depends | grep >/dev/null 'libc6 (>= 2.28)' || fail "deb: Depends must say libc6 (>= 2.28)"
 for s in postinst prerm postrm; do
     [ -x "$ctl/$s" ] || fail "deb: no $s"
     sh -n "$ctl/$s" || fail "deb: $s has a syntax error"
@@ -59,7 +59,7 @@ rhas '-rw-r--r-- root:root ' /usr/lib/systemd/system/enisync.service
 rhas '-rw-r--r-- root:root cn' /etc/iproute2/rt_protos.d/enisync.conf
 rhas '-rwxr-xr-x root:root ' /usr/libexec/enisync/flush-routing
 rhas '-rw-r--r-- root:root d' /usr/share/man/man8/enisync.8.gz
-rpm -qpc "$rpm" | grep -qx /etc/enisync/enisync.toml || fail "rpm: config not %config"
+rpm -qpc "$rpm" | grep -x >/dev/null /etc/enisync/enisync.toml || fail "rpm: config not %config"
 [ "$(rpm -qp --qf '%{PAYLOADCOMPRESSOR}' "$rpm")" = gzip ] || fail "rpm: payload is not gzip"
 requires=$(rpm -qp --requires "$rpm")
 if grep -E 'PayloadIsZstd|GLIBC_2\.(29|[3-9][0-9])' <<<"$requires"; then

@@ -27,14 +27,14 @@ expect_call "$root" '^systemctl daemon-reload$'
 expect_call "$root" '^systemctl enable --now enisync\.service$'
 refuse_call "$root" 'restart|disable|stop'
 only_our_unit "$root"
-in_root "$root" "$ns" getent passwd enisync | grep -q ':/var/lib/enisync:/sbin/nologin$' ||
+in_root "$root" "$ns" getent passwd enisync | grep >/dev/null ':/var/lib/enisync:/sbin/nologin$' ||
     fail "%pre did not create the enisync user"
 cstat=$(in_root "$root" "$ns" stat -c '%a %U:%G' /etc/enisync/enisync.toml)
 [ "$cstat" = "600 enisync:enisync" ] || fail "config: $cstat"
 [ "$(stat -c '%a' "$root/usr/bin/enisync")" = 755 ] || fail "binary mode"
 [ "$(stat -c '%a' "$root/usr/lib/systemd/system/enisync.service")" = 644 ] || fail "unit mode"
 in_root "$root" "$ns" runuser -u enisync -- enisync check-config --config /etc/enisync/enisync.toml |
-    grep -q 'dry_run true' || fail "enisync user cannot validate the installed config"
+    grep >/dev/null 'dry_run true' || fail "enisync user cannot validate the installed config"
 
 step "local edit, then upgrade to $(basename "$rpm2")"
 echo '# local edit: keep me' >>"$conf"
