@@ -13,7 +13,13 @@ if ! readelf -d "$bin" | grep >/dev/null '(NEEDED)'; then
     echo "glibc_floor: ok ($bin is static)"
     exit 0
 fi
-highest=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n1)
+# Every version the binary needs from glibc (readelf -V: .gnu.version_r), and the
+# versions of its dynamic symbols (objdump -T), must be numbered ones up to the floor.
+# A GLIBC_ABI_* need (e.g. GLIBC_ABI_DT_RELR, glibc 2.36) fails the test as well.
+needs=$( { readelf -V "$bin"; objdump -T "$bin"; } | grep -oE 'GLIBC_[A-Z0-9_.]+' | sort -u)
+odd=$(grep -vE '^GLIBC_[0-9]+(\.[0-9]+)*$' <<<"$needs" || true)
+[ -z "$odd" ] || fail "$bin needs non-numbered glibc versions: $odd"
+highest=$(sed 's/GLIBC_//' <<<"$needs" | sort -uV | tail -n1)
 [ -n "$highest" ] || fail "no GLIBC symbol versions found in $bin"
 top=$(printf '%s\n%s\n' "$highest" "$floor" | sort -V | tail -n1)
 [ "$top" = "$floor" ] || fail "$bin needs GLIBC_$highest, above the $floor floor"
