@@ -17,6 +17,8 @@ TRIPLE=x86_64-unknown-linux-gnu
 GLIBC_FLOOR=2.28
 CARGO_DEB_VERSION=3.8.0
 CARGO_GENERATE_RPM_VERSION=0.21.1
+CARGO_ZIGBUILD_VERSION=0.24.1
+ZIGLANG_VERSION=0.17.1
 out=target/packages
 gen=target/packaging
 
@@ -41,9 +43,9 @@ need_cargo_tool() { # binary crate [version]
 if [ $build -eq 1 ]; then
     if ! command -v zig >/dev/null 2>&1 && ! python3 -m ziglang version >/dev/null 2>&1; then
         log "installing zig (ziglang from PyPI)"
-        python3 -m pip install --quiet ziglang
+        python3 -m pip install --quiet "ziglang==$ZIGLANG_VERSION"
     fi
-    need_cargo_tool cargo-zigbuild cargo-zigbuild
+    need_cargo_tool cargo-zigbuild cargo-zigbuild "$CARGO_ZIGBUILD_VERSION"
     log "building enisync for $TRIPLE with glibc $GLIBC_FLOOR symbols"
     cargo zigbuild --release --locked --target "$TRIPLE.$GLIBC_FLOOR" --bin enisync
 fi
