@@ -283,6 +283,7 @@ async fn wait_for_instance(
                 warn!(error = %e, retry_in_ms = crate::millis(delay), "metadata service not usable yet")
             }
         }
+        extend_start_timeout(delay);
         tokio::select! {
             () = shutdown.cancelled() => return None,
             () = tokio::time::sleep(delay) => {}
@@ -356,6 +357,7 @@ async fn wait_for_inventory(
                 warn!(error = %e, retry_in_ms = crate::millis(delay), "DescribeNetworkInterfaces failed; retrying")
             }
         }
+        extend_start_timeout(delay);
         tokio::select! {
             () = shutdown.cancelled() => return None,
             () = tokio::time::sleep(delay) => {}
@@ -410,6 +412,14 @@ fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
         });
     }
     Ok(file)
+}
+
+/// While enisync waits for the metadata service or the inventory before READY=1, tell
+/// systemd it is still making progress, so `TimeoutStartSec=` does not kill a daemon
+/// that is doing the right thing (waiting, not guessing).
+fn extend_start_timeout(next_try: Duration) {
+    let usec = u32::try_from((next_try + Duration::from_secs(30)).as_micros()).unwrap_or(u32::MAX);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(usec)]);
 }
 
 fn notify_status(status: &str) {
