@@ -500,18 +500,7 @@ fn o_ipv6_is_ignored() {
 fn a_second_instance_refuses_to_start() {
     let mut sb = Sandbox::new("lock", Layout::default());
     sb.start();
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &sb.ns,
-            env!("CARGO_BIN_EXE_enisync"),
-            "run",
-            "--config",
-        ])
-        .arg(&sb.config_path)
-        .output()
-        .expect("run a second enisync");
+    let out = sb.run_to_exit();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another enisync holds the lock"), "{err}");
@@ -523,18 +512,7 @@ fn a_second_instance_refuses_to_start() {
 fn manage_mode_refuses_a_table_with_foreign_routes() {
     let sb = Sandbox::new("tbl", layout(|l| l.routing_mode = "manage"));
     sb.ip("route add 10.7.0.0/16 via 10.0.1.1 table 3501");
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &sb.ns,
-            env!("CARGO_BIN_EXE_enisync"),
-            "run",
-            "--config",
-        ])
-        .arg(&sb.config_path)
-        .output()
-        .expect("run enisync");
+    let out = sb.run_to_exit();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("3501"), "names the table: {err}");

@@ -58,20 +58,11 @@ fn spawn_with_notify(
     notify: &Notify,
     watchdog_usec: Option<u64>,
 ) -> std::process::Child {
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        &sb.ns,
-        env!("CARGO_BIN_EXE_enisync"),
-        "run",
-        "--config",
-    ])
-    .arg(&sb.config_path)
-    .env("NOTIFY_SOCKET", &notify.path)
-    .env_remove("WATCHDOG_PID")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    let mut cmd = sb.run_command();
+    cmd.env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     match watchdog_usec {
         Some(usec) => cmd.env("WATCHDOG_USEC", usec.to_string()),
         None => cmd.env_remove("WATCHDOG_USEC"),

@@ -199,6 +199,21 @@ fn by(process: &str) -> Option<Remover> {
     })
 }
 
+/// What the daemon would hand the engine: this view and inventory, nothing journaled.
+fn start_with(view: HostView, inventory: Inventory) -> Start {
+    Start {
+        view,
+        inventory,
+        meta: HashMap::new(),
+        statics: Vec::new(),
+        boot_id: "boot".into(),
+        journal: None,
+        replay: Vec::new(),
+        metrics: None,
+        warnings: Vec::new(),
+    }
+}
+
 fn start(aux: &[u8], tweak: impl FnOnce(&mut Settings)) -> Harness {
     let cloud = MemCloud::new(aux);
     let mut view = HostView::default();
@@ -234,17 +249,7 @@ fn start(aux: &[u8], tweak: impl FnOnce(&mut Settings)) -> Harness {
         settings,
         Arc::clone(&cloud),
         router.clone(),
-        Start {
-            view,
-            inventory,
-            meta: HashMap::new(),
-            statics: Vec::new(),
-            boot_id: "boot".into(),
-            journal: None,
-            replay: Vec::new(),
-            metrics: None,
-            warnings: Vec::new(),
-        },
+        start_with(view, inventory),
     );
     let (events, events_rx) = mpsc::unbounded_channel();
     let (commands, commands_rx) = mpsc::channel(8);
@@ -649,17 +654,7 @@ async fn a_stuck_loop_stops_the_ticks() {
         Settings::default(),
         MemCloud::new(&[11]),
         HangingRouter(Arc::clone(&hang)),
-        Start {
-            view: HostView::default(),
-            inventory: Inventory::default(),
-            meta: HashMap::new(),
-            statics: Vec::new(),
-            boot_id: "boot".into(),
-            journal: None,
-            replay: Vec::new(),
-            metrics: None,
-            warnings: Vec::new(),
-        },
+        start_with(HostView::default(), Inventory::default()),
     );
     let (events, events_rx) = mpsc::unbounded_channel();
     let (_commands, commands_rx) = mpsc::channel(1);

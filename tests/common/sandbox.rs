@@ -229,17 +229,8 @@ impl Sandbox {
     /// Starts `enisync run` without waiting for readiness.
     pub fn spawn(&mut self) {
         self.log.lock().expect("log").clear();
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                env!("CARGO_BIN_EXE_enisync"),
-                "run",
-                "--config",
-            ])
-            .arg(&self.config_path)
-            .env_remove("RUST_LOG")
+        let mut child = self
+            .run_command()
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -252,6 +243,28 @@ impl Sandbox {
             }
         });
         self.child = Some(child);
+    }
+
+    /// `ip netns exec <ns> enisync run --config <path>`, without RUST_LOG (the config's
+    /// `log.level` applies), for the caller to finish and spawn.
+    pub fn run_command(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns,
+            env!("CARGO_BIN_EXE_enisync"),
+            "run",
+            "--config",
+        ])
+        .arg(&self.config_path)
+        .env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// Runs `enisync run` to its end (for start-up refusals).
+    pub fn run_to_exit(&self) -> std::process::Output {
+        self.run_command().output().expect("run enisync")
     }
 
     /// The pid of the running enisync (`ip netns exec` execs it, so the child is it).
