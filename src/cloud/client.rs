@@ -160,17 +160,20 @@ impl TencentCloud {
             builder = builder.tls_certs_merge(certs);
         }
         let http = builder.build().map_err(SetupError::Http)?;
+        let clock = Arc::clone(credentials.clock());
         Ok(Self {
             protocol: settings.protocol,
             instance_id: settings.instance_id,
             credentials,
-            v3: V3Api::new(http.clone(), v3_endpoint, settings.region.clone()),
+            v3: V3Api::new(http.clone(), v3_endpoint, settings.region.clone())
+                .with_clock(Arc::clone(&clock)),
             legacy: LegacyApi::new(
                 http,
                 legacy_endpoint,
                 settings.region,
                 settings.legacy_sign_method,
-            ),
+            )
+            .with_clock(clock),
             limits: RateLimits::new(settings.rates),
             eni_locks: EniLocks::default(),
             backoff: settings.backoff,
@@ -219,12 +222,7 @@ impl TencentCloud {
                     if error.code == "AuthFailure.TokenFailure" {
                         tracing::info!(action, code = %error.code, "session token rejected; refreshing keys");
                     } else {
-                        tracing::warn!(
-                            action,
-                            code = %error.code,
-                            clock_offset = self.credentials.clock().offset(),
-                            "the cloud rejected our request timestamp: check this host's clock (NTP)"
-                        );
+                        self.correct_clock(action, &error);
                     }
                     if let Err(refresh) = self.credentials.force_refresh().await {
                         tracing::warn!(action, error = %refresh, "refreshing keys failed");
@@ -241,6 +239,32 @@ impl TencentCloud {
                 }
                 _ => return Err(error),
             }
+        }
+    }
+
+    /// The cloud rejected our request timestamp: say so plainly, and sign with the
+    /// server's time (from the answer's `Date` header) from now on.
+    fn correct_clock(&self, action: &'static str, error: &CloudError) {
+        let clock = self.credentials.clock();
+        match clock.correct_from_server() {
+            Some(c) => tracing::warn!(
+                action,
+                code = %error.code,
+                old_offset_s = c.old_offset,
+                new_offset_s = c.new_offset,
+                "the cloud rejected our request timestamp: this host's clock is {} s {} the cloud's; \
+                 signing with the cloud's time (from its Date header) from now on. Fix this host's clock (NTP)",
+                c.new_offset.unsigned_abs(),
+                if c.new_offset > 0 { "behind" } else { "ahead of" },
+            ),
+            None => tracing::warn!(
+                action,
+                code = %error.code,
+                offset_s = clock.offset(),
+                observed_offset_s = ?clock.observed_offset(),
+                "the cloud rejected our request timestamp and its Date header gives no better time: \
+                 check this host's clock (NTP)"
+            ),
         }
     }
 
