@@ -265,8 +265,27 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The kernel's id of this boot; intents carry it.
+/// Test hook: an environment variable that replaces the kernel's boot id, so the
+/// end-to-end tests can play "the host rebooted" without rebooting. Only values that
+/// start with [`BOOT_ID_OVERRIDE_PREFIX`] are honoured, so it can never make a journal
+/// of a real earlier boot (a kernel UUID) look current: at worst it makes this boot look
+/// like another one, and then unsent intents are dropped, the safe direction.
+pub const BOOT_ID_OVERRIDE_ENV: &str = "ENISYNC_BOOT_ID_OVERRIDE";
+/// See [`BOOT_ID_OVERRIDE_ENV`].
+pub const BOOT_ID_OVERRIDE_PREFIX: &str = "test-";
+
+/// The kernel's id of this boot; intents carry it. [`BOOT_ID_OVERRIDE_ENV`] replaces it
+/// in tests.
 pub fn boot_id() -> String {
+    if let Ok(id) = std::env::var(BOOT_ID_OVERRIDE_ENV) {
+        if id.starts_with(BOOT_ID_OVERRIDE_PREFIX) {
+            tracing::warn!(boot_id = %id, "boot id overridden by {BOOT_ID_OVERRIDE_ENV} (a test hook)");
+            return id;
+        }
+        tracing::warn!(
+            "{BOOT_ID_OVERRIDE_ENV} ignored: only values starting with {BOOT_ID_OVERRIDE_PREFIX:?} are honoured"
+        );
+    }
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown-boot".into())
