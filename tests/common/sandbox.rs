@@ -67,6 +67,9 @@ pub struct Layout {
     pub task_ms: u64,
     /// Release through the legacy API (listing still goes through API 3.0).
     pub legacy: bool,
+    /// Write `secret_id`/`secret_key` into `[cloud]` (default); off to test the other
+    /// credential sources.
+    pub config_keys: bool,
 }
 
 impl Default for Layout {
@@ -79,6 +82,7 @@ impl Default for Layout {
             routing_mode: "cleanup",
             task_ms: 150,
             legacy: false,
+            config_keys: true,
         }
     }
 }
@@ -90,8 +94,12 @@ pub struct Sandbox {
     pub server: FakeServer,
     pub dir: PathBuf,
     pub config_path: PathBuf,
+    /// Extra environment for the daemon (set before `start`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Every line of every run, across restarts.
+    all_log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Sandbox {
@@ -168,9 +176,11 @@ impl Sandbox {
             format!("endpoint = \"{}\"", server.v3_endpoint()),
             format!("v3_endpoint = \"{}\"", server.v3_endpoint()),
             "region = \"ap-guangzhou\"".into(),
-            format!("secret_id = \"{SECRET_ID}\""),
-            format!("secret_key = \"{SECRET_KEY}\""),
         ];
+        if layout.config_keys {
+            cloud.push(format!("secret_id = \"{SECRET_ID}\""));
+            cloud.push(format!("secret_key = \"{SECRET_KEY}\""));
+        }
         if layout.legacy {
             cloud.push("api = \"legacy\"".into());
             cloud[0] = format!("endpoint = \"{}\"", server.legacy_endpoint());
@@ -209,14 +219,23 @@ impl Sandbox {
             server,
             dir: sb_dir,
             config_path,
+            env: Vec::new(),
             child: None,
             log: Arc::default(),
+            all_log: Arc::default(),
         }
     }
 
     /// Starts `enisync run` in the namespace and waits until it says it is ready. The
     /// log starts afresh with each start.
     pub fn start(&mut self) {
+        self.spawn();
+        self.wait_log("enisync ready", Duration::from_secs(20));
+    }
+
+    /// Starts `enisync run` without waiting for it to be ready.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "enisync is already running");
         self.log.lock().expect("log").clear();
         let mut child = Command::new("ip")
             .args([
@@ -229,19 +248,113 @@ impl Sandbox {
             ])
             .arg(&self.config_path)
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn enisync");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::clone(&self.log);
+        let all_log = Arc::clone(&self.all_log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                all_log.lock().expect("log").push(line.clone());
                 log.lock().expect("log").push(line);
             }
         });
         self.child = Some(child);
-        self.wait_log("enisync ready", Duration::from_secs(20));
+    }
+
+    /// enisync's pid while it runs (`ip netns exec` execs it, so the child is enisync).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (a `kill` name: `HUP`, `TERM`, `KILL`) to enisync.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("enisync is running").to_string();
+        sh(Command::new("kill").args([&format!("-{signal}"), &pid]));
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("enisync is running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Whether enisync has exited (and how), without waiting.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Stops with SIGTERM; returns the status and how long the exit took. Panics if it
+    /// takes longer than `limit` (the process is then killed).
+    pub fn stop_within(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().expect("enisync is running");
+        let started = Instant::now();
+        sh(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status, started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "enisync did not stop within {limit:?} of SIGTERM; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Every log line of every run so far.
+    pub fn all_log_text(&self) -> String {
+        self.all_log.lock().expect("log").join("\n")
+    }
+
+    /// How many lines of this run's log contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `cond` holds, checking every 20 ms; panics with `what` and the log on
+    /// timeout.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The journal file's text (empty when absent).
+    pub fn journal_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("state").join("intents.journal")).unwrap_or_default()
+    }
+
+    /// Rewrites the config file through `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(&str) -> String) {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        std::fs::write(&self.config_path, edit(&text)).expect("write config");
+    }
+
+    /// Unassign calls the cloud accepted (answer `Success`).
+    pub fn accepted_unassigns(&self) -> Vec<Call> {
+        self.unassigns()
+            .into_iter()
+            .filter(|c| c.answer == "Success")
+            .collect()
     }
 
     /// Stops enisync with SIGTERM and waits for it (bounded).
