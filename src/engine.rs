@@ -563,6 +563,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 eni_id: eni_id.clone(),
                 remover: remover.as_ref().map(describe_remover),
                 held: false,
+                sending: false,
             },
         );
         info!(
@@ -1024,6 +1025,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             if let Some(i) = self.intents.get_mut(ip) {
                 i.phase = Phase::Sending;
             }
+            // Before the call: a crash or a lost answer from here on may leave the IP
+            // released without our hearing of it.
+            self.journal_observed_as(*ip, false, true);
         }
         let cloud = Arc::clone(&self.cloud);
         let tx = self.reports_tx.clone();
@@ -1313,6 +1317,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
 
     /// Re-journals an intent's observation, with its held flag.
     fn journal_observed(&mut self, ip: Ipv4Addr, held: bool) {
+        self.journal_observed_as(ip, held, false);
+    }
+
+    /// Re-journals an intent's observation; `sending`: its unassign is about to go out.
+    fn journal_observed_as(&mut self, ip: Ipv4Addr, held: bool, sending: bool) {
         let Some(i) = self.intents.get(&ip) else {
             return;
         };
@@ -1322,6 +1331,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             eni_id: i.eni_id.clone(),
             remover: i.remover.as_ref().map(describe_remover),
             held,
+            sending,
         };
         self.journal(ip, state);
     }
@@ -1348,6 +1358,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     eni_id,
                     remover,
                     held,
+                    sending,
                 } => {
                     if rec.boot_id != self.boot_id {
                         self.journal(
@@ -1370,6 +1381,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     if self.view.has_ip(rec.ip)
                         || mac.as_deref() != l.mac.map(|m| m.to_string()).as_deref()
                     {
+                        if sending && self.view.has_ip(rec.ip) {
+                            self.alarm(
+                                rec.ip,
+                                "is on the host although its release may have gone out before the restart",
+                            );
+                        }
                         self.journal(
                             rec.ip,
                             RecordState::Finished {
@@ -1400,7 +1417,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                             attempts: 0,
                             task_failures: 0,
                             not_listed_since: None,
-                            sent: false,
+                            // The unassign may have gone out: if the cloud no longer
+                            // lists the IP, that was us, not a lagging view.
+                            sent: sending,
                             secondary: false,
                             subnet_primary: None,
                         },

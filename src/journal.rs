@@ -62,6 +62,13 @@ pub enum RecordState {
         /// confirms. (Added within schema 1: older records read as not held.)
         #[serde(default)]
         held: bool,
+        /// Written just before the unassign goes out: from here on the cloud may have
+        /// taken the call even if we never hear back (a crash, a lost answer). On replay
+        /// an IP the cloud no longer lists then counts as released by us, instead of a
+        /// lagging view to wait out. (Added within schema 1: older binaries ignore it
+        /// and treat the intent as merely observed, which is safe.)
+        #[serde(default)]
+        sending: bool,
     },
     /// The unassign was accepted; `task` is followed to its end even across reboots.
     Sent { eni_id: String, task: TaskRef },
@@ -310,6 +317,7 @@ mod tests {
             eni_id: Some("eni-1".into()),
             remover: Some("ip".into()),
             held: false,
+            sending: false,
         }
     }
 
