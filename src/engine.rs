@@ -884,7 +884,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 eni_id,
                 ips,
                 result,
-            } => self.on_checked(eni_id, ips, result, now),
+            } => self.on_checked(eni_id, ips, result, now).await,
             Report::Sent { ips, eni_id, task } => {
                 for ip in &ips {
                     if let Some(i) = self.intents.get_mut(ip) {
@@ -954,7 +954,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// Clause 7, then clause 4 and 5 once more, then the call.
-    fn on_checked(
+    async fn on_checked(
         &mut self,
         eni_id: String,
         ips: Vec<Ipv4Addr>,
@@ -980,6 +980,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         );
         let eni = enis.iter().find(|e| e.id == eni_id);
         let mut send = Vec::new();
+        let mut gone = Vec::new();
         for ip in ips {
             if !self.intents.contains_key(&ip) {
                 continue; // cancelled meanwhile
@@ -994,9 +995,17 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 Verdict::Gone => {
                     self.counters.already_gone += 1;
                     self.released.insert(ip, now);
-                    self.finish(ip, Outcome::AlreadyGone);
+                    self.finish_unjournaled(ip, Outcome::AlreadyGone);
+                    gone.push(ip);
                 }
             }
+        }
+        if !gone.is_empty() {
+            // Released by an earlier call of ours (its answer lost, or before a restart):
+            // its stale routing goes as after any release.
+            info!(target: "audit", decision = "released", eni = %eni_id, ips = ?gone, "IPs no longer listed after our unassign: returned to the VPC");
+            self.route_fix_then_journal(&gone, &Outcome::AlreadyGone)
+                .await;
         }
         if send.is_empty() {
             self.busy_enis.remove(&eni_id);
@@ -1104,19 +1113,17 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 IpOutcome::Released => {
                     self.counters.released += 1;
                     self.released.insert(ip, now);
-                    self.finish(
-                        ip,
-                        Outcome::Released {
-                            task_id: task_id.clone(),
-                        },
-                    );
-                    done.push(ip);
+                    let outcome = Outcome::Released {
+                        task_id: task_id.clone(),
+                    };
+                    self.finish_unjournaled(ip, outcome.clone());
+                    done.push((ip, outcome));
                 }
                 IpOutcome::AlreadyGone => {
                     self.counters.already_gone += 1;
                     self.released.insert(ip, now);
-                    self.finish(ip, Outcome::AlreadyGone);
-                    done.push(ip);
+                    self.finish_unjournaled(ip, Outcome::AlreadyGone);
+                    done.push((ip, Outcome::AlreadyGone));
                 }
                 IpOutcome::RetryLater { reason } => self.wait(ip, now, reason),
                 IpOutcome::Refused { reason } => {
@@ -1128,11 +1135,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         if done.is_empty() {
             return;
         }
+        let ips: Vec<Ipv4Addr> = done.iter().map(|(ip, _)| *ip).collect();
         info!(
             target: "audit",
             decision = "released",
             eni = %eni_id,
-            ips = ?done,
+            ips = ?ips,
             request_id = %request_id,
             task_id = %task_id,
             "IPs returned to the VPC"
@@ -1140,8 +1148,31 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         self.released
             .retain(|_, t| now.duration_since(*t) < self.settings.remember_released);
         self.router
-            .after_release(&done, &self.view, &self.inventory)
+            .after_release(&ips, &self.view, &self.inventory)
             .await;
+        for (ip, outcome) in done {
+            self.journal(
+                ip,
+                RecordState::Finished {
+                    outcome: outcome_name(&outcome),
+                },
+            );
+        }
+    }
+
+    /// Fixes the routing of `ips` (released), then journals them as finished.
+    async fn route_fix_then_journal(&mut self, ips: &[Ipv4Addr], outcome: &Outcome) {
+        self.router
+            .after_release(ips, &self.view, &self.inventory)
+            .await;
+        for ip in ips {
+            self.journal(
+                *ip,
+                RecordState::Finished {
+                    outcome: outcome_name(outcome),
+                },
+            );
+        }
     }
 
     // ===== commands =====
@@ -1274,13 +1305,20 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     fn finish(&mut self, ip: Ipv4Addr, outcome: Outcome) {
-        let intent = self.intents.remove(&ip);
         self.journal(
             ip,
             RecordState::Finished {
                 outcome: outcome_name(&outcome),
             },
         );
+        self.finish_unjournaled(ip, outcome);
+    }
+
+    /// [`Self::finish`] without the journal record: for releases whose routing is still
+    /// to be fixed, journaled as finished only once it is (a crash in between replays the
+    /// journaled task, which ends in the same route fix).
+    fn finish_unjournaled(&mut self, ip: Ipv4Addr, outcome: Outcome) {
+        let intent = self.intents.remove(&ip);
         self.recent.push_front(Finished {
             ip,
             eni_id: intent.and_then(|i| i.eni_id),
