@@ -100,6 +100,9 @@ pub struct Sandbox {
     log: Arc<Mutex<Vec<String>>>,
     /// Every line of every run, across restarts.
     all_log: Arc<Mutex<Vec<String>>>,
+    /// When armed: the log reader kills enisync (SIGKILL) on the first line holding all
+    /// of these, within microseconds of the line being written.
+    kill_on: Arc<Mutex<Option<Vec<String>>>>,
 }
 
 impl Sandbox {
@@ -223,6 +226,7 @@ impl Sandbox {
             child: None,
             log: Arc::default(),
             all_log: Arc::default(),
+            kill_on: Arc::default(),
         }
     }
 
@@ -256,8 +260,22 @@ impl Sandbox {
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::clone(&self.log);
         let all_log = Arc::clone(&self.all_log);
+        let kill_on = Arc::clone(&self.kill_on);
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                {
+                    let mut armed = kill_on.lock().expect("kill_on");
+                    if armed
+                        .as_ref()
+                        .is_some_and(|needles| needles.iter().all(|n| line.contains(n.as_str())))
+                    {
+                        // SAFETY: kill(2) on the pid of our own child, which we have not
+                        // reaped yet (so the pid cannot have been reused).
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        *armed = None;
+                    }
+                }
                 all_log.lock().expect("log").push(line.clone());
                 log.lock().expect("log").push(line);
             }
@@ -274,6 +292,31 @@ impl Sandbox {
     pub fn signal(&self, signal: &str) {
         let pid = self.pid().expect("enisync is running").to_string();
         sh(Command::new("kill").args([&format!("-{signal}"), &pid]));
+    }
+
+    /// Arms a `kill -9` on the first log line holding every one of `needles`.
+    pub fn arm_kill_on(&self, needles: &[&str]) {
+        *self.kill_on.lock().expect("kill_on") =
+            Some(needles.iter().map(|n| (*n).to_owned()).collect());
+    }
+
+    /// Waits (bounded) until enisync has died, after an armed kill; panics if it lives on.
+    pub fn wait_dead(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("enisync was started");
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                *self.kill_on.lock().expect("kill_on") = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!(
+            "enisync still alive after {timeout:?} (kill armed on {:?}); log:\n{}",
+            self.kill_on.lock().expect("kill_on"),
+            self.log_text()
+        );
     }
 
     /// `kill -9`, and waits for the process to be gone.
