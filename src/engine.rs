@@ -1033,6 +1033,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         for ip in &send {
             if let Some(i) = self.intents.get_mut(ip) {
                 i.phase = Phase::Sending;
+                // From here the cloud may take the call even if its answer is lost: an
+                // IP it stops listing is then gone because of us.
+                i.sent = true;
             }
             // Before the call: a crash or a lost answer from here on may leave the IP
             // released without our hearing of it.
