@@ -202,13 +202,14 @@ fn a_busy_eni_is_waited_for() {
     sb.fake.inject(
         UNASSIGN,
         Fault::error("UnsupportedOperation.MutexOperationTaskRunning"),
-        6,
+        3,
     );
     sb.ip("addr del 10.0.1.12/24 dev eth1");
     wait_released(&sb, aux(12), SOON);
     std::thread::sleep(QUIET);
     assert_released_once(&sb, aux(12));
-    assert_eq!(sb.unassigns().len(), 7, "six busy answers, then success");
+    // Each busy answer goes back to the engine, which re-checks before the next send.
+    assert_eq!(sb.unassigns().len(), 4, "three busy answers, then success");
 }
 
 /// A task that ends FAILED restores the IP; the release is tried again and succeeds.
@@ -434,4 +435,28 @@ fn drain(socket: &UnixDatagram) -> Vec<String> {
         }
     }
     out
+}
+
+/// Clause 4 "again at the moment the call is sent", under a transient failure: the
+/// first unassign times out (not processed), the IP comes back on the host meanwhile,
+/// and the next send is preceded by a fresh check, so it is not released. (A client
+/// that re-sent on its own after its backoff released it while in use.)
+#[test]
+fn no_resend_without_a_fresh_check_after_a_transient_failure() {
+    let mut sb = Sandbox::new(
+        "resend",
+        layout(|l| l.cloud = vec!["timeout = \"1s\"".into()]),
+    );
+    sb.start();
+    sb.fake
+        .inject(UNASSIGN, Fault::timeout(Duration::from_millis(2500)), 1);
+    sb.ip("addr del 10.0.1.12/24 dev eth1");
+    sb.wait_for("the first unassign reached the cloud", SOON, || {
+        !sb.unassigns().is_empty()
+    });
+    sb.ip("addr add 10.0.1.12/24 dev eth1");
+    sb.wait_log("back on the host", SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sb.accepted_unassigns().len(), 0, "{:?}", sb.unassigns());
+    assert!(sb.ips_in_cloud().contains(&aux(12)));
 }
