@@ -686,6 +686,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 eni_id: eni_id.clone(),
                 remover: remover.as_ref().map(describe_remover),
                 held: false,
+                sending: false,
             },
         );
         info!(
@@ -1006,7 +1007,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 eni_id,
                 ips,
                 result,
-            } => self.on_checked(eni_id, ips, result, now),
+            } => self.on_checked(eni_id, ips, result, now).await,
             Report::Sent { ips, eni_id, task } => {
                 for ip in &ips {
                     if let Some(i) = self.intents.get_mut(ip) {
@@ -1076,7 +1077,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// Clause 7, then clause 4 and 5 once more, then the call.
-    fn on_checked(
+    async fn on_checked(
         &mut self,
         eni_id: String,
         ips: Vec<Ipv4Addr>,
@@ -1102,6 +1103,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         );
         let eni = enis.iter().find(|e| e.id == eni_id);
         let mut send = Vec::new();
+        let mut gone = Vec::new();
         for ip in ips {
             if !self.intents.contains_key(&ip) {
                 continue; // cancelled meanwhile
@@ -1116,9 +1118,17 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 Verdict::Gone => {
                     self.counters.already_gone += 1;
                     self.released.insert(ip, now);
-                    self.finish(ip, Outcome::AlreadyGone);
+                    self.finish_unjournaled(ip, Outcome::AlreadyGone);
+                    gone.push(ip);
                 }
             }
+        }
+        if !gone.is_empty() {
+            // Released by an earlier call of ours (its answer lost, or before a restart):
+            // its stale routing goes as after any release.
+            info!(target: "audit", decision = "released", eni = %eni_id, ips = ?gone, "IPs no longer listed after our unassign: returned to the VPC");
+            self.route_fix_then_journal(&gone, &Outcome::AlreadyGone)
+                .await;
         }
         let send = self.within_host_limit(send, now);
         if send.is_empty() {
@@ -1150,7 +1160,13 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         for ip in &send {
             if let Some(i) = self.intents.get_mut(ip) {
                 i.phase = Phase::Sending;
+                // From here the cloud may take the call even if its answer is lost: an
+                // IP it stops listing is then gone because of us.
+                i.sent = true;
             }
+            // Before the call: a crash or a lost answer from here on may leave the IP
+            // released without our hearing of it.
+            self.journal_observed_as(*ip, false, true);
         }
         let cloud = Arc::clone(&self.cloud);
         let tx = self.reports_tx.clone();
@@ -1312,19 +1328,17 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 IpOutcome::Released => {
                     self.counters.released += 1;
                     self.released.insert(ip, now);
-                    self.finish(
-                        ip,
-                        Outcome::Released {
-                            task_id: task_id.clone(),
-                        },
-                    );
-                    done.push(ip);
+                    let outcome = Outcome::Released {
+                        task_id: task_id.clone(),
+                    };
+                    self.finish_unjournaled(ip, outcome.clone());
+                    done.push((ip, outcome));
                 }
                 IpOutcome::AlreadyGone => {
                     self.counters.already_gone += 1;
                     self.released.insert(ip, now);
-                    self.finish(ip, Outcome::AlreadyGone);
-                    done.push(ip);
+                    self.finish_unjournaled(ip, Outcome::AlreadyGone);
+                    done.push((ip, Outcome::AlreadyGone));
                 }
                 IpOutcome::RetryLater { reason } => self.wait(ip, now, reason),
                 IpOutcome::Refused { reason } => {
@@ -1336,11 +1350,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         if done.is_empty() {
             return;
         }
+        let ips: Vec<Ipv4Addr> = done.iter().map(|(ip, _)| *ip).collect();
         info!(
             target: "audit",
             decision = "released",
             eni = %eni_id,
-            ips = ?done,
+            ips = ?ips,
             request_id = %request_id,
             task_id = %task_id,
             duration_ms = crate::millis(took),
@@ -1349,8 +1364,31 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         self.released
             .retain(|_, t| now.duration_since(*t) < self.settings.remember_released);
         self.router
-            .after_release(&done, &self.view, &self.inventory)
+            .after_release(&ips, &self.view, &self.inventory)
             .await;
+        for (ip, outcome) in done {
+            self.journal(
+                ip,
+                RecordState::Finished {
+                    outcome: outcome_name(&outcome),
+                },
+            );
+        }
+    }
+
+    /// Fixes the routing of `ips` (released), then journals them as finished.
+    async fn route_fix_then_journal(&mut self, ips: &[Ipv4Addr], outcome: &Outcome) {
+        self.router
+            .after_release(ips, &self.view, &self.inventory)
+            .await;
+        for ip in ips {
+            self.journal(
+                *ip,
+                RecordState::Finished {
+                    outcome: outcome_name(outcome),
+                },
+            );
+        }
     }
 
     // ===== commands =====
@@ -1608,6 +1646,19 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     fn finish(&mut self, ip: Ipv4Addr, outcome: Outcome) {
+        self.journal(
+            ip,
+            RecordState::Finished {
+                outcome: outcome_name(&outcome),
+            },
+        );
+        self.finish_unjournaled(ip, outcome);
+    }
+
+    /// [`Self::finish`] without the journal record: for releases whose routing is still
+    /// to be fixed, journaled as finished only once it is (a crash in between replays the
+    /// journaled task, which ends in the same route fix).
+    fn finish_unjournaled(&mut self, ip: Ipv4Addr, outcome: Outcome) {
         if let Some(m) = &self.metrics {
             match &outcome {
                 Outcome::Released { .. } => m.release("released", ""),
@@ -1617,12 +1668,6 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             }
         }
         let intent = self.intents.remove(&ip);
-        self.journal(
-            ip,
-            RecordState::Finished {
-                outcome: outcome_name(&outcome),
-            },
-        );
         self.recent.push_front(Finished {
             ip,
             eni_id: intent.and_then(|i| i.eni_id),
@@ -1662,6 +1707,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
 
     /// Re-journals an intent's observation, with its held flag.
     fn journal_observed(&mut self, ip: Ipv4Addr, held: bool) {
+        self.journal_observed_as(ip, held, false);
+    }
+
+    /// Re-journals an intent's observation; `sending`: its unassign is about to go out.
+    fn journal_observed_as(&mut self, ip: Ipv4Addr, held: bool, sending: bool) {
         let Some(i) = self.intents.get(&ip) else {
             return;
         };
@@ -1671,6 +1721,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             eni_id: i.eni_id.clone(),
             remover: i.remover.as_ref().map(describe_remover),
             held,
+            sending,
         };
         self.journal(ip, state);
     }
@@ -1697,6 +1748,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     eni_id,
                     remover,
                     held,
+                    sending,
                 } => {
                     if rec.boot_id != self.boot_id {
                         self.journal(
@@ -1719,6 +1771,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     if self.view.has_ip(rec.ip)
                         || mac.as_deref() != l.mac.map(|m| m.to_string()).as_deref()
                     {
+                        if sending && self.view.has_ip(rec.ip) {
+                            self.alarm(
+                                rec.ip,
+                                "is on the host although its release may have gone out before the restart",
+                            );
+                        }
                         self.journal(
                             rec.ip,
                             RecordState::Finished {
@@ -1750,7 +1808,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                             attempts: 0,
                             task_failures: 0,
                             not_listed_since: None,
-                            sent: false,
+                            // The unassign may have gone out: if the cloud no longer
+                            // lists the IP, that was us, not a lagging view.
+                            sent: sending,
                             secondary: false,
                             subnet_primary: None,
                         },

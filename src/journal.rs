@@ -62,6 +62,13 @@ pub enum RecordState {
         /// confirms. (Added within schema 1: older records read as not held.)
         #[serde(default)]
         held: bool,
+        /// Written just before the unassign goes out: from here on the cloud may have
+        /// taken the call even if we never hear back (a crash, a lost answer). On replay
+        /// an IP the cloud no longer lists then counts as released by us, instead of a
+        /// lagging view to wait out. (Added within schema 1: older binaries ignore it
+        /// and treat the intent as merely observed, which is safe.)
+        #[serde(default)]
+        sending: bool,
     },
     /// The unassign was accepted; `task` is followed to its end even across reboots.
     Sent { eni_id: String, task: TaskRef },
@@ -265,8 +272,27 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The kernel's id of this boot; intents carry it.
+/// Test hook: an environment variable that replaces the kernel's boot id, so the
+/// end-to-end tests can play "the host rebooted" without rebooting. Only values that
+/// start with [`BOOT_ID_OVERRIDE_PREFIX`] are honoured, so it can never make a journal
+/// of a real earlier boot (a kernel UUID) look current: at worst it makes this boot look
+/// like another one, and then unsent intents are dropped, the safe direction.
+pub const BOOT_ID_OVERRIDE_ENV: &str = "ENISYNC_BOOT_ID_OVERRIDE";
+/// See [`BOOT_ID_OVERRIDE_ENV`].
+pub const BOOT_ID_OVERRIDE_PREFIX: &str = "test-";
+
+/// The kernel's id of this boot; intents carry it. [`BOOT_ID_OVERRIDE_ENV`] replaces it
+/// in tests.
 pub fn boot_id() -> String {
+    if let Ok(id) = std::env::var(BOOT_ID_OVERRIDE_ENV) {
+        if id.starts_with(BOOT_ID_OVERRIDE_PREFIX) {
+            tracing::warn!(boot_id = %id, "boot id overridden by {BOOT_ID_OVERRIDE_ENV} (a test hook)");
+            return id;
+        }
+        tracing::warn!(
+            "{BOOT_ID_OVERRIDE_ENV} ignored: only values starting with {BOOT_ID_OVERRIDE_PREFIX:?} are honoured"
+        );
+    }
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown-boot".into())
@@ -291,6 +317,7 @@ mod tests {
             eni_id: Some("eni-1".into()),
             remover: Some("ip".into()),
             held: false,
+            sending: false,
         }
     }
 

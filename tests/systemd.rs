@@ -146,7 +146,7 @@ fn sighup_applies_a_valid_config_keeps_pending_releases_and_rejects_a_bad_one() 
         },
     );
     sb.start();
-    let pid = sb.pid();
+    let pid = sb.pid().expect("enisync runs");
     // A release is pending when the new config arrives.
     sb.ip("addr del 10.0.1.11/24 dev eth1");
     sb.wait_log("release pending its grace period", SOON);

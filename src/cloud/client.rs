@@ -3,7 +3,12 @@
 //! Each call goes through the same policy: take a token from the action's bucket, get
 //! current keys, send; a `RetryLater` answer is retried with jittered backoff up to
 //! `max_attempts` sends; a `RefreshCredentials` answer refreshes the keys and is retried
-//! exactly once; anything else is returned, classified. Listing ENIs always uses API 3.0
+//! exactly once; anything else is returned, classified.
+//!
+//! The unassign is the exception: a `RetryLater` answer is returned at once, never
+//! re-sent here. The trigger rule wants the host checked again "at the moment the call
+//! is sent", and only the engine can do that: a re-send from in here, after backoff and
+//! timeouts (seconds), could release an IP that came back on the host meanwhile. Listing ENIs always uses API 3.0
 //! (the legacy API has no usable listing); the legacy protocol covers the release and its
 //! task only.
 
@@ -175,17 +180,20 @@ impl TencentCloud {
             builder = builder.tls_certs_merge(certs);
         }
         let http = builder.build().map_err(SetupError::Http)?;
+        let clock = Arc::clone(credentials.clock());
         Ok(Self {
             protocol: settings.protocol,
             instance_id: settings.instance_id,
             credentials,
-            v3: V3Api::new(http.clone(), v3_endpoint, settings.region.clone()),
+            v3: V3Api::new(http.clone(), v3_endpoint, settings.region.clone())
+                .with_clock(Arc::clone(&clock)),
             legacy: LegacyApi::new(
                 http,
                 legacy_endpoint,
                 settings.region,
                 settings.legacy_sign_method,
-            ),
+            )
+            .with_clock(clock),
             limits: RateLimits::new(settings.rates),
             eni_locks: EniLocks::default(),
             backoff: settings.backoff,
@@ -224,6 +232,21 @@ impl TencentCloud {
         F: Fn(Arc<Credentials>, i64) -> Fut,
         Fut: Future<Output = Result<T, CloudError>>,
     {
+        self.call_with(action, bucket, self.max_attempts, op).await
+    }
+
+    /// [`Self::call`] with `max_attempts` sends for a `RetryLater` answer.
+    async fn call_with<T, F, Fut>(
+        &self,
+        action: &'static str,
+        bucket: &TokenBucket,
+        max_attempts: u32,
+        op: F,
+    ) -> Result<T, CloudError>
+    where
+        F: Fn(Arc<Credentials>, i64) -> Fut,
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
         let mut retries = 0;
         let mut refreshed = false;
         loop {
@@ -252,18 +275,13 @@ impl TencentCloud {
                     if error.code == "AuthFailure.TokenFailure" {
                         tracing::info!(action, code = %error.code, "session token rejected; refreshing keys");
                     } else {
-                        tracing::warn!(
-                            action,
-                            code = %error.code,
-                            clock_offset = self.credentials.clock().offset(),
-                            "the cloud rejected our request timestamp: check this host's clock (NTP)"
-                        );
+                        self.correct_clock(action, &error);
                     }
                     if let Err(refresh) = self.credentials.force_refresh().await {
                         tracing::warn!(action, error = %refresh, "refreshing keys failed");
                     }
                 }
-                ErrorClass::RetryLater if retries + 1 < self.max_attempts => {
+                ErrorClass::RetryLater if retries + 1 < max_attempts => {
                     let delay = {
                         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
                         self.backoff.delay(retries, &mut rng)
@@ -274,6 +292,32 @@ impl TencentCloud {
                 }
                 _ => return Err(error),
             }
+        }
+    }
+
+    /// The cloud rejected our request timestamp: say so plainly, and sign with the
+    /// server's time (from the answer's `Date` header) from now on.
+    fn correct_clock(&self, action: &'static str, error: &CloudError) {
+        let clock = self.credentials.clock();
+        match clock.correct_from_server() {
+            Some(c) => tracing::warn!(
+                action,
+                code = %error.code,
+                old_offset_s = c.old_offset,
+                new_offset_s = c.new_offset,
+                "the cloud rejected our request timestamp: this host's clock is {} s {} the cloud's; \
+                 signing with the cloud's time (from its Date header) from now on. Fix this host's clock (NTP)",
+                c.new_offset.unsigned_abs(),
+                if c.new_offset > 0 { "behind" } else { "ahead of" },
+            ),
+            None => tracing::warn!(
+                action,
+                code = %error.code,
+                offset_s = clock.offset(),
+                observed_offset_s = ?clock.observed_offset(),
+                "the cloud rejected our request timestamp and its Date header gives no better time: \
+                 check this host's clock (NTP)"
+            ),
         }
     }
 
@@ -361,8 +405,10 @@ impl Cloud for TencentCloud {
         // Whatever happens next, the ENI's IPs may change.
         self.invalidate_enis();
         let protocol = self.protocol;
+        // One send: a transient failure goes back to the engine, which checks the host
+        // (and the cloud) again before the next one (see the module documentation).
         let result = self
-            .call(UNASSIGN, &self.limits.unassign, |keys, now| async move {
+            .call_with(UNASSIGN, &self.limits.unassign, 1, |keys, now| async move {
                 match protocol {
                     Protocol::V3 => self.v3.unassign(&keys, now, eni_id, ips).await,
                     Protocol::Legacy => self.legacy.unassign(&keys, now, vpc_id, eni_id, ips).await,
@@ -512,21 +558,31 @@ mod tests {
 
     #[tokio::test]
     async fn retry_later_is_retried_up_to_max_attempts() {
-        let server = scripted(&[THROTTLED, THROTTLED, UNASSIGNED]).await;
-        let task = cloud(&server, |_| {})
-            .unassign("eni-1", "vpc-1", &[ip(2)])
-            .await
-            .unwrap();
-        assert_eq!(task.task_id, "task-1");
+        let listing = page(&[], 0);
+        let server = scripted(&[THROTTLED, THROTTLED, &listing]).await;
+        assert!(cloud(&server, |_| {}).list_enis().await.unwrap().is_empty());
         assert_eq!(server.requests().len(), 3);
 
         let server = scripted(&[THROTTLED]).await;
         let err = cloud(&server, |s| s.max_attempts = 3)
-            .unassign("eni-1", "vpc-1", &[ip(2)])
+            .list_enis()
             .await
             .unwrap_err();
         assert_eq!(err.class, ErrorClass::RetryLater);
         assert_eq!(server.requests().len(), 3);
+    }
+
+    /// The engine re-checks the host before every unassign, so the client never re-sends
+    /// one on its own after a transient failure.
+    #[tokio::test]
+    async fn an_unassign_is_sent_once_whatever_the_transient_answer() {
+        let server = scripted(&[THROTTLED, UNASSIGNED]).await;
+        let err = cloud(&server, |_| {})
+            .unassign("eni-1", "vpc-1", &[ip(2)])
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::RetryLater);
+        assert_eq!(server.requests().len(), 1);
     }
 
     #[tokio::test]

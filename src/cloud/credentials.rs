@@ -168,10 +168,27 @@ impl Clock for TestClock {
 /// A clock plus a signed offset in seconds: what we believe the server's time is. Request
 /// timestamps and expiry checks read this, so when the server says our clock is skewed,
 /// setting the offset fixes both.
+///
+/// The transport records the `Date` header of every answer ([`ServerClock::observe_server_date`]);
+/// when the cloud rejects a request timestamp (`AuthFailure.SignatureExpire`, legacy 4500),
+/// the client calls [`ServerClock::correct_from_server`], which adopts the offset the last
+/// `Date` showed. The offset is never changed on a `Date` alone: a healthy clock is left
+/// alone, and one answer with a strange `Date` cannot move it.
 #[derive(Debug)]
 pub struct ServerClock {
     base: Arc<dyn Clock>,
     offset: AtomicI64,
+    /// Server time − base time, from the last `Date` header seen; `i64::MIN`: none yet.
+    observed: AtomicI64,
+}
+
+/// A correction of the [`ServerClock`], for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockCorrection {
+    /// The offset used until now (seconds).
+    pub old_offset: i64,
+    /// The offset from now on: the server's clock minus this host's.
+    pub new_offset: i64,
 }
 
 impl ServerClock {
@@ -179,7 +196,34 @@ impl ServerClock {
         Self {
             base,
             offset: AtomicI64::new(0),
+            observed: AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// Records the time an answer's `Date` header gave (Unix seconds).
+    pub fn observe_server_date(&self, server_unix: i64) {
+        let diff = server_unix.saturating_sub(self.base.now_unix());
+        // i64::MIN means "none": an absurd date cannot reach it after saturating_sub of a
+        // positive clock, but keep the marker unambiguous anyway.
+        self.observed
+            .store(diff.max(i64::MIN + 1), Ordering::SeqCst);
+    }
+
+    /// The server-minus-base offset the last `Date` header showed, if any.
+    pub fn observed_offset(&self) -> Option<i64> {
+        let v = self.observed.load(Ordering::SeqCst);
+        (v != i64::MIN).then_some(v)
+    }
+
+    /// Adopts the offset the last `Date` header showed. `None` when no `Date` was seen or
+    /// the offset already matches it (so the rejection was not our clock's fault).
+    pub fn correct_from_server(&self) -> Option<ClockCorrection> {
+        let new_offset = self.observed_offset()?;
+        let old_offset = self.offset.swap(new_offset, Ordering::SeqCst);
+        (old_offset != new_offset).then_some(ClockCorrection {
+            old_offset,
+            new_offset,
+        })
     }
 
     /// Sets the offset added to the base clock (server time − our time).

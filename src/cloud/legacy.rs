@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use serde_json::{Map, Value};
 
 use super::classify::TencentCode;
-use super::credentials::Credentials;
+use super::credentials::{Credentials, ServerClock};
 use super::sign::{LegacySignMethod, legacy_sign, legacy_string_to_sign};
 use super::transport::{Endpoint, exchange};
 use super::v3::{TASK_RESULT, UNASSIGN};
@@ -24,6 +24,8 @@ pub(crate) struct LegacyApi {
     endpoint: Endpoint,
     region: String,
     sign_method: LegacySignMethod,
+    /// Receives the `Date` of every answer (clock-skew correction).
+    clock: Option<std::sync::Arc<ServerClock>>,
 }
 
 impl LegacyApi {
@@ -38,7 +40,14 @@ impl LegacyApi {
             endpoint,
             region,
             sign_method,
+            clock: None,
         }
+    }
+
+    /// Hands the `Date` of every answer to `clock`.
+    pub fn with_clock(mut self, clock: std::sync::Arc<ServerClock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Starts an unassign; returns the legacy `taskId` to poll.
@@ -128,7 +137,7 @@ impl LegacyApi {
             .header("Host", &self.endpoint.host)
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body(form_encode(&params));
-        let reply = exchange(action, request).await?;
+        let reply = exchange(action, request, self.clock.as_deref()).await?;
         parse_reply(action, &reply)
     }
 }

@@ -2,6 +2,7 @@
 //! to [`CloudError`]s with local codes.
 
 use super::CloudError;
+use super::credentials::ServerClock;
 
 /// A parsed API endpoint.
 #[derive(Debug, Clone)]
@@ -61,14 +62,27 @@ impl Endpoint {
 /// error with a local code: `Transport.Timeout`, `Transport.Connect`, `Transport.Request`,
 /// `Http.<status>`. Messages never include the URL (a legacy GET would carry the signature
 /// and the token in it).
+///
+/// The `Date` header of every answer (errors included) is handed to `clock`, so a
+/// rejected timestamp can be corrected from the server's own time.
 pub(crate) async fn exchange(
     action: &'static str,
     request: reqwest::RequestBuilder,
+    clock: Option<&ServerClock>,
 ) -> Result<Vec<u8>, CloudError> {
     let response = request
         .send()
         .await
         .map_err(|e| transport_error(action, &e))?;
+    if let Some(clock) = clock
+        && let Some(date) = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date)
+    {
+        clock.observe_server_date(date);
+    }
     let status = response.status().as_u16();
     let body = response
         .bytes()
@@ -82,6 +96,58 @@ pub(crate) async fn exchange(
         ));
     }
     Ok(body.to_vec())
+}
+
+/// Parses an HTTP date in the preferred format (RFC 9110 IMF-fixdate,
+/// `Sun, 06 Nov 1994 08:49:37 GMT`) into Unix seconds. The obsolete formats are not
+/// accepted: every server we talk to sends the preferred one, and a date we cannot
+/// read is simply not used.
+pub(crate) fn parse_http_date(text: &str) -> Option<i64> {
+    let (_, rest) = text.trim().split_once(", ")?;
+    let mut parts = rest.split(' ');
+    let day: i64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':');
+    let h: i64 = hms.next()?.parse().ok()?;
+    let m: i64 = hms.next()?.parse().ok()?;
+    let s: i64 = hms.next()?.parse().ok()?;
+    if parts.next()? != "GMT"
+        || parts.next().is_some()
+        || hms.next().is_some()
+        || !(1..=31).contains(&day)
+        || !(0..24).contains(&h)
+        || !(0..60).contains(&m)
+        || !(0..=60).contains(&s)
+    {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 fn transport_error(action: &'static str, e: &reqwest::Error) -> CloudError {
@@ -123,6 +189,29 @@ mod tests {
         let e = Endpoint::parse("http://127.0.0.1:8080/v2/index.php", true).unwrap();
         assert_eq!(e.host, "127.0.0.1:8080");
         assert_eq!(e.url.path(), "/v2/index.php");
+    }
+
+    #[test]
+    fn http_dates_parse_to_unix_seconds() {
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599)
+        );
+        for bad in [
+            "",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun, 06 Nov 1994 08:49:37 CET",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
     }
 
     #[test]

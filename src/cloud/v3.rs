@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::classify::TencentCode;
-use super::credentials::Credentials;
+use super::credentials::{Credentials, ServerClock};
 use super::sign::{Tc3Request, tc3_sign};
 use super::transport::{Endpoint, exchange};
 use super::{Attachment, CloudError, Eni, EniIp, MacAddr, Protocol, TaskRef, TaskStatus};
@@ -35,6 +35,8 @@ pub(crate) struct V3Api {
     http: reqwest::Client,
     endpoint: Endpoint,
     region: String,
+    /// Receives the `Date` of every answer (clock-skew correction).
+    clock: Option<std::sync::Arc<ServerClock>>,
 }
 
 impl V3Api {
@@ -43,7 +45,14 @@ impl V3Api {
             http,
             endpoint,
             region,
+            clock: None,
         }
+    }
+
+    /// Hands the `Date` of every answer to `clock`.
+    pub fn with_clock(mut self, clock: std::sync::Arc<ServerClock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Starts an unassign; the task to poll is the call's `RequestId`.
@@ -147,7 +156,7 @@ impl V3Api {
         if let Some(token) = &creds.token {
             request = request.header("X-TC-Token", token.expose());
         }
-        let reply = exchange(action, request.body(payload)).await?;
+        let reply = exchange(action, request.body(payload), self.clock.as_deref()).await?;
         parse_response(action, &reply)
     }
 }

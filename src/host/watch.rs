@@ -372,8 +372,18 @@ impl Watcher {
     /// Re-dumps, emits the differences against the mirror, then `Resynced`. Reopens
     /// the sockets (and resyncs again) if the event stream turns out to have ended.
     async fn resync(&mut self, reason: Reason) {
+        let started = Instant::now();
         if !self.resync_once(reason).await {
             self.reconnect().await;
+        }
+        if matches!(reason, Reason::Overrun) {
+            // The time from the overrun to a mirror that is whole again (dump, diff,
+            // events emitted); tests read it to bound the recovery.
+            tracing::info!(
+                resync_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                overruns = self.counters.overruns.load(Ordering::Relaxed),
+                "resync after overrun complete"
+            );
         }
     }
 

@@ -69,6 +69,9 @@ pub struct Layout {
     pub legacy: bool,
     /// `log.format` (`auto` when unset).
     pub log_format: Option<&'static str>,
+    /// Write `secret_id`/`secret_key` into `[cloud]` (default); off to test the other
+    /// credential sources.
+    pub config_keys: bool,
 }
 
 impl Default for Layout {
@@ -82,6 +85,7 @@ impl Default for Layout {
             task_ms: 150,
             legacy: false,
             log_format: None,
+            config_keys: true,
         }
     }
 }
@@ -93,8 +97,15 @@ pub struct Sandbox {
     pub server: FakeServer,
     pub dir: PathBuf,
     pub config_path: PathBuf,
+    /// Extra environment for the daemon (set before `start`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Every line of every run, across restarts.
+    all_log: Arc<Mutex<Vec<String>>>,
+    /// When armed: the log reader kills enisync (SIGKILL) on the first line holding all
+    /// of these, within microseconds of the line being written.
+    kill_on: Arc<Mutex<Option<Vec<String>>>>,
 }
 
 impl Sandbox {
@@ -171,9 +182,11 @@ impl Sandbox {
             format!("endpoint = \"{}\"", server.v3_endpoint()),
             format!("v3_endpoint = \"{}\"", server.v3_endpoint()),
             "region = \"ap-guangzhou\"".into(),
-            format!("secret_id = \"{SECRET_ID}\""),
-            format!("secret_key = \"{SECRET_KEY}\""),
         ];
+        if layout.config_keys {
+            cloud.push(format!("secret_id = \"{SECRET_ID}\""));
+            cloud.push(format!("secret_key = \"{SECRET_KEY}\""));
+        }
         if layout.legacy {
             cloud.push("api = \"legacy\"".into());
             cloud[0] = format!("endpoint = \"{}\"", server.legacy_endpoint());
@@ -214,8 +227,11 @@ impl Sandbox {
             server,
             dir: sb_dir,
             config_path,
+            env: Vec::new(),
             child: None,
             log: Arc::default(),
+            all_log: Arc::default(),
+            kill_on: Arc::default(),
         }
     }
 
@@ -226,19 +242,37 @@ impl Sandbox {
         self.wait_log("enisync ready", Duration::from_secs(20));
     }
 
-    /// Starts `enisync run` without waiting for readiness.
+    /// Starts `enisync run` without waiting for it to be ready.
     pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "enisync is already running");
         self.log.lock().expect("log").clear();
         let mut child = self
             .run_command()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn enisync");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::clone(&self.log);
+        let all_log = Arc::clone(&self.all_log);
+        let kill_on = Arc::clone(&self.kill_on);
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                {
+                    let mut armed = kill_on.lock().expect("kill_on");
+                    if armed
+                        .as_ref()
+                        .is_some_and(|needles| needles.iter().all(|n| line.contains(n.as_str())))
+                    {
+                        // SAFETY: kill(2) on the pid of our own child, which we have not
+                        // reaped yet (so the pid cannot have been reused).
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        *armed = None;
+                    }
+                }
+                all_log.lock().expect("log").push(line.clone());
                 log.lock().expect("log").push(line);
             }
         });
@@ -265,11 +299,6 @@ impl Sandbox {
     /// Runs `enisync run` to its end (for start-up refusals).
     pub fn run_to_exit(&self) -> std::process::Output {
         self.run_command().output().expect("run enisync")
-    }
-
-    /// The pid of the running enisync (`ip netns exec` execs it, so the child is it).
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("enisync is running").id()
     }
 
     /// The control socket of this sandbox's enisync.
@@ -326,6 +355,123 @@ impl Sandbox {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
         Some((status, body))
+    }
+
+    /// enisync's pid while it runs (`ip netns exec` execs it, so the child is enisync).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (a `kill` name: `HUP`, `TERM`, `KILL`) to enisync.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("enisync is running").to_string();
+        sh(Command::new("kill").args([&format!("-{signal}"), &pid]));
+    }
+
+    /// Arms a `kill -9` on the first log line holding every one of `needles`.
+    pub fn arm_kill_on(&self, needles: &[&str]) {
+        *self.kill_on.lock().expect("kill_on") =
+            Some(needles.iter().map(|n| (*n).to_owned()).collect());
+    }
+
+    /// Waits (bounded) until enisync has died, after an armed kill; panics if it lives on.
+    pub fn wait_dead(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("enisync was started");
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                *self.kill_on.lock().expect("kill_on") = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!(
+            "enisync still alive after {timeout:?} (kill armed on {:?}); log:\n{}",
+            self.kill_on.lock().expect("kill_on"),
+            self.log_text()
+        );
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("enisync is running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Whether enisync has exited (and how), without waiting.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Stops with SIGTERM; returns the status and how long the exit took. Panics if it
+    /// takes longer than `limit` (the process is then killed).
+    pub fn stop_within(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().expect("enisync is running");
+        let started = Instant::now();
+        sh(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status, started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "enisync did not stop within {limit:?} of SIGTERM; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Every log line of every run so far.
+    pub fn all_log_text(&self) -> String {
+        self.all_log.lock().expect("log").join("\n")
+    }
+
+    /// How many lines of this run's log contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `cond` holds, checking every 20 ms; panics with `what` and the log on
+    /// timeout.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The journal file's text (empty when absent).
+    pub fn journal_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("state").join("intents.journal")).unwrap_or_default()
+    }
+
+    /// Rewrites the config file through `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(&str) -> String) {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        std::fs::write(&self.config_path, edit(&text)).expect("write config");
+    }
+
+    /// Unassign calls the cloud accepted (answer `Success`).
+    pub fn accepted_unassigns(&self) -> Vec<Call> {
+        self.unassigns()
+            .into_iter()
+            .filter(|c| c.answer == "Success")
+            .collect()
     }
 
     /// Stops enisync with SIGTERM and waits for it (bounded).

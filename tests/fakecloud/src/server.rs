@@ -114,13 +114,21 @@ impl Reply {
             .unwrap_or_else(|| format!("HTTP {}", self.status))
     }
 
-    fn into_response(self) -> Response {
+    /// The response, with a `Date` header from the fake's clock (`now_s`, Unix seconds)
+    /// when given: a skewed fake tells the client its time, as Tencent's servers do.
+    fn into_response(self, now_s: Option<i64>) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, self.body).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(self.content_type),
         );
+        if let Some(date) = now_s
+            .map(http_date)
+            .and_then(|d| HeaderValue::from_str(&d).ok())
+        {
+            response.headers_mut().insert(header::DATE, date);
+        }
         response
     }
 }
@@ -297,7 +305,7 @@ async fn route(
         body,
         source,
     };
-    let handled: Option<(Reply, Call)> = app.cloud.with_world(|world| {
+    let handled: Option<(Reply, Call, i64)> = app.cloud.with_world(|world| {
         world.settle();
         let answer = if let Some(rest) = path.strip_prefix(metadata::PREFIX) {
             match rest {
@@ -313,9 +321,10 @@ async fn route(
         } else {
             None
         };
-        answer.map(|(reply, call)| (reply, world.log(call)))
+        let now_s = world.now_s();
+        answer.map(|(reply, call)| (reply, world.log(call), now_s))
     });
-    let Some((reply, call)) = handled else {
+    let Some((reply, call, now_s)) = handled else {
         return control(&app.cloud, &method, &path);
     };
     app.cloud.notify(&call);
@@ -324,11 +333,11 @@ async fn route(
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = stopped(&mut stop) => {
-                return Reply::text(503, "fake: shutting down\n".into()).into_response();
+                return Reply::text(503, "fake: shutting down\n".into()).into_response(Some(now_s));
             }
         }
     }
-    reply.into_response()
+    reply.into_response(Some(now_s))
 }
 
 /// `GET /_fake/calls`, `GET /_fake/state`; anything else is 404.
@@ -339,7 +348,51 @@ fn control(cloud: &FakeCloud, method: &Method, path: &str) -> Response {
         _ => None,
     };
     match value {
-        Some(value) => Reply::json(200, &value).into_response(),
-        None => Reply::text(404, "404 - Not Found\n".into()).into_response(),
+        Some(value) => Reply::json(200, &value).into_response(None),
+        None => Reply::text(404, "404 - Not Found\n".into()).into_response(None),
+    }
+}
+
+/// An HTTP date (RFC 9110 IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`) of Unix seconds.
+pub(crate) fn http_date(unix: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
+        DAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)],
+        MONTHS[usize::try_from(month - 1).unwrap_or(0)],
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            super::http_date(784_111_777),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        assert_eq!(super::http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            super::http_date(1_835_481_599),
+            "Tue, 29 Feb 2028 23:59:59 GMT"
+        );
     }
 }
