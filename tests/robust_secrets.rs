@@ -4,8 +4,8 @@
 //! crate) while it releases, reloads, and meets auth errors; nor in `check-config`
 //! errors; nor in a panic message that carries the configuration or the keys.
 //!
-//! Status output (table and JSON) and `/metrics` are being built elsewhere (`src/ops/`);
-//! [`other_outputs`] is where they plug in.
+//! Nor in the operator-facing outputs ([`other_outputs`]: `status`, `plan`, `/metrics`),
+//! read while the daemon runs.
 
 #[path = "common/sandbox.rs"]
 mod sandbox;
@@ -22,11 +22,26 @@ const CANARY_ID: &str = "AKIDcanaryID0123456789";
 const CANARY_KEY: &str = "canaryKEY-9f8e7d6c5b4a";
 const CANARY_TOKEN: &str = "canaryTOKEN-00112233445566778899";
 
-/// TODO(ops): when `enisync status` (table and `--json`) and `GET /metrics` exist, return
-/// their text here, one `(name, text)` per output; every test in this file then checks
-/// them for the canaries too. Until then there is nothing to check, and this says so.
-fn other_outputs(_sb: &Sandbox) -> Vec<(&'static str, String)> {
-    Vec::new()
+/// The operator-facing outputs of the running daemon: `status` (table and JSON),
+/// `plan` (table and JSON) and `/metrics`; every test in this file checks them for the
+/// canaries too.
+fn other_outputs(sb: &Sandbox) -> Vec<(&'static str, String)> {
+    let text = |args: &[&str]| {
+        let out = sb.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    vec![
+        ("status", text(&["status"])),
+        ("status --json", text(&["status", "--json"])),
+        ("plan", text(&["plan"])),
+        ("plan --json", text(&["plan", "--json"])),
+        ("/metrics", sb.http_get(9469, "/metrics").1),
+    ]
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -38,8 +53,9 @@ enum Source {
 }
 
 /// Runs the daemon with keys from `source`, makes it sign, release, reload, refresh and
-/// meet auth errors, then returns the canaries it was given and everything it printed.
-fn exercise(source: Source) -> (Vec<String>, Sandbox) {
+/// meet auth errors, then returns the canaries it was given, the operator outputs read
+/// just before it stopped, and everything it printed.
+fn exercise(source: Source) -> (Vec<String>, Vec<(&'static str, String)>, Sandbox) {
     let mut sb = Sandbox::new(
         &format!("sec{}", source as u8),
         Layout {
@@ -126,13 +142,14 @@ fn exercise(source: Source) -> (Vec<String>, Sandbox) {
     sb.wait_for(".13 released", SOON, || {
         !sb.ips_in_cloud().contains(&aux(13))
     });
+    let outputs = other_outputs(&sb);
     let (status, _) = sb.stop_within(Duration::from_secs(10));
     assert!(status.success());
     if let Source::CamRole = source {
         let key = sb.fake.cam_key(INSTANCE).expect("a CAM key was issued");
         canaries = vec![key.secret_key, key.token];
     }
-    (canaries, sb)
+    (canaries, outputs, sb)
 }
 
 fn assert_no_canary(what: &str, text: &str, canaries: &[String]) {
@@ -145,15 +162,20 @@ fn assert_no_canary(what: &str, text: &str, canaries: &[String]) {
 }
 
 fn check_source(source: Source) {
-    let (canaries, sb) = exercise(source);
+    let (canaries, outputs, sb) = exercise(source);
     let log = sb.all_log_text();
     assert!(
         log.lines().count() > 50 && log.contains("DEBUG"),
         "{source:?}: the log is at debug level:\n{log}"
     );
     assert_no_canary(&format!("{source:?}: the log"), &log, &canaries);
-    for (name, text) in other_outputs(&sb) {
-        assert_no_canary(&format!("{source:?}: {name}"), &text, &canaries);
+    assert_eq!(
+        outputs.len(),
+        5,
+        "status, status --json, plan, plan --json, /metrics"
+    );
+    for (name, text) in &outputs {
+        assert_no_canary(&format!("{source:?}: {name}"), text, &canaries);
     }
     println!(
         "{source:?}: {} log lines at debug level, no secret",
