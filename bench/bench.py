@@ -440,7 +440,8 @@ class System:
 class Enisync(System):
     name = "enisync"
 
-    def __init__(self, sb, grace="0ms", release=(), netlink=(), cam_role=False, env=None, argv_prefix=()):
+    def __init__(self, sb, grace="0ms", release=(), netlink=(), cam_role=False, env=None, argv_prefix=(),
+                 cloud_extra=()):
         self.sb = sb
         d = sb.dir
         self.logfile = os.path.join(d, "enisync.log")
@@ -452,6 +453,7 @@ class Enisync(System):
         cloud = [f'endpoint = "https://127.0.0.1:{PORT}/"', f'region = "{REGION}"', f'ca_file = "{TLS["ca"]}"']
         if not cam_role:
             cloud += [f'secret_id = "{SECRET_ID}"', f'secret_key = "{SECRET_KEY}"']
+        cloud += list(cloud_extra)
         rel = [f'grace = "{grace}"'] + list(release)
         conf = (f"[cloud]\n" + "\n".join(cloud) + "\n\n"
                 f'[metadata]\nendpoint = "http://127.0.0.1:{HTTP_PORT}/latest/meta-data/"\n\n'
@@ -717,12 +719,12 @@ def classify_strace(path, notify_path):
             "all": [(w["at"], w["source"]) for w in wakeups]}
 
 
-def phase_mass(kind, n_enis, per_eni, task_ms, bound_s, tmp, release_extra):
+def phase_mass(kind, n_enis, per_eni, task_ms, bound_s, tmp, release_extra, cloud_extra=()):
     """All aux IPs of n_enis ENIs deleted at once."""
     sb = Sandbox(f"mass-{kind}", [per_eni] * n_enis, task_ms, tmp, TLS)
     s = None
     try:
-        extra = {"release": release_extra} if kind == "enisync" else {}
+        extra = {"release": release_extra, "cloud_extra": cloud_extra} if kind == "enisync" else {}
         s = make(kind, sb, 0, **extra)
         s.wait_ready()
         time.sleep(1.0)
@@ -1068,10 +1070,12 @@ def main():
                                                          args.latency_task_ms, args.idle_s, args.watchdog_s, tmp)
         if "mass" in phases:
             R["mass"] = {}
-            rel = ["burst_limit = 1000"] + ([f"max_calls_per_second = {args.mass_rate}"] if args.mass_rate else [])
-            R["mass"]["release_config"] = rel
+            rel = ["burst_limit = 1000"]
+            cloud_extra = [f"max_calls_per_second = {args.mass_rate}"] if args.mass_rate else []
+            R["mass"]["release_config"] = rel + cloud_extra
             for kind in args.kinds.split(","):
-                R["mass"][kind] = phase_mass(kind, args.mass_enis, args.mass_per_eni, args.task_ms, args.mass_bound_s, tmp, rel)
+                R["mass"][kind] = phase_mass(kind, args.mass_enis, args.mass_per_eni, args.task_ms, args.mass_bound_s, tmp,
+                                             rel, cloud_extra)
         if "load" in phases:
             R["load"] = phase_load(args.load_events, args.load_aux, args.latency_task_ms, tmp, [], "default",
                                    args.enisync_wrap.split())
