@@ -1,4 +1,5 @@
-//! Durable intents: every pending release is on disk before anything else happens.
+//! Durable intents: every pending release is in the journal before anything else
+//! happens, and every sent one is on disk (see [`Journal::append`]).
 //!
 //! Format: an append-only text file, one record per line, `<fnv1a64 hex> <json>`. The
 //! checksum catches a torn or corrupted line; a bad line is reported and skipped, every
@@ -154,7 +155,13 @@ impl Journal {
         Ok((journal, replay))
     }
 
-    /// Appends a record and flushes it to disk before returning.
+    /// Appends a record. A `Sent` record is flushed to disk (`fdatasync`) before this
+    /// returns; the others are written (they survive a crash of the process, in the page
+    /// cache) but not flushed, because only a `Sent` record is ever acted on after a
+    /// reboot: an unsent intent of an earlier boot is dropped, and a lost `Finished`
+    /// only makes replay re-describe a task that has ended. Flushing every `Observed`
+    /// put a disk flush (2 ms typical, 200 ms seen) between each removal and its release.
+    /// A flush also carries every record written before it.
     pub fn append(
         &mut self,
         ip: Ipv4Addr,
@@ -174,7 +181,9 @@ impl Journal {
             move |source| JournalError::Io { path, op, source }
         };
         self.file.write_all(line.as_bytes()).map_err(io("append"))?;
-        self.file.sync_data().map_err(io("sync"))?;
+        if matches!(rec.state, RecordState::Sent { .. }) {
+            self.file.sync_data().map_err(io("sync"))?;
+        }
         self.records += 1;
         if matches!(rec.state, RecordState::Finished { .. }) {
             self.live.remove(&ip);

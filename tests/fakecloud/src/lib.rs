@@ -41,6 +41,7 @@ mod ops;
 mod scenario;
 mod server;
 mod state;
+mod tls;
 mod v3;
 
 use std::fmt;
@@ -59,6 +60,7 @@ pub use server::FakeServer;
 pub use state::{
     Cidr, FakeAttachment, FakeEni, FakeInstance, FakeIp, FakeTask, FakeTaskStatus, ip_state,
 };
+pub use tls::TlsConfig;
 pub use v3::VERSION as API_VERSION;
 
 use state::{Key, World};

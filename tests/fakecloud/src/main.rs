@@ -2,7 +2,15 @@
 //!
 //! ```text
 //! fakecloud --listen 127.0.0.1:8080 [--scenario FILE.json] [--task-duration-ms N]
+//!           [--tls-listen ADDR --tls-cert CERT.pem --tls-key KEY.pem] [--timestamps]
 //! ```
+//!
+//! With `--tls-listen` the same cloud is also served over HTTPS on a second listener
+//! (the metadata service of a real CVM is plain HTTP; the API is HTTPS).
+//!
+//! `--timestamps` starts each call line with `@<CLOCK_MONOTONIC seconds> `, the moment
+//! the call was answered, so a benchmark on the same host can line calls up with its own
+//! events.
 //!
 //! Without `--scenario` it serves the built-in demo (`demo-scenario.json`). Prints one
 //! line per call to stdout; serves `GET /_fake/calls` and `GET /_fake/state` as JSON;
@@ -13,32 +21,44 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use enisync_fakecloud::{Call, Scenario};
+use enisync_fakecloud::{Call, Scenario, TlsConfig};
 
 const DEMO: &str = include_str!("../demo-scenario.json");
 
 const USAGE: &str =
     "usage: fakecloud --listen ADDR:PORT [--scenario FILE.json] [--task-duration-ms N]
+                 [--tls-listen ADDR:PORT --tls-cert CERT.pem --tls-key KEY.pem]
+                 [--timestamps]
 
-Serves a fake Tencent Cloud on one listener:
+Serves a fake Tencent Cloud on one listener (and the same cloud over HTTPS on a second
+one with --tls-listen, --tls-cert and --tls-key, PEM):
   /latest/meta-data/   instance metadata (CAM role credentials included)
   POST /               VPC API 3.0 (TC3-HMAC-SHA256)
   /v2/index.php        legacy VPC API (HmacSHA1/HmacSHA256)
   GET /_fake/calls     the call log, JSON
   GET /_fake/state     instances, ENIs, tasks, faults, JSON
-Without --scenario the built-in demo scenario is loaded.";
+Without --scenario the built-in demo scenario is loaded. --timestamps starts each
+call line with @<CLOCK_MONOTONIC seconds>.";
 
 #[derive(Debug)]
 struct Args {
     listen: SocketAddr,
     scenario: Option<PathBuf>,
     task_duration: Option<Duration>,
+    /// A second, HTTPS listener: address, certificate chain and key (PEM).
+    tls: Option<(SocketAddr, PathBuf, PathBuf)>,
+    /// Prefix call lines with the monotonic clock.
+    timestamps: bool,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut listen = None;
     let mut scenario = None;
     let mut task_duration = None;
+    let mut tls_listen = None;
+    let mut tls_cert = None;
+    let mut tls_key = None;
+    let mut timestamps = false;
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
@@ -66,19 +86,64 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     .map_err(|e| format!("--task-duration-ms {text:?}: {e}"))?;
                 task_duration = Some(Duration::from_millis(ms));
             }
+            "--tls-listen" => {
+                let text = value("--tls-listen")?;
+                tls_listen = Some(
+                    text.parse()
+                        .map_err(|e| format!("--tls-listen {text:?}: {e}"))?,
+                );
+            }
+            "--tls-cert" => tls_cert = Some(PathBuf::from(value("--tls-cert")?)),
+            "--tls-key" => tls_key = Some(PathBuf::from(value("--tls-key")?)),
+            "--timestamps" => timestamps = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    let tls = match (tls_listen, tls_cert, tls_key) {
+        (Some(addr), Some(cert), Some(key)) => Some((addr, cert, key)),
+        (None, None, None) => None,
+        _ => return Err("--tls-listen, --tls-cert and --tls-key go together".into()),
+    };
     Ok(Args {
         listen: listen.ok_or("--listen is required")?,
         scenario,
         task_duration,
+        tls,
+        timestamps,
     })
 }
 
 fn print_call(call: &Call) {
     println!("{}", call.summary());
+}
+
+fn print_call_timestamped(call: &Call) {
+    let now = monotonic();
+    println!(
+        "@{}.{:09} {}",
+        now.as_secs(),
+        now.subsec_nanos(),
+        call.summary()
+    );
+}
+
+/// `CLOCK_MONOTONIC`, the clock `time.monotonic()` and `clock_gettime` users share
+/// (`Instant` does not expose its value).
+fn monotonic() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -112,12 +177,28 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(duration) = args.task_duration {
         cloud.set_task_duration(duration);
     }
-    cloud.set_call_observer(print_call);
+    if args.timestamps {
+        cloud.set_call_observer(print_call_timestamped);
+    } else {
+        cloud.set_call_observer(print_call);
+    }
     let listener =
         TcpListener::bind(args.listen).map_err(|e| format!("listen on {}: {e}", args.listen))?;
     let server = cloud
         .serve(listener)
         .map_err(|e| format!("serve on {}: {e}", args.listen))?;
+    let tls_server = match &args.tls {
+        Some((addr, cert, key)) => {
+            let tls = TlsConfig::from_pem_files(cert, key).map_err(|e| format!("TLS: {e}"))?;
+            let listener = TcpListener::bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
+            Some(
+                cloud
+                    .serve_tls(listener, &tls)
+                    .map_err(|e| format!("serve on {addr}: {e}"))?,
+            )
+        }
+        None => None,
+    };
     let enis = cloud.enis();
     println!(
         "fakecloud: listening on {} ({} instance(s), {} ENI(s), scenario {})",
@@ -131,6 +212,9 @@ async fn run(args: Args) -> Result<(), String> {
     println!("fakecloud: metadata  {}", server.metadata_endpoint());
     println!("fakecloud: API 3.0   {}", server.v3_endpoint());
     println!("fakecloud: legacy    {}", server.legacy_endpoint());
+    if let Some(tls) = &tls_server {
+        println!("fakecloud: HTTPS     {}", tls.base_url());
+    }
     for eni in &enis {
         let ips: Vec<String> = eni.ips.iter().map(|ip| ip.addr.to_string()).collect();
         println!(
@@ -147,6 +231,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
     wait_for_signal().await?;
     println!("fakecloud: stopping");
+    if let Some(tls) = tls_server {
+        tls.shutdown().await;
+    }
     server.shutdown().await;
     Ok(())
 }
@@ -186,6 +273,39 @@ mod tests {
         assert!(args(&[]).is_err());
         assert!(args(&["--listen", "nowhere"]).is_err());
         assert!(args(&["--listen", "127.0.0.1:1", "--bogus"]).is_err());
+        assert_eq!(a.tls, None);
+        assert!(!a.timestamps);
+        assert!(
+            args(&["--listen=127.0.0.1:1", "--timestamps"])
+                .expect("parses")
+                .timestamps
+        );
+        let t = args(&[
+            "--listen=127.0.0.1:1",
+            "--tls-listen",
+            "127.0.0.1:2",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key=k.pem",
+        ])
+        .expect("parses");
+        assert_eq!(
+            t.tls,
+            Some((
+                "127.0.0.1:2".parse().expect("addr"),
+                PathBuf::from("c.pem"),
+                PathBuf::from("k.pem")
+            ))
+        );
+        assert!(args(&["--listen", "127.0.0.1:1", "--tls-cert", "c.pem"]).is_err());
+        assert!(
+            args(&[
+                "--listen=127.0.0.1:1",
+                "--tls-cert=c.pem",
+                "--tls-key=k.pem"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -14,11 +14,13 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use tokio::sync::watch;
 
 use crate::FakeCloud;
 use crate::calls::Call;
 use crate::faults::Fault;
+use crate::tls::{TlsConfig, TlsListener};
 use crate::{auth, legacy, metadata, v3};
 
 /// How often the background tick ends due tasks (they also end lazily on every request
@@ -144,6 +146,8 @@ struct App {
 #[derive(Debug)]
 pub struct FakeServer {
     addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -155,24 +159,24 @@ impl FakeServer {
         self.addr
     }
 
-    /// `http://ADDR`.
+    /// `http://ADDR` (`https://` when served with TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// `http://ADDR/latest/meta-data/`, for enisync's `metadata.endpoint`.
     pub fn metadata_endpoint(&self) -> String {
-        format!("http://{}{}/", self.addr, metadata::PREFIX)
+        format!("{}{}/", self.base_url(), metadata::PREFIX)
     }
 
     /// `http://ADDR/`, the API 3.0 endpoint.
     pub fn v3_endpoint(&self) -> String {
-        format!("http://{}/", self.addr)
+        format!("{}/", self.base_url())
     }
 
     /// `http://ADDR/v2/index.php`, the legacy endpoint.
     pub fn legacy_endpoint(&self) -> String {
-        format!("http://{}{}", self.addr, auth::LEGACY_PATH)
+        format!("{}{}", self.base_url(), auth::LEGACY_PATH)
     }
 
     /// Asks the server to stop: no new connections, held-back answers are cut short.
@@ -205,14 +209,36 @@ impl FakeCloud {
     /// Serves on `listener` (bound by the caller: loopback, or inside a test's network
     /// namespace) from the current Tokio runtime. Fails outside a runtime.
     pub fn serve(&self, listener: std::net::TcpListener) -> io::Result<FakeServer> {
+        self.serve_with(listener, None)
+    }
+
+    /// Like [`FakeCloud::serve`], but HTTPS with `tls`: every surface, the same paths.
+    pub fn serve_tls(
+        &self,
+        listener: std::net::TcpListener,
+        tls: &TlsConfig,
+    ) -> io::Result<FakeServer> {
+        self.serve_with(listener, Some(tls))
+    }
+
+    fn serve_with(
+        &self,
+        listener: std::net::TcpListener,
+        tls: Option<&TlsConfig>,
+    ) -> io::Result<FakeServer> {
         tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let incoming = match tls {
+            Some(tls) => Incoming::Tls(TlsListener::new(listener, tls)?),
+            None => Incoming::Plain(listener),
+        };
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(run(self.clone(), listener, rx));
+        let task = tokio::spawn(run(self.clone(), incoming, rx));
         Ok(FakeServer {
             addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
             shutdown: tx,
             task: Some(task),
             thread: None,
@@ -234,13 +260,14 @@ impl FakeCloud {
             .spawn(move || {
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => run(cloud, listener, rx).await,
+                        Ok(listener) => run(cloud, Incoming::Plain(listener), rx).await,
                         Err(e) => tracing::error!("fakecloud: listener: {e}"),
                     }
                 });
             })?;
         Ok(FakeServer {
             addr,
+            scheme: "http",
             shutdown: tx,
             task: None,
             thread: Some(thread),
@@ -248,7 +275,13 @@ impl FakeCloud {
     }
 }
 
-async fn run(cloud: FakeCloud, listener: tokio::net::TcpListener, shutdown: watch::Receiver<bool>) {
+/// What the server accepts connections from.
+enum Incoming {
+    Plain(tokio::net::TcpListener),
+    Tls(TlsListener),
+}
+
+async fn run(cloud: FakeCloud, incoming: Incoming, shutdown: watch::Receiver<bool>) {
     let ticker = {
         let cloud = cloud.clone();
         let mut stop = shutdown.clone();
@@ -268,12 +301,22 @@ async fn run(cloud: FakeCloud, listener: tokio::net::TcpListener, shutdown: watc
     };
     let router = Router::new().fallback(route).with_state(app);
     let mut stop = shutdown;
-    let served = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stopped(&mut stop).await })
-    .await;
+    let make_service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let until_stopped = async move { stopped(&mut stop).await };
+    let served = match incoming {
+        Incoming::Plain(listener) => {
+            axum::serve(listener, make_service)
+                .with_graceful_shutdown(until_stopped)
+                .await
+        }
+        Incoming::Tls(listener) => {
+            // `tap_io` (a no-op here) gives the TLS listener axum's `ConnectInfo` for
+            // its `SocketAddr`, so metadata still answers by the caller's address.
+            axum::serve(listener.tap_io(|_| {}), make_service)
+                .with_graceful_shutdown(until_stopped)
+                .await
+        }
+    };
     if let Err(e) = served {
         tracing::error!("fakecloud: server: {e}");
     }

@@ -6,4 +6,5 @@ mod common;
 mod faults;
 mod legacy;
 mod metadata;
+mod tls;
 mod v3;

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# enisync benchmark: enisync against two baselines (a shell pipeline of `ip monitor
+# address` + tccli, and a long-lived Python follower with the official SDK), side by
+# side, against the same fake cloud over HTTPS, in network namespaces of their own.
+# Prints one table; writes target/bench/{results.json,table.md}. See bench/README.md.
+#
+# Usage: sudo bench/run.sh [--quick] [bench.py options…]
+#   --quick   fewer samples and a 20 s idle window (about 4 minutes instead of about 12)
+#
+# Needs root (network namespaces) and a Rust toolchain. Installs what it lacks: apt
+# packages (iproute2, python3, python3-venv, openssl, gcc, strace) only when the command
+# is missing, and tccli + tencentcloud-sdk-python from PyPI into target/bench-venv.
+# Not part of `cargo test` and not run by CI: it takes minutes and measures, it never
+# asserts timings. Leaves nothing behind but target/bench*.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "run as root (sudo bench/run.sh): it creates network namespaces"
+
+QUICK=()
+ARGS=()
+for a in "$@"; do
+  case $a in
+    --quick) QUICK=(--latency-samples 30 --tccli-latency-samples 10 --grace-samples 4 --idle-s 20
+                    --mass-bound-s 60 --load-events 20000) ;;
+    *) ARGS+=("$a") ;;
+  esac
+done
+
+# ---- what it needs ---------------------------------------------------------------------
+apt_missing=()
+command -v ip >/dev/null 2>&1 || apt_missing+=(iproute2)
+command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_missing+=(python3-venv)
+command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
+command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)   # aws-lc-sys builds C
+command -v strace >/dev/null 2>&1 || apt_missing+=(strace)       # names idle wakeups
+command -v file >/dev/null 2>&1 || apt_missing+=(file)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null 2>&1 || die "missing ${apt_missing[*]} and no apt-get to install them"
+  echo "bench: installing ${apt_missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  for dir in "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)/.cargo/bin" /root/.cargo/bin; do
+    if [ -x "$dir/cargo" ]; then PATH="$dir:$PATH"; break; fi
+  done
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust 1.85 or newer"
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+echo "bench: cargo build --release --locked --workspace --bins" >&2
+cargo build --release --locked --workspace --bins >&2
+BIN=$TARGET/release
+
+VENV=$TARGET/bench-venv
+# Versions the table in BENCHMARKS.md was made with; override with BENCH_PIP="pkg==x …".
+PIP_PKGS=${BENCH_PIP:-"tccli==3.1.189.1 tencentcloud-sdk-python==3.1.195"}
+if [ ! -x "$VENV/bin/tccli" ] || [ "$(cat "$VENV/.bench-pkgs" 2>/dev/null)" != "$PIP_PKGS" ]; then
+  echo "bench: pip install $PIP_PKGS into $VENV" >&2
+  python3 -m venv "$VENV"
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q --disable-pip-version-check $PIP_PKGS >&2
+  echo "$PIP_PKGS" >"$VENV/.bench-pkgs"
+fi
+
+# ---- a throwaway CA and a server certificate for 127.0.0.1, made for this run --------
+TLS=$(mktemp -d /tmp/enisync-bench-tls.XXXXXX)
+trap 'rm -rf "$TLS"' EXIT
+gen_ca() { # dir days
+  local d=$1 days=$2
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$d/ca.key" -sha256 -days "$days" -subj "/CN=enisync bench test CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$d/ca.pem" 2>/dev/null
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/server.sec1" 2>/dev/null
+  openssl pkcs8 -topk8 -nocrypt -in "$d/server.sec1" -out "$d/server.key"
+  openssl req -new -key "$d/server.key" -subj "/CN=127.0.0.1" -out "$d/server.csr" 2>/dev/null
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+    "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >"$d/server.ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+    -days "$days" -sha256 -extfile "$d/server.ext" -out "$d/server.pem" 2>/dev/null
+  openssl verify -CAfile "$d/ca.pem" "$d/server.pem" >/dev/null
+}
+gen_ca "$TLS" 2
+chmod 644 "$TLS"/*.pem
+
+# tccli hands requests certifi's bundle explicitly (verify=certifi.where()), which
+# overrides REQUESTS_CA_BUNDLE; bench.py sets REQUESTS_CA_BUNDLE anyway, and tccli
+# is run through a wrapper that makes certifi.where() honour it (see bench/README.md).
+cat >"$VENV/bin/tccli-ca" <<PY
+#!$VENV/bin/python
+import os, sys
+import certifi
+if os.environ.get("REQUESTS_CA_BUNDLE"):
+    certifi.where = lambda: os.environ["REQUESTS_CA_BUNDLE"]
+from tccli.main import main
+sys.exit(main())
+PY
+chmod +x "$VENV/bin/tccli-ca"
+
+echo "bench: running (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+python3 "$ROOT/bench/bench.py" --bin-dir "$BIN" --venv "$VENV" --tls-dir "$TLS" --out "$TARGET/bench" \
+  "${QUICK[@]}" "${ARGS[@]}"
