@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cloud::release::{IpOutcome, ReleaseOutcome, ReleasePolicy, release_batch_observed};
 use crate::cloud::{Cloud, CloudError, Eni, MAX_IPS_PER_CALL, TaskRef, TaskStatus};
@@ -446,6 +446,9 @@ pub struct Engine<C: Cloud, R: Router> {
     last_inventory_refresh: Option<Instant>,
 }
 
+/// Host events taken in one go before the engine decides again.
+const DRAIN_BATCH: usize = 1024;
+
 /// A coalescing wait ends at most this many `coalesce` periods after the first release
 /// of the batch came due.
 const COALESCE_CAP_FACTOR: u32 = 10;
@@ -542,7 +545,19 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 biased;
                 () = shutdown.cancelled() => break,
                 event = events.recv() => match event {
-                    Some(event) => self.on_host_event(event, Instant::now()).await,
+                    Some(event) => {
+                        self.on_host_event(event, Instant::now()).await;
+                        // Take in what is already queued before deciding: a burst (a
+                        // flushed link, an `ip -batch`) arrives as a stream, and its
+                        // first removal must not go out alone when the rest are waiting
+                        // to be read. Bounded, so a storm cannot starve the rest.
+                        for _ in 0..DRAIN_BATCH {
+                            match events.try_recv() {
+                                Ok(event) => self.on_host_event(event, Instant::now()).await,
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => {
                         warn!("host event stream ended; stopping the engine");
                         break;
@@ -1694,15 +1709,19 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         remover: Option<&Remover>,
         cancel: &Cancel,
     ) {
-        info!(
-            target: "audit",
-            decision = "not_released",
-            ip = %ip,
-            link = link.map(|l| l.name.as_str()).unwrap_or("?"),
-            remover = remover.map(describe_remover).as_deref().unwrap_or("unknown (resync)"),
-            reason = %cancel,
-            "address removal will not be released"
-        );
+        let link = link.map_or("?", |l| l.name.as_str());
+        let remover = remover.map_or_else(|| "unknown (resync)".to_string(), describe_remover);
+        // Removals on links that carry no ENI of ours (container veths, bridges, other
+        // NICs) are not decisions about ENI IPs: on a busy container host they would
+        // flood the journal, so they are logged at debug level.
+        if matches!(
+            cancel,
+            Cancel::NotPhysical | Cancel::NotAnEni | Cancel::NotSelectedInterface
+        ) {
+            debug!(target: "audit", decision = "not_released", ip = %ip, link, remover, reason = %cancel, "address removal will not be released");
+        } else {
+            info!(target: "audit", decision = "not_released", ip = %ip, link, remover, reason = %cancel, "address removal will not be released");
+        }
     }
 
     /// Re-journals an intent's observation, with its held flag.

@@ -48,7 +48,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::netlink::{EventSocket, Netlink, Notification};
-use super::{HostError, HostEvent, HostView, Remover};
+use super::{HostError, HostEvent, HostView, Link, Remover};
 
 /// How the watcher runs.
 #[derive(Debug, Clone)]
@@ -334,9 +334,25 @@ impl Watcher {
             }
             Notification::DelAddr { addr, port_id } => {
                 if self.mirror.addrs.contains_key(&addr.key()) {
+                    // Only a physical link can carry an ENI; removals elsewhere (bridges,
+                    // VLAN and macvlan children) never lead to a release, so their remover
+                    // is not worth a /proc read.
+                    let physical = self
+                        .mirror
+                        .links
+                        .get(&addr.link)
+                        .is_some_and(Link::is_physical);
+                    let remover = if physical {
+                        remover(port_id)
+                    } else {
+                        Remover {
+                            port_id,
+                            process: None,
+                        }
+                    };
                     let event = HostEvent::AddrRemoved {
                         addr,
-                        remover: Some(remover(port_id)),
+                        remover: Some(remover),
                     };
                     self.mirror.apply(&event);
                     self.emit(event);

@@ -207,7 +207,7 @@ impl Sandbox {
             release.push(over.clone());
         }
         let config = format!(
-            "[cloud]\n{}\n\n[metadata]\nendpoint = \"{}\"\n\n[release]\n{}\n\n[routing]\nmode = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[control]\nsocket = \"{}\"\n\n[log]\nlevel = \"info,enisync=debug\"\nformat = \"{}\"\n{}\n",
+            "[cloud]\n{}\n\n[metadata]\nendpoint = \"{}\"\n\n[release]\n{}\n\n[routing]\nmode = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[control]\nsocket = \"{}\"\n\n[log]\nlevel = \"info,enisync=debug,audit=debug\"\nformat = \"{}\"\n{}\n",
             cloud.join("\n"),
             server.metadata_endpoint(),
             release.join("\n"),
