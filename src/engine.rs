@@ -728,6 +728,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         let Some(link) = link else {
             return Err(Cancel::LinkGone);
         };
+        // Decision: a removal found by a resync after a netlink overrun has no known
+        // remover. It is admitted (issue: "every aux IP that stayed removed is still
+        // released"), because the kernel's own removals (link deleted, moved) also
+        // take the link away, which clause 5 catches. `ignore_removers` cannot apply to
+        // it; the burst limit (clause 6) is what guards against a network manager's
+        // flush that overran the socket.
         if let Some(remover) = remover {
             if remover.is_kernel() {
                 return Err(Cancel::KernelRemoval);
