@@ -714,10 +714,11 @@ fn d_metrics_address() -> std::net::SocketAddr {
 fn d_socket() -> PathBuf {
     PathBuf::from(crate::ops::control::DEFAULT_SOCKET)
 }
-/// Generous for a node (a pod-dense host frees tens of IPs at a time), small enough
-/// that a runaway cannot empty every ENI of the host in one window.
+/// Above what one host can hold (a large CVM has a few hundred private IPs in all), so
+/// a legitimate mass release is never cut; the burst hold (clause 6) is what stops a
+/// flush. Lower it to bound what a runaway could release per window.
 fn d_host_limit() -> usize {
-    200
+    1000
 }
 fn d_rcvbuf() -> usize {
     4 << 20
