@@ -970,6 +970,16 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
     }
 
+    /// The ENI an intent belongs to: the one it was observed on, else its link's MAC's.
+    fn eni_of(&self, intent: &Intent) -> Option<String> {
+        intent.eni_id.clone().or_else(|| {
+            intent
+                .mac
+                .and_then(|m| self.inventory.by_mac(m))
+                .map(|r| r.eni_id.clone())
+        })
+    }
+
     /// Clauses 4 and 5 against the host now.
     fn still_allowed_locally(&self, ip: Ipv4Addr) -> Result<(), Cancel> {
         let Some(intent) = self.intents.get(&ip) else {
@@ -1123,6 +1133,27 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             &self.statics,
         );
         let eni = enis.iter().find(|e| e.id == eni_id);
+        // Removals of this ENI that came due while the describe was in flight join the
+        // batch: the listing that just arrived is as fresh for them as for the rest (a
+        // burst keeps arriving for a few milliseconds after its first removal is due).
+        let mut ips = ips;
+        let joining: Vec<Ipv4Addr> = self
+            .intents
+            .values()
+            .filter(|i| {
+                matches!(i.phase, Phase::Pending | Phase::Waiting { .. })
+                    && i.due <= now
+                    && !ips.contains(&i.ip)
+                    && self.eni_of(i).as_deref() == Some(eni_id.as_str())
+            })
+            .map(|i| i.ip)
+            .collect();
+        for ip in &joining {
+            match self.still_allowed_locally(*ip) {
+                Ok(()) => ips.push(*ip),
+                Err(c) => self.cancel(*ip, c),
+            }
+        }
         let mut send = Vec::new();
         let mut gone = Vec::new();
         for ip in ips {
