@@ -72,7 +72,7 @@ fn exercise(source: Source) -> (Vec<String>, Vec<(&'static str, String)>, Sandbo
     );
     sb.edit_config(|c| {
         c.replace(
-            "level = \"info,enisync=debug\"",
+            &format!("level = \"{}\"", sandbox::LOG_LEVEL),
             "level = \"debug,enisync=trace\"",
         )
     });

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use enisync_fakecloud::{Call, FakeCloud, FakeEni, FakeInstance, FakeServer};
 
+/// The sandbox daemon's `log.level`; tests that raise it replace this exact text.
+pub const LOG_LEVEL: &str = "info,enisync=debug,audit=debug";
+
 pub const SECRET_ID: &str = "AKIDsandboxEXAMPLE";
 pub const SECRET_KEY: &str = "sandboxSecretKeyEXAMPLE";
 pub const INSTANCE: &str = "ins-sandbox1";
@@ -207,13 +210,14 @@ impl Sandbox {
             release.push(over.clone());
         }
         let config = format!(
-            "[cloud]\n{}\n\n[metadata]\nendpoint = \"{}\"\n\n[release]\n{}\n\n[routing]\nmode = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[control]\nsocket = \"{}\"\n\n[log]\nlevel = \"info,enisync=debug,audit=debug\"\nformat = \"{}\"\n{}\n",
+            "[cloud]\n{}\n\n[metadata]\nendpoint = \"{}\"\n\n[release]\n{}\n\n[routing]\nmode = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[control]\nsocket = \"{}\"\n\n[log]\nlevel = \"{}\"\nformat = \"{}\"\n{}\n",
             cloud.join("\n"),
             server.metadata_endpoint(),
             release.join("\n"),
             layout.routing_mode,
             sb_dir.join("state").display(),
             sb_dir.join("enisync.sock").display(),
+            LOG_LEVEL,
             layout.log_format.unwrap_or("auto"),
             layout.extra_config,
         );
