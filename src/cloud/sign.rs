@@ -206,10 +206,16 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// `YYYY-MM-DD` of a Unix timestamp in UTC (civil-from-days, Howard Hinnant's algorithm).
-/// The TC3 scope uses the UTC date; local time breaks signatures around midnight.
+/// `YYYY-MM-DD` of a Unix timestamp in UTC. The TC3 scope uses the UTC date; local time
+/// breaks signatures around midnight.
 pub fn utc_date(timestamp: i64) -> String {
-    let days = timestamp.div_euclid(86_400);
+    let (year, month, day) = civil_date(timestamp.div_euclid(86_400));
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// (year, month 1-12, day 1-31) of a count of days since 1970-01-01 (Howard Hinnant's
+/// civil-from-days algorithm, exact for the proleptic Gregorian calendar).
+pub fn civil_date(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -218,8 +224,7 @@ pub fn utc_date(timestamp: i64) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]
