@@ -908,17 +908,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             if !matches!(intent.phase, Phase::Pending | Phase::Waiting { .. }) {
                 continue;
             }
-            let eni = match &intent.eni_id {
-                Some(e) => e.clone(),
-                None => match intent.mac.and_then(|m| self.inventory.by_mac(m)) {
-                    Some(r) => r.eni_id.clone(),
-                    None => {
-                        if intent.due <= now {
-                            unmapped.push(intent.ip);
-                        }
-                        continue;
-                    }
-                },
+            let Some(eni) = self.eni_of(intent) else {
+                if intent.due <= now {
+                    unmapped.push(intent.ip);
+                }
+                continue;
             };
             by_eni.entry(eni).or_default().push((intent.ip, intent.due));
         }
