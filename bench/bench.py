@@ -459,6 +459,7 @@ class Enisync(System):
                 f'[metadata]\nendpoint = "http://127.0.0.1:{HTTP_PORT}/latest/meta-data/"\n\n'
                 f"[release]\n" + "\n".join(rel) + "\n\n"
                 f'[routing]\nmode = "cleanup"\n\n[state]\ndir = "{d}/state"\n\n'
+                f'[control]\nsocket = "{d}/enisync.sock"\n\n'
                 f'[log]\nformat = "plain"\nlevel = "info"\n'
                 + ("\n[netlink]\n" + "\n".join(netlink) + "\n" if netlink else ""))
         self.config = os.path.join(d, "enisync.toml")

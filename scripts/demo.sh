@@ -180,6 +180,9 @@ mode = "cleanup"
 
 [state]
 dir = "$TMP/state"
+
+[control]
+socket = "$TMP/enisync.sock"
 EOF
 chmod 600 "$CONFIG"
 umask 022

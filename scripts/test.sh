@@ -3,4 +3,4 @@
 # skip, without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"

@@ -459,8 +459,11 @@ fn write_config(dir: &std::path::Path, node: &Node, port: u16, grace: &str) {
          secret_id = \"{SECRET_ID}\"\nsecret_key = \"{SECRET_KEY}\"\n\n\
          [metadata]\nendpoint = \"{base}/latest/meta-data/\"\n\n\
          [release]\ngrace = \"{grace}\"\n\n[routing]\nmode = \"cleanup\"\n\n\
-         [state]\ndir = \"{}\"\n\n[log]\nlevel = \"info,enisync=debug\"\n",
-        dir.join(format!("state-{}", node.name)).display()
+         [state]\ndir = \"{}\"\n\n[control]\nsocket = \"{}\"\n\n\
+         [log]\nlevel = \"info,enisync=debug\"\n",
+        dir.join(format!("state-{}", node.name)).display(),
+        // The two nodes share one filesystem: each needs its own control socket.
+        dir.join(format!("{}.sock", node.name)).display()
     );
     let path = dir.join(format!("{}.toml", node.name));
     std::fs::write(&path, config).expect("config");

@@ -83,15 +83,38 @@ pub enum ControlError {
     Refused(String),
 }
 
-/// Binds the socket (replacing a stale one) with mode 0600.
+/// Binds the socket with mode 0600, replacing a stale one.
+///
+/// A socket file that still accepts connections belongs to a live enisync (one with
+/// another state directory, or the test harness's twin): taking it over would leave that
+/// daemon unreachable by `enisync status`, so binding fails instead. Anything at the path
+/// that is not a socket is left alone for the operator to look at.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::FileTypeExt;
+
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                "the path exists and is not a socket; remove it or choose another [control] socket",
+            ));
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::AddrInUse,
+                    "another enisync is serving this socket; give each daemon its own [control] socket",
+                ));
+            }
+            // Nobody listens: a daemon that died without cleaning up left it behind.
+            Err(_) => std::fs::remove_file(path)?,
+        },
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -246,5 +269,29 @@ mod tests {
             .expect_err("no daemon");
         assert!(matches!(err, ControlError::NotRunning(_)), "{err}");
         assert!(err.to_string().contains("not running"));
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_not_taken_over_but_a_stale_one_is() {
+        let dir = std::env::temp_dir().join(format!("enisync-control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("enisync.sock");
+
+        let live = bind(&path).expect("first bind");
+        let err = bind(&path).expect_err("a live socket must not be replaced");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+        assert!(err.to_string().contains("another enisync"), "{err}");
+
+        // Dropping the listener leaves the file behind, as a crash would.
+        drop(live);
+        assert!(path.exists());
+        bind(&path).expect("a stale socket is replaced");
+
+        let plain = dir.join("not-a-socket");
+        std::fs::write(&plain, "keep me").expect("write");
+        let err = bind(&plain).expect_err("a regular file is not replaced");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&plain).expect("read"), "keep me");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
