@@ -164,7 +164,7 @@ impl TencentCloud {
         let v3_endpoint = Endpoint::parse(&settings.v3_endpoint, settings.allow_plain_http)?;
         let legacy_endpoint =
             Endpoint::parse(&settings.legacy_endpoint, settings.allow_plain_http)?;
-        let mut builder = reqwest::Client::builder()
+        let mut builder = super::http_client_builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.total_timeout)
             .user_agent(concat!("enisync/", env!("CARGO_PKG_VERSION")));

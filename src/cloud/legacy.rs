@@ -274,7 +274,7 @@ mod tests {
         let server = TestServer::start(move |_| (200, answer.to_owned())).await;
         let endpoint = Endpoint::parse(&format!("{}/v2/index.php", server.base), true).unwrap();
         let api = LegacyApi::new(
-            reqwest::Client::new(),
+            crate::cloud::http_client_builder().build().expect("client"),
             endpoint,
             "ap-guangzhou".into(),
             method,

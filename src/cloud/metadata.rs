@@ -69,7 +69,7 @@ pub struct MetadataClient {
 
 impl MetadataClient {
     pub fn new(settings: &MetadataSettings) -> Result<Self, MetadataError> {
-        let http = reqwest::Client::builder()
+        let http = super::http_client_builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.total_timeout)
             .no_proxy()

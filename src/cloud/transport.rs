@@ -4,6 +4,20 @@
 use super::CloudError;
 use super::credentials::ServerClock;
 
+/// The start of every HTTP client enisync (and its test tools) builds.
+///
+/// reqwest is built without a TLS crypto provider of its own and panics on `build()` if
+/// none is installed, so this installs rustls' ring provider for the process first (a
+/// no-op once one is installed). Why ring and not aws-lc-rs: see `Cargo.toml`.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // Err only means another provider is already the process default: keep it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
 /// A parsed API endpoint.
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {

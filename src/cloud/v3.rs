@@ -311,7 +311,7 @@ mod tests {
     async fn api(answer: &'static str) -> (V3Api, TestServer) {
         let server = TestServer::start(move |_| (200, answer.to_owned())).await;
         let endpoint = Endpoint::parse(&format!("{}/", server.base), true).unwrap();
-        let api = V3Api::new(reqwest::Client::new(), endpoint, "ap-guangzhou".to_owned());
+        let api = V3Api::new(crate::cloud::http_client_builder().build().expect("client"), endpoint, "ap-guangzhou".to_owned());
         (api, server)
     }
 
@@ -461,7 +461,7 @@ mod tests {
     async fn non_200_and_dead_endpoints_are_transient() {
         let server = TestServer::start(|_| (503, "down".to_owned())).await;
         let api = V3Api::new(
-            reqwest::Client::new(),
+            crate::cloud::http_client_builder().build().expect("client"),
             Endpoint::parse(&server.base, true).unwrap(),
             "r".into(),
         );
@@ -477,7 +477,7 @@ mod tests {
             .unwrap()
             .port();
         let api = V3Api::new(
-            reqwest::Client::new(),
+            crate::cloud::http_client_builder().build().expect("client"),
             Endpoint::parse(&format!("http://127.0.0.1:{port}/"), true).unwrap(),
             "r".into(),
         );

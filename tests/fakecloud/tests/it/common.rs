@@ -145,7 +145,7 @@ pub fn env_with(cloud: FakeCloud) -> Env {
     Env {
         cloud,
         server,
-        http: reqwest::Client::builder()
+        http: enisync::cloud::http_client_builder()
             .timeout(Duration::from_secs(5))
             .build()
             .expect("client"),
@@ -271,7 +271,7 @@ impl Env {
 
     /// GET a metadata path, from `from` (bound as the client's source address).
     pub async fn meta(&self, path: &str, from: Option<IpAddr>) -> (u16, String) {
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        let mut builder = enisync::cloud::http_client_builder().timeout(Duration::from_secs(5));
         if let Some(from) = from {
             builder = builder.local_address(from);
         }

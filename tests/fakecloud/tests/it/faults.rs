@@ -131,7 +131,7 @@ async fn http_errors_malformed_bodies_and_arbitrary_codes() {
 #[tokio::test]
 async fn timeouts_and_late_answers() {
     let env = env().await;
-    let impatient = reqwest::Client::builder()
+    let impatient = enisync::cloud::http_client_builder()
         .timeout(Duration::from_millis(300))
         .build()
         .expect("client");

@@ -23,7 +23,7 @@ fn tls_config() -> TlsConfig {
 
 fn trusting_client() -> reqwest::Client {
     let certs = reqwest::Certificate::from_pem_bundle(CA.as_bytes()).expect("CA PEM");
-    reqwest::Client::builder()
+    enisync::cloud::http_client_builder()
         .timeout(Duration::from_secs(5))
         .tls_certs_merge(certs)
         .build()
@@ -78,7 +78,7 @@ async fn https_refuses_untrusted_clients_and_plain_http() {
             &tls_config(),
         )
         .expect("serve");
-    let plain = reqwest::Client::builder()
+    let plain = enisync::cloud::http_client_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");
