@@ -600,8 +600,13 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             // The kernel flushes a table's routes silently when its link goes down or
             // loses its last address: every one of these may need a repair.
             HostEvent::AddrAdded(addr) => {
+                let on_eni = self.link_has_eni(addr.link);
                 self.on_addr_added(addr);
-                self.router.reconcile(&self.view, &self.inventory).await;
+                // Policy routing covers ENI links only; container churn on bridges and
+                // veths must not cost a rule and route dump per address.
+                if on_eni {
+                    self.router.reconcile(&self.view, &self.inventory).await;
+                }
             }
             HostEvent::LinkChanged(link) => {
                 self.on_link_changed(old_link, &link);
@@ -962,6 +967,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         for (eni, ips) in to_check {
             self.start_check(eni, ips);
         }
+    }
+
+    /// Whether the link's MAC belongs to one of this instance's ENIs.
+    fn link_has_eni(&self, index: u32) -> bool {
+        self.view
+            .links
+            .get(&index)
+            .and_then(|link| link.mac)
+            .is_some_and(|mac| self.inventory.by_mac(mac).is_some())
     }
 
     /// The ENI an intent belongs to: the one it was observed on, else its link's MAC's.

@@ -311,7 +311,11 @@ mod tests {
     async fn api(answer: &'static str) -> (V3Api, TestServer) {
         let server = TestServer::start(move |_| (200, answer.to_owned())).await;
         let endpoint = Endpoint::parse(&format!("{}/", server.base), true).unwrap();
-        let api = V3Api::new(crate::cloud::http_client_builder().build().expect("client"), endpoint, "ap-guangzhou".to_owned());
+        let api = V3Api::new(
+            crate::cloud::http_client_builder().build().expect("client"),
+            endpoint,
+            "ap-guangzhou".to_owned(),
+        );
         (api, server)
     }
 

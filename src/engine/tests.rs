@@ -146,6 +146,7 @@ impl Cloud for MemCloud {
 #[derive(Clone, Default)]
 struct RecordingRouter {
     released: Arc<Mutex<Vec<Ipv4Addr>>>,
+    reconciles: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Router for RecordingRouter {
@@ -155,7 +156,10 @@ impl Router for RecordingRouter {
             .expect("lock")
             .extend_from_slice(released);
     }
-    async fn reconcile(&mut self, _: &HostView, _: &Inventory) {}
+    async fn reconcile(&mut self, _: &HostView, _: &Inventory) {
+        self.reconciles
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
     async fn plan(&mut self, releasing: &[Ipv4Addr], _: &HostView, _: &Inventory) -> Vec<String> {
         releasing
             .iter()
@@ -610,6 +614,35 @@ async fn an_ip_back_after_its_release_raises_the_alarm() {
     let snap = h.snapshot().await;
     assert_eq!(snap.counters.alarms, 1);
     assert!(snap.alarms[0].contains("10.0.1.11"));
+}
+
+/// Policy routing covers ENI links only, so address churn elsewhere (containers on
+/// bridges and veths) must not make the router dump and compare rules each time.
+#[tokio::test(start_paused = true)]
+async fn addresses_added_off_the_enis_do_not_reconcile_routing() {
+    use std::sync::atomic::Ordering;
+
+    let h = start(&[11], |_| {});
+    let veth = Link {
+        mac: Some(MacAddr([0x02, 0, 0, 0, 0, 0x99])),
+        ..link(3, "veth0", true)
+    };
+    h.events
+        .send(HostEvent::LinkChanged(veth))
+        .expect("engine runs");
+    sleep(Duration::from_millis(10)).await;
+    let before = h.router.reconciles.load(Ordering::SeqCst);
+    for last in 100..110 {
+        h.add(Addr {
+            link: 3,
+            ..addr(last, false)
+        });
+    }
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(h.router.reconciles.load(Ordering::SeqCst), before);
+    h.add(addr(50, true));
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(h.router.reconciles.load(Ordering::SeqCst), before + 1);
 }
 
 #[test]

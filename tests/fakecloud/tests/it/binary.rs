@@ -50,7 +50,9 @@ async fn the_binary_serves_the_demo_prints_calls_and_stops_on_sigterm() {
     next_line("listening on");
 
     let base = format!("http://127.0.0.1:{port}");
-    let http = enisync::cloud::http_client_builder().build().expect("client");
+    let http = enisync::cloud::http_client_builder()
+        .build()
+        .expect("client");
     let id = http
         .get(format!("{base}/latest/meta-data/instance-id"))
         .send()
