@@ -73,6 +73,10 @@ impl MetadataClient {
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.total_timeout)
             .no_proxy()
+            // The metadata service is plain HTTP on a link-local address: no CA roots to
+            // read from /etc/ssl at startup, and an https redirect fails instead of
+            // trusting anything.
+            .tls_certs_only(std::iter::empty())
             .user_agent(concat!("enisync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(MetadataError::Setup)?;
