@@ -32,8 +32,8 @@ use crate::host::watch::WatchOptions;
 use crate::host::{HostView, routes, watch};
 use crate::inventory::{Inventory, MetaFacts};
 use crate::journal::{self, Journal};
-use crate::ops::control;
 use crate::ops::metrics::{self, Health, Metrics};
+use crate::ops::{control, heartbeat};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,8 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("metrics listener: {0}")]
     Metrics(#[source] std::io::Error),
+    #[error("watchdog timer: {0}")]
+    Watchdog(#[source] std::io::Error),
     #[error("control socket {path}: {source}")]
     Control {
         path: PathBuf,
@@ -68,9 +70,10 @@ pub enum DaemonError {
     },
 }
 
-/// `/healthz` fails when the engine loop has not turned for this long (it turns at
-/// least every minute and on every event).
-const LIVENESS_WINDOW: Duration = Duration::from_secs(120);
+/// `/healthz` fails when the engine does not answer a ping within this time (the
+/// longest thing it does between two reads of its inputs is one host event or one
+/// command, each bounded by netlink and HTTP timeouts well below this).
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The engine settings a config gives.
 pub fn engine_settings(config: &Config) -> Settings {
@@ -138,7 +141,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             listener,
             Arc::clone(&metrics),
             Arc::clone(&health),
-            LIVENESS_WINDOW,
+            LIVENESS_TIMEOUT,
             refresh,
             shutdown.clone(),
         ));
@@ -223,19 +226,25 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         shutdown.clone(),
     ));
 
+    // The engine loop pings the watchdog: a beat every half period wakes it, and any
+    // turn pings when the last ping is a quarter period old, so pings are at most
+    // three quarters of the period apart and at most two per half period under load.
     let watchdog = sd_notify::watchdog_enabled();
-    let heartbeat = watchdog.map(|w| w / 2);
-    let mut last_ping = tokio::time::Instant::now();
-    let turned = Arc::clone(&health);
+    let heartbeat = match watchdog {
+        Some(w) => heartbeat::beats(w / 2).map_err(DaemonError::Watchdog)?,
+        None => Box::pin(futures_util::stream::pending()),
+    };
+    let ping_after = watchdog.map(|w| w / 4);
+    let mut last_ping = std::time::Instant::now();
     let tick = move || {
-        turned.turned();
-        if let Some(h) = heartbeat
-            && last_ping.elapsed() >= h
+        if let Some(after) = ping_after
+            && last_ping.elapsed() >= after
         {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            last_ping = tokio::time::Instant::now();
+            last_ping = std::time::Instant::now();
         }
     };
+    health.engine_started(commands_tx.clone());
     health.set_ready(true);
     let mode = if config.release.dry_run {
         "dry run"

@@ -356,6 +356,9 @@ pub enum Command {
     /// Refresh the inventory now.
     RefreshInventory,
     Pause(bool, oneshot::Sender<()>),
+    /// Answered as soon as the loop reads it: `/healthz` asks, so liveness means "the
+    /// engine answers", not "the engine woke up lately" (an idle engine sleeps).
+    Ping(oneshot::Sender<()>),
 }
 
 /// Policy routing, as the engine drives it. The real one is `host::routes`; unit tests
@@ -518,29 +521,39 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// Runs until `shutdown` fires or the host event stream ends. Pending intents stay
-    /// in the journal; a restart in the same boot resumes them. The loop turns at least
-    /// every `heartbeat` (the watchdog's half period) and calls `tick` on every turn, so
-    /// a stuck loop stops the watchdog pings.
+    /// in the journal; a restart in the same boot resumes them.
+    ///
+    /// The loop sets a timer only for work that is due (a grace period, a retry, a
+    /// coalescing window, a parked release's retry); with none, only events, commands and
+    /// `heartbeat` wake it. `tick` runs on every turn, so a stuck loop stops whatever
+    /// `tick` feeds (the systemd watchdog). The heartbeat is a stream so the daemon can
+    /// drive it from a timer outside tokio's wheel, which would add wakeups of its own
+    /// to every long sleep; tests drive it from the paused tokio clock.
     pub async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<HostEvent>,
         mut commands: mpsc::Receiver<Command>,
         shutdown: tokio_util::sync::CancellationToken,
-        heartbeat: Option<Duration>,
+        mut heartbeat: futures_util::stream::BoxStream<'static, ()>,
         mut tick: impl FnMut() + Send,
     ) {
+        use futures_util::StreamExt;
+
         self.router.reconcile(&self.view, &self.inventory).await;
-        let mut parked_retry = tokio::time::interval(self.settings.parked_retry);
-        parked_retry.tick().await;
         loop {
             let now = Instant::now();
+            self.unpark(now, false);
             self.dispatch_due(now);
             // The floor keeps a wrong deadline from turning into a busy loop.
             let wake = self
                 .next_wakeup()
-                .unwrap_or(now + Duration::from_secs(3600))
-                .min(heartbeat.map_or(now + Duration::from_secs(3600), |h| now + h))
-                .max(now + Duration::from_millis(1));
+                .map(|at| at.max(now + Duration::from_millis(1)));
+            let timer = async move {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -565,8 +578,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 },
                 Some(report) = self.reports_rx.recv() => self.on_report(report, Instant::now()).await,
                 Some(command) = commands.recv() => self.on_command_async(command, Instant::now()).await,
-                _ = parked_retry.tick() => self.unpark(Instant::now()),
-                () = tokio::time::sleep_until(wake) => {}
+                Some(()) = heartbeat.next() => {}
+                () = timer => {}
             }
             self.update_gauges();
             tick();
@@ -873,11 +886,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         let due = self
             .intents
             .values()
-            .filter(|i| matches!(i.phase, Phase::Pending | Phase::Waiting { .. }))
-            .filter(|i| {
-                !i.eni_id
-                    .as_ref()
-                    .is_some_and(|e| self.busy_enis.contains(e) || self.dispatch_at.contains_key(e))
+            .filter(|i| match i.phase {
+                Phase::Pending | Phase::Waiting { .. } => !i.eni_id.as_ref().is_some_and(|e| {
+                    self.busy_enis.contains(e) || self.dispatch_at.contains_key(e)
+                }),
+                Phase::Parked { .. } => true,
+                _ => false,
             })
             .map(|i| i.due);
         let coalescing = self
@@ -1403,7 +1417,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 IpOutcome::RetryLater { reason } => self.wait(ip, now, reason),
                 IpOutcome::Refused { reason } => {
                     self.counters.refused += 1;
-                    self.park(ip, reason);
+                    self.park(ip, now, reason);
                 }
             }
         }
@@ -1537,13 +1551,16 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             Command::Reload(settings) => {
                 self.settings = *settings;
                 info!("settings reloaded; parked releases will be tried again");
-                self.unpark(now);
+                self.unpark(now, true);
             }
             Command::RefreshInventory => self.refresh_inventory(),
             Command::Pause(paused, reply) => {
                 self.paused = paused;
                 let what = if paused { "paused" } else { "resumed" };
                 info!(target: "audit", decision = what, "releases {what} by an operator; routing repair goes on");
+                let _ = reply.send(());
+            }
+            Command::Ping(reply) => {
                 let _ = reply.send(());
             }
             // Answered in `on_command_async`.
@@ -1649,7 +1666,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
     }
 
-    fn park(&mut self, ip: Ipv4Addr, why: String) {
+    fn park(&mut self, ip: Ipv4Addr, now: Instant, why: String) {
         if let Some(m) = &self.metrics {
             m.release("refused", refusal_key(&why));
         }
@@ -1658,13 +1675,18 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
         if let Some(i) = self.intents.get_mut(&ip) {
             warn!(target: "audit", decision = "parked", ip = %ip, why = %why, "release refused by the cloud; parked (retried on reload and hourly)");
+            // A parked intent's `due` is its next retry, so only a parked release
+            // sets a timer: an engine with nothing parked never wakes for it.
+            i.due = now + self.settings.parked_retry;
             i.phase = Phase::Parked { why };
         }
     }
 
-    fn unpark(&mut self, now: Instant) {
+    /// Parked releases are tried again: all of them after a reload, else those whose
+    /// retry time has come.
+    fn unpark(&mut self, now: Instant, all: bool) {
         for i in self.intents.values_mut() {
-            if matches!(i.phase, Phase::Parked { .. }) {
+            if matches!(i.phase, Phase::Parked { .. }) && (all || i.due <= now) {
                 i.phase = Phase::Waiting {
                     why: "retrying a parked release".into(),
                 };

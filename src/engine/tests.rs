@@ -258,7 +258,13 @@ fn start(aux: &[u8], tweak: impl FnOnce(&mut Settings)) -> Harness {
     let (events, events_rx) = mpsc::unbounded_channel();
     let (commands, commands_rx) = mpsc::channel(8);
     let shutdown = CancellationToken::new();
-    tokio::spawn(engine.run(events_rx, commands_rx, shutdown.clone(), None, || {}));
+    tokio::spawn(engine.run(
+        events_rx,
+        commands_rx,
+        shutdown.clone(),
+        Box::pin(futures_util::stream::pending()),
+        || {},
+    ));
     Harness {
         cloud,
         router,
@@ -297,6 +303,14 @@ impl Harness {
 
 async fn sleep(d: Duration) {
     tokio::time::sleep(d).await;
+}
+
+/// A heartbeat on the (paused) tokio clock.
+fn beats(period: Duration) -> futures_util::stream::BoxStream<'static, ()> {
+    Box::pin(futures_util::stream::unfold((), move |()| async move {
+        sleep(period).await;
+        Some(((), ()))
+    }))
 }
 
 #[tokio::test(start_paused = true)]
@@ -595,6 +609,56 @@ async fn a_refusal_is_parked_and_retried_after_reload() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refusal_is_retried_after_the_parked_retry_period() {
+    let h = start(&[11], |s| s.parked_retry = Duration::from_secs(600));
+    h.cloud.set(|s| s.refuse_next = 1);
+    h.remove(11, by("ip"));
+    sleep(GRACE * 2).await;
+    assert_eq!(h.cloud.calls().len(), 1, "refused once, parked");
+    sleep(Duration::from_secs(500)).await;
+    assert_eq!(h.cloud.calls().len(), 1, "not before its retry time");
+    sleep(Duration::from_secs(120)).await;
+    assert_eq!(h.cloud.calls().len(), 2, "retried without a reload");
+    assert_eq!(h.snapshot().await.counters.released, 1);
+}
+
+/// Idle means asleep: with nothing due and no heartbeat, the loop sets no timer and
+/// does not turn (every turn would be a wakeup of an otherwise idle node agent).
+#[tokio::test(start_paused = true)]
+async fn an_idle_engine_does_not_turn() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let engine = Engine::new(
+        Settings::default(),
+        MemCloud::new(&[11]),
+        RecordingRouter::default(),
+        start_with(HostView::default(), Inventory::default()),
+    );
+    let (_events, events_rx) = mpsc::unbounded_channel();
+    let (commands, commands_rx) = mpsc::channel(1);
+    let shutdown = CancellationToken::new();
+    let turns = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&turns);
+    tokio::spawn(engine.run(
+        events_rx,
+        commands_rx,
+        shutdown.clone(),
+        Box::pin(futures_util::stream::pending()),
+        move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        },
+    ));
+    sleep(Duration::from_secs(6 * 3600)).await;
+    assert_eq!(turns.load(Ordering::SeqCst), 0, "no turn in six idle hours");
+    // Still alive: a ping is answered at once.
+    let (tx, rx) = oneshot::channel();
+    commands.send(Command::Ping(tx)).await.expect("send");
+    rx.await.expect("answered");
+    assert_eq!(turns.load(Ordering::SeqCst), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failed_task_is_retried_then_released() {
     let h = start(&[11], |s| s.retry_cap = Duration::from_secs(2));
     h.cloud.set(|s| s.fail_tasks = 1);
@@ -698,7 +762,7 @@ async fn a_stuck_loop_stops_the_ticks() {
         events_rx,
         commands_rx,
         shutdown.clone(),
-        Some(Duration::from_millis(100)),
+        beats(Duration::from_millis(100)),
         move || {
             counter.fetch_add(1, Ordering::SeqCst);
         },

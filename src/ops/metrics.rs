@@ -7,9 +7,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -20,8 +20,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use crate::engine::Command;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -229,18 +232,19 @@ impl Metrics {
     }
 }
 
-/// Liveness and readiness, shared by the engine loop, the daemon and the listener.
+/// Liveness and readiness, shared by the daemon and the listener.
 #[derive(Debug, Default)]
 pub struct Health {
-    /// Unix ms of the engine loop's last turn.
-    last_turn_ms: AtomicU64,
+    /// The engine's command channel, once the engine runs.
+    engine: OnceLock<mpsc::Sender<Command>>,
     /// First dump and inventory done, credentials usable.
     ready: AtomicBool,
 }
 
 impl Health {
-    pub fn turned(&self) {
-        self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
+    /// From now on `/healthz` asks this engine whether it is alive.
+    pub fn engine_started(&self, engine: mpsc::Sender<Command>) {
+        let _ = self.engine.set(engine);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -251,18 +255,18 @@ impl Health {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Alive when the loop turned within `within` (before the loop starts, the process
-    /// is starting up and counts as alive).
-    pub fn is_alive(&self, within: Duration) -> bool {
-        let last = self.last_turn_ms.load(Ordering::Relaxed);
-        last == 0 || now_ms().saturating_sub(last) <= crate::millis(within)
+    /// Alive when the engine answers a ping within `within`. An idle engine sleeps
+    /// without timers, so "it turned lately" would call a healthy idle daemon dead;
+    /// asking wakes it once per probe. Before the engine runs, the process is starting
+    /// up and counts as alive; once the engine is gone, it is dead.
+    pub async fn is_alive(&self, within: Duration) -> bool {
+        let Some(engine) = self.engine.get() else {
+            return true;
+        };
+        let (tx, rx) = oneshot::channel();
+        let asked = async { engine.send(Command::Ping(tx)).await.is_ok() && rx.await.is_ok() };
+        tokio::time::timeout(within, asked).await.unwrap_or(false)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, crate::millis)
 }
 
 /// What `/metrics` refreshes from other sources just before encoding.
@@ -273,7 +277,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    liveness_window: Duration,
+    liveness_timeout: Duration,
     refresh: Refresh,
     shutdown: CancellationToken,
 ) {
@@ -299,14 +303,16 @@ pub async fn serve(
         );
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = answer(
-                    req.uri().path(),
-                    &metrics,
-                    &health,
-                    liveness_window,
-                    &refresh,
+                let (metrics, health, refresh) = (
+                    Arc::clone(&metrics),
+                    Arc::clone(&health),
+                    Arc::clone(&refresh),
                 );
-                async move { Ok::<_, Infallible>(response) }
+                async move {
+                    let path = req.uri().path();
+                    let alive = path == "/healthz" && health.is_alive(liveness_timeout).await;
+                    Ok::<_, Infallible>(answer(path, &metrics, &health, alive, &refresh))
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             // A scrape is one short request; a slow client must not hold a task forever.
@@ -316,11 +322,12 @@ pub async fn serve(
     }
 }
 
+/// `alive` is the liveness probe's answer, asked only for `/healthz`.
 fn answer(
     path: &str,
     metrics: &Metrics,
     health: &Health,
-    window: Duration,
+    alive: bool,
     refresh: &Refresh,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
@@ -332,11 +339,11 @@ fn answer(
                 metrics.encode(),
             )
         }
-        "/healthz" if health.is_alive(window) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/healthz" if alive => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/healthz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            "engine loop stalled\n".into(),
+            "engine loop stalled: it did not answer a ping\n".into(),
         ),
         "/readyz" if health.is_ready() => (StatusCode::OK, "text/plain", "ready\n".into()),
         "/readyz" => (
@@ -422,14 +429,31 @@ mod tests {
         assert!(bind("127.0.0.1:0".parse().expect("addr"), false).is_ok());
     }
 
-    #[test]
-    fn health_windows() {
+    #[tokio::test(start_paused = true)]
+    async fn liveness_is_an_answered_ping() {
         let h = Health::default();
-        assert!(h.is_alive(Duration::from_secs(1)), "alive while starting");
+        assert!(
+            h.is_alive(Duration::from_secs(1)).await,
+            "alive while starting"
+        );
         assert!(!h.is_ready());
-        h.turned();
-        assert!(h.is_alive(Duration::from_secs(1)));
         h.set_ready(true);
         assert!(h.is_ready());
+
+        let (tx, mut rx) = mpsc::channel(1);
+        h.engine_started(tx);
+        let engine = tokio::spawn(async move {
+            // Answers one ping, then hangs like a stuck loop (holding the channel).
+            if let Some(Command::Ping(reply)) = rx.recv().await {
+                let _ = reply.send(());
+            }
+            std::future::pending::<()>().await;
+            drop(rx);
+        });
+        assert!(h.is_alive(Duration::from_secs(1)).await, "answered");
+        assert!(!h.is_alive(Duration::from_secs(1)).await, "stuck");
+        engine.abort();
+        let _ = engine.await;
+        assert!(!h.is_alive(Duration::from_secs(1)).await, "engine gone");
     }
 }
