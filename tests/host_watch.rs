@@ -426,6 +426,84 @@ fn remover_process_name_is_resolved_while_it_runs() {
     });
 }
 
+/// Removals arrive in bursts and the watcher reads each sender's name once per burst:
+/// two processes removing at the same time must each still be named, per removal.
+#[test]
+fn concurrent_removers_in_one_burst_keep_their_own_names() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    in_netns(|| async {
+        veth("e0", "e1");
+        for n in 1..=40 {
+            ip(&format!("addr add 10.0.0.{n}/32 dev e0"));
+        }
+        let (_view, _handle, mut rx) = start().await;
+
+        // The same `ip` binary under another name: /proc/<pid>/comm is the name it was
+        // started as.
+        let dir = std::env::temp_dir().join(format!("enisync-remover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let other = dir.join("remover-b");
+        let _ = std::fs::remove_file(&other);
+        let ip_path = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("ip installed");
+        std::os::unix::fs::symlink(ip_path, &other).expect("symlink");
+
+        let spawn = |program: &std::path::Path| {
+            Command::new(program)
+                .args(["-batch", "-"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("spawn ip")
+        };
+        let mut a = spawn(std::path::Path::new(ip_path));
+        let mut b = spawn(&other);
+        let (mut a_in, mut b_in) = (
+            a.stdin.take().expect("stdin"),
+            b.stdin.take().expect("stdin"),
+        );
+        let (a_lines, b_lines): (String, String) = (
+            (1..=20)
+                .map(|n| format!("addr del 10.0.0.{n}/32 dev e0\n"))
+                .collect(),
+            (21..=40)
+                .map(|n| format!("addr del 10.0.0.{n}/32 dev e0\n"))
+                .collect(),
+        );
+        a_in.write_all(a_lines.as_bytes()).expect("write");
+        b_in.write_all(b_lines.as_bytes()).expect("write");
+        a_in.flush().expect("flush");
+        b_in.flush().expect("flush");
+        let events = events_until_quiet(&mut rx, QUIET).await;
+        drop((a_in, b_in));
+        assert!(a.wait().expect("wait").success());
+        assert!(b.wait().expect("wait").success());
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let mut named = 0;
+        for event in &events {
+            if let HostEvent::AddrRemoved {
+                addr,
+                remover: Some(r),
+            } = event
+            {
+                let last = addr.ip.octets()[3];
+                let (pid, name) = if last <= 20 {
+                    (a.id(), "ip")
+                } else {
+                    (b.id(), "remover-b")
+                };
+                assert_eq!(r.port_id, pid, "{event:?}");
+                assert_eq!(r.process.as_deref(), Some(name), "{event:?}");
+                named += 1;
+            }
+        }
+        assert_eq!(named, 40, "{events:?}");
+    });
+}
+
 #[test]
 fn new_links_are_link_changes() {
     in_netns(|| async {

@@ -230,7 +230,7 @@ fn start(aux: &[u8], tweak: impl FnOnce(&mut Settings)) -> Harness {
     );
     view.links.insert(2, link(2, "eth1", true));
     for a in std::iter::once(addr(10, false)).chain(aux.iter().map(|n| addr(*n, true))) {
-        view.addrs.insert((a.link, a.ip, a.prefix), a);
+        view.addrs.insert(a.key(), a);
     }
     let enis = cloud
         .state

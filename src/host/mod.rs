@@ -104,14 +104,17 @@ pub enum HostEvent {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostView {
     pub links: BTreeMap<u32, Link>,
-    /// All IPv4 addresses, keyed by (link, ip, prefix).
-    pub addrs: BTreeMap<(u32, Ipv4Addr, u8), Addr>,
+    /// All IPv4 addresses, keyed by [`Addr::key`].
+    pub addrs: BTreeMap<AddrKey, Addr>,
 }
 
 impl HostView {
     /// Whether `ip` is present on any link, with any prefix.
     pub fn has_ip(&self, ip: Ipv4Addr) -> bool {
-        self.addrs.values().any(|a| a.ip == ip)
+        self.addrs
+            .range((ip, 0, 0)..=(ip, u32::MAX, u8::MAX))
+            .next()
+            .is_some()
     }
 
     /// The addresses on one link.
@@ -176,11 +179,17 @@ impl HostView {
     }
 }
 
+/// An address's identity in the mirror: (ip, link, prefix).
+pub type AddrKey = (Ipv4Addr, u32, u8);
+
 impl Addr {
-    /// The mirror's key: the kernel identifies an IPv4 address by link, address and
-    /// prefix length (the same IP may sit on a link twice with different prefixes).
-    pub fn key(&self) -> (u32, Ipv4Addr, u8) {
-        (self.link, self.ip, self.prefix)
+    /// The mirror's key. The kernel identifies an IPv4 address by link, address and
+    /// prefix length (the same IP may sit on a link twice with different prefixes). The
+    /// IP comes first so "is this IP anywhere on the host", asked for every due
+    /// release on every turn of the engine, is a range lookup and not a scan of every
+    /// address (a container host has thousands).
+    pub fn key(&self) -> AddrKey {
+        (self.ip, self.link, self.prefix)
     }
 }
 
@@ -393,5 +402,34 @@ impl fmt::Display for Ctx {
             write!(f, " (table {table})")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(link: u32, last: u8, prefix: u8) -> Addr {
+        Addr {
+            link,
+            ip: Ipv4Addr::new(10, 0, 1, last),
+            prefix,
+            secondary: false,
+        }
+    }
+
+    #[test]
+    fn has_ip_finds_an_ip_on_any_link_with_any_prefix() {
+        let mut view = HostView::default();
+        for a in [addr(1, 5, 24), addr(7, 9, 32), addr(u32::MAX, 200, u8::MAX)] {
+            view.addrs.insert(a.key(), a);
+        }
+        for last in [5, 9, 200] {
+            assert!(view.has_ip(Ipv4Addr::new(10, 0, 1, last)), "{last}");
+        }
+        for last in [4, 6, 8, 10, 199, 201] {
+            assert!(!view.has_ip(Ipv4Addr::new(10, 0, 1, last)), "{last}");
+        }
+        assert_eq!(view.addrs_on(7).count(), 1);
     }
 }

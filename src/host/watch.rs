@@ -194,6 +194,7 @@ pub async fn start(
         commands: cmd_rx,
         counters: Arc::clone(&counters),
         routing_due: None,
+        burst_remover: None,
     };
     let task = tokio::spawn(watcher.run());
     Ok((
@@ -220,17 +221,31 @@ async fn dump(nl: &Netlink) -> Result<HostView, HostError> {
     Ok(view)
 }
 
+/// At most this many notifications are handled per poll of the watcher, so a storm
+/// cannot keep it from its commands and timers.
+const BURST: usize = 512;
+
 /// The process behind a netlink port id. A socket's port id is its process's pid
 /// when the kernel auto-binds the first socket of a process (what `ip`, keepalived
 /// and the network managers do); later sockets get ids that are not pids and resolve
 /// to nothing. Read at once: the requester (`ip addr del`) is usually gone soon after.
 fn remover(port_id: u32) -> Remover {
-    let process = (port_id != 0)
-        .then(|| std::fs::read_to_string(format!("/proc/{port_id}/comm")).ok())
-        .flatten()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty());
+    let process = (port_id != 0).then(|| process_name(port_id)).flatten();
     Remover { port_id, process }
+}
+
+/// `/proc/<pid>/comm`: at most 15 bytes and a newline, read in one `read` (no size
+/// probe, no growing buffer: this runs for removals on every physical link).
+fn process_name(pid: u32) -> Option<String> {
+    use std::io::Read;
+
+    let mut buf = [0u8; 32];
+    let n = std::fs::File::open(format!("/proc/{pid}/comm"))
+        .ok()?
+        .read(&mut buf)
+        .ok()?;
+    let name = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+    (!name.is_empty()).then_some(name)
 }
 
 /// Why a resync runs; only changes what is logged.
@@ -252,6 +267,8 @@ struct Watcher {
     counters: Arc<Counters>,
     /// When the pending `RoutingChanged` is due, if one is.
     routing_due: Option<Instant>,
+    /// The remover last read from `/proc` in the current burst (see `run`).
+    burst_remover: Option<Remover>,
 }
 
 impl Watcher {
@@ -270,12 +287,7 @@ impl Watcher {
             };
             tokio::select! {
                 notification = self.events.next() => match notification {
-                    Some(Notification::Overrun) => {
-                        self.counters.overruns.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("netlink event socket overran; resyncing");
-                        self.resync(Reason::Overrun).await;
-                    }
-                    Some(n) => self.handle(n),
+                    Some(n) => self.handle_burst(n).await,
                     None => self.reconnect().await,
                 },
                 command = self.commands.recv() => match command {
@@ -291,6 +303,51 @@ impl Watcher {
             }
         }
         tracing::debug!("host watcher stopped");
+    }
+
+    /// Handles `first` and whatever is already queued behind it (bounded), before
+    /// going back to the reactor: an `ip -batch`, a flushed link or a container
+    /// teardown arrives as a burst, and one poll per message costs more than the
+    /// message. Removals of one burst by the same netlink port share one `/proc` read
+    /// of the remover's name: the sender was alive when the burst was queued, and its
+    /// pid cannot be reused within the burst (pids are not reused until the pid space
+    /// wraps), so the name is the same one a read per message would find.
+    async fn handle_burst(&mut self, first: Notification) {
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(notification) = next.take() {
+            if matches!(notification, Notification::Overrun) {
+                self.counters.overruns.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("netlink event socket overran; resyncing");
+                self.resync(Reason::Overrun).await;
+                break;
+            }
+            self.handle(notification);
+            handled += 1;
+            if handled == BURST {
+                break;
+            }
+            match self.events.try_next() {
+                Ok(queued) => next = queued,
+                Err(()) => {
+                    self.reconnect().await;
+                    break;
+                }
+            }
+        }
+        self.burst_remover = None;
+    }
+
+    /// The remover for a removal sent from `port_id`, read once per burst and port.
+    fn remover_in_burst(&mut self, port_id: u32) -> Remover {
+        match &self.burst_remover {
+            Some(known) if known.port_id == port_id => known.clone(),
+            _ => {
+                let found = remover(port_id);
+                self.burst_remover = Some(found.clone());
+                found
+            }
+        }
     }
 
     fn emit(&self, event: HostEvent) {
@@ -343,7 +400,7 @@ impl Watcher {
                         .get(&addr.link)
                         .is_some_and(Link::is_physical);
                     let remover = if physical {
-                        remover(port_id)
+                        self.remover_in_burst(port_id)
                     } else {
                         Remover {
                             port_id,
