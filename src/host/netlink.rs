@@ -9,13 +9,12 @@
 //! Dumps do not use strict checking: the kernel then ignores the header's table and
 //! protocol and returns every IPv4 route and rule, and we filter in user space.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
-use std::pin::Pin;
-
-use futures_util::{FutureExt, Stream, StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
@@ -26,8 +25,8 @@ use netlink_packet_route::route::{
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
-use rtnetlink::sys::{AsyncSocket, SocketAddr};
-use rtnetlink::{Handle, IpVersion, MulticastGroup, RouteMessageBuilder};
+use rtnetlink::sys::{AsyncSocket, SocketAddr, TokioSocket};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 
 use super::{Addr, HostError, Link, Route, Rule, Scope};
@@ -257,12 +256,18 @@ pub enum Notification {
 }
 
 /// A multicast-only socket subscribed to link, IPv4 address, IPv4 rule and IPv4 route
-/// notifications. Its connection task lives as long as this value.
+/// notifications, read by the watcher itself.
+///
+/// Not an rtnetlink `Connection`: that is a task of its own that wakes, reads and
+/// forwards through a channel for every datagram, and the watcher wakes again to take
+/// it. Reading here lets the watcher take a whole burst in one wakeup (`try_next`
+/// drains what the kernel has queued without going back to the reactor).
 pub struct EventSocket {
-    /// The connection's unsolicited-message channel (boxed: futures-channel's type is
-    /// not reachable without another dependency).
-    events: Pin<Box<dyn Stream<Item = (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)> + Send>>,
-    task: JoinHandle<()>,
+    socket: TokioSocket,
+    /// One datagram at a time; the kernel never splits a message across datagrams.
+    buf: Vec<u8>,
+    /// Notifications parsed from the last datagram and not yet handed out.
+    queued: VecDeque<Notification>,
     /// The receive buffer the kernel reports after our request (it doubles the value
     /// and floors it).
     pub effective_rcvbuf: usize,
@@ -276,58 +281,119 @@ impl std::fmt::Debug for EventSocket {
     }
 }
 
-impl Drop for EventSocket {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// Large enough for any single rtnetlink notification (a link message with every
+/// attribute stays well under a page; the kernel sizes them to fit `NLMSG_GOODSIZE`).
+const DATAGRAM_CAPACITY: usize = 64 * 1024;
 
 impl EventSocket {
-    /// Subscribes (binds the groups) before anything is sent on the socket, sets the
-    /// receive buffer, and spawns the connection task on the current runtime.
+    /// Subscribes (binds the groups) before anything is sent on the socket and sets the
+    /// receive buffer. Needs a tokio runtime (the socket registers with its reactor).
     ///
     /// `NETLINK_NO_ENOBUFS` is deliberately left off: losing notifications must show
     /// up as an overrun, since the watcher keeps a mirror that would silently drift.
     pub fn open(rcvbuf: usize) -> Result<Self, HostError> {
+        let socket_error = |op: &'static str| move |source| HostError::Socket { op, source };
+        let mut socket = TokioSocket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
+            .map_err(socket_error("open event socket"))?;
         let groups = [
-            MulticastGroup::Link,
-            MulticastGroup::Ipv4Ifaddr,
-            MulticastGroup::Ipv4Rule,
-            MulticastGroup::Ipv4Route,
+            libc::RTNLGRP_LINK,
+            libc::RTNLGRP_IPV4_IFADDR,
+            libc::RTNLGRP_IPV4_ROUTE,
+            libc::RTNLGRP_IPV4_RULE,
         ];
-        let (mut conn, _handle, events) =
-            rtnetlink::new_multicast_connection(&groups).map_err(|source| HostError::Socket {
-                op: "open event socket",
-                source,
-            })?;
-        let socket = conn.socket_mut().socket_mut();
+        let mask = groups.iter().fold(0u32, |mask, g| mask | 1 << (g - 1));
+        socket
+            .socket_mut()
+            .bind(&SocketAddr::new(0, mask))
+            .map_err(socket_error("subscribe event socket"))?;
         set_rcvbuf(socket.as_raw_fd(), rcvbuf)?;
-        let effective_rcvbuf = socket.get_rx_buf_sz().map_err(|source| HostError::Socket {
-            op: "read SO_RCVBUF",
-            source,
-        })?;
-        let task = tokio::spawn(conn);
+        let effective_rcvbuf = socket
+            .socket_ref()
+            .get_rx_buf_sz()
+            .map_err(socket_error("read SO_RCVBUF"))?;
         Ok(Self {
-            events: Box::pin(events),
-            task,
+            socket,
+            buf: Vec::with_capacity(DATAGRAM_CAPACITY),
+            queued: VecDeque::new(),
             effective_rcvbuf,
         })
     }
 
-    /// The next notification; `None` when the connection has ended.
+    /// The next notification; `None` when the socket failed for good.
     pub async fn next(&mut self) -> Option<Notification> {
-        let (msg, _from) = self.events.next().await?;
-        Some(notification_from_msg(msg))
+        loop {
+            if let Some(n) = self.queued.pop_front() {
+                return Some(n);
+            }
+            self.buf.clear();
+            let received =
+                std::future::poll_fn(|cx| self.socket.poll_recv_from(cx, &mut self.buf)).await;
+            if !self.take(received.map(|_from| ())) {
+                return None;
+            }
+        }
     }
 
     /// A notification already queued, without waiting. `Ok(None)` when nothing is
-    /// queued right now, `Err(())` when the connection has ended.
+    /// queued right now, `Err(())` when the socket failed for good.
     #[allow(clippy::result_unit_err)]
     pub fn try_next(&mut self) -> Result<Option<Notification>, ()> {
-        match self.events.next().now_or_never() {
-            Some(Some((msg, _from))) => Ok(Some(notification_from_msg(msg))),
-            Some(None) => Err(()),
-            None => Ok(None),
+        loop {
+            if let Some(n) = self.queued.pop_front() {
+                return Ok(Some(n));
+            }
+            self.buf.clear();
+            // The socket is non-blocking: WouldBlock means the kernel has nothing queued.
+            let received = self
+                .socket
+                .socket_ref()
+                .recv_from(&mut self.buf, 0)
+                .map(|_| ());
+            match received {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                other => {
+                    if !self.take(other) {
+                        return Err(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses what one receive produced into `queued`; false when the socket failed.
+    fn take(&mut self, received: io::Result<()>) -> bool {
+        match received {
+            Ok(()) => {
+                let mut rest = self.buf.as_slice();
+                while !rest.is_empty() {
+                    match NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest) {
+                        Ok(msg) => {
+                            let len = (msg.header.length as usize).max(1);
+                            self.queued.push_back(notification_from_msg(msg));
+                            // Messages are 4-byte aligned within a datagram.
+                            rest = rest.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+                        }
+                        Err(e) => {
+                            // One unparsable message (a kernel newer than our parser)
+                            // must not cost the others, nor the mirror: resync.
+                            tracing::warn!(error = %e, "unparsable netlink notification; resyncing");
+                            self.queued.push_back(Notification::Overrun);
+                            break;
+                        }
+                    }
+                }
+                true
+            }
+            // The kernel dropped notifications: the receive buffer was full.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                self.queued.push_back(Notification::Overrun);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) => {
+                tracing::error!(error = %e, "netlink event socket failed");
+                false
+            }
         }
     }
 }

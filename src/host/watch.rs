@@ -225,6 +225,14 @@ async fn dump(nl: &Netlink) -> Result<HostView, HostError> {
 /// cannot keep it from its commands and timers.
 const BURST: usize = 512;
 
+/// Notifications less than this apart are a stream (see `Watcher::run`).
+const STREAM_GAP: Duration = Duration::from_millis(1);
+
+/// How long the watcher lets a stream queue up in the kernel before reading on. Far
+/// below what fills the receive buffer (megabytes; a notification is about 1 KiB of
+/// buffer), and it delays only notifications that follow others within a millisecond.
+const STREAM_BATCH_DELAY: Duration = Duration::from_millis(1);
+
 /// The process behind a netlink port id. A socket's port id is its process's pid
 /// when the kernel auto-binds the first socket of a process (what `ip`, keepalived
 /// and the network managers do); later sockets get ids that are not pids and resolve
@@ -277,6 +285,8 @@ impl Watcher {
         let mut periodic = tokio::time::interval_at(Instant::now() + period, period);
         periodic.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
+        // When the last burst ended, to tell a stream of notifications from a lone one.
+        let mut last_burst: Option<Instant> = None;
         while !self.tx.is_closed() {
             let routing_due = self.routing_due;
             let routing_timer = async move {
@@ -287,7 +297,20 @@ impl Watcher {
             };
             tokio::select! {
                 notification = self.events.next() => match notification {
-                    Some(n) => self.handle_burst(n).await,
+                    Some(n) => {
+                        let handled = self.handle_burst(n).await;
+                        let now = Instant::now();
+                        let streaming = handled > 1
+                            || last_burst.is_some_and(|at| now - at < STREAM_GAP);
+                        last_burst = Some(now);
+                        if streaming {
+                            // Under a stream (an `ip -batch`, container churn) waking
+                            // for every notification costs more than the notification:
+                            // let the kernel queue a batch, then take it in one go. A
+                            // lone removal never waits here.
+                            tokio::time::sleep(STREAM_BATCH_DELAY).await;
+                        }
+                    }
                     None => self.reconnect().await,
                 },
                 command = self.commands.recv() => match command {
@@ -312,7 +335,7 @@ impl Watcher {
     /// of the remover's name: the sender was alive when the burst was queued, and its
     /// pid cannot be reused within the burst (pids are not reused until the pid space
     /// wraps), so the name is the same one a read per message would find.
-    async fn handle_burst(&mut self, first: Notification) {
+    async fn handle_burst(&mut self, first: Notification) -> usize {
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(notification) = next.take() {
@@ -336,6 +359,7 @@ impl Watcher {
             }
         }
         self.burst_remover = None;
+        handled
     }
 
     /// The remover for a removal sent from `port_id`, read once per burst and port.
