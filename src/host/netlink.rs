@@ -364,24 +364,7 @@ impl EventSocket {
     fn take(&mut self, received: io::Result<()>) -> bool {
         match received {
             Ok(()) => {
-                let mut rest = self.buf.as_slice();
-                while !rest.is_empty() {
-                    match NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest) {
-                        Ok(msg) => {
-                            let len = (msg.header.length as usize).max(1);
-                            self.queued.push_back(notification_from_msg(msg));
-                            // Messages are 4-byte aligned within a datagram.
-                            rest = rest.get(len.next_multiple_of(4)..).unwrap_or(&[]);
-                        }
-                        Err(e) => {
-                            // One unparsable message (a kernel newer than our parser)
-                            // must not cost the others, nor the mirror: resync.
-                            tracing::warn!(error = %e, "unparsable netlink notification; resyncing");
-                            self.queued.push_back(Notification::Overrun);
-                            break;
-                        }
-                    }
-                }
+                parse_datagram(&self.buf, &mut self.queued);
                 true
             }
             // The kernel dropped notifications: the receive buffer was full.
@@ -393,6 +376,28 @@ impl EventSocket {
             Err(e) => {
                 tracing::error!(error = %e, "netlink event socket failed");
                 false
+            }
+        }
+    }
+}
+
+/// Appends the notifications of one datagram to `out`. Something unparsable (a kernel
+/// newer than our parser, a truncated read) becomes an overrun: the watcher then
+/// resyncs, so whatever the message said reaches the mirror through the dump.
+fn parse_datagram(mut rest: &[u8], out: &mut VecDeque<Notification>) {
+    while !rest.is_empty() {
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest) {
+            Ok(msg) => {
+                // `deserialize` checked the length against the buffer; 0 cannot parse.
+                let len = (msg.header.length as usize).max(1);
+                out.push_back(notification_from_msg(msg));
+                // Messages are 4-byte aligned within a datagram.
+                rest = rest.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unparsable netlink notification; resyncing");
+                out.push_back(Notification::Overrun);
+                return;
             }
         }
     }
@@ -685,6 +690,61 @@ fn route_to_msg(route: &Route) -> RouteMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn address_message(del: bool, last: u8) -> Vec<u8> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = 24;
+        msg.header.index = 2;
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(Ipv4Addr::new(
+                10, 0, 1, last,
+            ))));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(Ipv4Addr::new(
+                10, 0, 1, last,
+            ))));
+        let inner = if del {
+            RouteNetlinkMessage::DelAddress(msg)
+        } else {
+            RouteNetlinkMessage::NewAddress(msg)
+        };
+        let mut packet = NetlinkMessage::from(inner);
+        packet.header.port_number = 4242;
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn a_datagram_with_several_messages_yields_each_in_order() {
+        let mut datagram = address_message(false, 5);
+        datagram.extend(address_message(true, 6));
+        let mut out = VecDeque::new();
+        parse_datagram(&datagram, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(matches!(&out[0], Notification::NewAddr(a) if a.ip == Ipv4Addr::new(10, 0, 1, 5)));
+        assert!(
+            matches!(&out[1], Notification::DelAddr { addr, port_id: 4242 }
+            if addr.ip == Ipv4Addr::new(10, 0, 1, 6))
+        );
+    }
+
+    #[test]
+    fn garbage_after_a_good_message_is_an_overrun_not_a_panic() {
+        let mut datagram = address_message(true, 7);
+        datagram.extend([0xff; 9]);
+        let mut out = VecDeque::new();
+        parse_datagram(&datagram, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(matches!(out[0], Notification::DelAddr { .. }));
+        assert!(matches!(out[1], Notification::Overrun));
+
+        let mut out = VecDeque::new();
+        parse_datagram(&[0u8; 3], &mut out);
+        assert!(matches!(out.pop_front(), Some(Notification::Overrun)));
+    }
 
     #[test]
     fn route_for_big_table_carries_the_attribute() {
