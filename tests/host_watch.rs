@@ -504,6 +504,42 @@ fn concurrent_removers_in_one_burst_keep_their_own_names() {
     });
 }
 
+/// A stream of notifications is read in batches (the socket is parked outside the
+/// reactor for a millisecond at a time): every add and every removal still arrives,
+/// once, in order per address, and the default buffer does not overrun.
+#[test]
+fn a_stream_read_in_batches_loses_and_repeats_nothing() {
+    in_netns(|| async {
+        veth("e0", "e1");
+        let (_view, handle, mut rx) = start().await;
+        let n = 1500u32;
+        let addr = |i: u32| format!("10.9.{}.{}", i / 250, i % 250 + 1);
+        let mut batch = String::new();
+        for i in 0..n {
+            batch.push_str(&format!("addr add {}/32 dev e0\n", addr(i)));
+        }
+        for i in 0..n {
+            batch.push_str(&format!("addr del {}/32 dev e0\n", addr(i)));
+        }
+        ip_batch(&batch);
+        let events = events_until_quiet(&mut rx, QUIET).await;
+        let mut seen = std::collections::HashMap::<Ipv4Addr, Vec<bool>>::new();
+        for event in &events {
+            match event {
+                HostEvent::AddrAdded(a) => seen.entry(a.ip).or_default().push(true),
+                HostEvent::AddrRemoved { addr: a, .. } => seen.entry(a.ip).or_default().push(false),
+                HostEvent::Resynced => panic!("the default buffer overran: {:?}", handle.stats()),
+                _ => {}
+            }
+        }
+        assert_eq!(seen.len(), n as usize);
+        for (ip, history) in &seen {
+            assert_eq!(history, &[true, false], "{ip}");
+        }
+        assert_eq!(handle.stats().overruns, 0);
+    });
+}
+
 #[test]
 fn new_links_are_link_changes() {
     in_netns(|| async {

@@ -25,8 +25,10 @@ use netlink_packet_route::route::{
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
-use rtnetlink::sys::{AsyncSocket, SocketAddr, TokioSocket};
+use rtnetlink::sys::{Socket, SocketAddr};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 use super::{Addr, HostError, Link, Route, Rule, Scope};
@@ -263,7 +265,7 @@ pub enum Notification {
 /// it. Reading here lets the watcher take a whole burst in one wakeup (`try_next`
 /// drains what the kernel has queued without going back to the reactor).
 pub struct EventSocket {
-    socket: TokioSocket,
+    socket: Registration,
     /// One datagram at a time; the kernel never splits a message across datagrams.
     buf: Vec<u8>,
     /// Notifications parsed from the last datagram and not yet handed out.
@@ -271,6 +273,16 @@ pub struct EventSocket {
     /// The receive buffer the kernel reports after our request (it doubles the value
     /// and floors it).
     pub effective_rcvbuf: usize,
+}
+
+/// The socket, registered with the reactor or parked outside it. Parked, arriving
+/// notifications queue in the kernel without waking the process: tokio registers
+/// edge-triggered, and every datagram would otherwise end the reactor's wait.
+enum Registration {
+    Live(AsyncFd<Socket>),
+    Parked(Socket),
+    /// Only while switching between the two, or after a failed re-registration.
+    Gone,
 }
 
 impl std::fmt::Debug for EventSocket {
@@ -285,6 +297,13 @@ impl std::fmt::Debug for EventSocket {
 /// attribute stays well under a page; the kernel sizes them to fit `NLMSG_GOODSIZE`).
 const DATAGRAM_CAPACITY: usize = 64 * 1024;
 
+/// Registers `socket` with the current runtime's reactor for reading.
+fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
+    // SAFETY: the `Socket` owns its descriptor and closes it only when dropped; while
+    // the `AsyncFd` owns the `Socket`, `as_raw_fd` returns that same open descriptor.
+    unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }.map_err(io::Error::from)
+}
+
 impl EventSocket {
     /// Subscribes (binds the groups) before anything is sent on the socket and sets the
     /// receive buffer. Needs a tokio runtime (the socket registers with its reactor).
@@ -293,8 +312,11 @@ impl EventSocket {
     /// up as an overrun, since the watcher keeps a mirror that would silently drift.
     pub fn open(rcvbuf: usize) -> Result<Self, HostError> {
         let socket_error = |op: &'static str| move |source| HostError::Socket { op, source };
-        let mut socket = TokioSocket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
+        let mut socket = Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
             .map_err(socket_error("open event socket"))?;
+        socket
+            .set_non_blocking(true)
+            .map_err(socket_error("set the event socket non-blocking"))?;
         let groups = [
             libc::RTNLGRP_LINK,
             libc::RTNLGRP_IPV4_IFADDR,
@@ -303,20 +325,30 @@ impl EventSocket {
         ];
         let mask = groups.iter().fold(0u32, |mask, g| mask | 1 << (g - 1));
         socket
-            .socket_mut()
             .bind(&SocketAddr::new(0, mask))
             .map_err(socket_error("subscribe event socket"))?;
         set_rcvbuf(socket.as_raw_fd(), rcvbuf)?;
         let effective_rcvbuf = socket
-            .socket_ref()
             .get_rx_buf_sz()
             .map_err(socket_error("read SO_RCVBUF"))?;
+        let socket = register(socket).map_err(socket_error("register event socket"))?;
         Ok(Self {
-            socket,
+            socket: Registration::Live(socket),
             buf: Vec::with_capacity(DATAGRAM_CAPACITY),
             queued: VecDeque::new(),
             effective_rcvbuf,
         })
+    }
+
+    /// Takes the socket out of the reactor until the next `next`: notifications keep
+    /// queuing in the kernel (and overrun there, as ever, if the buffer fills), but do
+    /// not wake the process one by one.
+    pub fn park(&mut self) {
+        if let Registration::Live(_) = self.socket
+            && let Registration::Live(fd) = std::mem::replace(&mut self.socket, Registration::Gone)
+        {
+            self.socket = Registration::Parked(fd.into_inner());
+        }
     }
 
     /// The next notification; `None` when the socket failed for good.
@@ -325,10 +357,42 @@ impl EventSocket {
             if let Some(n) = self.queued.pop_front() {
                 return Some(n);
             }
+            if let Registration::Parked(_) = self.socket
+                && let Registration::Parked(socket) =
+                    std::mem::replace(&mut self.socket, Registration::Gone)
+            {
+                match register(socket) {
+                    Ok(fd) => {
+                        self.socket = Registration::Live(fd);
+                        // What queued while parked is there now: take it without
+                        // a trip through the reactor.
+                        match self.try_next() {
+                            Ok(Some(n)) => return Some(n),
+                            Ok(None) => {}
+                            Err(()) => return None,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "netlink event socket could not be re-registered");
+                        return None;
+                    }
+                }
+            }
+            let Registration::Live(fd) = &self.socket else {
+                return None;
+            };
             self.buf.clear();
-            let received =
-                std::future::poll_fn(|cx| self.socket.poll_recv_from(cx, &mut self.buf)).await;
-            if !self.take(received.map(|_from| ())) {
+            let received = loop {
+                let mut ready = match fd.readable().await {
+                    Ok(ready) => ready,
+                    Err(e) => break Err(e),
+                };
+                match ready.try_io(|fd| fd.get_ref().recv_from(&mut self.buf, 0)) {
+                    Ok(result) => break result.map(|_| ()),
+                    Err(_would_block) => continue,
+                }
+            };
+            if !self.take(received) {
                 return None;
             }
         }
@@ -343,12 +407,15 @@ impl EventSocket {
                 return Ok(Some(n));
             }
             self.buf.clear();
+            let socket = match &self.socket {
+                Registration::Live(fd) => fd.get_ref(),
+                Registration::Parked(socket) => socket,
+                Registration::Gone => return Err(()),
+            };
             // The socket is non-blocking: WouldBlock means the kernel has nothing queued.
-            let received = self
-                .socket
-                .socket_ref()
-                .recv_from(&mut self.buf, 0)
-                .map(|_| ());
+            // Reading around the reactor leaves its readiness flag set at worst, which
+            // only costs `next` one WouldBlock before it waits.
+            let received = socket.recv_from(&mut self.buf, 0).map(|_| ());
             match received {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 other => {

@@ -233,6 +233,11 @@ const STREAM_GAP: Duration = Duration::from_millis(1);
 /// buffer), and it delays only notifications that follow others within a millisecond.
 const STREAM_BATCH_DELAY: Duration = Duration::from_millis(1);
 
+/// The receive buffer below which streams are read as they come, without the delay:
+/// a millisecond of the fastest stream one process can make (~100 notifications of
+/// ~1 KiB of buffer each) with a tenfold margin. The default buffer is 8 MiB.
+const STREAM_BATCH_MIN_RCVBUF: usize = 1024 * 1024;
+
 /// The process behind a netlink port id. A socket's port id is its process's pid
 /// when the kernel auto-binds the first socket of a process (what `ip`, keepalived
 /// and the network managers do); later sockets get ids that are not pids and resolve
@@ -300,14 +305,16 @@ impl Watcher {
                     Some(n) => {
                         let handled = self.handle_burst(n).await;
                         let now = Instant::now();
-                        let streaming = handled > 1
-                            || last_burst.is_some_and(|at| now - at < STREAM_GAP);
+                        let streaming = (handled > 1
+                            || last_burst.is_some_and(|at| now - at < STREAM_GAP))
+                            && self.events.effective_rcvbuf >= STREAM_BATCH_MIN_RCVBUF;
                         last_burst = Some(now);
                         if streaming {
                             // Under a stream (an `ip -batch`, container churn) waking
                             // for every notification costs more than the notification:
                             // let the kernel queue a batch, then take it in one go. A
                             // lone removal never waits here.
+                            self.events.park();
                             tokio::time::sleep(STREAM_BATCH_DELAY).await;
                         }
                     }
