@@ -36,8 +36,18 @@
 //! RTM_DELLINK.
 //!
 //! The remover's process name is read from `/proc/<port id>/comm` when the DELADDR is
-//! handled. A short-lived `ip addr del` may have exited by then, giving `None`
-//! (best effort); long-lived removers (keepalived, network managers, `ip -batch`) resolve.
+//! handled (once per burst and port). A short-lived `ip addr del` may have exited by
+//! then, giving `None` (best effort); long-lived removers (keepalived, network
+//! managers, `ip -batch`) resolve.
+//!
+//! # Cost under a stream of notifications
+//!
+//! A container host or an `ip -batch` produces notifications faster than one wakeup
+//! each is worth. The watcher reads the socket itself, takes everything queued per
+//! wakeup, and when notifications come less than a millisecond apart it takes the
+//! socket out of the reactor for a millisecond so the kernel queues a batch (only with
+//! a receive buffer of 1 MiB or more; see the constants below). A lone removal is read
+//! the moment it arrives. Measured by `bench/run.sh --phases load` (BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -228,6 +238,11 @@ const BURST: usize = 512;
 /// Notifications less than this apart are a stream (see `Watcher::run`).
 const STREAM_GAP: Duration = Duration::from_millis(1);
 
+/// A stream is read as it comes for this long before batching starts: a burst of
+/// removals (a flushed link, a mass `ip addr del`) is over within a few milliseconds
+/// and reaches the engine undelayed, so its removals share calls.
+const STREAM_BATCH_AFTER: Duration = Duration::from_millis(10);
+
 /// How long the watcher lets a stream queue up in the kernel before reading on. Far
 /// below what fills the receive buffer (megabytes; a notification is about 1 KiB of
 /// buffer), and it delays only notifications that follow others within a millisecond.
@@ -290,8 +305,10 @@ impl Watcher {
         let mut periodic = tokio::time::interval_at(Instant::now() + period, period);
         periodic.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
-        // When the last burst ended, to tell a stream of notifications from a lone one.
+        // When the last burst ended, to tell a stream of notifications from a lone one,
+        // and when the current stream began.
         let mut last_burst: Option<Instant> = None;
+        let mut stream_since: Option<Instant> = None;
         while !self.tx.is_closed() {
             let routing_due = self.routing_due;
             let routing_timer = async move {
@@ -305,15 +322,19 @@ impl Watcher {
                     Some(n) => {
                         let handled = self.handle_burst(n).await;
                         let now = Instant::now();
-                        let streaming = (handled > 1
-                            || last_burst.is_some_and(|at| now - at < STREAM_GAP))
-                            && self.events.effective_rcvbuf >= STREAM_BATCH_MIN_RCVBUF;
+                        let streaming = handled > 1
+                            || last_burst.is_some_and(|at| now - at < STREAM_GAP);
                         last_burst = Some(now);
-                        if streaming {
-                            // Under a stream (an `ip -batch`, container churn) waking
-                            // for every notification costs more than the notification:
-                            // let the kernel queue a batch, then take it in one go. A
-                            // lone removal never waits here.
+                        stream_since = if streaming { stream_since.or(Some(now)) } else { None };
+                        let batch = stream_since.is_some_and(|since| now - since >= STREAM_BATCH_AFTER)
+                            && self.events.effective_rcvbuf >= STREAM_BATCH_MIN_RCVBUF;
+                        if batch {
+                            // Under a lasting stream (an `ip -batch`, container churn)
+                            // waking for every notification costs more than the
+                            // notification: let the kernel queue a batch, then take it
+                            // in one go. A lone removal never waits here, nor does the
+                            // start of a burst, whose removals the engine batches into
+                            // calls while the first one's send-time check is in flight.
                             self.events.park();
                             tokio::time::sleep(STREAM_BATCH_DELAY).await;
                         }
