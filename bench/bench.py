@@ -934,6 +934,10 @@ def build_table(R, args):
             rp=ratio(e.get("all_success_s"), p.get("all_success_s")) if not p.get("bound_hit") else "—")
         row("mass release: agent saw every task end (s)", e.get("agent_confirmed_s"), "never polls", p.get("agent_confirmed_s"),
             nd=2, rs="—")
+        # The other side of "saw every task end": each poll spends the account-wide
+        # DescribeVpcTaskResult budget (20 req/s per account, shared by every node).
+        row("mass release: task polls (DescribeVpcTaskResult; 20 req/s per account)", e.get("task_polls"),
+            "never polls", p.get("task_polls"), nd=0, rs="—")
         row("mass release: CPU used (ms)", e.get("cpu_ms"), s.get("cpu_ms"), p.get("cpu_ms"), nd=0)
     for key in ("load", "load_overrun"):
         Ld = R.get(key)
