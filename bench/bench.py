@@ -781,6 +781,9 @@ def phase_mass(kind, n_enis, per_eni, task_ms, bound_s, tmp, release_extra, clou
             "delete_s": t_deleted - t0,
             "all_success_s": cloud_done, "agent_confirmed_s": agent_done,
             "peak_rss_kb": peak_kb, "cpu_ms": (tree_cpu_s(s.pid()) - cpu0) * 1000,
+            # Per ENI, the size of each successful call in order: shows how a burst split.
+            "batches": {eni: [len(ips) for _, e, ips, ans in sb.unassigns() if e == eni and ans == "Success"]
+                        for eni in sorted({e for _, e, _, _ in sb.unassigns()})},
         }
         if kind == "enisync":
             r["hwm_kb"] = proc_status(s.pid(), "VmHWM")
