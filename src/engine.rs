@@ -431,6 +431,9 @@ pub struct Engine<C: Cloud, R: Router> {
     busy_enis: HashSet<String>,
     /// When an ENI's due batch goes out (coalescing).
     dispatch_at: HashMap<String, Instant>,
+    /// Checked batches waiting for the rest of their burst before the call (see
+    /// `on_checked`); their ENIs stay busy meanwhile.
+    checked: HashMap<String, CheckedBatch>,
     released: HashMap<Ipv4Addr, Instant>,
     recent: VecDeque<Finished>,
     alarms: VecDeque<String>,
@@ -455,6 +458,17 @@ const DRAIN_BATCH: usize = 1024;
 /// A coalescing wait ends at most this many `coalesce` periods after the first release
 /// of the batch came due.
 const COALESCE_CAP_FACTOR: u32 = 10;
+
+/// A checked batch with room waits for more removals of its ENI until none has
+/// arrived for this long (see `on_checked`).
+const BURST_QUIET: Duration = Duration::from_millis(1);
+
+/// A send-time listing, and the batch it was made for.
+struct CheckedBatch {
+    ips: Vec<Ipv4Addr>,
+    enis: Vec<Eni>,
+    at: Instant,
+}
 
 /// The shortest interval between inventory refreshes triggered by link changes.
 const INVENTORY_REFRESH_MIN: Duration = Duration::from_secs(10);
@@ -502,6 +516,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             recent_removals: VecDeque::new(),
             busy_enis: HashSet::new(),
             dispatch_at: HashMap::new(),
+            checked: HashMap::new(),
             released: HashMap::new(),
             recent: VecDeque::new(),
             alarms: VecDeque::new(),
@@ -544,6 +559,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             let now = Instant::now();
             self.unpark(now, false);
             self.dispatch_due(now);
+            if !self.checked.is_empty() {
+                self.send_checked(now).await;
+            }
             // The floor keeps a wrong deadline from turning into a busy loop.
             let wake = self
                 .next_wakeup()
@@ -899,7 +917,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             .iter()
             .filter(|(eni, _)| !self.busy_enis.contains(*eni))
             .map(|(_, at)| *at);
-        due.chain(coalescing).min()
+        let checked = self
+            .checked
+            .iter()
+            .map(|(eni, batch)| self.checked_deadline(eni, batch));
+        due.chain(coalescing).chain(checked).min()
     }
 
     /// Sends the checks of every ENI whose batch is due. A due release waits (briefly,
@@ -1129,7 +1151,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         });
     }
 
-    /// Clause 7, then clause 4 and 5 once more, then the call.
+    /// The send-time listing has come. The call goes out now, unless its batch has
+    /// room and a removal of its ENI arrived less than `BURST_QUIET` ago: then the
+    /// burst that removal belongs to is still reaching us (with a zero grace period the
+    /// first removal of a burst is due, and checked, before the rest has arrived), and
+    /// the batch waits for it, at most `coalesce` after the listing. The listing stays
+    /// the send-time check: that is as fresh as the coalescing the rule already allows.
     async fn on_checked(
         &mut self,
         eni_id: String,
@@ -1154,6 +1181,57 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             &self.static_meta,
             &self.statics,
         );
+        self.checked
+            .insert(eni_id, CheckedBatch { ips, enis, at: now });
+        self.send_checked(now).await;
+    }
+
+    /// When a waiting checked batch goes out at the latest, unless more removals come.
+    fn checked_deadline(&self, eni_id: &str, batch: &CheckedBatch) -> Instant {
+        let last_removal = self
+            .intents
+            .values()
+            .filter(|i| self.eni_of(i).as_deref() == Some(eni_id))
+            .map(|i| i.observed_at)
+            .max();
+        let cap = batch.at + self.settings.coalesce;
+        last_removal.map_or(cap, |t| (t + BURST_QUIET).min(cap))
+    }
+
+    /// Whether a checked batch has room for the removals of its ENI that are due now.
+    fn checked_has_room(&self, eni_id: &str, batch: &CheckedBatch, now: Instant) -> bool {
+        let candidates = self
+            .intents
+            .values()
+            .filter(|i| {
+                batch.ips.contains(&i.ip)
+                    || (matches!(i.phase, Phase::Pending | Phase::Waiting { .. })
+                        && i.due <= now
+                        && self.eni_of(i).as_deref() == Some(eni_id))
+            })
+            .count();
+        candidates < MAX_IPS_PER_CALL
+    }
+
+    /// Sends every checked batch that is full or whose burst is over.
+    async fn send_checked(&mut self, now: Instant) {
+        let ready: Vec<String> = self
+            .checked
+            .iter()
+            .filter(|(eni, batch)| {
+                !self.checked_has_room(eni, batch, now) || self.checked_deadline(eni, batch) <= now
+            })
+            .map(|(eni, _)| eni.clone())
+            .collect();
+        for eni_id in ready {
+            if let Some(batch) = self.checked.remove(&eni_id) {
+                self.send_batch(eni_id, batch.ips, &batch.enis, now).await;
+            }
+        }
+    }
+
+    /// Clause 7, then clause 4 and 5 once more, then the call.
+    async fn send_batch(&mut self, eni_id: String, ips: Vec<Ipv4Addr>, enis: &[Eni], now: Instant) {
         let eni = enis.iter().find(|e| e.id == eni_id);
         // Removals of this ENI that came due while the describe was in flight join the
         // batch: the listing that just arrived is as fresh for them as for the rest (a

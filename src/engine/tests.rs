@@ -587,6 +587,39 @@ async fn removals_coming_due_together_are_coalesced_and_isolated_ones_go_at_once
     assert_eq!(h.cloud.calls(), vec![vec![ip(11), ip(12)], vec![ip(13)]]);
 }
 
+/// With no grace period the first removal of a burst is due, and checked, before the
+/// rest of the burst has arrived. Its call waits for the burst (while removals keep
+/// coming less than `BURST_QUIET` apart), so a burst of 25 takes the minimum of 3
+/// calls; a lone removal still goes out as soon as its check is back and quiet.
+#[tokio::test(start_paused = true)]
+async fn a_burst_behind_a_checked_first_removal_fills_its_call() {
+    let aux: Vec<u8> = (11..36).collect();
+    let h = start(&aux, |s| {
+        s.grace = Duration::ZERO;
+        s.burst_limit = 100;
+    });
+    h.remove(11, by("ip"));
+    // Let the engine take it in and finish the (instant) send-time check.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    for n in 12..36 {
+        h.remove(n, by("ip"));
+    }
+    sleep(Duration::from_secs(5)).await;
+    let sizes: Vec<usize> = h.cloud.calls().iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![10, 10, 5], "{:?}", h.cloud.calls());
+
+    // A lone removal: out within the quiet period, not after the coalescing cap.
+    let h = start(&[11], |s| {
+        s.grace = Duration::ZERO;
+        s.coalesce = Duration::from_secs(10);
+    });
+    h.remove(11, by("ip"));
+    sleep(BURST_QUIET * 3).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refusal_is_parked_and_retried_after_reload() {
     let h = start(&[11], |_| {});
