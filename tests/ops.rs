@@ -113,7 +113,8 @@ fn readyz_turns_ready_only_after_the_inventory() {
         saw_not_ready,
         "/readyz said 503 while the inventory could not be loaded"
     );
-    assert!(sb.log_text().contains("inventory loaded"));
+    // The log arrives through a pipe and a reader thread: wait, do not race it.
+    sb.wait_log("inventory loaded", SOON);
     assert!(
         sb.fake.calls_of("DescribeNetworkInterfaces").len() > 1,
         "it retried"

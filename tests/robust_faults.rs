@@ -146,11 +146,7 @@ fn timeouts_and_lost_answers_release_exactly_once() {
     sb.ip("addr del 10.0.1.12/24 dev eth1");
     wait_released(&sb, aux(12), SOON);
     assert_released_once(&sb, aux(12));
-    assert!(
-        sb.log_text().contains("Transport.Timeout"),
-        "{}",
-        sb.log_text()
-    );
+    sb.wait_log("Transport.Timeout", SOON);
 
     // The cloud processes the unassign, but its answer arrives after our timeout: the
     // retry finds the ENI busy or the IP gone, and only a describe decides.
