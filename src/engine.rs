@@ -1187,15 +1187,28 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// When a waiting checked batch goes out at the latest, unless more removals come.
+    /// Only a burst waits: the ENI's two latest removals less than `BURST_QUIET`
+    /// apart. A lone removal goes as soon as its check is back.
     fn checked_deadline(&self, eni_id: &str, batch: &CheckedBatch) -> Instant {
-        let last_removal = self
+        let (mut last, mut before_last) = (None, None);
+        for i in self
             .intents
             .values()
             .filter(|i| self.eni_of(i).as_deref() == Some(eni_id))
-            .map(|i| i.observed_at)
-            .max();
-        let cap = batch.at + self.settings.coalesce;
-        last_removal.map_or(cap, |t| (t + BURST_QUIET).min(cap))
+        {
+            if last.is_none_or(|t| i.observed_at > t) {
+                before_last = last;
+                last = Some(i.observed_at);
+            } else if before_last.is_none_or(|t| i.observed_at > t) {
+                before_last = Some(i.observed_at);
+            }
+        }
+        match (last, before_last) {
+            (Some(last), Some(before)) if last - before < BURST_QUIET => {
+                (last + BURST_QUIET).min(batch.at + self.settings.coalesce)
+            }
+            _ => batch.at,
+        }
     }
 
     /// Whether a checked batch has room for the removals of its ENI that are due now.
@@ -1282,10 +1295,22 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             self.route_fix_then_journal(&gone, &Outcome::AlreadyGone)
                 .await;
         }
-        let send = self.within_host_limit(send, now);
+        let mut send = self.within_host_limit(send, now);
         if send.is_empty() {
             self.busy_enis.remove(&eni_id);
             return;
+        }
+        // Whole calls only: with more than ten, a partial last call waits for the next
+        // check of this ENI, where removals still arriving may fill it (11 removals now
+        // and 19 a moment later are 3 calls, not 10 + 1 + 10 + 9).
+        if send.len() > MAX_IPS_PER_CALL {
+            let whole = send.len() - send.len() % MAX_IPS_PER_CALL;
+            for ip in send.split_off(whole) {
+                if let Some(i) = self.intents.get_mut(&ip) {
+                    i.phase = Phase::Pending;
+                    i.due = i.due.min(now);
+                }
+            }
         }
         let vpc_id = eni.map(|e| e.vpc_id.clone()).unwrap_or_default();
         for ip in &send {

@@ -587,10 +587,10 @@ async fn removals_coming_due_together_are_coalesced_and_isolated_ones_go_at_once
     assert_eq!(h.cloud.calls(), vec![vec![ip(11), ip(12)], vec![ip(13)]]);
 }
 
-/// With no grace period the first removal of a burst is due, and checked, before the
-/// rest of the burst has arrived. Its call waits for the burst (while removals keep
-/// coming less than `BURST_QUIET` apart), so a burst of 25 takes the minimum of 3
-/// calls; a lone removal still goes out as soon as its check is back and quiet.
+/// With no grace period the first removals of a burst are due, and checked, before
+/// the rest of the burst has arrived. Their call waits for the burst (while removals
+/// keep coming less than `BURST_QUIET` apart), so a burst of 25 takes the minimum of
+/// 3 calls; a lone removal goes out as soon as its check is back.
 #[tokio::test(start_paused = true)]
 async fn a_burst_behind_a_checked_first_removal_fills_its_call() {
     let aux: Vec<u8> = (11..36).collect();
@@ -599,11 +599,12 @@ async fn a_burst_behind_a_checked_first_removal_fills_its_call() {
         s.burst_limit = 100;
     });
     h.remove(11, by("ip"));
-    // Let the engine take it in and finish the (instant) send-time check.
+    h.remove(12, by("ip"));
+    // Let the engine take them in and finish the (instant) send-time check.
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
-    for n in 12..36 {
+    for n in 13..36 {
         h.remove(n, by("ip"));
     }
     sleep(Duration::from_secs(5)).await;
@@ -616,8 +617,38 @@ async fn a_burst_behind_a_checked_first_removal_fills_its_call() {
         s.coalesce = Duration::from_secs(10);
     });
     h.remove(11, by("ip"));
-    sleep(BURST_QUIET * 3).await;
-    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]]);
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]], "no wait at all");
+}
+
+/// A check that finds more than ten sends whole calls only: the remainder waits for
+/// the next check, with the removals that arrived meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_partial_last_call_waits_for_the_next_check() {
+    let aux: Vec<u8> = (11..41).collect();
+    let h = start(&aux, |s| {
+        s.grace = Duration::ZERO;
+        s.burst_limit = 100;
+    });
+    h.remove(11, by("ip"));
+    h.remove(12, by("ip"));
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    for n in 13..22 {
+        h.remove(n, by("ip"));
+    }
+    // The first call (10 of the 11) is out and its task runs; 19 more come.
+    sleep(Duration::from_millis(5)).await;
+    for n in 22..41 {
+        h.remove(n, by("ip"));
+    }
+    sleep(Duration::from_secs(5)).await;
+    let sizes: Vec<usize> = h.cloud.calls().iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![10, 10, 10], "{:?}", h.cloud.calls());
+    assert_eq!(h.snapshot().await.counters.released, 30);
 }
 
 #[tokio::test(start_paused = true)]
