@@ -587,6 +587,28 @@ async fn removals_coming_due_together_are_coalesced_and_isolated_ones_go_at_once
     assert_eq!(h.cloud.calls(), vec![vec![ip(11), ip(12)], vec![ip(13)]]);
 }
 
+/// No grace period and no burst hold: every removal is due on arrival, as in the
+/// benchmark's mass release.
+fn start_due_at_once(aux: &[u8]) -> Harness {
+    start(aux, |s| {
+        s.grace = Duration::ZERO;
+        s.burst_limit = 100;
+    })
+}
+
+/// Lets the engine take in what was sent and finish an (instant) send-time check,
+/// without moving the paused clock.
+async fn let_the_engine_run() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Call sizes, in order.
+fn call_sizes(h: &Harness) -> Vec<usize> {
+    h.cloud.calls().iter().map(Vec::len).collect()
+}
+
 /// With no grace period the first removals of a burst are due, and checked, before
 /// the rest of the burst has arrived. Their call waits for the burst (while removals
 /// keep coming less than `BURST_QUIET` apart), so a burst of 25 takes the minimum of
@@ -594,22 +616,15 @@ async fn removals_coming_due_together_are_coalesced_and_isolated_ones_go_at_once
 #[tokio::test(start_paused = true)]
 async fn a_burst_behind_a_checked_first_removal_fills_its_call() {
     let aux: Vec<u8> = (11..36).collect();
-    let h = start(&aux, |s| {
-        s.grace = Duration::ZERO;
-        s.burst_limit = 100;
-    });
+    let h = start_due_at_once(&aux);
     h.remove(11, by("ip"));
     h.remove(12, by("ip"));
-    // Let the engine take them in and finish the (instant) send-time check.
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
+    let_the_engine_run().await;
     for n in 13..36 {
         h.remove(n, by("ip"));
     }
     sleep(Duration::from_secs(5)).await;
-    let sizes: Vec<usize> = h.cloud.calls().iter().map(Vec::len).collect();
-    assert_eq!(sizes, vec![10, 10, 5], "{:?}", h.cloud.calls());
+    assert_eq!(call_sizes(&h), vec![10, 10, 5], "{:?}", h.cloud.calls());
 
     // A lone removal: out within the quiet period, not after the coalescing cap.
     let h = start(&[11], |s| {
@@ -617,9 +632,7 @@ async fn a_burst_behind_a_checked_first_removal_fills_its_call() {
         s.coalesce = Duration::from_secs(10);
     });
     h.remove(11, by("ip"));
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
+    let_the_engine_run().await;
     assert_eq!(h.cloud.calls(), vec![vec![ip(11)]], "no wait at all");
 }
 
@@ -628,15 +641,10 @@ async fn a_burst_behind_a_checked_first_removal_fills_its_call() {
 #[tokio::test(start_paused = true)]
 async fn a_partial_last_call_waits_for_the_next_check() {
     let aux: Vec<u8> = (11..41).collect();
-    let h = start(&aux, |s| {
-        s.grace = Duration::ZERO;
-        s.burst_limit = 100;
-    });
+    let h = start_due_at_once(&aux);
     h.remove(11, by("ip"));
     h.remove(12, by("ip"));
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
+    let_the_engine_run().await;
     for n in 13..22 {
         h.remove(n, by("ip"));
     }
@@ -646,8 +654,7 @@ async fn a_partial_last_call_waits_for_the_next_check() {
         h.remove(n, by("ip"));
     }
     sleep(Duration::from_secs(5)).await;
-    let sizes: Vec<usize> = h.cloud.calls().iter().map(Vec::len).collect();
-    assert_eq!(sizes, vec![10, 10, 10], "{:?}", h.cloud.calls());
+    assert_eq!(call_sizes(&h), vec![10, 10, 10], "{:?}", h.cloud.calls());
     assert_eq!(h.snapshot().await.counters.released, 30);
 }
 
