@@ -344,11 +344,25 @@ impl EventSocket {
     /// queuing in the kernel (and overrun there, as ever, if the buffer fills), but do
     /// not wake the process one by one.
     pub fn park(&mut self) {
-        if let Registration::Live(_) = self.socket
-            && let Registration::Live(fd) = std::mem::replace(&mut self.socket, Registration::Gone)
-        {
-            self.socket = Registration::Parked(fd.into_inner());
-        }
+        self.socket = match std::mem::replace(&mut self.socket, Registration::Gone) {
+            Registration::Live(fd) => Registration::Parked(fd.into_inner()),
+            other => other,
+        };
+    }
+
+    /// Puts a parked socket back into the reactor; false if that failed.
+    fn unpark(&mut self) -> bool {
+        self.socket = match std::mem::replace(&mut self.socket, Registration::Gone) {
+            Registration::Parked(socket) => match register(socket) {
+                Ok(fd) => Registration::Live(fd),
+                Err(e) => {
+                    tracing::error!(error = %e, "netlink event socket could not be re-registered");
+                    return false;
+                }
+            },
+            other => other,
+        };
+        true
     }
 
     /// The next notification; `None` when the socket failed for good.
@@ -357,25 +371,16 @@ impl EventSocket {
             if let Some(n) = self.queued.pop_front() {
                 return Some(n);
             }
-            if let Registration::Parked(_) = self.socket
-                && let Registration::Parked(socket) =
-                    std::mem::replace(&mut self.socket, Registration::Gone)
-            {
-                match register(socket) {
-                    Ok(fd) => {
-                        self.socket = Registration::Live(fd);
-                        // What queued while parked is there now: take it without
-                        // a trip through the reactor.
-                        match self.try_next() {
-                            Ok(Some(n)) => return Some(n),
-                            Ok(None) => {}
-                            Err(()) => return None,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "netlink event socket could not be re-registered");
-                        return None;
-                    }
+            if matches!(self.socket, Registration::Parked(_)) {
+                if !self.unpark() {
+                    return None;
+                }
+                // What queued while parked is there now: take it without a trip
+                // through the reactor.
+                match self.try_next() {
+                    Ok(Some(n)) => return Some(n),
+                    Ok(None) => {}
+                    Err(()) => return None,
                 }
             }
             let Registration::Live(fd) = &self.socket else {
