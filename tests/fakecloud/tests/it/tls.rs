@@ -30,15 +30,20 @@ fn trusting_client() -> reqwest::Client {
         .expect("client")
 }
 
-#[tokio::test]
-async fn https_serves_metadata_and_signed_api_calls() {
-    let cloud = standard_cloud();
-    let server = cloud
+/// Serves `cloud` over HTTPS (the test CA's certificate) on a free loopback port.
+fn serve_tls(cloud: &enisync_fakecloud::FakeCloud) -> enisync_fakecloud::FakeServer {
+    cloud
         .serve_tls(
             TcpListener::bind("127.0.0.1:0").expect("bind"),
             &tls_config(),
         )
-        .expect("serve");
+        .expect("serve")
+}
+
+#[tokio::test]
+async fn https_serves_metadata_and_signed_api_calls() {
+    let cloud = standard_cloud();
+    let server = serve_tls(&cloud);
     assert!(server.v3_endpoint().starts_with("https://127.0.0.1:"));
     let env = Env {
         cloud,
@@ -72,12 +77,7 @@ async fn https_serves_metadata_and_signed_api_calls() {
 #[tokio::test]
 async fn https_refuses_untrusted_clients_and_plain_http() {
     let cloud = standard_cloud();
-    let server = cloud
-        .serve_tls(
-            TcpListener::bind("127.0.0.1:0").expect("bind"),
-            &tls_config(),
-        )
-        .expect("serve");
+    let server = serve_tls(&cloud);
     let plain = enisync::cloud::http_client_builder()
         .timeout(Duration::from_secs(5))
         .build()
