@@ -46,7 +46,7 @@ pub enum ConfigError {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -72,7 +72,7 @@ pub struct Config {
     pub interfaces: Vec<StaticInterface>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudConfig {
     /// `v3` (TC3-HMAC-SHA256, the default) or `legacy`.
@@ -151,7 +151,7 @@ impl CloudConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataConfig {
     #[serde(default = "d_metadata")]
@@ -169,7 +169,7 @@ impl Default for MetadataConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseConfig {
     /// A removal must last this long before it is released (the cooldown comparable
@@ -245,7 +245,7 @@ pub enum RoutingMode {
     Off,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     #[serde(default)]
@@ -268,7 +268,7 @@ impl Default for RoutingConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     #[serde(default = "d_state_dir")]
@@ -292,7 +292,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]
@@ -311,7 +311,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetlinkConfig {
     /// Receive buffer of the event socket, bytes. Larger buffers overrun less; an
@@ -332,7 +332,7 @@ impl Default for NetlinkConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Serve `/metrics`, `/healthz`, `/readyz`.
@@ -355,7 +355,7 @@ impl Default for MetricsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
     /// The control socket of `status`, `plan`, `pause`, `resume`, `release --held`,
@@ -371,7 +371,7 @@ impl Default for ControlConfig {
 }
 
 /// `[[interface]]`: an ENI mapping given by hand.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticInterface {
     pub mac: MacAddr,
@@ -492,20 +492,57 @@ impl Config {
                 return Err(invalid(key, format!("not an http(s) URL: {url:?}")));
             }
         }
-        if !(self.cloud.max_calls_per_second > 0.0 && self.cloud.max_calls_per_second.is_finite()) {
+        if !(self.cloud.max_calls_per_second > 0.0
+            && self.cloud.max_calls_per_second <= MAX_CALLS_PER_SECOND)
+        {
             return Err(invalid(
                 "cloud.max_calls_per_second",
-                "must be a positive number".into(),
+                format!(
+                    "must be a number above 0 and at most {MAX_CALLS_PER_SECOND} \
+                     (the account's documented limit, shared by every node)"
+                ),
             ));
         }
-        if self.release.burst_limit == 0 {
-            return Err(invalid("release.burst_limit", "must be at least 1".into()));
+        for (key, value, range) in self.durations() {
+            if !range.contains(&value) {
+                return Err(invalid(key, range.explain(value)));
+            }
         }
-        if self.release.burst_window.is_zero() {
+        for (key, value, (min, max)) in [
+            ("release.burst_limit", self.release.burst_limit, (1, 10_000)),
+            (
+                "release.host_limit",
+                self.release.host_limit,
+                (0, 1_000_000),
+            ),
+            (
+                "netlink.receive_buffer",
+                self.netlink.receive_buffer,
+                (4096, 1 << 30),
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("{value} is out of range: must be from {min} to {max}"),
+                ));
+            }
+        }
+        if self.metrics.enabled
+            && !self.metrics.address.ip().is_loopback()
+            && !self.metrics.allow_remote
+        {
             return Err(invalid(
-                "release.burst_window",
-                "must be longer than 0".into(),
+                "metrics.address",
+                format!(
+                    "{} is not a loopback address; set metrics.allow_remote = true to expose \
+                     /metrics and /healthz beyond this host",
+                    self.metrics.address
+                ),
             ));
+        }
+        if let Err(reason) = check_log_level(&self.log.level) {
+            return Err(invalid("log.level", reason));
         }
         for (i, glob) in self.release.interfaces.iter().enumerate() {
             if glob.is_empty() || glob.contains('/') {
@@ -542,6 +579,39 @@ impl Config {
         if !self.state.dir.is_absolute() {
             return Err(invalid("state.dir", "must be an absolute path".into()));
         }
+        if self.cloud.instance_id.is_some() {
+            // The instance id alone is no use: without the metadata service enisync also
+            // needs the region and the MAC-to-ENI mappings, so all three go together.
+            if self.cloud.region.is_none() {
+                return Err(invalid(
+                    "cloud.instance_id",
+                    "needs cloud.region as well (enisync then starts without the metadata service)"
+                        .into(),
+                ));
+            }
+            if self.interfaces.is_empty() {
+                return Err(invalid(
+                    "cloud.instance_id",
+                    "needs at least one [[interface]] mapping as well (enisync then starts \
+                     without the metadata service)"
+                        .into(),
+                ));
+            }
+            if !self
+                .cloud
+                .instance_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("ins-"))
+            {
+                return Err(invalid(
+                    "cloud.instance_id",
+                    format!(
+                        "not an instance id: {:?}",
+                        self.cloud.instance_id.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+        }
         let mut macs = std::collections::HashSet::new();
         for (i, iface) in self.interfaces.iter().enumerate() {
             if !macs.insert(iface.mac) {
@@ -559,6 +629,167 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The allowed values of a duration key. The upper bounds catch typos (a grace of years
+/// is never meant) and keep every later `Instant + duration` from overflowing.
+#[derive(Debug, Clone, Copy)]
+struct DurationRange {
+    /// Zero allowed (a grace of 0 releases at once; a timeout of 0 would fail every call).
+    zero: bool,
+    max: Duration,
+}
+
+impl DurationRange {
+    const fn up_to(max_secs: u64, zero: bool) -> Self {
+        Self {
+            zero,
+            max: Duration::from_secs(max_secs),
+        }
+    }
+
+    fn contains(&self, value: &Duration) -> bool {
+        (self.zero || !value.is_zero()) && *value <= self.max
+    }
+
+    fn explain(&self, value: Duration) -> String {
+        let max = format!("{}m", self.max.as_secs() / 60);
+        if value.is_zero() && !self.zero {
+            format!("must be longer than 0 (and at most {max})")
+        } else {
+            format!("{value:?} is too long: at most {max}")
+        }
+    }
+}
+
+const MINUTE: u64 = 60;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+/// The documented account-wide limit of `UnassignPrivateIpAddresses`; a node asking for
+/// more than the whole account has is a typo.
+const MAX_CALLS_PER_SECOND: f64 = 100.0;
+
+impl Config {
+    /// Every duration key with its allowed range: the one table `validate` checks.
+    fn durations(&self) -> [(&'static str, Duration, DurationRange); 10] {
+        use DurationRange as R;
+        [
+            (
+                "cloud.connect_timeout",
+                self.cloud.connect_timeout,
+                R::up_to(5 * MINUTE, false),
+            ),
+            (
+                "cloud.timeout",
+                self.cloud.timeout,
+                R::up_to(10 * MINUTE, false),
+            ),
+            (
+                "cloud.task_timeout",
+                self.cloud.task_timeout,
+                R::up_to(DAY, false),
+            ),
+            (
+                "metadata.timeout",
+                self.metadata.timeout,
+                R::up_to(5 * MINUTE, false),
+            ),
+            ("release.grace", self.release.grace, R::up_to(DAY, true)),
+            (
+                "release.burst_window",
+                self.release.burst_window,
+                R::up_to(HOUR, false),
+            ),
+            (
+                "release.coalesce",
+                self.release.coalesce,
+                R::up_to(MINUTE, true),
+            ),
+            (
+                "release.not_listed_recheck",
+                self.release.not_listed_recheck,
+                R::up_to(DAY, true),
+            ),
+            (
+                "release.host_limit_window",
+                self.release.host_limit_window,
+                R::up_to(7 * DAY, false),
+            ),
+            (
+                "netlink.resync_interval",
+                self.netlink.resync_interval,
+                R::up_to(DAY, false),
+            ),
+        ]
+    }
+
+    /// The keys whose new value a reload cannot apply (they are read once, at start),
+    /// so that the reload can name them instead of keeping them silently. `[release]`
+    /// applies at once, to the engine and to routing (`dry_run`).
+    pub fn restart_needed(&self, new: &Self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut differs = |key: &'static str, changed: bool| {
+            if changed {
+                keys.push(key);
+            }
+        };
+        differs("cloud", self.cloud != new.cloud);
+        differs("metadata", self.metadata != new.metadata);
+        differs("routing.mode", self.routing.mode != new.routing.mode);
+        differs(
+            "routing.table_base",
+            self.routing.table_base != new.routing.table_base,
+        );
+        differs(
+            "routing.rule_priority",
+            self.routing.rule_priority != new.routing.rule_priority,
+        );
+        differs("state.dir", self.state != new.state);
+        differs("log", self.log != new.log);
+        differs("netlink", self.netlink != new.netlink);
+        differs("metrics", self.metrics != new.metrics);
+        differs("control.socket", self.control != new.control);
+        differs("interface", self.interfaces != new.interfaces);
+        keys
+    }
+}
+
+/// `log.level`, parsed strictly: a comma-separated list of `level` or `target=level`
+/// directives. tracing's own parser takes any word as a target name, so a typo such as
+/// `verbose` would silently log nothing but that "target". The `audit` target is the
+/// release history: it is always kept at `info` (see `init_logging`), so a directive
+/// that would silence it is refused rather than ignored.
+pub fn check_log_level(text: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level_ok = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    if text.trim().is_empty() {
+        return Err("empty: use a level such as \"info\"".into());
+    }
+    for directive in text.split(',').map(str::trim) {
+        let ok = match directive.split_once('=') {
+            None => level_ok(directive),
+            Some((target, level)) => {
+                if target == "audit" && !matches!(level, "info" | "debug" | "trace") {
+                    return Err(
+                        "the audit target is the release history and cannot be lowered below info"
+                            .into(),
+                    );
+                }
+                !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                    && level_ok(level)
+            }
+        };
+        if !ok {
+            return Err(format!(
+                "bad directive {directive:?}: expected a level (trace, debug, info, warn, error, off) \
+                 or target=level, comma-separated"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Rebuilds a TOML error without quoting the source line (it may hold a secret), naming
@@ -875,5 +1106,87 @@ vpc = "vpc-1"
                 .contains("1.2.3.4".parse().expect("ip"))
         );
         assert_eq!(Cidr::parse("10.1.2.3").expect("cidr").prefix, 32);
+    }
+
+    #[test]
+    fn every_duration_has_an_upper_bound_and_the_default_is_inside_it() {
+        let defaults = Config::default();
+        for (key, value, range) in defaults.durations() {
+            assert!(
+                range.contains(&value),
+                "default {key} = {value:?} is out of its range"
+            );
+        }
+        let e = err("[release]\ngrace = \"200000000000000000m\"\n");
+        assert!(
+            e.contains("`release.grace`") && e.contains("too long"),
+            "{e}"
+        );
+        let e = err("[netlink]\nresync_interval = \"0s\"\n");
+        assert!(
+            e.contains("`netlink.resync_interval`") && e.contains("longer than 0"),
+            "{e}"
+        );
+        parse("[release]\ngrace = \"0s\"\n").expect("a grace of 0 releases at once");
+    }
+
+    #[test]
+    fn log_level_is_parsed_strictly_and_keeps_the_audit_records() {
+        for good in [
+            "info",
+            "warn",
+            "info,enisync=debug",
+            "error,audit=info",
+            "debug, enisync::engine=trace",
+        ] {
+            check_log_level(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "",
+            "verbose",
+            "info,enisync=loud",
+            "audit=off",
+            "info,audit=warn",
+            "[span]=info",
+        ] {
+            assert!(check_log_level(bad).is_err(), "{bad:?} must be refused");
+        }
+        let e = err("[log]\nlevel = \"verbose\"\n");
+        assert!(e.contains("`log.level`"), "{e}");
+    }
+
+    #[test]
+    fn a_public_metrics_address_needs_allow_remote() {
+        let e = err("[metrics]\naddress = \"0.0.0.0:9469\"\n");
+        assert!(
+            e.contains("`metrics.address`") && e.contains("allow_remote"),
+            "{e}"
+        );
+        parse("[metrics]\naddress = \"0.0.0.0:9469\"\nallow_remote = true\n").expect("opted in");
+        parse("[metrics]\nenabled = false\naddress = \"0.0.0.0:9469\"\n").expect("not served");
+    }
+
+    #[test]
+    fn instance_id_goes_with_region_and_interfaces() {
+        let e = err("[cloud]\ninstance_id = \"ins-1\"\nregion = \"ap-guangzhou\"\n");
+        assert!(
+            e.contains("`cloud.instance_id`") && e.contains("[[interface]]"),
+            "{e}"
+        );
+        parse(
+            "[cloud]\ninstance_id = \"ins-1\"\nregion = \"ap-guangzhou\"\n\
+             [[interface]]\nmac = \"52:54:00:00:00:01\"\neni = \"eni-1\"\nvpc = \"vpc-1\"\n",
+        )
+        .expect("complete");
+    }
+
+    #[test]
+    fn a_reload_names_exactly_the_keys_that_need_a_restart() {
+        let old = parse("[release]\ngrace = \"30s\"\n").expect("valid");
+        let release_only = parse("[release]\ngrace = \"5s\"\ndry_run = true\n").expect("valid");
+        assert!(old.restart_needed(&release_only).is_empty());
+        let more =
+            parse("[routing]\nmode = \"manage\"\n[log]\nformat = \"json\"\n").expect("valid");
+        assert_eq!(old.restart_needed(&more), vec!["routing.mode", "log"]);
     }
 }

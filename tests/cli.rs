@@ -66,3 +66,120 @@ fn version_prints() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("enisync "));
 }
+
+/// (3) `check-config` refuses what `run` would refuse or crash on, naming the key: a
+/// zero resync interval (a panic in `run` before), a public metrics address without
+/// `allow_remote` (refused only at start before), a duration that overflows the clock,
+/// a log level that would silently drop the audit records.
+#[test]
+fn check_config_refuses_what_run_would_refuse_naming_the_key() {
+    for (text, key, why) in [
+        (
+            "[netlink]\nresync_interval = \"0s\"\n",
+            "netlink.resync_interval",
+            "longer than 0",
+        ),
+        (
+            "[metrics]\naddress = \"0.0.0.0:9469\"\n",
+            "metrics.address",
+            "allow_remote",
+        ),
+        (
+            "[release]\ngrace = \"200000000000000000m\"\n",
+            "release.grace",
+            "too long",
+        ),
+        (
+            "[release]\nburst_limit = 100000000\n",
+            "release.burst_limit",
+            "out of range",
+        ),
+        ("[log]\nlevel = \"verbose\"\n", "log.level", "bad directive"),
+        (
+            "[log]\nlevel = \"info,audit=off\"\n",
+            "log.level",
+            "release history",
+        ),
+        (
+            "[cloud]\ninstance_id = \"ins-1\"\n",
+            "cloud.instance_id",
+            "cloud.region",
+        ),
+        (
+            "[cloud]\nmax_calls_per_second = 1000\n",
+            "cloud.max_calls_per_second",
+            "at most 100",
+        ),
+    ] {
+        let (code, out, err) = check_config(text);
+        assert_eq!(code, 1, "{text:?} must be refused; said {out}{err}");
+        assert!(err.contains(key) && err.contains(why), "{text:?}: {err}");
+    }
+    let (code, _, err) =
+        check_config("[metrics]\naddress = \"0.0.0.0:9469\"\nallow_remote = true\n");
+    assert_eq!(code, 0, "allow_remote opts in: {err}");
+}
+
+/// (3) Run as root, `check-config` checks that the service user can read the file and
+/// write `state.dir`, by trying as that user: a root-owned 0600 file passes every other
+/// check and then cannot be read under `User=enisync`.
+#[test]
+fn check_config_as_root_checks_the_service_users_access() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (it switches to another user); run it as root, as CI does"
+    );
+    let dir = std::env::temp_dir().join(format!("enisync-cli-user-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let state = dir.join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    let path = dir.join("enisync.toml");
+    std::fs::write(&path, format!("[state]\ndir = \"{}\"\n", state.display())).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let check = |user: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_enisync"))
+            .args(["check-config", "--service-user", user, "--config"])
+            .arg(&path)
+            .output()
+            .expect("run enisync");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = check("nobody");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("nobody cannot read"), "{text}");
+
+    let chown = |p: &std::path::Path| {
+        let status = Command::new("chown")
+            .arg("nobody")
+            .arg(p)
+            .status()
+            .expect("chown");
+        assert!(status.success());
+    };
+    chown(&path);
+    let (code, text) = check("nobody");
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("`state.dir`") && text.contains("cannot write"),
+        "{text}"
+    );
+
+    chown(&state);
+    let (code, text) = check("nobody");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("service user nobody can read it"), "{text}");
+
+    let (code, text) = check("no-such-user-here");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("no user"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
