@@ -1,11 +1,12 @@
 //! `enisync run`: wires the edges (netlink, metadata, cloud, disk, systemd, signals) to
 //! the engine and gets out of the way. Nothing here decides about a release.
 //!
-//! Start-up order matters: the state directory is locked first (one enisync per host),
-//! the netlink watcher subscribes and dumps before anything else can change, the
-//! metadata service and the inventory are waited for (with backoff, never giving up:
-//! a CVM whose metadata service is briefly down must not lose its agent), and only then
-//! is `READY=1` sent.
+//! Start-up order matters: signals are handled first, the state directory is locked
+//! (one enisync per host), the netlink watcher subscribes and dumps before anything
+//! else can change, and then `READY=1` is sent. The metadata service and the inventory
+//! are waited for after that (with backoff, never giving up: a CVM whose metadata
+//! service is briefly down must not lose its agent), with the control socket answering
+//! `status` and `pause` meanwhile.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -23,10 +24,11 @@ use tracing::{error, info, warn};
 use crate::cloud::client::{CallObserver, CloudSettings, TencentCloud};
 use crate::cloud::credentials::{CredentialProvider, CredentialSources, ServerClock, SystemClock};
 use crate::cloud::metadata::{MetadataClient, MetadataSettings};
+use crate::cloud::retry::Backoff;
 use crate::cloud::retry::Rates;
 use crate::cloud::{Cloud, MacAddr};
 use crate::config::{Config, RoutingMode, prefix_mask};
-use crate::engine::{Command, Engine, Settings, Start};
+use crate::engine::{Command, Engine, PauseRequest, Settings, Snapshot, Start};
 use crate::host::routes::{ManagedEni, RoutingConfig};
 use crate::host::watch::WatchOptions;
 use crate::host::{HostView, routes, watch};
@@ -34,6 +36,7 @@ use crate::inventory::{Inventory, MetaFacts};
 use crate::journal::{self, Journal};
 use crate::ops::metrics::{self, Health, Metrics};
 use crate::ops::{control, heartbeat};
+use crate::pause::PauseFile;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,13 +100,30 @@ pub fn engine_settings(config: &Config) -> Settings {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `config_path` is re-read on SIGHUP.
+///
+/// `READY=1` goes to systemd once the state directory is locked, the journal read and
+/// the host dumped: from then on the daemon holds its place and answers `status`,
+/// `pause`, `/healthz` and `/readyz`. What it still waits for (the metadata service, the
+/// first ENI listing) shows in `STATUS=` and `/readyz`, for as long as it takes, without
+/// a start timeout or a restart loop (a CVM whose metadata service is down must not lose
+/// its agent, nor have systemd kill it every 90 s).
 pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError> {
+    // Signals before anything else: a SIGHUP (`systemctl reload`) or SIGTERM at any point
+    // of the start must be handled, never take the default action of ending the process.
+    let shutdown = CancellationToken::new();
+    let (commands_tx, mut commands_rx) = mpsc::channel(16);
+    spawn_signal_handler(
+        config_path,
+        config.clone(),
+        shutdown.clone(),
+        commands_tx.clone(),
+    )?;
     let _lock = lock_state_dir(&config.state.dir)?;
     let (journal, replay) = Journal::open(&config.state.dir)?;
     if !replay.corrupt_lines.is_empty() {
         warn!(lines = ?replay.corrupt_lines, "journal lines failed their checksum and were skipped");
     }
-    notify_status("watching the host's interfaces");
+    let pause_file = PauseFile::new(&config.state.dir);
     let (view, watch_handle, events) = watch::start(WatchOptions {
         recv_buffer: config.netlink.receive_buffer,
         resync_interval: config.netlink.resync_interval,
@@ -117,7 +137,6 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         "host dumped"
     );
 
-    let shutdown = CancellationToken::new();
     let watch_handle = Arc::new(watch_handle);
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
@@ -146,23 +165,44 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             shutdown.clone(),
         ));
     }
-    let metadata = MetadataClient::new(&MetadataSettings {
-        base_url: config.metadata.endpoint.clone(),
-        total_timeout: config.metadata.timeout,
-        ..MetadataSettings::default()
+    let control = control::bind(&config.control.socket).map_err(|source| DaemonError::Control {
+        path: config.control.socket.clone(),
+        source,
     })?;
-    notify_status("waiting for the metadata service");
-    let Some(facts) = wait_for_instance(&metadata, &config, &shutdown).await else {
+    tokio::spawn(control::serve(
+        control,
+        commands_tx.clone(),
+        shutdown.clone(),
+    ));
+
+    let mut watchdog = Watchdog::from_env()?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let mut start = Starting {
+        config: &config,
+        pause_file: &pause_file,
+        health: &health,
+        commands: &mut commands_rx,
+        watchdog: &mut watchdog,
+        shutdown: &shutdown,
+        settings: engine_settings(&config),
+        waiting_for: String::new(),
+    };
+    if let Some(p) = pause_file.load() {
+        warn!(paused = %p.describe(), "releases are paused (kept in the state directory); `enisync resume` clears it");
+    }
+
+    let Some(facts) = start.instance_facts().await else {
+        stopped(&config);
         return Ok(());
     };
-
     let clock = Arc::new(ServerClock::new(Arc::new(SystemClock)));
     let config_keys = match (&config.cloud.secret_id, &config.cloud.secret_key) {
         (Some(id), Some(key)) => Some((id.clone(), key.clone())),
         _ => None,
     };
+    let metadata = metadata_client(&config)?;
     let credentials = Arc::new(CredentialProvider::new(
-        CredentialSources::from_process(config_keys, Some(metadata.clone())),
+        CredentialSources::from_process(config_keys, Some(metadata)),
         clock,
     )?);
     let _ = credentials_slot.set(Arc::clone(&credentials));
@@ -173,14 +213,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let cloud = Arc::new(
         TencentCloud::new(cloud_settings(&config, &facts), credentials)?.with_observer(observer),
     );
-
-    notify_status("loading the ENI inventory");
-    let Some(inventory) = wait_for_inventory(&cloud, &facts, &config, &shutdown).await else {
+    let Some(inventory) = start.inventory(&cloud, &facts).await else {
+        stopped(&config);
         return Ok(());
     };
     info!(enis = inventory.by_mac.len(), instance = %inventory.instance_id, "inventory loaded");
+    // A reload while waiting gave new `[release]` settings: the engine starts with them.
+    let settings = start.settings;
 
-    let router = HostRouter::new(&config, Some(Arc::clone(&metrics)))?;
+    let router = HostRouter::new(&config, settings.dry_run, Some(Arc::clone(&metrics)))?;
     let mut warnings = Vec::new();
     if config.routing.mode == RoutingMode::Manage {
         router.startup_check(&view, &inventory).await?;
@@ -198,8 +239,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         }
     }
 
+    let dry_run = settings.dry_run;
+    let grace = settings.grace;
     let engine = Engine::new(
-        engine_settings(&config),
+        settings,
         Arc::clone(&cloud),
         router,
         Start {
@@ -212,63 +255,277 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             replay: replay.live,
             metrics: Some(Arc::clone(&metrics)),
             warnings,
+            pause_file: Some(pause_file.clone()),
         },
     );
-    let (commands_tx, commands_rx) = mpsc::channel(16);
-    spawn_signal_handler(config_path, shutdown.clone(), commands_tx.clone())?;
-    let control = control::bind(&config.control.socket).map_err(|source| DaemonError::Control {
-        path: config.control.socket.clone(),
-        source,
-    })?;
-    tokio::spawn(control::serve(
-        control,
-        commands_tx.clone(),
-        shutdown.clone(),
-    ));
-
-    // The engine loop pings the watchdog: a beat every half period wakes it, and any
-    // turn pings when the last ping is a quarter period old, so pings are at most
-    // three quarters of the period apart and at most two per half period under load.
-    let watchdog = sd_notify::watchdog_enabled();
-    let heartbeat = match watchdog {
-        Some(w) => heartbeat::beats(w / 2).map_err(DaemonError::Watchdog)?,
-        None => Box::pin(futures_util::stream::pending()),
-    };
-    let ping_after = watchdog.map(|w| w / 4);
-    let mut last_ping = std::time::Instant::now();
-    let tick = move || {
-        if let Some(after) = ping_after
-            && last_ping.elapsed() >= after
-        {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            last_ping = std::time::Instant::now();
-        }
-    };
     health.engine_started(commands_tx.clone());
     health.set_ready(true);
-    let mode = if config.release.dry_run {
-        "dry run"
-    } else {
-        "armed"
-    };
-    let _ = sd_notify::notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&format!("watching; releases {mode}")),
-    ]);
-    info!(
-        dry_run = config.release.dry_run,
-        grace_ms = crate::millis(config.release.grace),
-        "enisync ready"
-    );
+    let mode = if dry_run { "dry run" } else { "armed" };
+    notify_status(&format!("watching; releases {mode}"));
+    info!(dry_run, grace_ms = crate::millis(grace), "enisync ready");
+    let heartbeat = watchdog.take_beats();
     engine
-        .run(events, commands_rx, shutdown.clone(), heartbeat, tick)
+        .run(
+            events,
+            commands_rx,
+            shutdown.clone(),
+            heartbeat,
+            move || {
+                watchdog.ping_if_due();
+            },
+        )
         .await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     drop(watch_handle);
+    stopped(&config);
+    Ok(())
+}
+
+fn stopped(config: &Config) {
     let _ = std::fs::remove_file(&config.control.socket);
     info!("enisync stopped");
+}
+
+fn metadata_client(config: &Config) -> Result<MetadataClient, DaemonError> {
+    Ok(MetadataClient::new(&MetadataSettings {
+        base_url: config.metadata.endpoint.clone(),
+        total_timeout: config.metadata.timeout,
+        ..MetadataSettings::default()
+    })?)
+}
+
+/// The systemd watchdog, fed from whatever loop runs: the start-up waits, then the
+/// engine. A beat every half period wakes the loop, and any turn pings when the last
+/// ping is a quarter period old, so pings are at most three quarters of the period
+/// apart and at most two per half period under load.
+struct Watchdog {
+    beats: Option<futures_util::stream::BoxStream<'static, ()>>,
+    ping_after: Option<Duration>,
+    last_ping: std::time::Instant,
+}
+
+impl Watchdog {
+    fn from_env() -> Result<Self, DaemonError> {
+        let period = sd_notify::watchdog_enabled();
+        let beats = match period {
+            Some(w) => heartbeat::beats(w / 2).map_err(DaemonError::Watchdog)?,
+            None => Box::pin(futures_util::stream::pending()),
+        };
+        Ok(Self {
+            beats: Some(beats),
+            ping_after: period.map(|w| w / 4),
+            last_ping: std::time::Instant::now(),
+        })
+    }
+
+    fn ping_if_due(&mut self) {
+        if let Some(after) = self.ping_after
+            && self.last_ping.elapsed() >= after
+        {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            self.last_ping = std::time::Instant::now();
+        }
+    }
+
+    /// The next beat (never, without a watchdog).
+    async fn beat(&mut self) {
+        match self.beats.as_mut() {
+            Some(b) => {
+                let _ = b.next().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Hands the beats over to the engine loop.
+    fn take_beats(&mut self) -> futures_util::stream::BoxStream<'static, ()> {
+        self.beats
+            .take()
+            .unwrap_or_else(|| Box::pin(futures_util::stream::pending()))
+    }
+}
+
+/// The start-up waits, with the control socket answered meanwhile: `status` says what
+/// enisync waits for, `pause` and `resume` go to the pause file (the engine reads it
+/// when it starts), and a reload's `[release]` settings are kept for the engine.
+struct Starting<'a> {
+    config: &'a Config,
+    pause_file: &'a PauseFile,
+    health: &'a Health,
+    commands: &'a mut mpsc::Receiver<Command>,
+    watchdog: &'a mut Watchdog,
+    shutdown: &'a CancellationToken,
+    /// The settings the engine will start with.
+    settings: Settings,
+    waiting_for: String,
+}
+
+impl Starting<'_> {
+    /// The instance's facts: from the config when it names the instance (no metadata
+    /// service needed), else from the metadata service, waited for.
+    async fn instance_facts(&mut self) -> Option<InstanceFacts> {
+        if let Some(facts) = facts_from_config(self.config) {
+            info!(instance = %facts.instance_id, region = %facts.region, "instance from the configuration (cloud.instance_id); the metadata service is not needed");
+            return Some(facts);
+        }
+        let metadata = match metadata_client(self.config) {
+            Ok(m) => m,
+            Err(e) => {
+                error!(error = %e, "metadata client");
+                return None;
+            }
+        };
+        let backoff = Backoff {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(30),
+        };
+        let mut attempt = 0;
+        loop {
+            match read_instance(&metadata, self.config).await {
+                Ok(facts) => return Some(facts),
+                Err(e) => {
+                    let delay = backoff.ceiling(attempt);
+                    attempt = attempt.saturating_add(1);
+                    warn!(error = %e, retry_in_ms = crate::millis(delay), "metadata service not usable yet");
+                    self.wait(format!("waiting for the metadata service: {e}"), delay)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn inventory(
+        &mut self,
+        cloud: &TencentCloud,
+        facts: &InstanceFacts,
+    ) -> Option<Inventory> {
+        let backoff = Backoff {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(60),
+        };
+        let mut attempt = 0;
+        loop {
+            match cloud.list_enis().await {
+                Ok(enis) => {
+                    return Some(Inventory::build(
+                        &facts.instance_id,
+                        enis,
+                        &facts.meta,
+                        &self.config.interfaces,
+                    ));
+                }
+                Err(e) => {
+                    let delay = backoff.ceiling(attempt);
+                    attempt = attempt.saturating_add(1);
+                    warn!(error = %e, retry_in_ms = crate::millis(delay), "DescribeNetworkInterfaces failed; retrying");
+                    self.wait(format!("loading the ENI inventory: {e}"), delay)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// Waits `delay`, answering commands and feeding the watchdog meanwhile. `None`:
+    /// stop (SIGTERM).
+    async fn wait(&mut self, waiting_for: String, delay: Duration) -> Option<()> {
+        if waiting_for != self.waiting_for {
+            notify_status(&waiting_for);
+            self.health.set_waiting(&waiting_for);
+            self.waiting_for = waiting_for;
+        }
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            self.watchdog.ping_if_due();
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = tokio::time::sleep_until(until) => return Some(()),
+                () = self.watchdog.beat() => {}
+                Some(command) = self.commands.recv() => self.answer(command),
+            }
+        }
+    }
+
+    fn answer(&mut self, command: Command) {
+        match command {
+            Command::Snapshot(reply) => {
+                let snapshot = Snapshot::starting(
+                    self.waiting_for.clone(),
+                    self.pause_file.load().as_ref(),
+                    self.settings.dry_run,
+                );
+                let _ = reply.send(snapshot);
+            }
+            Command::Pause(request, reply) => {
+                let _ = reply.send(pause_while_starting(self.pause_file, request));
+            }
+            Command::Reload(settings) => {
+                info!(
+                    waiting_for = %self.waiting_for,
+                    "reload received while starting: the new [release] settings apply when the engine starts"
+                );
+                self.settings = *settings;
+            }
+            Command::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            // Dropping the reply tells the client that enisync is still starting.
+            Command::Plan(_)
+            | Command::ReleaseHeld(_)
+            | Command::Cancel(..)
+            | Command::RefreshInventory => {}
+        }
+    }
+}
+
+/// `pause`/`resume` before the engine runs: straight to the file it will read.
+fn pause_while_starting(file: &PauseFile, request: PauseRequest) -> Result<(), String> {
+    let uid = request
+        .by_uid
+        .map_or_else(|| "unknown".to_string(), |u| u.to_string());
+    if request.pause {
+        file.pause(request.by_uid).map_err(|e| {
+            format!(
+                "the pause could not be written to {}: {e}",
+                file.path().display()
+            )
+        })?;
+        info!(target: "audit", decision = "paused", by_uid = %uid, "releases paused by an operator (while starting)");
+    } else {
+        file.resume().map_err(|e| {
+            format!(
+                "still paused: the pause file {} could not be removed: {e}",
+                file.path().display()
+            )
+        })?;
+        info!(target: "audit", decision = "resumed", by_uid = %uid, "releases resumed by an operator (while starting)");
+    }
     Ok(())
+}
+
+/// With `cloud.instance_id` (which config validation pairs with `cloud.region` and at
+/// least one `[[interface]]`), the instance is known without the metadata service.
+fn facts_from_config(config: &Config) -> Option<InstanceFacts> {
+    let instance_id = config.cloud.instance_id.clone()?;
+    let region = config.cloud.region.clone()?;
+    let meta = config
+        .interfaces
+        .iter()
+        .map(|i| {
+            (
+                i.mac,
+                MetaFacts {
+                    gateway: i.gateway,
+                    subnet_prefix: None,
+                },
+            )
+        })
+        .collect();
+    Some(InstanceFacts {
+        instance_id,
+        region,
+        meta,
+    })
 }
 
 /// Instance facts from the metadata service (or the config, for hosts without it).
@@ -277,28 +534,6 @@ struct InstanceFacts {
     instance_id: String,
     region: String,
     meta: HashMap<MacAddr, MetaFacts>,
-}
-
-async fn wait_for_instance(
-    metadata: &MetadataClient,
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> Option<InstanceFacts> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match read_instance(metadata, config).await {
-            Ok(facts) => return Some(facts),
-            Err(e) => {
-                warn!(error = %e, retry_in_ms = crate::millis(delay), "metadata service not usable yet")
-            }
-        }
-        extend_start_timeout(delay);
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
-    }
 }
 
 async fn read_instance(
@@ -343,36 +578,6 @@ async fn read_instance(
         region,
         meta,
     })
-}
-
-async fn wait_for_inventory(
-    cloud: &TencentCloud,
-    facts: &InstanceFacts,
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> Option<Inventory> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match cloud.list_enis().await {
-            Ok(enis) => {
-                return Some(Inventory::build(
-                    &facts.instance_id,
-                    enis,
-                    &facts.meta,
-                    &config.interfaces,
-                ));
-            }
-            Err(e) => {
-                warn!(error = %e, retry_in_ms = crate::millis(delay), "DescribeNetworkInterfaces failed; retrying")
-            }
-        }
-        extend_start_timeout(delay);
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(60));
-    }
 }
 
 fn cloud_settings(config: &Config, facts: &InstanceFacts) -> CloudSettings {
@@ -423,22 +628,18 @@ fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
     Ok(file)
 }
 
-/// While enisync waits for the metadata service or the inventory before READY=1, tell
-/// systemd it is still making progress, so `TimeoutStartSec=` does not kill a daemon
-/// that is doing the right thing (waiting, not guessing).
-fn extend_start_timeout(next_try: Duration) {
-    let usec = u32::try_from((next_try + Duration::from_secs(30)).as_micros()).unwrap_or(u32::MAX);
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(usec)]);
-}
-
 fn notify_status(status: &str) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(status)]);
 }
 
-/// SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the config (a bad one is rejected
-/// with its reason and the old one stays).
+/// SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the config. A bad file is rejected
+/// with its reason and the running configuration stays. A good one applies its
+/// `[release]` settings at once, to releases and routing alike; the keys that only a
+/// restart applies are named in the log line, never kept silently. Installed before
+/// anything else in `run`, so a signal during the start is handled too.
 fn spawn_signal_handler(
     config_path: PathBuf,
+    running: Config,
     shutdown: CancellationToken,
     commands: mpsc::Sender<Command>,
 ) -> Result<(), DaemonError> {
@@ -451,7 +652,17 @@ fn spawn_signal_handler(
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
                 match Config::load(&config_path) {
                     Ok(config) => {
-                        info!(path = %config_path.display(), "configuration reloaded");
+                        let needs_restart = running.restart_needed(&config);
+                        if needs_restart.is_empty() {
+                            info!(path = %config_path.display(), "configuration reloaded");
+                        } else {
+                            warn!(
+                                path = %config_path.display(),
+                                needs_restart = %needs_restart.join(", "),
+                                "configuration reloaded; [release] applies now, but these changed keys need a restart to take effect: {}",
+                                needs_restart.join(", ")
+                            );
+                        }
                         let _ = commands
                             .send(Command::Reload(Box::new(engine_settings(&config))))
                             .await;
@@ -483,7 +694,11 @@ pub struct HostRouter {
 }
 
 impl HostRouter {
-    pub fn new(config: &Config, metrics: Option<Arc<Metrics>>) -> Result<Self, DaemonError> {
+    pub fn new(
+        config: &Config,
+        dry_run: bool,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, DaemonError> {
         let router = match config.routing.mode {
             RoutingMode::Off => None,
             _ => Some(routes::Router::new(RoutingConfig {
@@ -493,7 +708,7 @@ impl HostRouter {
         };
         Ok(Self {
             mode: config.routing.mode,
-            dry_run: config.release.dry_run,
+            dry_run,
             router,
             metrics,
         })
@@ -512,6 +727,13 @@ impl HostRouter {
 }
 
 impl crate::engine::Router for HostRouter {
+    fn set_dry_run(&mut self, dry_run: bool) {
+        if self.dry_run != dry_run {
+            info!(dry_run, "routing follows release.dry_run");
+        }
+        self.dry_run = dry_run;
+    }
+
     async fn plan(
         &mut self,
         releasing: &[Ipv4Addr],

@@ -34,6 +34,7 @@ use crate::config::{Cidr, prefix_mask};
 use crate::host::{Addr, HostEvent, HostView, Link, Remover};
 use crate::inventory::Inventory;
 use crate::journal::{Journal, RecordState};
+use crate::pause::{PauseFile, Paused};
 
 /// Engine settings, from `[release]` and friends.
 #[derive(Debug, Clone)]
@@ -301,7 +302,48 @@ pub struct Snapshot {
     pub errors: Vec<String>,
     pub counters: Counters,
     pub paused: bool,
+    /// The pause in force: since when (RFC 3339), and by which uid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_by_uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_note: Option<String>,
     pub dry_run: bool,
+    /// What the daemon still waits for before the engine runs (the metadata service,
+    /// the first listing); absent once it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starting: Option<String>,
+}
+
+impl Snapshot {
+    /// What `status` shows before the engine runs: the pause and what start waits for.
+    pub fn starting(waiting_for: String, paused: Option<&Paused>, dry_run: bool) -> Self {
+        let mut snapshot = Self {
+            warnings: Vec::new(),
+            links: Vec::new(),
+            intents: Vec::new(),
+            recent: Vec::new(),
+            alarms: Vec::new(),
+            errors: Vec::new(),
+            counters: Counters::default(),
+            paused: false,
+            paused_since: None,
+            paused_by_uid: None,
+            paused_note: None,
+            dry_run,
+            starting: Some(waiting_for),
+        };
+        snapshot.set_pause(paused);
+        snapshot
+    }
+
+    fn set_pause(&mut self, paused: Option<&Paused>) {
+        self.paused = paused.is_some();
+        self.paused_since = paused.map(|p| crate::pause::rfc3339(p.since_unix));
+        self.paused_by_uid = paused.and_then(|p| p.by_uid);
+        self.paused_note = paused.and_then(|p| p.note.clone());
+    }
 }
 
 /// One ENI-backed link for `status`.
@@ -355,10 +397,20 @@ pub enum Command {
     Reload(Box<Settings>),
     /// Refresh the inventory now.
     RefreshInventory,
-    Pause(bool, oneshot::Sender<()>),
+    /// Pause (true) or resume (false) every cloud mutation; the uid is the caller's. The
+    /// answer says whether the change is on disk (a pause that is not would be lost
+    /// by a restart).
+    Pause(PauseRequest, oneshot::Sender<Result<(), String>>),
     /// Answered as soon as the loop reads it: `/healthz` asks, so liveness means "the
     /// engine answers", not "the engine woke up lately" (an idle engine sleeps).
     Ping(oneshot::Sender<()>),
+}
+
+/// `enisync pause` or `resume`, with the caller's uid from the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseRequest {
+    pub pause: bool,
+    pub by_uid: Option<u32>,
 }
 
 /// Policy routing, as the engine drives it. The real one is `host::routes`; unit tests
@@ -388,6 +440,10 @@ pub trait Router: Send + 'static {
         view: &HostView,
         inventory: &Inventory,
     ) -> impl Future<Output = Vec<String>> + Send;
+
+    /// A reload changed `release.dry_run`: routing changes are made (false) or only
+    /// logged (true) from now on, like releases.
+    fn set_dry_run(&mut self, dry_run: bool);
 }
 
 /// Reports from spawned cloud tasks.
@@ -444,7 +500,9 @@ pub struct Engine<C: Cloud, R: Router> {
     metrics: Option<Arc<crate::ops::metrics::Metrics>>,
     warnings: Vec<String>,
     counters: Counters,
-    paused: bool,
+    /// The operator's pause; kept in `pause_file` so that a restart keeps it.
+    paused: Option<Paused>,
+    pause_file: Option<PauseFile>,
     reports_tx: mpsc::UnboundedSender<Report>,
     reports_rx: mpsc::UnboundedReceiver<Report>,
     inventory_loading: bool,
@@ -495,6 +553,8 @@ pub struct Start {
     pub metrics: Option<Arc<crate::ops::metrics::Metrics>>,
     /// Standing warnings found at start, shown by `status`.
     pub warnings: Vec<String>,
+    /// Where the pause is kept; `None` in unit tests that do not persist it.
+    pub pause_file: Option<PauseFile>,
 }
 
 const RECENT_KEPT: usize = 64;
@@ -525,12 +585,16 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             metrics: start.metrics,
             warnings: start.warnings,
             counters: Counters::default(),
-            paused: false,
+            paused: start.pause_file.as_ref().and_then(PauseFile::load),
+            pause_file: start.pause_file,
             reports_tx,
             reports_rx,
             inventory_loading: false,
             last_inventory_refresh: None,
         };
+        if let Some(p) = &engine.paused {
+            warn!(target: "audit", decision = "paused", paused = %p.describe(), "releases stay paused (kept across the restart); `enisync resume` clears it");
+        }
         engine.recover(start.replay, Instant::now());
         engine
     }
@@ -928,7 +992,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// see below) for other removals of its ENI about to come due; an isolated one goes
     /// out at once. Removals that come due while the ENI is busy join the next batch.
     fn dispatch_due(&mut self, now: Instant) {
-        if self.paused {
+        if self.paused.is_some() {
             return;
         }
         // Local checks at the end of the grace period.
@@ -1615,7 +1679,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             not_yet,
             held,
             routing,
-            paused: self.paused,
+            paused: self.paused.is_some(),
             dry_run: self.settings.dry_run,
         }
     }
@@ -1652,16 +1716,17 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 let _ = reply.send(found);
             }
             Command::Reload(settings) => {
+                self.router.set_dry_run(settings.dry_run);
                 self.settings = *settings;
-                info!("settings reloaded; parked releases will be tried again");
+                info!(
+                    dry_run = self.settings.dry_run,
+                    "settings reloaded; parked releases will be tried again"
+                );
                 self.unpark(now, true);
             }
             Command::RefreshInventory => self.refresh_inventory(),
-            Command::Pause(paused, reply) => {
-                self.paused = paused;
-                let what = if paused { "paused" } else { "resumed" };
-                info!(target: "audit", decision = what, "releases {what} by an operator; routing repair goes on");
-                let _ = reply.send(());
+            Command::Pause(request, reply) => {
+                let _ = reply.send(self.set_pause(request));
             }
             Command::Ping(reply) => {
                 let _ = reply.send(());
@@ -1716,7 +1781,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 })
             })
             .collect();
-        Snapshot {
+        let mut snapshot = Snapshot {
             warnings: self.warnings.clone(),
             links,
             intents,
@@ -1724,8 +1789,56 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             alarms: self.alarms.iter().cloned().collect(),
             errors: self.errors.iter().cloned().collect(),
             counters: self.counters.clone(),
-            paused: self.paused,
+            paused: self.paused.is_some(),
+            paused_since: None,
+            paused_by_uid: None,
+            paused_note: None,
             dry_run: self.settings.dry_run,
+            starting: None,
+        };
+        snapshot.set_pause(self.paused.as_ref());
+        snapshot
+    }
+
+    /// Pauses or resumes, on disk first. A pause always takes effect in memory, even if
+    /// it cannot be written (the answer says so); a resume that cannot remove the file
+    /// does not take effect, since the next start would pause again anyway.
+    fn set_pause(&mut self, request: PauseRequest) -> Result<(), String> {
+        let uid = request
+            .by_uid
+            .map_or_else(|| "unknown".to_string(), |u| u.to_string());
+        if request.pause {
+            let written = match &self.pause_file {
+                Some(file) => file.pause(request.by_uid).map(Some).map_err(|e| {
+                    format!(
+                        "paused, but the pause could not be written to {}: {e}; a restart would resume releases",
+                        file.path().display()
+                    )
+                }),
+                None => Ok(None),
+            };
+            let paused = written.clone().ok().flatten().unwrap_or(Paused {
+                since_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                by_uid: request.by_uid,
+                note: None,
+            });
+            info!(target: "audit", decision = "paused", by_uid = %uid, "releases paused by an operator; routing repair goes on");
+            self.paused = Some(paused);
+            written.map(|_| ())
+        } else {
+            if let Some(file) = &self.pause_file {
+                file.resume().map_err(|e| {
+                    format!(
+                        "still paused: the pause file {} could not be removed: {e}",
+                        file.path().display()
+                    )
+                })?;
+            }
+            info!(target: "audit", decision = "resumed", by_uid = %uid, "releases resumed by an operator");
+            self.paused = None;
+            Ok(())
         }
     }
 
@@ -1739,7 +1852,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             .set(count(&|p| !matches!(p, Phase::Held | Phase::Parked { .. })));
         m.held.set(count(&|p| matches!(p, Phase::Held)));
         m.parked.set(count(&|p| matches!(p, Phase::Parked { .. })));
-        m.paused.set(i64::from(self.paused));
+        m.paused.set(i64::from(self.paused.is_some()));
         if let Some(j) = &self.journal {
             m.journal_records
                 .set(i64::try_from(j.record_count()).unwrap_or(i64::MAX));

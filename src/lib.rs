@@ -12,6 +12,8 @@ pub mod host;
 pub mod inventory;
 pub mod journal;
 pub mod ops;
+pub mod pause;
+pub mod service_user;
 
 /// Milliseconds of a duration for logs and status, saturating (a `u128` is not a log
 /// field type, and no duration here comes near `u64::MAX` ms).

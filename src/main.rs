@@ -25,10 +25,15 @@ enum Cmd {
         #[arg(long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
-    /// Validate a configuration file: exit 0, or 1 with the key and the reason.
+    /// Validate a configuration file: exit 0, or 1 with the key and the reason. Applies
+    /// every check `run` applies to the file; run as root, it also checks that the
+    /// service user can read the file and write `state.dir`.
     CheckConfig {
         #[arg(long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// The user the service runs as (default: `enisync`, when that user exists).
+        #[arg(long)]
+        service_user: Option<String>,
     },
     /// Links and their ENIs, pending releases, last results, alarms and errors.
     Status {
@@ -139,23 +144,10 @@ fn main() -> ExitCode {
         Cmd::Cancel { target, ip } => {
             control_command(&target, &control::Request::Cancel { ip }, None)
         }
-        Cmd::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok (api {:?}, grace {:?}, dry_run {}, routing {:?})",
-                    config.display(),
-                    c.cloud.api,
-                    c.release.grace,
-                    c.release.dry_run,
-                    c.routing.mode
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("enisync: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Cmd::CheckConfig {
+            config,
+            service_user,
+        } => check_config(&config, service_user.as_deref()),
         Cmd::Run { config: path } => {
             let config = match Config::load(&path) {
                 Ok(c) => c,
@@ -189,6 +181,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// `check-config`: the same `Config::load` that `run` starts with, then, as root, what
+/// the service user will be able to do.
+fn check_config(path: &std::path::Path, service_user: Option<&str>) -> ExitCode {
+    use enisync::service_user::{self, Checked, DEFAULT_SERVICE_USER};
+    let c = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("enisync: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let user = service_user.unwrap_or(DEFAULT_SERVICE_USER);
+    let access = match service_user::check(user, service_user.is_some(), path, &c.state.dir) {
+        Ok(Checked::AsUser(u)) => format!("the service user {u} can read it and write state.dir"),
+        Ok(Checked::Skipped(why)) => why,
+        Err(e) => {
+            eprintln!("enisync: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{}: ok (api {:?}, grace {:?}, dry_run {}, routing {:?}); {access}",
+        path.display(),
+        c.cloud.api,
+        c.release.grace,
+        c.release.dry_run,
+        c.routing.mode
+    );
+    ExitCode::SUCCESS
+}
+
 /// Under systemd (`JOURNAL_STREAM` set) and `log.format = "auto"`: native journald
 /// records, so audit fields stay fields (`journalctl DECISION=released`). Otherwise plain
 /// text or JSON lines to stderr. `RUST_LOG` overrides `log.level`.
@@ -196,8 +219,14 @@ fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // The audit records are the release history: whatever the level, they are kept
+    // (`config::check_log_level` refuses a `log.level` that would lower them).
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => env,
+        _ => config.log.level.clone(),
+    };
+    let filter = EnvFilter::try_new(format!("{directives},audit=info"))
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},audit=info", config.log.level)));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     if config.log.format == LogFormat::Auto && under_journald {
         // Falls back to text when the journal socket is not there (a container).

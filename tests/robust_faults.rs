@@ -399,10 +399,18 @@ fn metadata_down_at_start_then_back() {
         (3..=20).contains(&meta_calls),
         "{meta_calls} metadata requests in {down:?}"
     );
+    // READY=1 is sent before the metadata wait (the start is over; releases are not
+    // armed until the inventory is in), and STATUS= says what it waits for.
     let messages = drain(&notify);
     assert!(
-        !messages.iter().any(|m| m.contains("READY=1")),
-        "not ready while metadata is down: {messages:?}"
+        messages.iter().any(|m| m.contains("READY=1")),
+        "READY=1 once the host is dumped: {messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("STATUS=waiting for the metadata service")),
+        "STATUS names the wait: {messages:?}"
     );
     let back = Instant::now();
     sb.fake.clear_faults();
@@ -412,8 +420,8 @@ fn metadata_down_at_start_then_back() {
         waited < Duration::from_secs(8),
         "ready {waited:?} after metadata returned"
     );
-    sb.wait_for("READY=1 sent", SOON, || {
-        drain(&notify).iter().any(|m| m.contains("READY=1"))
+    sb.wait_for("STATUS=watching sent", SOON, || {
+        drain(&notify).iter().any(|m| m.contains("STATUS=watching"))
     });
     sb.ip("addr del 10.0.1.12/24 dev eth1");
     wait_released(&sb, aux(12), SOON);

@@ -1,6 +1,7 @@
 //! The systemd contract, tested against a notify socket the test owns (PID 1 here is
-//! not systemd): READY only after the inventory, watchdog pings from the main loop,
-//! STOPPING on SIGTERM; and SIGHUP reloads.
+//! not systemd): READY once the host is dumped, STATUS naming what start waits for,
+//! watchdog pings from the main loop, STOPPING on SIGTERM; and SIGHUP reloads. The real
+//! unit under a real systemd: `tests/packaging/systemd_real.sh`.
 
 #[path = "common/sandbox.rs"]
 mod sandbox;
@@ -70,8 +71,12 @@ fn spawn_with_notify(
     cmd.spawn().expect("spawn enisync")
 }
 
+/// READY=1 comes once the host is dumped, before the cloud answers: the daemon holds its
+/// place and answers while it waits, and STATUS= says what for (a start that waits for
+/// the cloud must never run into `TimeoutStartSec=` and a restart loop). STATUS= says
+/// "watching" once the inventory is loaded.
 #[test]
-fn ready_only_after_the_inventory_then_watchdog_then_stopping() {
+fn ready_after_the_dump_status_names_the_wait_then_watchdog_then_stopping() {
     let sb = Sandbox::new("ntf", Layout::default());
     sb.fake
         .inject("DescribeNetworkInterfaces", Fault::Http { status: 503 }, 8);
@@ -80,16 +85,29 @@ fn ready_only_after_the_inventory_then_watchdog_then_stopping() {
     let before_ready = notify.collect(SOON, |m| m.contains("READY=1"));
     let (ready_at, ready) = before_ready.last().cloned().expect("a message");
     assert!(ready.contains("READY=1"), "never READY: {before_ready:?}");
+    let until_watching = notify.collect(SOON, |m| m.contains("STATUS=watching"));
+    assert!(
+        until_watching
+            .iter()
+            .any(|(_, m)| m.contains("STATUS=loading the ENI inventory")),
+        "STATUS said what start waited for: {until_watching:?}"
+    );
+    assert!(
+        until_watching
+            .last()
+            .is_some_and(|(_, m)| m.contains("STATUS=watching")),
+        "STATUS says watching once the inventory is in: {until_watching:?}"
+    );
+    assert!(
+        !until_watching
+            .iter()
+            .any(|(_, m)| m.contains("EXTEND_TIMEOUT_USEC")),
+        "no start-timeout extension: the start is over at READY=1: {until_watching:?}"
+    );
     let listings = sb.fake.calls_of("DescribeNetworkInterfaces");
     assert!(
         listings.iter().any(|c| c.answer == "Success"),
-        "READY came before a successful inventory: {listings:?}"
-    );
-    assert!(
-        before_ready
-            .iter()
-            .any(|(_, m)| m.contains("STATUS=loading the ENI inventory")),
-        "STATUS said what it waited for: {before_ready:?}"
+        "STATUS=watching came before a successful inventory: {listings:?}"
     );
     // WATCHDOG_USEC = 400 ms: a ping at least every 200 ms from the main loop.
     let pings: Vec<_> = notify

@@ -147,6 +147,8 @@ impl Cloud for MemCloud {
 struct RecordingRouter {
     released: Arc<Mutex<Vec<Ipv4Addr>>>,
     reconciles: Arc<std::sync::atomic::AtomicUsize>,
+    /// Every `set_dry_run` the engine made, in order.
+    dry_runs: Arc<Mutex<Vec<bool>>>,
 }
 
 impl Router for RecordingRouter {
@@ -165,6 +167,9 @@ impl Router for RecordingRouter {
             .iter()
             .map(|ip| format!("delete rule from {ip}"))
             .collect()
+    }
+    fn set_dry_run(&mut self, dry_run: bool) {
+        self.dry_runs.lock().expect("lock").push(dry_run);
     }
 }
 
@@ -215,10 +220,20 @@ fn start_with(view: HostView, inventory: Inventory) -> Start {
         replay: Vec::new(),
         metrics: None,
         warnings: Vec::new(),
+        pause_file: None,
     }
 }
 
 fn start(aux: &[u8], tweak: impl FnOnce(&mut Settings)) -> Harness {
+    start_paused_in(aux, tweak, None)
+}
+
+/// `start`, with the pause kept in `pause_file` as the daemon keeps it in `state.dir`.
+fn start_paused_in(
+    aux: &[u8],
+    tweak: impl FnOnce(&mut Settings),
+    pause_file: Option<crate::pause::PauseFile>,
+) -> Harness {
     let cloud = MemCloud::new(aux);
     let mut view = HostView::default();
     view.links.insert(
@@ -253,7 +268,10 @@ fn start(aux: &[u8], tweak: impl FnOnce(&mut Settings)) -> Harness {
         settings,
         Arc::clone(&cloud),
         router.clone(),
-        start_with(view, inventory),
+        Start {
+            pause_file,
+            ..start_with(view, inventory)
+        },
     );
     let (events, events_rx) = mpsc::unbounded_channel();
     let (commands, commands_rx) = mpsc::channel(8);
@@ -289,6 +307,16 @@ impl Harness {
         self.events
             .send(HostEvent::AddrAdded(addr))
             .expect("engine runs");
+    }
+
+    /// The settings `start` gives, for a reload that changes one of them.
+    fn snapshot_settings(&self) -> Settings {
+        Settings {
+            grace: GRACE,
+            ignore_removers: vec!["systemd-networkd".into(), "dhclient".into()],
+            burst_limit: 8,
+            ..Settings::default()
+        }
     }
 
     async fn snapshot(&self) -> Snapshot {
@@ -815,6 +843,7 @@ async fn a_stuck_loop_stops_the_ticks() {
         async fn plan(&mut self, _: &[Ipv4Addr], _: &HostView, _: &Inventory) -> Vec<String> {
             Vec::new()
         }
+        fn set_dry_run(&mut self, _: bool) {}
     }
 
     let hang = Arc::new(AtomicBool::new(false));
@@ -855,4 +884,71 @@ async fn a_stuck_loop_stops_the_ticks() {
         "no tick while the loop is stuck"
     );
     shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_arms_releases_arms_routing_too() {
+    let h = start(&[11], |s| s.dry_run = true);
+    let armed = Settings {
+        dry_run: false,
+        ..h.snapshot_settings()
+    };
+    h.commands
+        .send(Command::Reload(Box::new(armed)))
+        .await
+        .expect("engine runs");
+    let snapshot = h.snapshot().await;
+    assert!(!snapshot.dry_run, "releases armed");
+    assert_eq!(
+        *h.router.dry_runs.lock().expect("lock"),
+        vec![false],
+        "routing was told that releases are armed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_outlives_the_engine_and_only_resume_clears_it() {
+    let dir = std::env::temp_dir().join(format!("enisync-engine-pause-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = crate::pause::PauseFile::new(&dir);
+
+    let first = start_paused_in(&[11], |_| {}, Some(file.clone()));
+    let (tx, rx) = oneshot::channel();
+    let pause = PauseRequest {
+        pause: true,
+        by_uid: Some(4321),
+    };
+    first
+        .commands
+        .send(Command::Pause(pause, tx))
+        .await
+        .expect("engine runs");
+    rx.await.expect("reply").expect("pause written");
+    drop(first);
+
+    // A new engine on the same state directory (a restart) is still paused.
+    let h = start_paused_in(&[11], |_| {}, Some(file.clone()));
+    let snapshot = h.snapshot().await;
+    assert!(snapshot.paused, "the pause survived the restart");
+    assert_eq!(snapshot.paused_by_uid, Some(4321));
+    assert!(snapshot.paused_since.is_some());
+    h.remove(11, by("ip"));
+    sleep(GRACE * 3).await;
+    assert!(h.cloud.calls().is_empty(), "nothing released while paused");
+
+    let (tx, rx) = oneshot::channel();
+    let resume = PauseRequest {
+        pause: false,
+        by_uid: Some(0),
+    };
+    h.commands
+        .send(Command::Pause(resume, tx))
+        .await
+        .expect("engine runs");
+    rx.await.expect("reply").expect("resumed");
+    assert_eq!(file.load(), None, "resume removed the pause file");
+    sleep(GRACE).await;
+    assert_eq!(h.cloud.calls().len(), 1, "released after resume");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::engine::Command;
+use crate::engine::{Command, PauseRequest};
 
 pub const DEFAULT_SOCKET: &str = "/run/enisync/enisync.sock";
 
@@ -140,6 +140,9 @@ pub async fn serve(
             },
         };
         let engine = engine.clone();
+        // Who is asking: the kernel's word (SO_PEERCRED), recorded with every operator
+        // action. Only root and the service user can reach the socket at all.
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -149,7 +152,7 @@ pub async fn serve(
                     .await
                 {
                     Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                        Ok(request) => handle(request, &engine).await,
+                        Ok(request) => handle(request, uid, &engine).await,
                         Err(e) => Answer::error(format!("bad request: {e}")),
                     },
                     Ok(Err(e)) => Answer::error(format!("reading the request: {e}")),
@@ -163,7 +166,8 @@ pub async fn serve(
     }
 }
 
-async fn handle(request: Request, engine: &mpsc::Sender<Command>) -> Answer {
+async fn handle(request: Request, uid: Option<u32>, engine: &mpsc::Sender<Command>) -> Answer {
+    let by_uid = uid.map_or_else(|| "unknown".to_string(), |u| u.to_string());
     match request {
         Request::Status => ask(engine, Command::Snapshot)
             .await
@@ -171,19 +175,29 @@ async fn handle(request: Request, engine: &mpsc::Sender<Command>) -> Answer {
         Request::Plan => ask(engine, Command::Plan)
             .await
             .map_or_else(Answer::error, Answer::data),
-        Request::Pause => ask(engine, |tx| Command::Pause(true, tx))
-            .await
-            .map_or_else(Answer::error, |()| Answer::data("paused")),
-        Request::Resume => ask(engine, |tx| Command::Pause(false, tx))
-            .await
-            .map_or_else(Answer::error, |()| Answer::data("resumed")),
+        Request::Pause | Request::Resume => {
+            let pause = request == Request::Pause;
+            let request = PauseRequest {
+                pause,
+                by_uid: uid,
+            };
+            match ask(engine, |tx| Command::Pause(request, tx)).await {
+                Ok(Ok(())) => Answer::data(if pause { "paused" } else { "resumed" }),
+                Ok(Err(e)) | Err(e) => Answer::error(e),
+            }
+        }
         Request::ReleaseHeld => {
-            info!(target: "audit", decision = "operator", "release --held requested on the control socket");
+            info!(target: "audit", decision = "operator", by_uid = %by_uid, "release --held requested on the control socket");
             ask(engine, Command::ReleaseHeld)
                 .await
                 .map_or_else(Answer::error, Answer::data)
         }
-        Request::Cancel { ip } => match ask(engine, |tx| Command::Cancel(ip, tx)).await {
+        Request::Cancel { ip } => match ask(engine, |tx| {
+            info!(target: "audit", decision = "operator", by_uid = %by_uid, ip = %ip, "cancel requested on the control socket");
+            Command::Cancel(ip, tx)
+        })
+        .await
+        {
             Ok(true) => Answer::data(format!("cancelled the pending release of {ip}")),
             Ok(false) => Answer::error(format!(
                 "no pending release of {ip} (or it is already in flight)"
@@ -205,7 +219,12 @@ async fn ask<T>(
     tokio::time::timeout(Duration::from_secs(10), rx)
         .await
         .map_err(|_| "the engine did not answer within 10 s".to_string())?
-        .map_err(|_| "the engine dropped the request".to_string())
+        // Only the start-up responder drops a request: the engine answers every one.
+        .map_err(|_| {
+            "enisync is still starting (waiting for the metadata service or the ENI listing); \
+             only status, pause and resume answer until then"
+                .to_string()
+        })
 }
 
 /// The client side (blocking: the CLI has no runtime).

@@ -239,6 +239,8 @@ pub struct Health {
     engine: OnceLock<mpsc::Sender<Command>>,
     /// First dump and inventory done, credentials usable.
     ready: AtomicBool,
+    /// What start still waits for, for `/readyz` (the same text as systemd's STATUS=).
+    waiting: std::sync::Mutex<String>,
 }
 
 impl Health {
@@ -253,6 +255,17 @@ impl Health {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// What start waits for now, shown by `/readyz` until ready.
+    pub fn set_waiting(&self, what: &str) {
+        if let Ok(mut w) = self.waiting.lock() {
+            what.clone_into(&mut w);
+        }
+    }
+
+    fn waiting(&self) -> String {
+        self.waiting.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     /// Alive when the engine answers a ping within `within`. An idle engine sleeps
@@ -349,7 +362,13 @@ fn answer(
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            "not ready: waiting for the first dump, the inventory or usable credentials\n".into(),
+            match health.waiting() {
+                w if w.is_empty() => {
+                    "not ready: waiting for the first dump, the inventory or usable credentials\n"
+                        .into()
+                }
+                w => format!("not ready: {w}\n"),
+            },
         ),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };

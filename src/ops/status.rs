@@ -75,11 +75,21 @@ pub fn render_status(doc: &Value) -> String {
         "armed"
     };
     let paused = if doc["paused"].as_bool() == Some(true) {
-        "paused"
+        let by = doc["paused_by_uid"]
+            .as_u64()
+            .map_or_else(|| "an unknown user".to_string(), |u| format!("uid {u}"));
+        let mut text = format!("paused since {} by {by}", s(&doc["paused_since"]));
+        if let Some(note) = doc["paused_note"].as_str() {
+            let _ = write!(text, " ({note})");
+        }
+        text
     } else {
-        "running"
+        "running".into()
     };
     let _ = writeln!(out, "enisync: {paused}, releases {mode}\n");
+    if let Some(waiting) = doc["starting"].as_str() {
+        let _ = writeln!(out, "STARTING: {waiting}\n");
+    }
     for warning in doc["warnings"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "WARNING: {}\n", s(warning));
     }

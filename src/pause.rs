@@ -1,0 +1,204 @@
+//! The operator's pause (`enisync pause`), kept on disk so that it outlives the process.
+//!
+//! A pause is asked for in the middle of an incident. If it lived in memory only, a
+//! watchdog restart, an OOM kill or a package upgrade would silently arm releases again
+//! while the incident goes on. So it is a file in `state.dir` (`paused`), written before
+//! the pause is acknowledged and read at every start, including before the metadata
+//! service answers.
+//!
+//! "Unknown never means allowed": a pause file that exists but cannot be read or parsed
+//! counts as a pause (with a note saying why), and only `enisync resume` clears it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The file name inside `state.dir`.
+pub const PAUSE_FILE: &str = "paused";
+
+/// A pause in force: since when, and who asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paused {
+    /// Unix seconds (wall time: it is shown to people and survives reboots).
+    pub since_unix: u64,
+    /// The uid of the control-socket client that asked, from the socket's peer
+    /// credentials; `None` when it is not known.
+    pub by_uid: Option<u32>,
+    /// Why the pause is assumed rather than recorded (an unreadable file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Paused {
+    /// `since 2026-12-01T15:04:05Z by uid 0`, for logs and `status`.
+    pub fn describe(&self) -> String {
+        let who = self
+            .by_uid
+            .map_or_else(|| "an unknown user".to_string(), |u| format!("uid {u}"));
+        let mut text = format!("since {} by {who}", rfc3339(self.since_unix));
+        if let Some(note) = &self.note {
+            text.push_str(&format!(" ({note})"));
+        }
+        text
+    }
+}
+
+/// The pause file of one state directory.
+#[derive(Debug, Clone)]
+pub struct PauseFile {
+    path: PathBuf,
+}
+
+impl PauseFile {
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            path: state_dir.join(PAUSE_FILE),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pause in force, if any. A file that is there but unreadable means paused.
+    pub fn load(&self) -> Option<Paused> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                assumed(format!(
+                    "the pause file is not valid ({e}); treated as paused"
+                ))
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(assumed(format!(
+                "the pause file cannot be read ({e}); treated as paused"
+            ))),
+        }
+    }
+
+    /// Records a pause and returns it. The file is complete on disk (written aside,
+    /// synced, renamed) before this returns, so an acknowledged pause survives a crash.
+    pub fn pause(&self, by_uid: Option<u32>) -> std::io::Result<Paused> {
+        let paused = Paused {
+            since_unix: now_unix(),
+            by_uid,
+            note: None,
+        };
+        let tmp = self.path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(&serde_json::to_vec(&paused).map_err(std::io::Error::other)?)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(paused)
+    }
+
+    /// Clears the pause. Fails (and the caller stays paused) if the file cannot be
+    /// removed: a pause that comes back at the next start is better than none.
+    pub fn resume(&self) -> std::io::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn assumed(note: String) -> Paused {
+    Paused {
+        since_unix: now_unix(),
+        by_uid: None,
+        note: Some(note),
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
+pub fn rfc3339(unix: u64) -> String {
+    let secs = i64::try_from(unix).unwrap_or(i64::MAX);
+    let date = crate::cloud::sign::utc_date(secs);
+    let of_day = secs.rem_euclid(86_400);
+    format!(
+        "{date}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("enisync-pause-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+
+    #[test]
+    fn a_pause_survives_a_new_reader_and_resume_clears_it() {
+        let dir = temp_dir("cycle");
+        let file = PauseFile::new(&dir);
+        assert_eq!(file.load(), None);
+        let written = file.pause(Some(1234)).expect("pause");
+        // A restart reads it back with the same facts.
+        let read = PauseFile::new(&dir).load().expect("still paused");
+        assert_eq!(read, written);
+        assert!(
+            read.describe().contains("by uid 1234"),
+            "{}",
+            read.describe()
+        );
+        file.resume().expect("resume");
+        assert_eq!(PauseFile::new(&dir).load(), None);
+        file.resume().expect("resuming twice is fine");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unreadable_or_garbled_pause_file_means_paused() {
+        let dir = temp_dir("garbled");
+        std::fs::write(dir.join(PAUSE_FILE), b"{not json").expect("write");
+        let paused = PauseFile::new(&dir).load().expect("garbled means paused");
+        assert!(
+            paused
+                .note
+                .as_deref()
+                .unwrap_or("")
+                .contains("treated as paused")
+        );
+        assert_eq!(paused.by_uid, None);
+        // A directory where the file should be cannot be read either.
+        std::fs::remove_file(dir.join(PAUSE_FILE)).expect("rm");
+        std::fs::create_dir(dir.join(PAUSE_FILE)).expect("mkdir");
+        let paused = PauseFile::new(&dir)
+            .load()
+            .expect("unreadable means paused");
+        assert!(
+            paused.describe().contains("cannot be read"),
+            "{}",
+            paused.describe()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_137_445), "2026-12-01T15:04:05Z");
+    }
+}
