@@ -39,7 +39,7 @@ die() { printf '\ndemo: FAILED: %s\n' "$*" >&2; exit 1; }
 apt_missing=()
 command -v ip >/dev/null 2>&1 || apt_missing+=(iproute2)
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
-# aws-lc-sys (TLS, under reqwest/rustls) compiles C code.
+# ring (TLS, under rustls) compiles C code.
 command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || die "missing ${apt_missing[*]} and no apt-get to install them"
@@ -91,9 +91,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-say "build (cargo build --locked --bins; the first build takes a few minutes)"
+# --workspace: `fakecloud` lives in the workspace member tests/fakecloud, which a plain
+# `cargo build --bins` at the root does not build.
+say "build (cargo build --locked --workspace --bins; the first build takes a few minutes)"
 BUILD_LOG=$TMP/build.log
-if ! cargo build --locked --bins >"$BUILD_LOG" 2>&1; then
+if ! cargo build --locked --workspace --bins >"$BUILD_LOG" 2>&1; then
   tail -n 40 "$BUILD_LOG"; die "cargo build failed"
 fi
 tail -n 1 "$BUILD_LOG" | sed 's/^ */  /'

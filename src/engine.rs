@@ -1355,7 +1355,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         if !gone.is_empty() {
             // Released by an earlier call of ours (its answer lost, or before a restart):
             // its stale routing goes as after any release.
-            info!(target: "audit", decision = "released", eni = %eni_id, ips = ?gone, "IPs no longer listed after our unassign: returned to the VPC");
+            for ip in &gone {
+                info!(target: "audit", decision = "released", ip = %ip, eni = %eni_id, ips = ?gone, "IPs no longer listed after our unassign: returned to the VPC: {ip}");
+            }
             self.route_fix_then_journal(&gone, &Outcome::AlreadyGone)
                 .await;
         }
@@ -1592,16 +1594,21 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             return;
         }
         let ips: Vec<Ipv4Addr> = done.iter().map(|(ip, _)| *ip).collect();
-        info!(
-            target: "audit",
-            decision = "released",
-            eni = %eni_id,
-            ips = ?ips,
-            request_id = %request_id,
-            task_id = %task_id,
-            duration_ms = crate::millis(took),
-            "IPs returned to the VPC"
-        );
+        // One record per IP, so that each carries its IP as a field of its own: under
+        // journald `journalctl -u enisync IP=<ip>` is the history of one address.
+        for ip in &ips {
+            info!(
+                target: "audit",
+                decision = "released",
+                ip = %ip,
+                eni = %eni_id,
+                ips = ?ips,
+                request_id = %request_id,
+                task_id = %task_id,
+                duration_ms = crate::millis(took),
+                "IPs returned to the VPC: {ip}"
+            );
+        }
         self.released
             .retain(|_, t| now.duration_since(*t) < self.settings.remember_released);
         self.router

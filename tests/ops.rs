@@ -402,6 +402,9 @@ fn json_log_lines_carry_the_audit_fields() {
         .find(|v| v["decision"] == "released")
         .expect("a JSON record with decision=released");
     assert_eq!(released["target"], "audit");
+    // Each released IP has a record of its own with the IP as a field (under journald:
+    // `journalctl -u enisync IP=10.0.1.12`).
+    assert_eq!(released["ip"], "10.0.1.12", "{released}");
     assert!(
         released["request_id"]
             .as_str()

@@ -2,7 +2,7 @@
 //!
 //! Pure functions over explicit inputs (time, nonce, secrets are parameters, never read
 //! here), so the same code signs in the client and verifies in the fake cloud, and the
-//! unit tests reproduce the official SDKs' vectors in `shared/vectors/signing.json`.
+//! unit tests reproduce the official SDKs' vectors in `tests/data/signing.json`.
 //!
 //! - API 3.0: TC3-HMAC-SHA256 over a canonical request (`docs/tencent-api.md` §2.3).
 //! - Legacy API 2.0: HmacSHA1 / HmacSHA256 over `METHOD host path ? sorted k=v&…` (§1.4).
@@ -269,23 +269,12 @@ mod tests {
         signature: String,
     }
 
-    /// The vectors computed by the official SDKs. The repository keeps a copy so a fresh
-    /// clone tests on its own; where the steering repository's `shared/` sits beside the
-    /// checkout (as in CI), the copy must equal it, so it can never go stale silently.
+    /// The vectors computed by the official Python SDKs (`about` in the file names
+    /// them), kept in the repository at `tests/data/signing.json`.
     fn vectors() -> Vectors {
-        let copy = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/signing.json");
-        let text = std::fs::read_to_string(copy)
-            .unwrap_or_else(|e| panic!("signing vectors at {copy}: {e}"));
-        let shared = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/vectors/signing.json"
-        );
-        if let Ok(source) = std::fs::read_to_string(shared) {
-            assert_eq!(
-                text, source,
-                "tests/data/signing.json differs from {shared}: copy it again"
-            );
-        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/signing.json");
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("signing vectors at {path}: {e}"));
         serde_json::from_str(&text).expect("signing.json parses")
     }
 
