@@ -11,7 +11,7 @@ start=$(date +%s)
 [ "$(id -u)" -eq 0 ] || { echo "ci-packaging.sh: must run as root" >&2; exit 1; }
 
 # Tools from Debian: lintian, rpm (+rpmbuild-free inspection), rpmlint, debootstrap,
-# systemd-analyze, objdump/readelf, ip.
+# systemd-analyze, objdump/readelf, ip, systemd-nspawn, curl, jq.
 need_apt=()
 command -v lintian >/dev/null || need_apt+=(lintian)
 command -v rpm >/dev/null || need_apt+=(rpm)
@@ -21,6 +21,11 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v objdump >/dev/null || need_apt+=(binutils)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v gzip >/dev/null || need_apt+=(gzip)
+# The real-systemd test: a booted bookworm container, the fake cloud's JSON read with curl/jq.
+command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)
+command -v nsenter >/dev/null || need_apt+=(util-linux)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v jq >/dev/null || need_apt+=(jq)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> apt-get install ${need_apt[*]}" >&2
     apt-get update -qq
@@ -57,6 +62,9 @@ run flush_routing bash tests/packaging/flush_routing.sh
 run inspect bash tests/packaging/inspect.sh
 run deb_install bash tests/packaging/deb_install.sh
 run rpm_install bash tests/packaging/rpm_install.sh
+# The operator's path under a real systemd (systemd-nspawn): about 3 minutes with a cached
+# root, plus about a minute for the first debootstrap.
+run systemd_real bash tests/packaging/systemd_real.sh
 
 echo "==> packages:" >&2
 ls -l target/packages/*.deb target/packages/*.rpm >&2
