@@ -509,7 +509,11 @@ impl Config {
             }
         }
         for (key, value, (min, max)) in [
-            ("release.burst_limit", self.release.burst_limit, (1, 10_000)),
+            (
+                "release.burst_limit",
+                self.release.burst_limit,
+                (1, 1_000_000),
+            ),
             (
                 "release.host_limit",
                 self.release.host_limit,

@@ -219,14 +219,32 @@ fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // The audit records are the release history: whatever the level, they are kept
-    // (`config::check_log_level` refuses a `log.level` that would lower them).
-    let directives = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.trim().is_empty() => env,
+    // The audit records are the release history: whatever the level, they are kept at
+    // `info` at least. `log.level` was checked by `config::check_log_level`, which refuses
+    // an `audit=` directive below info; RUST_LOG is held to the same rule, and ignored
+    // (with a warning once logging is up) when it breaks it.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let env_refused = from_env
+        .as_deref()
+        .and_then(|v| config::check_log_level(v).err());
+    let directives = match (&from_env, &env_refused) {
+        (Some(env), None) => env.clone(),
         _ => config.log.level.clone(),
     };
-    let filter = EnvFilter::try_new(format!("{directives},audit=info"))
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},audit=info", config.log.level)));
+    let names_audit = directives
+        .split(',')
+        .any(|d| d.trim().starts_with("audit="));
+    let full = if names_audit {
+        directives
+    } else {
+        format!("{directives},audit=info")
+    };
+    let filter = EnvFilter::try_new(&full).unwrap_or_else(|_| EnvFilter::new("info"));
+    if let Some(reason) = &env_refused {
+        eprintln!("enisync: RUST_LOG ignored ({reason}); using log.level");
+    }
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     if config.log.format == LogFormat::Auto && under_journald {
         // Falls back to text when the journal socket is not there (a container).
