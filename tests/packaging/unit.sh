@@ -4,7 +4,7 @@
 #
 # verify needs the unit's programs and systemd's own units; here PID 1 need not be systemd,
 # so the unit is checked inside a throw-away root (--root) holding the host's systemd units,
-# stand-ins for /usr/bin/enisync and /bin/kill.
+# stand-ins for /usr/bin/enisync and /bin/sh (ExecReload).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 unit=systemd/enisync.service
@@ -17,8 +17,8 @@ mkdir -p "$tmp/usr/bin" "$tmp/bin" "$tmp/etc/systemd/system" "$tmp/usr/lib/syste
 cp -a /usr/lib/systemd/system "$tmp/usr/lib/systemd/"
 printf '#!/bin/sh\nexit 0\n' >"$tmp/usr/bin/enisync"
 chmod 755 "$tmp/usr/bin/enisync"
-printf '#!/bin/sh\nexit 0\n' >"$tmp/bin/kill"
-chmod 755 "$tmp/bin/kill"
+printf '#!/bin/sh\nexit 0\n' >"$tmp/bin/sh"
+chmod 755 "$tmp/bin/sh"
 cp "$unit" "$tmp/etc/systemd/system/enisync.service"
 out=$(systemd-analyze verify --man=no --root="$tmp" enisync.service 2>&1) || fail "verify: $out"
 [ -z "$out" ] || fail "verify printed warnings: $out"
