@@ -8,6 +8,10 @@
 //! that drops to the user's uid, gid and groups), rather than re-deriving permission
 //! rules from mode bits, so ACLs and every parent directory count as they will at run
 //! time.
+//!
+//! The same place applies the state directory's safety rule (`state_dir::check`, which
+//! `run` applies at start too): owned by root or the service user, not group- or
+//! world-writable, no links in it. That rule runs whoever calls `check-config`.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -33,6 +37,8 @@ pub enum AccessError {
     StateDirUnwritable { user: String, path: String },
     #[error("checking as {user}: {reason}")]
     Probe { user: String, reason: String },
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
 }
 
 /// What was checked, for the `check-config` report.
@@ -54,6 +60,10 @@ pub fn check(
     config: &Path,
     state_dir: &Path,
 ) -> Result<Checked, AccessError> {
+    // Whoever runs check-config: the directory `run` would refuse is refused here too,
+    // with root and the service user (when it exists) as the accepted owners.
+    let owners = crate::state_dir::Owners::with_service_user(lookup(user).map(|(uid, _)| uid));
+    crate::state_dir::check(state_dir, &owners)?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(Checked::Skipped(
