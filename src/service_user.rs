@@ -60,24 +60,25 @@ pub fn check(
     config: &Path,
     state_dir: &Path,
 ) -> Result<Checked, AccessError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let found = lookup(user);
+    if root && explicit && found.is_none() {
+        return Err(AccessError::NoSuchUser(user.into()));
+    }
     // Whoever runs check-config: the directory `run` would refuse is refused here too,
     // with root and the service user (when it exists) as the accepted owners.
-    let owners = crate::state_dir::Owners::with_service_user(lookup(user).map(|(uid, _)| uid));
+    let owners = crate::state_dir::Owners::with_service_user(found.map(|(uid, _)| uid));
     crate::state_dir::check(state_dir, &owners)?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !root {
         return Ok(Checked::Skipped(
             "not run as root: the service user's access was not checked".into(),
         ));
     }
-    let Some((uid, gid)) = lookup(user) else {
-        return if explicit {
-            Err(AccessError::NoSuchUser(user.into()))
-        } else {
-            Ok(Checked::Skipped(format!(
-                "no user {user:?} on this host: the service user's access was not checked"
-            )))
-        };
+    let Some((uid, gid)) = found else {
+        return Ok(Checked::Skipped(format!(
+            "no user {user:?} on this host: the service user's access was not checked"
+        )));
     };
     let target = match std::fs::metadata(state_dir) {
         Ok(_) => Some(state_dir.to_path_buf()),
