@@ -50,6 +50,8 @@ pub enum DaemonError {
     #[error("another enisync holds the lock on {0}")]
     AlreadyRunning(PathBuf),
     #[error(transparent)]
+    Unsafe(#[from] crate::state_dir::StateDirError),
+    #[error(transparent)]
     Journal(#[from] journal::JournalError),
     #[error("netlink: {0}")]
     Host(#[from] crate::host::HostError),
@@ -118,6 +120,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         shutdown.clone(),
         commands_tx.clone(),
     )?;
+    warn_if_few_descriptors();
     let _lock = lock_state_dir(&config.state.dir)?;
     let (journal, replay) = Journal::open(&config.state.dir)?;
     if !replay.corrupt_lines.is_empty() {
@@ -601,15 +604,44 @@ fn cloud_settings(config: &Config, facts: &InstanceFacts) -> CloudSettings {
     s
 }
 
-/// Holds an exclusive `flock` on `<state.dir>/lock` for the life of the process.
+/// Descriptors the daemon may hold at once: its own (generously) plus what the metrics
+/// listener and the control socket admit. The unit's `LimitNOFILE=` is sized from this
+/// (the arithmetic is in systemd/enisync.service).
+pub const FD_BUDGET: u64 =
+    64 + metrics::Limits::DEFAULT.max_connections as u64 + 1 + control::MAX_CLIENTS as u64 + 1;
+
+/// A descriptor limit below the budget means a flood of connections could exhaust it
+/// despite the caps, and a removal's remover could then not be read: say so at start.
+fn warn_if_few_descriptors() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } == 0
+        && limit.rlim_cur < FD_BUDGET
+    {
+        warn!(
+            limit = limit.rlim_cur,
+            needed = FD_BUDGET,
+            "the descriptor limit (RLIMIT_NOFILE) is below what enisync may hold at once; raise LimitNOFILE="
+        );
+    }
+}
+
+/// Holds an exclusive `flock` on `<state.dir>/lock` for the life of the process, after
+/// checking that nobody but root and our own user can write the directory or its files
+/// (`state_dir::check`, the rule `check-config` applies too).
 fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
     let err = |source| DaemonError::StateDir {
         path: dir.to_owned(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(err)?;
+    crate::state_dir::create(dir).map_err(err)?;
+    crate::state_dir::check(dir, &crate::state_dir::Owners::this_process())?;
     let path = dir.join("lock");
-    let file = File::options()
+    // Never through a link (ELOOP), mode 0600 whatever the umask.
+    let file = crate::state_dir::nofollow()
         .create(true)
         .truncate(false)
         .write(true)

@@ -13,7 +13,7 @@
 //! a sent one (it has a task) is followed to its end.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -99,6 +99,13 @@ pub struct Journal {
     live: BTreeMap<Ipv4Addr, Record>,
     /// Lines of a newer schema, rewritten verbatim by compaction.
     foreign: Vec<String>,
+    /// Bytes of whole records in the file: where the next append starts. A failed
+    /// append is cut back to here, so its partial line cannot swallow the next record.
+    len: u64,
+    /// A failed append could not be cut back: the file may end in a partial line, so
+    /// the next record starts on a fresh line (the partial one is then skipped on
+    /// replay as corrupt, and the new record stays whole).
+    torn: bool,
 }
 
 impl Journal {
@@ -112,7 +119,8 @@ impl Journal {
         let mut replay = Replay::default();
         let mut live: BTreeMap<Ipv4Addr, Record> = BTreeMap::new();
         let mut foreign = Vec::new();
-        match File::open(&path) {
+        // Never through a link: a journal planted as a link elsewhere is refused (ELOOP).
+        match crate::state_dir::open_nofollow(&path) {
             Ok(file) => {
                 for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
                     let line = line.map_err(io("read"))?;
@@ -144,13 +152,15 @@ impl Journal {
         }
         replay.live = live.values().cloned().collect();
         // rewrite() syncs the new file and its directory before returning.
-        let file = rewrite(&path, live.values(), &foreign)?;
+        let (file, len) = rewrite(&path, live.values(), &foreign)?;
         let journal = Self {
             file,
             records: live.len() + foreign.len(),
             path,
             live,
             foreign,
+            len,
+            torn: false,
         };
         Ok((journal, replay))
     }
@@ -175,12 +185,22 @@ impl Journal {
             at_ms: now_ms(),
             state,
         };
-        let line = encode_line(&rec);
+        let mut line = encode_line(&rec);
+        if self.torn {
+            line.insert(0, '\n');
+        }
         let io = |op| {
             let path = self.path.clone();
             move |source| JournalError::Io { path, op, source }
         };
-        self.file.write_all(line.as_bytes()).map_err(io("append"))?;
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            // A full disk fails a write half-way: cut the partial line off, or, if even
+            // that fails, start the next record on a line of its own.
+            self.torn = self.file.set_len(self.len).is_err();
+            return Err(io("append")(e));
+        }
+        self.torn = false;
+        self.len += line.len() as u64;
         if matches!(rec.state, RecordState::Sent { .. }) {
             self.file.sync_data().map_err(io("sync"))?;
         }
@@ -191,7 +211,7 @@ impl Journal {
             self.live.insert(ip, rec);
         }
         if self.records > self.live.len() + self.foreign.len() + COMPACT_SLACK {
-            self.file = rewrite(&self.path, self.live.values(), &self.foreign)?;
+            (self.file, self.len) = rewrite(&self.path, self.live.values(), &self.foreign)?;
             self.records = self.live.len() + self.foreign.len();
         }
         Ok(())
@@ -232,19 +252,22 @@ fn decode_line(line: &str) -> Option<Decoded> {
 }
 
 /// Writes `records` and `foreign` lines to a temp file and renames it over `path`,
-/// returning the new file opened for appending.
+/// returning the new file opened for appending, and its length.
 fn rewrite<'a>(
     path: &Path,
     records: impl Iterator<Item = &'a Record>,
     foreign: &[String],
-) -> Result<File, JournalError> {
+) -> Result<(File, u64), JournalError> {
     let io = |op: &'static str| {
         let path = path.to_owned();
         move |source| JournalError::Io { path, op, source }
     };
     let tmp = path.with_extension("tmp");
+    let len;
     {
-        let mut f = File::create(&tmp).map_err(io("create temp"))?;
+        // Created anew (O_EXCL, after unlinking whatever is at the name): a link left at
+        // `intents.tmp` must not make us truncate the file it points to.
+        let mut f = crate::state_dir::create_fresh(&tmp).map_err(io("create temp"))?;
         let mut text = String::new();
         for rec in records {
             text.push_str(&encode_line(rec));
@@ -254,6 +277,7 @@ fn rewrite<'a>(
             text.push('\n');
         }
         f.write_all(text.as_bytes()).map_err(io("write temp"))?;
+        len = text.len() as u64;
         f.sync_all().map_err(io("sync temp"))?;
     }
     std::fs::rename(&tmp, path).map_err(io("rename"))?;
@@ -262,10 +286,11 @@ fn rewrite<'a>(
             .and_then(|d| d.sync_all())
             .map_err(io("sync dir"))?;
     }
-    OpenOptions::new()
+    let file = crate::state_dir::nofollow()
         .append(true)
         .open(path)
-        .map_err(io("reopen"))
+        .map_err(io("reopen"))?;
+    Ok((file, len))
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -328,6 +353,39 @@ mod tests {
             held: false,
             sending: false,
         }
+    }
+
+    #[test]
+    fn a_link_at_the_temp_name_is_never_written_through() {
+        let dir = tmpdir("tmplink");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious bytes\n").expect("write");
+        std::os::unix::fs::symlink(&victim, dir.join("intents.tmp")).expect("link");
+        let a: Ipv4Addr = "10.0.0.2".parse().expect("ip");
+        {
+            let (mut j, _) = Journal::open(&dir).expect("open replaces the link");
+            j.append(a, "boot1", observed()).expect("append");
+        }
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "precious bytes\n",
+            "the link's target was written"
+        );
+        let (_, r) = Journal::open(&dir).expect("reopen");
+        assert_eq!(r.live.len(), 1, "the journal is a file of its own");
+
+        // The journal itself as a link is refused, not read or replaced.
+        std::fs::remove_file(dir.join(FILE_NAME)).expect("rm");
+        std::os::unix::fs::symlink(&victim, dir.join(FILE_NAME)).expect("link");
+        let err = Journal::open(&dir)
+            .expect_err("a link is refused")
+            .to_string();
+        assert!(err.contains("intents.journal"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "precious bytes\n"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

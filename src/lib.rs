@@ -14,6 +14,7 @@ pub mod journal;
 pub mod ops;
 pub mod pause;
 pub mod service_user;
+pub mod state_dir;
 
 /// Milliseconds of a duration for logs and status, saturating (a `u128` is not a log
 /// field type, and no duration here comes near `u64::MAX` ms).

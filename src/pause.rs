@@ -63,8 +63,14 @@ impl PauseFile {
     }
 
     /// The pause in force, if any. A file that is there but unreadable means paused.
+    /// The file is read without following a link: a link at `paused` is not the pause
+    /// enisync wrote, so it counts as unreadable (paused, with a note).
     pub fn load(&self) -> Option<Paused> {
-        match std::fs::read(&self.path) {
+        let read = crate::state_dir::open_nofollow(&self.path).and_then(|mut f| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut bytes).map(|_| bytes)
+        });
+        match read {
             Ok(bytes) => Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 assumed(format!(
                     "the pause file is not valid ({e}); treated as paused"
@@ -86,11 +92,9 @@ impl PauseFile {
             note: None,
         };
         let tmp = self.path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::File::options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        // Unlinks a stale `paused.tmp` (or a link planted there) and creates it with
+        // O_EXCL and mode 0600: never written through a link.
+        let mut file = crate::state_dir::create_fresh(&tmp)?;
         file.write_all(&serde_json::to_vec(&paused).map_err(std::io::Error::other)?)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
@@ -193,6 +197,33 @@ mod tests {
             "{}",
             paused.describe()
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_link_at_the_pause_file_is_not_followed() {
+        let dir = temp_dir("link");
+        // A well-formed pause elsewhere, by a uid that never asked: reading it through
+        // the link would report that uid as the one who paused.
+        let elsewhere = dir.join("elsewhere");
+        std::fs::write(&elsewhere, r#"{"since_unix":1,"by_uid":4321}"#).expect("write");
+        std::os::unix::fs::symlink(&elsewhere, dir.join(PAUSE_FILE)).expect("link");
+        let paused = PauseFile::new(&dir).load().expect("a link means paused");
+        assert_eq!(paused.by_uid, None, "{paused:?}");
+        assert!(
+            paused.describe().contains("cannot be read"),
+            "{}",
+            paused.describe()
+        );
+
+        // `paused.tmp` as a link: pausing replaces the link, the target keeps its bytes.
+        std::fs::remove_file(dir.join(PAUSE_FILE)).expect("rm");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep me").expect("write");
+        std::os::unix::fs::symlink(&victim, dir.join("paused.tmp")).expect("link");
+        PauseFile::new(&dir).pause(Some(7)).expect("pause");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep me");
+        assert_eq!(PauseFile::new(&dir).load().and_then(|p| p.by_uid), Some(7));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

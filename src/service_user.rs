@@ -8,6 +8,10 @@
 //! that drops to the user's uid, gid and groups), rather than re-deriving permission
 //! rules from mode bits, so ACLs and every parent directory count as they will at run
 //! time.
+//!
+//! The same place applies the state directory's safety rule (`state_dir::check`, which
+//! `run` applies at start too): owned by root or the service user, not group- or
+//! world-writable, no links in it. That rule runs whoever calls `check-config`.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -33,6 +37,8 @@ pub enum AccessError {
     StateDirUnwritable { user: String, path: String },
     #[error("checking as {user}: {reason}")]
     Probe { user: String, reason: String },
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
 }
 
 /// What was checked, for the `check-config` report.
@@ -55,19 +61,24 @@ pub fn check(
     state_dir: &Path,
 ) -> Result<Checked, AccessError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    let found = lookup(user);
+    if root && explicit && found.is_none() {
+        return Err(AccessError::NoSuchUser(user.into()));
+    }
+    // Whoever runs check-config: the directory `run` would refuse is refused here too,
+    // with root and the service user (when it exists) as the accepted owners.
+    let owners = crate::state_dir::Owners::with_service_user(found.map(|(uid, _)| uid));
+    crate::state_dir::check(state_dir, &owners)?;
+    if !root {
         return Ok(Checked::Skipped(
             "not run as root: the service user's access was not checked".into(),
         ));
     }
-    let Some((uid, gid)) = lookup(user) else {
-        return if explicit {
-            Err(AccessError::NoSuchUser(user.into()))
-        } else {
-            Ok(Checked::Skipped(format!(
-                "no user {user:?} on this host: the service user's access was not checked"
-            )))
-        };
+    let Some((uid, gid)) = found else {
+        return Ok(Checked::Skipped(format!(
+            "no user {user:?} on this host: the service user's access was not checked"
+        )));
     };
     let target = match std::fs::metadata(state_dir) {
         Ok(_) => Some(state_dir.to_path_buf()),

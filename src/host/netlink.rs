@@ -273,6 +273,8 @@ pub struct EventSocket {
     /// The receive buffer the kernel reports after our request (it doubles the value
     /// and floors it).
     pub effective_rcvbuf: usize,
+    /// Datagrams dropped because another process, not the kernel, sent them.
+    forged: u64,
 }
 
 /// The socket, registered with the reactor or parked outside it. Parked, arriving
@@ -337,6 +339,7 @@ impl EventSocket {
             buf: Vec::with_capacity(DATAGRAM_CAPACITY),
             queued: VecDeque::new(),
             effective_rcvbuf,
+            forged: 0,
         })
     }
 
@@ -393,7 +396,7 @@ impl EventSocket {
                     Err(e) => break Err(e),
                 };
                 match ready.try_io(|fd| fd.get_ref().recv_from(&mut self.buf, 0)) {
-                    Ok(result) => break result.map(|_| ()),
+                    Ok(result) => break result.map(|(_, from)| from),
                     Err(_would_block) => continue,
                 }
             };
@@ -420,7 +423,7 @@ impl EventSocket {
             // The socket is non-blocking: WouldBlock means the kernel has nothing queued.
             // Reading around the reactor leaves its readiness flag set at worst, which
             // only costs `next` one WouldBlock before it waits.
-            let received = socket.recv_from(&mut self.buf, 0).map(|_| ());
+            let received = socket.recv_from(&mut self.buf, 0).map(|(_, from)| from);
             match received {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 other => {
@@ -433,9 +436,25 @@ impl EventSocket {
     }
 
     /// Parses what one receive produced into `queued`; false when the socket failed.
-    fn take(&mut self, received: io::Result<()>) -> bool {
+    fn take(&mut self, received: io::Result<SocketAddr>) -> bool {
         match received {
-            Ok(()) => {
+            Ok(from) if !from_kernel(&from) => {
+                // Any process with CAP_NET_ADMIN can unicast a forged RTM_DELADDR to our
+                // port (or multicast one to the groups); acting on it would release an IP
+                // that is still on the host. Only the kernel speaks with source port 0.
+                // The header's nlmsg_pid is not the test: on a real notification it
+                // carries the port of the process that asked for the change.
+                self.forged = self.forged.saturating_add(1);
+                if self.forged.is_power_of_two() {
+                    tracing::warn!(
+                        sender_port = from.port_number(),
+                        dropped = self.forged,
+                        "netlink datagram not sent by the kernel ignored"
+                    );
+                }
+                true
+            }
+            Ok(_) => {
                 parse_datagram(&self.buf, &mut self.queued);
                 true
             }
@@ -451,6 +470,13 @@ impl EventSocket {
             }
         }
     }
+}
+
+/// Whether a datagram's source address (from `recvfrom`, filled in by the kernel, which a
+/// sender cannot forge) is the kernel itself: port 0. A user-space sender always has a
+/// port of its own.
+fn from_kernel(from: &SocketAddr) -> bool {
+    from.port_number() == 0
 }
 
 /// Appends the notifications of one datagram to `out`. Something unparsable (a kernel

@@ -2,12 +2,16 @@
 //!
 //! The socket lives under `/run/enisync/` with mode 0600, so only root and the
 //! service's own user may talk to the daemon: `status` shows which IPs the host is about
-//! to give up, and `release --held` gives them up.
+//! to give up, and `release --held` gives them up. It is bound inside a private (0700)
+//! directory, made 0600 there, and only then renamed to its path, so there is no moment
+//! at which anyone else can connect. A few concurrent clients at most, each with a
+//! deadline to send its request and to take its answer.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +24,16 @@ use tracing::{info, warn};
 use crate::engine::{Command, PauseRequest};
 
 pub const DEFAULT_SOCKET: &str = "/run/enisync/enisync.sock";
+
+/// Clients served at once. The CLI sends one request and waits for one answer; more
+/// than this at once is a stuck or hostile client, and each holds a descriptor and a
+/// task. Counted in the unit's `LimitNOFILE=` arithmetic (systemd/enisync.service).
+pub const MAX_CLIENTS: usize = 16;
+/// How long a client has to send its request line.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has to take its answer: one that never reads must not hold its
+/// slot (and the answer's memory) for ever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a client may ask.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,9 +130,41 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
             Err(_) => std::fs::remove_file(path)?,
         },
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    bind_privately(path)
+}
+
+/// Binds in a fresh directory that only we can enter (0700), sets the socket's mode
+/// there, and renames it into place: between `bind` and `chmod` nobody else can reach
+/// it (connecting needs search permission on the directory), and at `path` it appears
+/// with its final mode at once (rename is atomic). A process-wide umask would race with
+/// every other thread creating files.
+fn bind_privately(path: &Path) -> std::io::Result<UnixListener> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let private = (0..16)
+        .map(|_| parent.join(format!(".{name}.{:016x}", fastrand::u64(..))))
+        .find_map(|dir| {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .ok()
+                .map(|()| dir)
+        })
+        .ok_or_else(|| {
+            std::io::Error::other("cannot create a private directory next to the socket")
+        })?;
+    let staged = private.join("s");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
 }
 
 /// Serves requests until `shutdown`, forwarding each to the engine.
@@ -127,6 +173,7 @@ pub async fn serve(
     engine: mpsc::Sender<Command>,
     shutdown: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -139,29 +186,36 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Refused at once, without waiting for the client: a short answer fits the
+            // socket buffer of a fresh connection, so try_write does not block.
+            let _ = stream.try_write(
+                b"{\"ok\":false,\"error\":\"too many control clients at once; try again\"}\n",
+            );
+            continue;
+        };
         let engine = engine.clone();
         // Who is asking: the kernel's word (SO_PEERCRED), recorded with every operator
         // action. Only root and the service user can reach the socket at all.
         let uid = stream.peer_cred().ok().map(|c| c.uid());
         tokio::spawn(async move {
+            let _slot = slot;
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = tokio::io::BufReader::new(read.take(64 * 1024));
-            let answer =
-                match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
-                    .await
-                {
-                    Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                        Ok(request) => handle(request, uid, &engine).await,
-                        Err(e) => Answer::error(format!("bad request: {e}")),
-                    },
-                    Ok(Err(e)) => Answer::error(format!("reading the request: {e}")),
-                    Err(_) => Answer::error("no request within 5 s"),
-                };
+            let answer = match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await
+            {
+                Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
+                    Ok(request) => handle(request, uid, &engine).await,
+                    Err(e) => Answer::error(format!("bad request: {e}")),
+                },
+                Ok(Err(e)) => Answer::error(format!("reading the request: {e}")),
+                Err(_) => Answer::error("no request within 5 s"),
+            };
             let mut text =
                 serde_json::to_string(&answer).unwrap_or_else(|_| "{\"ok\":false}".into());
             text.push('\n');
-            let _ = write.write_all(text.as_bytes()).await;
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(text.as_bytes())).await;
         });
     }
 }
@@ -245,9 +299,15 @@ pub fn request(path: &Path, request: &Request) -> Result<serde_json::Value, Cont
         .map_err(io)?;
     let mut line = serde_json::to_string(request).map_err(|e| io(std::io::Error::other(e)))?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(io)?;
+    // A daemon that refuses the connection (too many clients) answers and closes before
+    // reading the request: the write may then fail, but its answer is there to read.
+    let sent = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+    let read = BufReader::new(stream).read_line(&mut answer);
+    if answer.is_empty() {
+        sent.map_err(io)?;
+        read.map_err(io)?;
+    }
     let answer: Answer = serde_json::from_str(&answer)
         .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     if answer.ok {
@@ -288,6 +348,117 @@ mod tests {
             .expect_err("no daemon");
         assert!(matches!(err, ControlError::NotRunning(_)), "{err}");
         assert!(err.to_string().contains("not running"));
+    }
+
+    #[test]
+    fn the_socket_appears_at_its_path_by_rename_with_mode_0600() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("enisync-control-rn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("enisync.sock");
+        // SAFETY: inotify_init1 has no preconditions; the descriptor is closed below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        let cdir = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("path");
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+        let wd = unsafe {
+            libc::inotify_add_watch(fd, cdir.as_ptr(), libc::IN_CREATE | libc::IN_MOVED_TO)
+        };
+        assert!(wd >= 0, "{}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt.block_on(async { bind(&path) }).expect("bind");
+        let mut buf = vec![0u8; 64 * 1024];
+        // SAFETY: reads into our buffer, at most its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        // SAFETY: closes the descriptor opened above, once.
+        unsafe { libc::close(fd) };
+        let n = usize::try_from(n).expect("events");
+        // Walk the inotify_event records: the socket's name must arrive by rename only.
+        let (mut created, mut moved) = (false, false);
+        let mut at = 0;
+        let header = std::mem::size_of::<libc::inotify_event>();
+        while at + header <= n {
+            let mask = u32::from_ne_bytes(buf[at + 4..at + 8].try_into().expect("mask"));
+            let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().expect("len")) as usize;
+            let name = &buf[at + header..at + header + len];
+            let name = name.split(|b| *b == 0).next().unwrap_or_default();
+            if name == b"enisync.sock" {
+                created |= mask & libc::IN_CREATE != 0;
+                moved |= mask & libc::IN_MOVED_TO != 0;
+            }
+            at += header + len;
+        }
+        assert!(
+            !created,
+            "the socket was created at its public path (bind then chmod)"
+        );
+        assert!(moved, "the socket was not renamed into place");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").mode() & 0o777,
+            0o600
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("enisync.sock")]);
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_are_capped_and_one_that_never_reads_loses_its_slot() {
+        use tokio::io::AsyncWriteExt as _;
+        let dir = std::env::temp_dir().join(format!("enisync-control-cap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("enisync.sock");
+        let listener = bind(&path).expect("bind");
+        let (tx, mut rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, tx, stop.clone()));
+        // An engine whose status is 2 MiB: more than the socket buffers hold, so a
+        // client that does not read leaves the write pending.
+        tokio::spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                if let Command::Snapshot(reply) = cmd {
+                    let big = "x".repeat(2 << 20);
+                    let _ = reply.send(crate::engine::Snapshot::starting(big, None, false));
+                }
+            }
+        });
+        let mut hogs = Vec::new();
+        for _ in 0..MAX_CLIENTS {
+            let mut s = tokio::net::UnixStream::connect(&path)
+                .await
+                .expect("connect");
+            s.write_all(b"{\"cmd\":\"status\"}\n").await.expect("send");
+            hogs.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ask =
+            |path: PathBuf| tokio::task::spawn_blocking(move || request(&path, &Request::Status));
+        let started = std::time::Instant::now();
+        let refused = ask(path.clone()).await.expect("join");
+        assert!(
+            matches!(&refused, Err(ControlError::Refused(e)) if e.contains("too many")),
+            "{refused:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused at once"
+        );
+        // The hogs never read: after the write timeout their slots are free again.
+        tokio::time::sleep(WRITE_TIMEOUT + Duration::from_millis(500)).await;
+        let served = ask(path.clone()).await.expect("join").expect("served");
+        assert_eq!(served["starting"].as_str().map(str::len), Some(2 << 20));
+        drop(hogs);
+        stop.cancel();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

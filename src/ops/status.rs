@@ -5,6 +5,43 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+/// Text that reaches an operator's terminal from elsewhere (a cloud error message, a
+/// remover's process name, which any local user chooses with `prctl(PR_SET_NAME)`) must
+/// not drive it: an escape sequence could rewrite earlier lines of the table, hide an IP
+/// or fake a status. Control characters (C0, DEL, C1) and the invisible characters that
+/// reorder or hide text (bidirectional overrides and isolates, zero-width marks) are
+/// shown as `\x1b` or `\u{202e}`.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+        if c.is_control() || hidden {
+            let n = u32::from(c);
+            if n < 0x80 {
+                let _ = write!(out, "\\x{n:02x}");
+            } else {
+                let _ = write!(out, "\\u{{{n:x}}}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The document with every string (and key) passed through [`escape`]: the tables are
+/// built from it, so no field, present or added later, reaches the terminal raw.
+fn escaped(v: &Value) -> Value {
+    match v {
+        Value::String(t) => Value::String(escape(t)),
+        Value::Array(items) => Value::Array(items.iter().map(escaped).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (escape(k), escaped(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -68,6 +105,7 @@ fn remover(intent: &Value) -> String {
 
 /// The `status` table.
 pub fn render_status(doc: &Value) -> String {
+    let doc = &escaped(doc);
     let mut out = String::new();
     let mode = if doc["dry_run"].as_bool() == Some(true) {
         "dry run"
@@ -196,6 +234,7 @@ pub fn render_status(doc: &Value) -> String {
 
 /// The `plan` table.
 pub fn render_plan(doc: &Value) -> String {
+    let doc = &escaped(doc);
     let mut out = String::new();
     if doc["paused"].as_bool() == Some(true) {
         out.push_str("releases are PAUSED: nothing would be sent until `enisync resume`\n");
@@ -302,6 +341,40 @@ LAST ERRORS
 TOTALS  released 1  already gone 0  cancelled 1  refused 0  held 0  alarms 0
 ";
         assert_eq!(render_status(&status_doc()), expected);
+    }
+
+    #[test]
+    fn control_characters_from_the_cloud_and_process_names_are_escaped() {
+        let mut doc = status_doc();
+        // A process name that would clear the screen and move the cursor, and a cloud
+        // message with a newline (a fake table row), a C1 CSI and a bidi override.
+        doc["intents"][0]["remover"]["process"] = json!("ip\u{1b}[2J\u{1b}[1;1H");
+        doc["errors"][0] =
+            json!("describe failed: Bad\n10.0.1.99  eni-x  released\u{9b}31m\u{202e}gnp.exe");
+        let text = render_status(&doc);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(!text.contains('\u{202e}'), "{text:?}");
+        assert!(text.contains("ip\\x1b[2J\\x1b[1;1H"), "{text}");
+        assert!(
+            text.contains("Bad\\x0a10.0.1.99  eni-x  released\\u{9b}31m\\u{202e}gnp.exe"),
+            "{text}"
+        );
+        let plan = render_plan(&json!({
+            "would_release": [{"ip": "10.0.1.12", "link": "eth1\u{7}", "eni_id": "eni-1",
+                               "due_in_ms": 0, "note": "the cloud says: \u{1b}]0;owned\u{7}"}],
+            "not_yet": [], "held": [], "routing": ["rule\r"], "paused": false, "dry_run": false
+        }));
+        assert!(
+            !plan.chars().any(|c| c.is_control() && c != '\n'),
+            "{plan:?}"
+        );
+        assert!(
+            plan.contains("\\x1b]0;owned\\x07") && plan.contains("rule\\x0d"),
+            "{plan}"
+        );
     }
 
     #[test]
