@@ -62,8 +62,8 @@ run flush_routing bash tests/packaging/flush_routing.sh
 run inspect bash tests/packaging/inspect.sh
 run deb_install bash tests/packaging/deb_install.sh
 run rpm_install bash tests/packaging/rpm_install.sh
-# The operator's path under a real systemd (systemd-nspawn): about 3 minutes with a cached
-# root, plus about a minute for the first debootstrap.
+# The operator's path under a real systemd (systemd-nspawn): about 1.5 minutes with a
+# cached root, plus about 40 s for the first debootstrap.
 run systemd_real bash tests/packaging/systemd_real.sh
 
 echo "==> packages:" >&2
