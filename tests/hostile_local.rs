@@ -113,13 +113,13 @@ fn raise_own_nofile(want: u64) {
     }
 }
 
-/// Item 1. 1 000 connections each sending 1 MiB of request head, plus 1 100 idle ones,
-/// against the daemon running under the unit's descriptor limit: its peak RSS stays
-/// under the unit's MemoryMax, its descriptors below LimitNOFILE, and `/healthz`
-/// answers within 1 s throughout.
-
 /// A `/healthz` probe slower than this under the flood fails the test (see the filter).
 const HEALTHZ_BOUND: Duration = Duration::from_secs(5);
+
+/// Item 1. 1 000 connections each sending 1 MiB of request head, plus 1 100 idle ones,
+/// against the daemon running under the unit's descriptor limit: its peak RSS stays
+/// under the unit's MemoryMax, its descriptors below LimitNOFILE, and `/healthz` keeps
+/// answering throughout (the worst latency is printed: ~0.1-0.7 s on 2 busy cores).
 #[test]
 fn a_metrics_flood_stays_within_the_units_limits_and_healthz_answers() {
     assert_root();
