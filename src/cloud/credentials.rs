@@ -116,7 +116,10 @@ impl CredentialError {
     /// opposed to a configuration problem.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Metadata(MetadataError::Transport { .. }) => true,
+            // An oversized answer is a broken or hostile answer of the moment, like a 5xx.
+            Self::Metadata(MetadataError::Transport { .. } | MetadataError::TooLarge { .. }) => {
+                true
+            }
             Self::Metadata(MetadataError::Status { status, .. }) => *status >= 500,
             _ => false,
         }
