@@ -863,7 +863,25 @@ fn parse_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
         (false, None) => table,
         (true, None) => "(file)".into(),
     };
-    if key.ends_with("secret_id") || key.ends_with("secret_key") {
+    // The whole lines the error's span covers: an inline table
+    // (`cloud = { secret_key = 123 }`) names the key `cloud`, yet its message may quote
+    // the secret (found by the config fuzzer, src/fuzz.rs).
+    let span_lines = span
+        .as_ref()
+        .and_then(|s| {
+            let start = text.get(..s.start)?.rfind('\n').map_or(0, |i| i + 1);
+            let end = text
+                .get(s.end..)?
+                .find('\n')
+                .map_or(text.len(), |i| s.end + i);
+            text.get(start..end)
+        })
+        .unwrap_or("");
+    if key.ends_with("secret_id")
+        || key.ends_with("secret_key")
+        || span_lines.contains("secret_id")
+        || span_lines.contains("secret_key")
+    {
         // Never repeat a secret's value, even a malformed one.
         message = "invalid value (not shown: it is a secret)".into();
     }
@@ -1103,6 +1121,16 @@ vpc = "vpc-1"
             let e = err(&text);
             assert!(!e.contains(canary), "leaked: {e}");
             assert!(e.contains("cloud.secret_k"), "{e}");
+        }
+        // Found by the config fuzzer: in an inline table the error names `cloud`, and the
+        // type error quoted the (numeric) secret.
+        for text in [
+            "cloud = { secret_id = \"a\", secret_key = 0xCA11AB1E }\n",
+            "cloud = { secret_id = \"a\", secret_key = 3390155550 }\n",
+            "[cloud]\nsecret_key = [\n  3390155550,\n]\n",
+        ] {
+            let e = err(text);
+            assert!(!e.contains("3390155550"), "leaked: {e}");
         }
     }
 
