@@ -170,6 +170,8 @@ cat >"$CONFIG" <<EOF
 [cloud]
 endpoint = "http://127.0.0.1:$PORT/"
 region = "ap-guangzhou"
+# The fake serves plain HTTP; a real endpoint is https and needs no such key.
+allow_plain_http = true
 
 [metadata]
 endpoint = "http://127.0.0.1:$PORT/latest/meta-data/"

@@ -6,8 +6,10 @@
 //! - Parse errors are rebuilt from the parser's message and position, never from its
 //!   default rendering, because that quotes the offending line, which may hold a secret.
 //! - Keys in the file are accepted only when the file is not readable by group or others.
-//! - Plain `http://` endpoints are accepted only when the endpoint is set explicitly
-//!   (tests, the demo); the defaults are HTTPS (metadata is plain HTTP by nature).
+//! - A plain `http://` API endpoint is accepted only with `cloud.allow_plain_http = true`
+//!   (tests, the demo): a dropped "s" must not send tokens and signatures in clear, nor
+//!   trust forged answers to the send-time checks. The metadata endpoint is plain HTTP by
+//!   nature (link-local) and needs no opt-in.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -105,6 +107,10 @@ pub struct CloudConfig {
     /// per account and shared by the fleet).
     #[serde(default = "d_rate")]
     pub max_calls_per_second: f64,
+    /// Accept a plain `http://` `endpoint` or `v3_endpoint` (keys and signatures in
+    /// clear): a test or a demo against a fake. Every start with it logs a warning.
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 impl Default for CloudConfig {
@@ -123,6 +129,7 @@ impl Default for CloudConfig {
             timeout: d_10s(),
             task_timeout: d_10m(),
             max_calls_per_second: d_rate(),
+            allow_plain_http: false,
         }
     }
 }
@@ -145,9 +152,16 @@ impl CloudConfig {
         }
     }
 
-    /// Plain HTTP only where an endpoint was set explicitly.
-    pub fn allow_plain_http(&self) -> bool {
-        self.endpoint.is_some() || self.v3_endpoint.is_some()
+    /// The endpoints set to plain `http://`, with their keys (the defaults are https).
+    /// Non-empty only with `allow_plain_http`: validation refuses them otherwise.
+    pub fn plain_http_endpoints(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("cloud.endpoint", self.endpoint.as_deref()),
+            ("cloud.v3_endpoint", self.v3_endpoint.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, url)| url.filter(|u| is_plain_http(u)).map(|u| (key, u)))
+        .collect()
     }
 }
 
@@ -487,9 +501,23 @@ impl Config {
             ("metadata.endpoint", Some(self.metadata.endpoint.as_str())),
         ] {
             if let Some(url) = value
-                && !(url.starts_with("https://") || url.starts_with("http://"))
+                && !(url.starts_with("https://") || is_plain_http(url))
             {
                 return Err(invalid(key, format!("not an http(s) URL: {url:?}")));
+            }
+            if let Some(url) = value
+                && key != "metadata.endpoint"
+                && is_plain_http(url)
+                && !self.cloud.allow_plain_http
+            {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{url:?} is plain http: API keys, tokens and signatures would travel \
+                         in clear and answers could be forged; use https, or set \
+                         cloud.allow_plain_http = true (for a test against a fake only)"
+                    ),
+                ));
             }
         }
         if !(self.cloud.max_calls_per_second > 0.0
@@ -835,7 +863,25 @@ fn parse_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
         (false, None) => table,
         (true, None) => "(file)".into(),
     };
-    if key.ends_with("secret_id") || key.ends_with("secret_key") {
+    // The whole lines the error's span covers: an inline table
+    // (`cloud = { secret_key = 123 }`) names the key `cloud`, yet its message may quote
+    // the secret (found by the config fuzzer, src/fuzz.rs).
+    let span_lines = span
+        .as_ref()
+        .and_then(|s| {
+            let start = text.get(..s.start)?.rfind('\n').map_or(0, |i| i + 1);
+            let end = text
+                .get(s.end..)?
+                .find('\n')
+                .map_or(text.len(), |i| s.end + i);
+            text.get(start..end)
+        })
+        .unwrap_or("");
+    if key.ends_with("secret_id")
+        || key.ends_with("secret_key")
+        || span_lines.contains("secret_id")
+        || span_lines.contains("secret_key")
+    {
         // Never repeat a secret's value, even a malformed one.
         message = "invalid value (not shown: it is a secret)".into();
     }
@@ -856,6 +902,13 @@ fn enclosing_table(before: &str) -> String {
         .find(|l| l.starts_with('['))
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
         .unwrap_or_default()
+}
+
+/// Whether `url` is a plain-HTTP URL (the scheme is case-insensitive, as the URL parser
+/// that will use it treats it).
+fn is_plain_http(url: &str) -> bool {
+    url.get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
 }
 
 /// Parses `250ms`, `30s`, `5m` (a whole number and a unit).
@@ -981,7 +1034,7 @@ mod tests {
         assert!(!c.release.dry_run && !c.release.with_eip);
         assert_eq!(c.routing.mode, RoutingMode::Cleanup);
         assert_eq!(c.release.ignore_removers.len(), 4);
-        assert!(!c.cloud.allow_plain_http());
+        assert!(!c.cloud.allow_plain_http);
     }
 
     #[test]
@@ -992,6 +1045,7 @@ mod tests {
 api = "legacy"
 region = "ap-guangzhou"
 endpoint = "http://127.0.0.1:1/v2/index.php"
+allow_plain_http = true
 [metadata]
 endpoint = "http://metadata.tencentyun.com/latest/meta-data/"
 [release]
@@ -1016,7 +1070,11 @@ vpc = "vpc-1"
         .expect("valid");
         assert_eq!(c.cloud.api, Protocol::Legacy);
         assert_eq!(c.cloud.describe_endpoint(), DEFAULT_V3_ENDPOINT);
-        assert!(c.cloud.allow_plain_http());
+        assert!(c.cloud.allow_plain_http);
+        assert_eq!(
+            c.cloud.plain_http_endpoints(),
+            [("cloud.endpoint", "http://127.0.0.1:1/v2/index.php")]
+        );
         assert_eq!(c.release.grace, Duration::from_millis(250));
         assert!(c.release.include[0].contains("10.9.8.7".parse().expect("ip")));
         assert!(!c.release.exclude[0].contains("10.0.0.16".parse().expect("ip")));
@@ -1064,6 +1122,16 @@ vpc = "vpc-1"
             assert!(!e.contains(canary), "leaked: {e}");
             assert!(e.contains("cloud.secret_k"), "{e}");
         }
+        // Found by the config fuzzer: in an inline table the error names `cloud`, and the
+        // type error quoted the (numeric) secret.
+        for text in [
+            "cloud = { secret_id = \"a\", secret_key = 0xCA11AB1E }\n",
+            "cloud = { secret_id = \"a\", secret_key = 3390155550 }\n",
+            "[cloud]\nsecret_key = [\n  3390155550,\n]\n",
+        ] {
+            let e = err(text);
+            assert!(!e.contains("3390155550"), "leaked: {e}");
+        }
     }
 
     #[test]
@@ -1097,6 +1165,39 @@ vpc = "vpc-1"
             err("[[interface]]\nmac = \"zz\"\neni = \"eni-1\"\nvpc = \"v\"\n")
                 .contains("interface.mac")
         );
+    }
+
+    /// Issue #11 item 4: a dropped "s" in an API endpoint is refused (naming the key
+    /// that would allow it), unless plain HTTP is opted into; metadata needs no opt-in.
+    #[test]
+    fn a_plain_http_api_endpoint_needs_the_opt_in() {
+        for (text, key) in [
+            (
+                "[cloud]\nendpoint = \"http://vpc.ap-guangzhou.tencentcloudapi.com\"\n",
+                "`cloud.endpoint`",
+            ),
+            (
+                "[cloud]\nv3_endpoint = \"http://vpc.tencentcloudapi.com/\"\n",
+                "`cloud.v3_endpoint`",
+            ),
+            (
+                "[cloud]\napi = \"legacy\"\nendpoint = \"HTTP://vpc.api.qcloud.com/v2/index.php\"\n",
+                "`cloud.endpoint`",
+            ),
+        ] {
+            let e = err(text);
+            assert!(
+                e.contains(key) && e.contains("cloud.allow_plain_http = true"),
+                "{e}"
+            );
+            let allowed = parse(&format!("{text}allow_plain_http = true\n")).expect("opted in");
+            assert_eq!(allowed.cloud.plain_http_endpoints().len(), 1);
+        }
+        let c = parse("[metadata]\nendpoint = \"http://169.254.0.23/latest/meta-data/\"\n")
+            .expect("metadata is plain HTTP by nature");
+        assert!(c.cloud.plain_http_endpoints().is_empty());
+        let c = parse("[cloud]\nendpoint = \"https://vpc.tencentcloudapi.com\"\n").expect("https");
+        assert!(c.cloud.plain_http_endpoints().is_empty());
     }
 
     #[test]

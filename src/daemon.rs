@@ -121,6 +121,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         commands_tx.clone(),
     )?;
     warn_if_few_descriptors();
+    warn_plain_http(&config);
     let _lock = lock_state_dir(&config.state.dir)?;
     let (journal, replay) = Journal::open(&config.state.dir)?;
     if !replay.corrupt_lines.is_empty() {
@@ -596,12 +597,34 @@ fn cloud_settings(config: &Config, facts: &InstanceFacts) -> CloudSettings {
     s.total_timeout = c.timeout;
     s.task_cap = c.task_timeout;
     s.extra_ca_file = c.ca_file.clone();
-    s.allow_plain_http = c.allow_plain_http();
+    s.allow_plain_http = c.allow_plain_http;
     s.rates = Rates {
         unassign: c.max_calls_per_second,
         ..Rates::default()
     };
     s
+}
+
+/// Every start with `cloud.allow_plain_http` says so, naming the endpoint keys that are
+/// plain HTTP: signatures and tokens travel in clear and the send-time checks read answers
+/// anyone on the path could forge. Logged even when every endpoint is https, because
+/// the key then only waits for a typo.
+fn warn_plain_http(config: &Config) {
+    if !config.cloud.allow_plain_http {
+        return;
+    }
+    // The keys only: a URL may carry user information.
+    let plain: Vec<&str> = config
+        .cloud
+        .plain_http_endpoints()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    warn!(
+        endpoints = ?plain,
+        "cloud.allow_plain_http = true: API calls may go over plain http, where tokens and \
+         signatures travel in clear and answers can be forged; for tests against a fake only"
+    );
 }
 
 /// Descriptors the daemon may hold at once: its own (generously) plus what the metrics

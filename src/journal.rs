@@ -116,40 +116,12 @@ impl Journal {
             let path = path.clone();
             move |source| JournalError::Io { path, op, source }
         };
-        let mut replay = Replay::default();
-        let mut live: BTreeMap<Ipv4Addr, Record> = BTreeMap::new();
-        let mut foreign = Vec::new();
         // Never through a link: a journal planted as a link elsewhere is refused (ELOOP).
-        match crate::state_dir::open_nofollow(&path) {
-            Ok(file) => {
-                for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
-                    let line = line.map_err(io("read"))?;
-                    let Ok(line) = String::from_utf8(line) else {
-                        replay.corrupt_lines.push(n + 1);
-                        continue;
-                    };
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    match decode_line(&line) {
-                        Some(Decoded::Record(rec)) => {
-                            if matches!(rec.state, RecordState::Finished { .. }) {
-                                live.remove(&rec.ip);
-                            } else {
-                                live.insert(rec.ip, rec);
-                            }
-                        }
-                        Some(Decoded::Newer) => {
-                            replay.newer_schema += 1;
-                            foreign.push(line);
-                        }
-                        None => replay.corrupt_lines.push(n + 1),
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        let (mut replay, live, foreign) = match crate::state_dir::open_nofollow(&path) {
+            Ok(file) => read_lines(BufReader::new(file)).map_err(io("read"))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(e) => return Err(io("open")(e)),
-        }
+        };
         replay.live = live.values().cloned().collect();
         // rewrite() syncs the new file and its directory before returning.
         let (file, len) = rewrite(&path, live.values(), &foreign)?;
@@ -228,12 +200,47 @@ impl Journal {
     }
 }
 
+/// Replays the journal's lines: the report (without `live`, which the caller fills), the
+/// latest record of each live intent, and the lines of a newer schema (kept verbatim).
+/// Only a read error fails; a line that is not a good record is counted and skipped.
+pub(crate) fn read_lines(
+    reader: impl BufRead,
+) -> std::io::Result<(Replay, BTreeMap<Ipv4Addr, Record>, Vec<String>)> {
+    let mut replay = Replay::default();
+    let mut live: BTreeMap<Ipv4Addr, Record> = BTreeMap::new();
+    let mut foreign = Vec::new();
+    for (n, line) in reader.split(b'\n').enumerate() {
+        let Ok(line) = String::from_utf8(line?) else {
+            replay.corrupt_lines.push(n + 1);
+            continue;
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match decode_line(&line) {
+            Some(Decoded::Record(rec)) => {
+                if matches!(rec.state, RecordState::Finished { .. }) {
+                    live.remove(&rec.ip);
+                } else {
+                    live.insert(rec.ip, rec);
+                }
+            }
+            Some(Decoded::Newer) => {
+                replay.newer_schema += 1;
+                foreign.push(line);
+            }
+            None => replay.corrupt_lines.push(n + 1),
+        }
+    }
+    Ok((replay, live, foreign))
+}
+
 enum Decoded {
     Record(Record),
     Newer,
 }
 
-fn encode_line(rec: &Record) -> String {
+pub(crate) fn encode_line(rec: &Record) -> String {
     let json = serde_json::to_string(rec).expect("a journal record always serialises");
     format!("{:016x} {json}\n", fnv1a64(json.as_bytes()))
 }

@@ -16,6 +16,9 @@ pub mod pause;
 pub mod service_user;
 pub mod state_dir;
 
+#[cfg(test)]
+mod fuzz;
+
 /// Milliseconds of a duration for logs and status, saturating (a `u128` is not a log
 /// field type, and no duration here comes near `u64::MAX` ms).
 pub(crate) fn millis(d: std::time::Duration) -> u64 {

@@ -110,6 +110,12 @@ fn check_config_refuses_what_run_would_refuse_naming_the_key() {
             "cloud.max_calls_per_second",
             "at most 100",
         ),
+        // Issue #11 item 4: a dropped "s" would send tokens and signatures in clear.
+        (
+            "[cloud]\nendpoint = \"http://vpc.ap-guangzhou.tencentcloudapi.com\"\n",
+            "cloud.endpoint",
+            "cloud.allow_plain_http = true",
+        ),
     ] {
         let (code, out, err) = check_config(text);
         assert_eq!(code, 1, "{text:?} must be refused; said {out}{err}");
@@ -118,6 +124,9 @@ fn check_config_refuses_what_run_would_refuse_naming_the_key() {
     let (code, _, err) =
         check_config("[metrics]\naddress = \"0.0.0.0:9469\"\nallow_remote = true\n");
     assert_eq!(code, 0, "allow_remote opts in: {err}");
+    let (code, _, err) =
+        check_config("[cloud]\nendpoint = \"http://127.0.0.1:8080/\"\nallow_plain_http = true\n");
+    assert_eq!(code, 0, "allow_plain_http opts in: {err}");
 }
 
 /// (3) Run as root, `check-config` checks that the service user can read the file and

@@ -456,6 +456,7 @@ fn write_config(dir: &std::path::Path, node: &Node, port: u16, grace: &str) {
     let base = format!("http://{GATEWAY}:{port}");
     let config = format!(
         "[cloud]\nendpoint = \"{base}/\"\nv3_endpoint = \"{base}/\"\nregion = \"{REGION}\"\n\
+         allow_plain_http = true\n\
          secret_id = \"{SECRET_ID}\"\nsecret_key = \"{SECRET_KEY}\"\n\n\
          [metadata]\nendpoint = \"{base}/latest/meta-data/\"\n\n\
          [release]\ngrace = \"{grace}\"\n\n[routing]\nmode = \"cleanup\"\n\n\

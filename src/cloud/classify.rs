@@ -67,7 +67,14 @@ fn classify_name(code: &str) -> Option<ErrorClass> {
         | "ResourceUnavailable"
         | "UnsupportedOperation.MutexOperationTaskRunning"
         | "UnsupportedOperation.InvalidState"
-        | "Response.Malformed" => RetryLater,
+        // The legacy VPC API's "the resource is being operated on: wait for the running
+        // operation to end" (a server-side code of its error list).
+        | "ActionLocked"
+        // A reply we could not use (see `transport` and the client's page cap): nothing
+        // was learnt, so it is asked again later, never taken for an answer.
+        | "Response.Malformed"
+        | "Response.TooLarge"
+        | "Response.TooManyPages" => RetryLater,
         c if c.starts_with("RequestLimitExceeded")
             || c.starts_with("InternalError")
             || c.starts_with("ResourceUnavailable.")
@@ -215,6 +222,10 @@ mod tests {
         ("Transport.Timeout", RetryLater),
         ("Transport.Connect", RetryLater),
         ("Response.Malformed", RetryLater),
+        ("Response.TooLarge", RetryLater),
+        ("Response.TooManyPages", RetryLater),
+        ("Http.302", RetryLater),
+        ("Http.307", RetryLater),
         ("Client.TooManyIps", Refused),
         ("Credentials.Missing", Refused),
         // Unknown codes are refused, never retried or taken for success.
@@ -249,6 +260,10 @@ mod tests {
         (4000, "InvalidNetworkInterface.NotFound", AlreadyGone),
         (4000, "InvalidPrivateip.IsPrimary", Refused),
         (5100, "InvalidPrivateip.IsPrimary", Refused),
+        // The legacy busy code: retried, whatever number comes with it.
+        (4000, "ActionLocked", RetryLater),
+        (5100, "ActionLocked", RetryLater),
+        (9999, "ActionLocked", RetryLater),
         // An unknown name falls back to the number; unknown both ways is refused.
         (5100, "ResourceBusy.SomethingNew", RetryLater),
         (9999, "", Refused),

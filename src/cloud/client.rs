@@ -27,6 +27,12 @@ use super::transport::{Endpoint, EndpointError};
 use super::v3::{DESCRIBE_ENIS, TASK_RESULT, UNASSIGN, V3Api};
 use super::{Cloud, CloudError, Eni, ErrorClass, MAX_IPS_PER_CALL, Protocol, TaskRef, TaskStatus};
 
+/// The most `DescribeNetworkInterfaces` pages one listing follows (of
+/// [`super::v3::PAGE_SIZE`] ENIs each). One instance holds a few dozen ENIs at most, so
+/// a listing needs one page; ten leave room without letting an endless `TotalCount`
+/// page forever.
+pub const MAX_DESCRIBE_PAGES: usize = 10;
+
 /// Everything the client needs, as plain values; the config layer fills it in.
 #[derive(Debug, Clone)]
 pub struct CloudSettings {
@@ -361,7 +367,19 @@ impl Cloud for TencentCloud {
             return Ok(enis);
         }
         let mut enis = Vec::new();
-        loop {
+        for page_number in 1.. {
+            if page_number > MAX_DESCRIBE_PAGES {
+                // The listing is filtered to this instance, whose ENIs fit in one page; a
+                // server that keeps promising more is broken or hostile.
+                return Err(CloudError::local(
+                    DESCRIBE_ENIS,
+                    "Response.TooManyPages",
+                    format!(
+                        "TotalCount still above the {} ENIs read after {MAX_DESCRIBE_PAGES} pages",
+                        enis.len()
+                    ),
+                ));
+            }
             let offset = u64::try_from(enis.len()).unwrap_or(u64::MAX);
             let (page, total) = self
                 .call(

@@ -116,7 +116,10 @@ impl CredentialError {
     /// opposed to a configuration problem.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Metadata(MetadataError::Transport { .. }) => true,
+            // An oversized answer is a broken or hostile answer of the moment, like a 5xx.
+            Self::Metadata(MetadataError::Transport { .. } | MetadataError::TooLarge { .. }) => {
+                true
+            }
             Self::Metadata(MetadataError::Status { status, .. }) => *status >= 500,
             _ => false,
         }
@@ -447,38 +450,44 @@ impl CredentialProvider {
             }
         };
         self.metadata_fetches.fetch_add(1, Ordering::Relaxed);
-        let bad = |detail: &str| CredentialError::BadRoleAnswer {
-            role: role.clone(),
-            detail: detail.to_owned(),
-        };
-        let body = metadata
-            .cam_credentials(&role)
-            .await?
-            .ok_or_else(|| bad("404"))?;
-        // Never echo the body: it holds the keys.
-        let doc: RoleDocument = serde_json::from_str(&body).map_err(|_| bad("a non-JSON body"))?;
-        if doc.code.as_deref() != Some("Success") {
-            return Err(bad(&format!("Code {:?}", doc.code.unwrap_or_default())));
+        let body = metadata.cam_credentials(&role).await?;
+        parse_role_document(&role, body.as_deref())
+    }
+}
+
+/// A CAM role's credentials document (`None`: the service answered 404). Errors never
+/// echo the body: it holds the keys.
+pub(crate) fn parse_role_document(
+    role: &str,
+    body: Option<&str>,
+) -> Result<Credentials, CredentialError> {
+    let bad = |detail: &str| CredentialError::BadRoleAnswer {
+        role: role.to_owned(),
+        detail: detail.to_owned(),
+    };
+    let body = body.ok_or_else(|| bad("404"))?;
+    let doc: RoleDocument = serde_json::from_str(body).map_err(|_| bad("a non-JSON body"))?;
+    if doc.code.as_deref() != Some("Success") {
+        return Err(bad(&format!("Code {:?}", doc.code.unwrap_or_default())));
+    }
+    match (
+        doc.tmp_secret_id,
+        doc.tmp_secret_key,
+        doc.token,
+        doc.expired_time,
+    ) {
+        (Some(secret_id), Some(secret_key), Some(token), Some(expires_at))
+            if !secret_id.0.is_empty() && !secret_key.0.is_empty() =>
+        {
+            Ok(Credentials {
+                secret_id,
+                secret_key,
+                token: Some(token).filter(|t| !t.0.is_empty()),
+                expires_at: Some(expires_at),
+                source: CredentialSource::CamRole(role.to_owned()),
+            })
         }
-        match (
-            doc.tmp_secret_id,
-            doc.tmp_secret_key,
-            doc.token,
-            doc.expired_time,
-        ) {
-            (Some(secret_id), Some(secret_key), Some(token), Some(expires_at))
-                if !secret_id.0.is_empty() && !secret_key.0.is_empty() =>
-            {
-                Ok(Credentials {
-                    secret_id,
-                    secret_key,
-                    token: Some(token).filter(|t| !t.0.is_empty()),
-                    expires_at: Some(expires_at),
-                    source: CredentialSource::CamRole(role.clone()),
-                })
-            }
-            _ => Err(bad("a document with missing fields")),
-        }
+        _ => Err(bad("a document with missing fields")),
     }
 }
 

@@ -67,17 +67,10 @@ impl LegacyApi {
         for (i, ip) in ips.iter().enumerate() {
             params.insert(format!("privateIpAddress.{i}"), ip.to_string());
         }
-        let reply = self.call(UNASSIGN, params, creds, timestamp).await?;
-        let task_id = task_id(&reply)
-            .ok_or_else(|| malformed(UNASSIGN, "no taskId in the reply".to_owned()))?;
-        Ok(TaskRef {
-            request_id: None,
-            task_id,
-            protocol: Protocol::Legacy,
-        })
+        parse_unassign(&self.call(UNASSIGN, params, creds, timestamp).await?)
     }
 
-    /// The legacy `DescribeVpcTaskResult`: `data.status` 0 success, 1 failed, 2 running.
+    /// The status of a legacy task (see [`parse_task_status`]).
     pub async fn task_status(
         &self,
         creds: &Credentials,
@@ -85,31 +78,17 @@ impl LegacyApi {
         task_id: &str,
     ) -> Result<TaskStatus, CloudError> {
         let params = BTreeMap::from([("taskId".to_owned(), task_id.to_owned())]);
-        let reply = self.call(TASK_RESULT, params, creds, timestamp).await?;
-        let status = reply
-            .get("data")
-            .and_then(|data| data.get("status"))
-            .and_then(integer);
-        match status {
-            Some(0) => Ok(TaskStatus::Success),
-            Some(1) => Ok(TaskStatus::Failed),
-            Some(2) => Ok(TaskStatus::Running),
-            other => Err(malformed(
-                TASK_RESULT,
-                format!("unexpected data.status {other:?}"),
-            )),
-        }
+        parse_task_status(&self.call(TASK_RESULT, params, creds, timestamp).await?)
     }
 
-    /// Adds the common parameters, signs, sends; returns the reply object of a `code` 0
-    /// answer.
+    /// Adds the common parameters, signs, sends; returns the body of the 200 answer.
     async fn call(
         &self,
         action: &'static str,
         mut params: BTreeMap<String, String>,
         creds: &Credentials,
         timestamp: i64,
-    ) -> Result<Map<String, Value>, CloudError> {
+    ) -> Result<Vec<u8>, CloudError> {
         params.insert("Action".to_owned(), action.to_owned());
         params.insert("Region".to_owned(), self.region.clone());
         params.insert("Timestamp".to_owned(), timestamp.to_string());
@@ -137,8 +116,37 @@ impl LegacyApi {
             .header("Host", &self.endpoint.host)
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body(form_encode(&params));
-        let reply = exchange(action, request, self.clock.as_deref()).await?;
-        parse_reply(action, &reply)
+        exchange(action, request, self.clock.as_deref()).await
+    }
+}
+
+/// The answer to the legacy unassign: its `taskId`.
+pub(crate) fn parse_unassign(body: &[u8]) -> Result<TaskRef, CloudError> {
+    let reply = parse_reply(UNASSIGN, body)?;
+    let task_id =
+        task_id(&reply).ok_or_else(|| malformed(UNASSIGN, "no taskId in the reply".to_owned()))?;
+    Ok(TaskRef {
+        request_id: None,
+        task_id,
+        protocol: Protocol::Legacy,
+    })
+}
+
+/// The legacy `DescribeVpcTaskResult`: `data.status` 0 success, 1 failed, 2 running.
+pub(crate) fn parse_task_status(body: &[u8]) -> Result<TaskStatus, CloudError> {
+    let reply = parse_reply(TASK_RESULT, body)?;
+    let status = reply
+        .get("data")
+        .and_then(|data| data.get("status"))
+        .and_then(integer);
+    match status {
+        Some(0) => Ok(TaskStatus::Success),
+        Some(1) => Ok(TaskStatus::Failed),
+        Some(2) => Ok(TaskStatus::Running),
+        other => Err(malformed(
+            TASK_RESULT,
+            format!("unexpected data.status {other:?}"),
+        )),
     }
 }
 

@@ -9,7 +9,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use super::MacAddr;
-use super::transport::transport_kind;
+use super::transport::{BodyError, read_body, transport_kind};
+
+/// The largest metadata answer read. Every value enisync reads is a line or a short
+/// listing; the largest, a CAM role's credentials document, is about 2 KiB.
+pub const MAX_METADATA_BODY: usize = 64 << 10;
 
 /// Where the metadata service is and how patient to be with it.
 #[derive(Debug, Clone)]
@@ -48,6 +52,8 @@ pub enum MetadataError {
     Status { path: String, status: u16 },
     #[error("metadata {path}: unexpected value {value:?}")]
     Malformed { path: String, value: String },
+    #[error("metadata {path}: the answer is larger than {MAX_METADATA_BODY} bytes; not read")]
+    TooLarge { path: String },
 }
 
 /// An ENI as the metadata service lists it: the parsed MAC for comparisons, and the
@@ -104,16 +110,7 @@ impl MetadataClient {
 
     /// The attached ENIs' MACs (`network/interfaces/macs/`); empty when absent.
     pub async fn macs(&self) -> Result<Vec<MetadataMac>, MetadataError> {
-        let path = "network/interfaces/macs/";
-        let mut out = Vec::new();
-        for key in listing(self.get(path).await?) {
-            let mac = MacAddr::parse(&key).ok_or_else(|| MetadataError::Malformed {
-                path: path.to_owned(),
-                value: key.clone(),
-            })?;
-            out.push(MetadataMac { mac, key });
-        }
-        Ok(out)
+        parse_macs(self.get(MACS_PATH).await?)
     }
 
     /// `primary-local-ipv4` of one ENI.
@@ -138,10 +135,7 @@ impl MetadataClient {
     /// absent.
     pub async fn local_ipv4s(&self, mac: &MetadataMac) -> Result<Vec<Ipv4Addr>, MetadataError> {
         let path = mac_path(mac, "local-ipv4s/");
-        listing(self.get(&path).await?)
-            .iter()
-            .map(|entry| parse_ip(&path, entry))
-            .collect()
+        parse_ip_listing(&path, self.get(&path).await?)
     }
 
     /// The subnet gateway of one IP of an ENI.
@@ -215,9 +209,19 @@ impl MetadataClient {
         };
         let response = self.http.get(url).send().await.map_err(transport)?;
         match response.status().as_u16() {
-            200 => Ok(Some(
-                response.text().await.map_err(transport)?.trim().to_owned(),
-            )),
+            200 => {
+                let body = read_body(response, MAX_METADATA_BODY)
+                    .await
+                    .map_err(|e| match e {
+                        BodyError::TooLarge => MetadataError::TooLarge {
+                            path: path.to_owned(),
+                        },
+                        BodyError::Transport(e) => transport(e),
+                    })?;
+                // As `Response::text` did: invalid UTF-8 is replaced, then the value
+                // parsers refuse what they do not recognise.
+                Ok(Some(String::from_utf8_lossy(&body).trim().to_owned()))
+            }
             404 => Ok(None),
             status => Err(MetadataError::Status {
                 path: path.to_owned(),
@@ -227,12 +231,40 @@ impl MetadataClient {
     }
 }
 
+const MACS_PATH: &str = "network/interfaces/macs/";
+
+/// The MAC listing (`network/interfaces/macs/`): one MAC per line; anything else in it
+/// is malformed.
+pub(crate) fn parse_macs(body: Option<String>) -> Result<Vec<MetadataMac>, MetadataError> {
+    listing(body)
+        .into_iter()
+        .map(|key| match MacAddr::parse(&key) {
+            Some(mac) => Ok(MetadataMac { mac, key }),
+            None => Err(MetadataError::Malformed {
+                path: MACS_PATH.to_owned(),
+                value: shown(&key),
+            }),
+        })
+        .collect()
+}
+
+/// A listing of IPs (`local-ipv4s/`).
+pub(crate) fn parse_ip_listing(
+    path: &str,
+    body: Option<String>,
+) -> Result<Vec<Ipv4Addr>, MetadataError> {
+    listing(body)
+        .iter()
+        .map(|entry| parse_ip(path, entry))
+        .collect()
+}
+
 fn mac_path(mac: &MetadataMac, leaf: &str) -> String {
     format!("network/interfaces/macs/{}/{leaf}", mac.key)
 }
 
 /// The entries of a listing: one per line, a trailing `/` marks a directory.
-fn listing(body: Option<String>) -> Vec<String> {
+pub(crate) fn listing(body: Option<String>) -> Vec<String> {
     body.as_deref()
         .unwrap_or("")
         .lines()
@@ -241,11 +273,21 @@ fn listing(body: Option<String>) -> Vec<String> {
         .collect()
 }
 
-fn parse_ip(path: &str, value: &str) -> Result<Ipv4Addr, MetadataError> {
+pub(crate) fn parse_ip(path: &str, value: &str) -> Result<Ipv4Addr, MetadataError> {
     value.trim().parse().map_err(|_| MetadataError::Malformed {
         path: path.to_owned(),
-        value: value.to_owned(),
+        value: shown(value),
     })
+}
+
+/// At most 64 characters of a value that did not parse, for an error message: enough
+/// to recognise it, never a whole answer in a log line.
+fn shown(value: &str) -> String {
+    const SHOWN: usize = 64;
+    match value.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ mod test_http;
 mod transport;
 pub mod v3;
 
-pub use transport::{EndpointError, http_client_builder};
+pub use transport::{EndpointError, MAX_API_BODY, http_client_builder};
 
 use std::fmt;
 use std::net::Ipv4Addr;

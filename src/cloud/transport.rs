@@ -4,18 +4,59 @@
 use super::CloudError;
 use super::credentials::ServerClock;
 
+/// The largest API answer body read (API 3.0 and legacy). A real
+/// `DescribeNetworkInterfaces` page for one instance is a few tens of KiB (at most
+/// ~100 KiB with every ENI and IP a large instance can hold); 8 MiB is far above that and
+/// far below the unit's memory limit. A larger answer is `Response.TooLarge`.
+pub const MAX_API_BODY: usize = 8 << 20;
+
 /// The start of every HTTP client enisync (and its test tools) builds.
 ///
 /// reqwest is built without a TLS crypto provider of its own and panics on `build()` if
 /// none is installed, so this installs rustls' ring provider for the process first (a
 /// no-op once one is installed). Why ring and not aws-lc-rs: see `Cargo.toml`.
+///
+/// Redirects are never followed: neither the API nor the metadata service redirects,
+/// and following one would carry `X-TC-Token` (and, for the legacy API, the signed
+/// body) to another host or from https to http. A 3xx comes back as its status.
 pub fn http_client_builder() -> reqwest::ClientBuilder {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         // Err only means another provider is already the process default: keep it.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    reqwest::Client::builder()
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())
+}
+
+/// Why a body was not read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// More than the cap (announced by `Content-Length`, or counted while reading).
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+/// Reads a response body of at most `limit` bytes, chunk by chunk with a running count,
+/// so a hostile or broken server cannot make us buffer more than `limit` (plus one
+/// chunk). A `Content-Length` above the limit is refused before anything is read.
+/// Dropping the response on `TooLarge` closes the connection.
+pub(crate) async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    let announced = usize::try_from(response.content_length().unwrap_or(0)).unwrap_or(usize::MAX);
+    if announced > limit {
+        return Err(BodyError::TooLarge);
+    }
+    // The announced length is a hint, not a promise: the count below is what holds.
+    let mut body = Vec::with_capacity(announced);
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if chunk.len() > limit.saturating_sub(body.len()) {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// A parsed API endpoint.
@@ -74,8 +115,9 @@ impl Endpoint {
 
 /// Sends one request; returns the body of a 200 answer. Anything else is a transient
 /// error with a local code: `Transport.Timeout`, `Transport.Connect`, `Transport.Request`,
-/// `Http.<status>`. Messages never include the URL (a legacy GET would carry the signature
-/// and the token in it).
+/// `Http.<status>` (a 3xx too: redirects are not followed), `Response.TooLarge` (a body
+/// over [`MAX_API_BODY`]; the body of any other status is not read at all). Messages
+/// never include the URL (a legacy GET would carry the signature and the token in it).
 ///
 /// The `Date` header of every answer (errors included) is handed to `clock`, so a
 /// rejected timestamp can be corrected from the server's own time.
@@ -98,10 +140,6 @@ pub(crate) async fn exchange(
         clock.observe_server_date(date);
     }
     let status = response.status().as_u16();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| transport_error(action, &e))?;
     if status != 200 {
         return Err(CloudError::local(
             action,
@@ -109,7 +147,16 @@ pub(crate) async fn exchange(
             format!("HTTP status {status}"),
         ));
     }
-    Ok(body.to_vec())
+    read_body(response, MAX_API_BODY)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => CloudError::local(
+                action,
+                "Response.TooLarge",
+                format!("the answer is larger than {MAX_API_BODY} bytes; not read"),
+            ),
+            BodyError::Transport(e) => transport_error(action, &e),
+        })
 }
 
 /// Parses an HTTP date in the preferred format (RFC 9110 IMF-fixdate,

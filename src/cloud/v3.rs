@@ -68,12 +68,7 @@ impl V3Api {
             .map(|ip| json!({ "PrivateIpAddress": ip.to_string() }))
             .collect();
         let body = json!({ "NetworkInterfaceId": eni_id, "PrivateIpAddresses": addresses });
-        let response: RequestOnly = self.call(UNASSIGN, &body, creds, timestamp).await?;
-        Ok(TaskRef {
-            request_id: Some(response.request_id.clone()),
-            task_id: response.request_id,
-            protocol: Protocol::V3,
-        })
+        parse_unassign(&self.call(UNASSIGN, &body, creds, timestamp).await?)
     }
 
     /// One page of the ENIs attached to `instance_id`, and the total count.
@@ -89,13 +84,7 @@ impl V3Api {
             "Offset": offset,
             "Limit": PAGE_SIZE,
         });
-        let page: EniPage = self.call(DESCRIBE_ENIS, &body, creds, timestamp).await?;
-        let enis = page
-            .network_interface_set
-            .into_iter()
-            .map(NetworkInterface::into_eni)
-            .collect();
-        Ok((enis, page.total_count))
+        parse_eni_page(&self.call(DESCRIBE_ENIS, &body, creds, timestamp).await?)
     }
 
     /// The status of the task started by the call whose `RequestId` is `task_id`.
@@ -106,26 +95,17 @@ impl V3Api {
         task_id: &str,
     ) -> Result<TaskStatus, CloudError> {
         let body = json!({ "TaskId": task_id });
-        let result: TaskResult = self.call(TASK_RESULT, &body, creds, timestamp).await?;
-        match result.status.as_str() {
-            "SUCCESS" => Ok(TaskStatus::Success),
-            "FAILED" => Ok(TaskStatus::Failed),
-            "RUNNING" => Ok(TaskStatus::Running),
-            other => Err(malformed(
-                TASK_RESULT,
-                format!("unknown task Status {other:?}"),
-            )),
-        }
+        parse_task_status(&self.call(TASK_RESULT, &body, creds, timestamp).await?)
     }
 
-    /// Signs and sends one action; parses the `Response` object into `T`.
-    async fn call<T: DeserializeOwned>(
+    /// Signs and sends one action; returns the body of its 200 answer.
+    async fn call(
         &self,
         action: &'static str,
         body: &Value,
         creds: &Credentials,
         timestamp: i64,
-    ) -> Result<T, CloudError> {
+    ) -> Result<Vec<u8>, CloudError> {
         let payload = serde_json::to_vec(body)
             .map_err(|e| CloudError::local(action, "Client.Encode", e.to_string()))?;
         let signature = tc3_sign(
@@ -156,8 +136,42 @@ impl V3Api {
         if let Some(token) = &creds.token {
             request = request.header("X-TC-Token", token.expose());
         }
-        let reply = exchange(action, request.body(payload), self.clock.as_deref()).await?;
-        parse_response(action, &reply)
+        exchange(action, request.body(payload), self.clock.as_deref()).await
+    }
+}
+
+/// The answer to `UnassignPrivateIpAddresses`: the task to poll is its `RequestId`.
+pub(crate) fn parse_unassign(body: &[u8]) -> Result<TaskRef, CloudError> {
+    let response: RequestOnly = parse_response(UNASSIGN, body)?;
+    Ok(TaskRef {
+        request_id: Some(response.request_id.clone()),
+        task_id: response.request_id,
+        protocol: Protocol::V3,
+    })
+}
+
+/// One page of `DescribeNetworkInterfaces`: its ENIs and the `TotalCount`.
+pub(crate) fn parse_eni_page(body: &[u8]) -> Result<(Vec<Eni>, u64), CloudError> {
+    let page: EniPage = parse_response(DESCRIBE_ENIS, body)?;
+    let enis = page
+        .network_interface_set
+        .into_iter()
+        .map(NetworkInterface::into_eni)
+        .collect();
+    Ok((enis, page.total_count))
+}
+
+/// The answer to `DescribeVpcTaskResult`; a status we do not know is malformed.
+pub(crate) fn parse_task_status(body: &[u8]) -> Result<TaskStatus, CloudError> {
+    let result: TaskResult = parse_response(TASK_RESULT, body)?;
+    match result.status.as_str() {
+        "SUCCESS" => Ok(TaskStatus::Success),
+        "FAILED" => Ok(TaskStatus::Failed),
+        "RUNNING" => Ok(TaskStatus::Running),
+        other => Err(malformed(
+            TASK_RESULT,
+            format!("unknown task Status {other:?}"),
+        )),
     }
 }
 

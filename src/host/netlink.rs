@@ -482,7 +482,7 @@ fn from_kernel(from: &SocketAddr) -> bool {
 /// Appends the notifications of one datagram to `out`. Something unparsable (a kernel
 /// newer than our parser, a truncated read) becomes an overrun: the watcher then
 /// resyncs, so whatever the message said reaches the mirror through the dump.
-fn parse_datagram(mut rest: &[u8], out: &mut VecDeque<Notification>) {
+pub(crate) fn parse_datagram(mut rest: &[u8], out: &mut VecDeque<Notification>) {
     while !rest.is_empty() {
         match NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest) {
             Ok(msg) => {

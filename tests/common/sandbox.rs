@@ -185,6 +185,8 @@ impl Sandbox {
             format!("endpoint = \"{}\"", server.v3_endpoint()),
             format!("v3_endpoint = \"{}\"", server.v3_endpoint()),
             "region = \"ap-guangzhou\"".into(),
+            // The fake serves plain HTTP inside the namespace.
+            "allow_plain_http = true".into(),
         ];
         if layout.config_keys {
             cloud.push(format!("secret_id = \"{SECRET_ID}\""));

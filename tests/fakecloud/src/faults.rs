@@ -35,6 +35,17 @@ pub enum Fault {
     Error { code: String, message: String },
     /// The next task created by this action ends FAILED (the call itself succeeds).
     TaskFails,
+    /// HTTP 200 with a body `bytes` long (the start of a JSON answer, then spaces),
+    /// streamed in 64 KiB chunks as the client reads; with `chunked`, no
+    /// `Content-Length` is sent, so only a client that counts can stop early. What was
+    /// streamed is in [`crate::FakeCloud::streamed_bytes`]. Not processed.
+    HugeBody { bytes: u64, chunked: bool },
+    /// Answers `status` (a 3xx) with `Location: location`. Not processed.
+    Redirect { status: u16, location: String },
+    /// `DescribeNetworkInterfaces` only: answers the first page whatever the `Offset`,
+    /// with a `TotalCount` of a billion, so a client that pages "while there is more"
+    /// never ends. Processed (as a read).
+    EndlessListing,
 }
 
 impl Fault {
@@ -51,6 +62,19 @@ impl Fault {
     pub fn timeout(after: Duration) -> Self {
         Self::Timeout {
             after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// [`Fault::HugeBody`] of `bytes`, announced (`Content-Length`) or not (chunked).
+    pub fn huge_body(bytes: u64, chunked: bool) -> Self {
+        Self::HugeBody { bytes, chunked }
+    }
+
+    /// [`Fault::Redirect`].
+    pub fn redirect(status: u16, location: impl Into<String>) -> Self {
+        Self::Redirect {
+            status,
+            location: location.into(),
         }
     }
 

@@ -6,7 +6,7 @@
 //!
 //! | code | codeDesc |
 //! | ---- | -------- |
-//! | 4000 | `MissingParameter`, `InvalidParameter*`, `InvalidAction`, `UnsupportedRegion` |
+//! | 4000 | `MissingParameter`, `InvalidParameter*`, `InvalidAction`, `UnsupportedRegion`, `ActionLocked` (busy; see `legacy_code_for`) |
 //! | 4100 | `AuthFailure.SignatureFailure`, `AuthFailure.InvalidAuthorization`, other `AuthFailure.*` |
 //! | 4102 | `UnauthorizedOperation*` |
 //! | 4104 | `AuthFailure.SecretIdNotFound` |
@@ -45,6 +45,10 @@ pub fn legacy_code_for(code_desc: &str) -> i64 {
             4000
         }
         c if c.ends_with(".NotFound") || c.starts_with("ResourceNotFound") => 5000,
+        // Tencent's VPC error list names ActionLocked (the resource is busy with another
+        // operation) without a number; the fake sends the generic 4000, so that only the
+        // name can tell a client it is worth retrying.
+        "ActionLocked" => 4000,
         _ => 5100,
     }
 }
@@ -288,6 +292,7 @@ mod tests {
         assert_eq!(legacy_code_for("RequestLimitExceeded"), 4400);
         assert_eq!(legacy_code_for("InvalidNetworkInterface.NotFound"), 5000);
         assert_eq!(legacy_code_for("InvalidParameterValue.LimitExceeded"), 4000);
+        assert_eq!(legacy_code_for("ActionLocked"), 4000);
         assert_eq!(
             legacy_code_for("UnsupportedOperation.MutexOperationTaskRunning"),
             5100

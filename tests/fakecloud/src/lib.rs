@@ -83,6 +83,8 @@ pub struct CamKey {
 pub struct FakeCloud {
     world: Arc<Mutex<World>>,
     observer: Arc<Mutex<Option<CallObserver>>>,
+    /// Bytes of huge bodies ([`Fault::HugeBody`]) handed to the connection so far.
+    streamed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for FakeCloud {
@@ -385,6 +387,12 @@ impl FakeCloud {
     /// The pending fault rules with their remaining counts.
     pub fn faults(&self) -> Vec<FaultRule> {
         self.lock().faults.rules.clone()
+    }
+
+    /// Bytes of [`Fault::HugeBody`] bodies handed to connections so far: what a client
+    /// that stops reading early never made the fake produce.
+    pub fn streamed_bytes(&self) -> u64 {
+        self.streamed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Drops every pending fault.

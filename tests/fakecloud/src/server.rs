@@ -7,10 +7,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -52,7 +54,15 @@ pub(crate) struct Reply {
     pub body: String,
     pub delay: Option<Duration>,
     label: Option<String>,
+    /// `Location` (a redirect fault).
+    location: Option<String>,
+    /// A streamed body of this many bytes after `body`, and whether it is chunked (no
+    /// `Content-Length`): the huge-body fault.
+    stream: Option<(u64, bool)>,
 }
+
+/// The chunk size of a streamed huge body.
+const STREAM_CHUNK: usize = 64 << 10;
 
 impl Reply {
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
@@ -62,6 +72,8 @@ impl Reply {
             body: value.to_string(),
             delay: None,
             label: None,
+            location: None,
+            stream: None,
         }
     }
 
@@ -72,6 +84,8 @@ impl Reply {
             body,
             delay: None,
             label: None,
+            location: None,
+            stream: None,
         }
     }
 
@@ -101,7 +115,22 @@ impl Reply {
                 body: "{\"Response\": {\"RequestId\": \"truncat".to_string(),
                 delay: None,
                 label: Some("Malformed".to_string()),
+                location: None,
+                stream: None,
             },
+            Fault::HugeBody { bytes, chunked } => {
+                let start = "{\"Response\": {\"RequestId\": \"huge\", \"Padding\": \"";
+                let mut reply = Self::text(200, start.to_string()).labelled("HugeBody");
+                reply.content_type = "application/json";
+                reply.stream = Some((bytes.saturating_sub(start.len() as u64), *chunked));
+                reply
+            }
+            Fault::Redirect { status, location } => {
+                let mut reply = Self::text(*status, format!("fake: see {location}\n"))
+                    .labelled(&format!("Redirect {status}"));
+                reply.location = Some(location.clone());
+                reply
+            }
             other => {
                 let code = other.error_code().map_or("InternalError", |(c, _)| c);
                 Self::text(500, format!("{code}\n")).labelled(code)
@@ -118,9 +147,27 @@ impl Reply {
 
     /// The response, with a `Date` header from the fake's clock (`now_s`, Unix seconds)
     /// when given: a skewed fake tells the client its time, as Tencent's servers do.
-    fn into_response(self, now_s: Option<i64>) -> Response {
+    fn into_response(self, now_s: Option<i64>, streamed: &Arc<AtomicU64>) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, self.body).into_response();
+        let mut response = match self.stream {
+            None => (status, self.body).into_response(),
+            Some((rest, chunked)) => {
+                let total = self.body.len() as u64 + rest;
+                let body = huge_body(self.body.into_bytes(), rest, Arc::clone(streamed));
+                let mut response = (status, body).into_response();
+                if !chunked && let Ok(len) = HeaderValue::from_str(&total.to_string()) {
+                    response.headers_mut().insert(header::CONTENT_LENGTH, len);
+                }
+                response
+            }
+        };
+        if let Some(location) = self
+            .location
+            .as_deref()
+            .and_then(|l| HeaderValue::from_str(l).ok())
+        {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(self.content_type),
@@ -133,6 +180,28 @@ impl Reply {
         }
         response
     }
+}
+
+/// `head`, then `rest` bytes of spaces in [`STREAM_CHUNK`]s, produced only as fast as the
+/// client reads (hyper polls the stream when the socket can take more); every chunk
+/// handed over is added to `streamed`.
+fn huge_body(head: Vec<u8>, rest: u64, streamed: Arc<AtomicU64>) -> Body {
+    let chunks = futures_util::stream::unfold((Some(head), rest), move |(head, rest)| {
+        let (chunk, left) = match head {
+            Some(head) => (head, rest),
+            None if rest == 0 => return std::future::ready(None),
+            None => {
+                let n = rest.min(STREAM_CHUNK as u64);
+                (
+                    vec![b' '; usize::try_from(n).unwrap_or(STREAM_CHUNK)],
+                    rest - n,
+                )
+            }
+        };
+        streamed.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        std::future::ready(Some((Ok::<_, io::Error>(Bytes::from(chunk)), (None, left))))
+    });
+    Body::from_stream(chunks)
 }
 
 #[derive(Clone)]
@@ -376,11 +445,12 @@ async fn route(
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = stopped(&mut stop) => {
-                return Reply::text(503, "fake: shutting down\n".into()).into_response(Some(now_s));
+                return Reply::text(503, "fake: shutting down\n".into())
+                    .into_response(Some(now_s), &app.cloud.streamed);
             }
         }
     }
-    reply.into_response(Some(now_s))
+    reply.into_response(Some(now_s), &app.cloud.streamed)
 }
 
 /// `GET /_fake/calls`, `GET /_fake/state`; anything else is 404.
@@ -391,8 +461,8 @@ fn control(cloud: &FakeCloud, method: &Method, path: &str) -> Response {
         _ => None,
     };
     match value {
-        Some(value) => Reply::json(200, &value).into_response(None),
-        None => Reply::text(404, "404 - Not Found\n".into()).into_response(None),
+        Some(value) => Reply::json(200, &value).into_response(None, &cloud.streamed),
+        None => Reply::text(404, "404 - Not Found\n".into()).into_response(None, &cloud.streamed),
     }
 }
 
