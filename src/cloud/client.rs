@@ -114,7 +114,11 @@ pub enum SetupError {
     },
     #[error("CA file {path} holds no usable PEM certificate")]
     CaPem { path: PathBuf },
-    #[error("building the HTTPS client: {0}")]
+    /// Most often: no CA roots on the host (a minimal image without ca-certificates),
+    /// which fails the build even for a plain-HTTP test endpoint.
+    #[error(
+        "building the HTTPS client (it needs the system's CA certificates, package ca-certificates): {0}"
+    )]
     Http(#[source] reqwest::Error),
 }
 

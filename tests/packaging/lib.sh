@@ -23,15 +23,17 @@ debian_mirror() {
 }
 
 ensure_root_cache() {
+    # ca-certificates: a dependency of the .deb (the API client needs the system's roots).
     [ -x "$ROOT_CACHE/usr/bin/dpkg" ] && [ -x "$ROOT_CACHE/usr/sbin/adduser" ] &&
-        [ -x "$ROOT_CACHE/usr/bin/ip" -o -x "$ROOT_CACHE/bin/ip" ] && return 0
+        [ -x "$ROOT_CACHE/usr/bin/ip" -o -x "$ROOT_CACHE/bin/ip" ] &&
+        [ -s "$ROOT_CACHE/etc/ssl/certs/ca-certificates.crt" ] && return 0
     command -v debootstrap >/dev/null || fail "debootstrap is not installed"
     local mirror
     mirror=$(debian_mirror)
     step "debootstrap bookworm (minbase) from $mirror into $ROOT_CACHE (first run only)"
     rm -rf "$ROOT_CACHE.tmp"
     mkdir -p "$PKGTEST_DIR"
-    debootstrap --variant=minbase --include=adduser,iproute2 bookworm "$ROOT_CACHE.tmp" "$mirror" \
+    debootstrap --variant=minbase --include=adduser,iproute2,ca-certificates bookworm "$ROOT_CACHE.tmp" "$mirror" \
         >"$PKGTEST_DIR/debootstrap.log" 2>&1 ||
         { tail -n 20 "$PKGTEST_DIR/debootstrap.log" >&2; fail "debootstrap failed"; }
     rm -rf "$ROOT_CACHE"
