@@ -152,9 +152,12 @@ fn crash_cycle(sb: &mut Sandbox, point: Point, x: Ipv4Addr, y: Ipv4Addr) -> bool
     // Meanwhile the operator puts `y` back.
     sb.ip(&format!("addr add {y}/24 dev eth1"));
     sb.start();
+    // Finished, or already compacted away: a kill that lands late (the log reader runs
+    // behind a loaded machine) lets the daemon write `finished` first, and the restart's
+    // compaction then drops the finished intents from the file altogether.
+    let done = |ip| matches!(journal_state(sb, ip).as_deref(), Some("finished") | None);
     sb.wait_for(&format!("{x} finished in the journal"), SOON, || {
-        journal_state(sb, x).as_deref() == Some("finished")
-            && journal_state(sb, y).as_deref() == Some("finished")
+        done(x) && done(y)
     });
     sb.wait_for(&format!("{x} gone from the cloud"), SOON, || {
         !sb.ips_in_cloud().contains(&x)
