@@ -33,7 +33,7 @@ use crate::cloud::{Cloud, CloudError, Eni, MAX_IPS_PER_CALL, TaskRef, TaskStatus
 use crate::config::{Cidr, prefix_mask};
 use crate::host::{Addr, HostEvent, HostView, Link, Remover};
 use crate::inventory::Inventory;
-use crate::journal::{Journal, RecordState};
+use crate::journal::{IntentKey, Journal, OutcomeRecord, RecordState};
 use crate::pause::{PauseFile, Paused};
 
 /// Engine settings, from `[release]` and friends.
@@ -229,6 +229,9 @@ pub enum Phase {
 #[derive(Debug, Clone, Serialize)]
 pub struct Intent {
     pub ip: Ipv4Addr,
+    /// With `ip`, the intent's journal key: grows with each new intent for `ip`.
+    #[serde(skip)]
+    pub generation: u64,
     pub link: u32,
     pub link_name: String,
     pub prefix: u8,
@@ -459,10 +462,13 @@ enum Report {
         ips: Vec<Ipv4Addr>,
         eni_id: String,
         task: TaskRef,
+        /// The generation of each IP's intent in the call: the report is for that one.
+        generations: Arc<HashMap<Ipv4Addr, u64>>,
     },
     Done {
         eni_id: String,
         outcome: ReleaseOutcome,
+        generations: Arc<HashMap<Ipv4Addr, u64>>,
     },
     /// A chunk finished and the ENI has nothing more in flight.
     EniIdle(String),
@@ -481,6 +487,12 @@ pub struct Engine<C: Cloud, R: Router> {
     static_meta: HashMap<crate::cloud::MacAddr, crate::inventory::MetaFacts>,
     statics: Vec<crate::config::StaticInterface>,
     intents: BTreeMap<Ipv4Addr, Intent>,
+    /// Intents whose unassign is out (sending or releasing) and whose address came back
+    /// and left again meanwhile: a newer intent took their place in `intents`, and they
+    /// are followed here to their end (journal key: address and generation).
+    following: BTreeMap<(Ipv4Addr, u64), Intent>,
+    /// The latest generation given to an intent of each address.
+    generations: HashMap<Ipv4Addr, u64>,
     /// Candidate removals of the last `burst_window`, for clause 6.
     recent_removals: VecDeque<(Instant, Ipv4Addr)>,
     /// ENIs with a check or release in flight: calls for one ENI are serialised.
@@ -573,6 +585,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             static_meta: start.meta,
             statics: start.statics,
             intents: BTreeMap::new(),
+            following: BTreeMap::new(),
+            generations: HashMap::new(),
             recent_removals: VecDeque::new(),
             busy_enis: HashSet::new(),
             dispatch_at: HashMap::new(),
@@ -773,8 +787,10 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             .mac
             .and_then(|m| self.inventory.by_mac(m))
             .map(|r| r.eni_id.clone());
+        let generation = self.next_generation(addr.ip);
         let intent = Intent {
             ip: addr.ip,
+            generation,
             link: addr.link,
             link_name: link.name.clone(),
             prefix: addr.prefix,
@@ -794,12 +810,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             subnet_primary: subnet_primary.filter(|p| *p != addr.ip),
         };
         self.journal(
-            addr.ip,
+            IntentKey::release(addr.ip, generation),
             RecordState::Observed {
                 link: link.name.clone(),
                 mac: link.mac.map(|m| m.to_string()),
                 eni_id: eni_id.clone(),
-                remover: remover.as_ref().map(describe_remover),
+                remover: remover.as_ref().map(Into::into),
                 held: false,
                 sending: false,
             },
@@ -814,6 +830,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             grace_ms = crate::millis(self.settings.grace),
             "aux IP removed; release pending its grace period"
         );
+        self.make_room(addr.ip, generation);
         self.intents.insert(addr.ip, intent);
         self.count_for_burst(addr.ip, now);
     }
@@ -928,6 +945,17 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     fn on_addr_added(&mut self, addr: Addr) {
+        let followed = self
+            .following
+            .range((addr.ip, 0)..=(addr.ip, u64::MAX))
+            .next()
+            .is_some();
+        if followed {
+            self.alarm(
+                addr.ip,
+                "came back on the host while its release is in flight",
+            );
+        }
         if self.intents.contains_key(&addr.ip) {
             let phase = self.intents.get(&addr.ip).map(|i| i.phase.clone());
             if matches!(phase, Some(Phase::Sending | Phase::Releasing { .. })) {
@@ -938,7 +966,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             } else {
                 self.cancel(addr.ip, Cancel::Readded);
             }
-        } else if self.released.contains_key(&addr.ip) {
+        } else if !followed && self.released.contains_key(&addr.ip) {
             self.alarm(addr.ip, "came back on the host after the VPC released it");
         }
     }
@@ -1147,16 +1175,22 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 ips,
                 result,
             } => self.on_checked(eni_id, ips, result, now).await,
-            Report::Sent { ips, eni_id, task } => {
+            Report::Sent {
+                ips,
+                eni_id,
+                task,
+                generations,
+            } => {
                 for ip in &ips {
-                    if let Some(i) = self.intents.get_mut(ip) {
+                    let generation = self.generation_in(&generations, *ip);
+                    if let Some(i) = self.intent_at(*ip, generation) {
                         i.phase = Phase::Releasing {
                             task_id: task.task_id.clone(),
                         };
                         i.sent = true;
                     }
                     self.journal(
-                        *ip,
+                        IntentKey::release(*ip, generation),
                         RecordState::Sent {
                             eni_id: eni_id.clone(),
                             task: task.clone(),
@@ -1173,7 +1207,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     "UnassignPrivateIpAddresses accepted; following the task"
                 );
             }
-            Report::Done { eni_id, outcome } => self.on_done(eni_id, outcome, now).await,
+            Report::Done {
+                eni_id,
+                outcome,
+                generations,
+            } => self.on_done(eni_id, outcome, &generations, now).await,
             Report::EniIdle(eni_id) => {
                 self.busy_enis.remove(&eni_id);
             }
@@ -1347,16 +1385,18 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 Verdict::Gone => {
                     self.counters.already_gone += 1;
                     self.released.insert(ip, now);
+                    let generation = self.intents.get(&ip).map_or(0, |i| i.generation);
                     self.finish_unjournaled(ip, Outcome::AlreadyGone);
-                    gone.push(ip);
+                    gone.push((ip, generation));
                 }
             }
         }
         if !gone.is_empty() {
             // Released by an earlier call of ours (its answer lost, or before a restart):
             // its stale routing goes as after any release.
-            for ip in &gone {
-                info!(target: "audit", decision = "released", ip = %ip, eni = %eni_id, ips = ?gone, "IPs no longer listed after our unassign: returned to the VPC: {ip}");
+            let gone_ips: Vec<Ipv4Addr> = gone.iter().map(|(ip, _)| *ip).collect();
+            for ip in &gone_ips {
+                info!(target: "audit", decision = "released", ip = %ip, eni = %eni_id, ips = ?gone_ips, "IPs no longer listed after our unassign: returned to the VPC: {ip}");
             }
             self.route_fix_then_journal(&gone, &Outcome::AlreadyGone)
                 .await;
@@ -1416,7 +1456,22 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         let policy = ReleasePolicy {
             max_task_failures: self.settings.max_task_failures,
         };
-        tokio::spawn(release_task(cloud, tx, eni_id, vpc_id, send, policy));
+        let generations = Arc::new(
+            send.iter()
+                .filter_map(|ip| self.intents.get(ip).map(|i| (*ip, i.generation)))
+                .collect(),
+        );
+        tokio::spawn(release_task(
+            cloud,
+            tx,
+            Call {
+                eni_id,
+                vpc_id,
+                ips: send,
+                generations,
+            },
+            policy,
+        ));
     }
 
     fn cloud_verdict(&mut self, eni: Option<&Eni>, ip: Ipv4Addr, now: Instant) -> Verdict {
@@ -1554,19 +1609,33 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
     }
 
-    async fn on_done(&mut self, eni_id: String, outcome: ReleaseOutcome, now: Instant) {
+    async fn on_done(
+        &mut self,
+        eni_id: String,
+        outcome: ReleaseOutcome,
+        generations: &HashMap<Ipv4Addr, u64>,
+        now: Instant,
+    ) {
         let task = outcome.tasks.last();
         let task_id = task.map(|t| t.task_id.clone()).unwrap_or_default();
         let request_id = task.and_then(|t| t.request_id.clone()).unwrap_or_default();
         let mut done = Vec::new();
-        let took = outcome
+        let keys: Vec<(Ipv4Addr, u64)> = outcome
             .ips
             .keys()
-            .filter_map(|ip| self.intents.get(ip))
+            .map(|ip| (*ip, self.generation_in(generations, *ip)))
+            .collect();
+        let took = keys
+            .iter()
+            .filter_map(|(ip, generation)| self.intent_ref(*ip, *generation))
             .map(|i| now.duration_since(i.observed_at))
             .max()
             .unwrap_or_default();
         for (ip, result) in outcome.ips {
+            let generation = self.generation_in(generations, ip);
+            // The call was for this intent: one a newer intent has since taken the place
+            // of is followed in `following`, and its outcome is its own.
+            let followed = self.following.remove(&(ip, generation));
             match result {
                 IpOutcome::Released => {
                     self.counters.released += 1;
@@ -1574,26 +1643,32 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     let outcome = Outcome::Released {
                         task_id: task_id.clone(),
                     };
-                    self.finish_unjournaled(ip, outcome.clone());
-                    done.push((ip, outcome));
+                    self.finish_intent(ip, generation, followed, outcome.clone());
+                    done.push((ip, generation, outcome));
                 }
                 IpOutcome::AlreadyGone => {
                     self.counters.already_gone += 1;
                     self.released.insert(ip, now);
-                    self.finish_unjournaled(ip, Outcome::AlreadyGone);
-                    done.push((ip, Outcome::AlreadyGone));
+                    self.finish_intent(ip, generation, followed, Outcome::AlreadyGone);
+                    done.push((ip, generation, Outcome::AlreadyGone));
                 }
-                IpOutcome::RetryLater { reason } => self.wait(ip, now, reason),
+                IpOutcome::RetryLater { reason } => {
+                    if self.unfollow(followed) {
+                        self.wait(ip, now, reason);
+                    }
+                }
                 IpOutcome::Refused { reason } => {
-                    self.counters.refused += 1;
-                    self.park(ip, now, reason);
+                    if self.unfollow(followed) {
+                        self.counters.refused += 1;
+                        self.park(ip, now, reason);
+                    }
                 }
             }
         }
         if done.is_empty() {
             return;
         }
-        let ips: Vec<Ipv4Addr> = done.iter().map(|(ip, _)| *ip).collect();
+        let ips: Vec<Ipv4Addr> = done.iter().map(|(ip, _, _)| *ip).collect();
         // One record per IP, so that each carries its IP as a field of its own: under
         // journald `journalctl -u enisync IP=<ip>` is the history of one address.
         for ip in &ips {
@@ -1614,26 +1689,142 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         self.router
             .after_release(&ips, &self.view, &self.inventory)
             .await;
-        for (ip, outcome) in done {
+        for (ip, generation, outcome) in done {
             self.journal(
-                ip,
+                IntentKey::release(ip, generation),
                 RecordState::Finished {
-                    outcome: outcome_name(&outcome),
+                    outcome: outcome_record(&outcome),
                 },
             );
         }
     }
 
-    /// Fixes the routing of `ips` (released), then journals them as finished.
-    async fn route_fix_then_journal(&mut self, ips: &[Ipv4Addr], outcome: &Outcome) {
+    /// Ends the intent a call's outcome is for: `followed` if a newer intent had taken
+    /// its place, else the one in `intents` (if it is that generation). Not journaled.
+    fn finish_intent(
+        &mut self,
+        ip: Ipv4Addr,
+        generation: u64,
+        followed: Option<Intent>,
+        outcome: Outcome,
+    ) {
+        match followed {
+            Some(intent) => self.record_finished(ip, Some(intent), outcome),
+            None if self
+                .intents
+                .get(&ip)
+                .is_none_or(|i| i.generation == generation) =>
+            {
+                self.finish_unjournaled(ip, outcome);
+            }
+            None => self.record_finished(ip, None, outcome),
+        }
+    }
+
+    /// A followed intent whose call did not end it (the task failed, the cloud refused).
+    /// With a newer intent for its address, that one carries the release on: the old
+    /// one is journaled as superseded and the newer one learns that an unassign went out
+    /// (an IP the cloud stops listing is then gone because of us). Without one, it
+    /// takes its place back in `intents`. Returns whether the caller should go on with
+    /// the intent in `intents` as before (wait, park).
+    fn unfollow(&mut self, followed: Option<Intent>) -> bool {
+        let Some(old) = followed else {
+            return true;
+        };
+        let ip = old.ip;
+        let Some(newer) = self.intents.get_mut(&ip) else {
+            self.intents.insert(ip, old);
+            return true;
+        };
+        let (by_generation, held) = (newer.generation, newer.phase == Phase::Held);
+        let sending = !newer.sent && old.sent;
+        newer.sent |= old.sent;
+        info!(ip = %ip, generation = old.generation, newer = by_generation, "an unfinished release is carried on by the newer intent of its address");
+        self.journal(
+            IntentKey::release(ip, old.generation),
+            RecordState::Finished {
+                outcome: OutcomeRecord::Superseded { by_generation },
+            },
+        );
+        if sending {
+            self.journal_observed_as(ip, held, true);
+        }
+        false
+    }
+
+    /// Fixes the routing of `gone` (released), then journals them as finished.
+    async fn route_fix_then_journal(&mut self, gone: &[(Ipv4Addr, u64)], outcome: &Outcome) {
+        let ips: Vec<Ipv4Addr> = gone.iter().map(|(ip, _)| *ip).collect();
         self.router
-            .after_release(ips, &self.view, &self.inventory)
+            .after_release(&ips, &self.view, &self.inventory)
             .await;
-        for ip in ips {
+        for (ip, generation) in gone {
             self.journal(
-                *ip,
+                IntentKey::release(*ip, *generation),
                 RecordState::Finished {
-                    outcome: outcome_name(outcome),
+                    outcome: outcome_record(outcome),
+                },
+            );
+        }
+    }
+
+    /// The next generation for a new intent of `ip`.
+    fn next_generation(&mut self, ip: Ipv4Addr) -> u64 {
+        let generation = self.generations.entry(ip).or_default();
+        *generation += 1;
+        *generation
+    }
+
+    /// The generation a call's report names for `ip` (the current intent's if absent).
+    fn generation_in(&self, generations: &HashMap<Ipv4Addr, u64>, ip: Ipv4Addr) -> u64 {
+        generations
+            .get(&ip)
+            .copied()
+            .or_else(|| self.intents.get(&ip).map(|i| i.generation))
+            .unwrap_or_default()
+    }
+
+    /// Intent `generation` of `ip`, wherever it is.
+    fn intent_at(&mut self, ip: Ipv4Addr, generation: u64) -> Option<&mut Intent> {
+        if self
+            .intents
+            .get(&ip)
+            .is_some_and(|i| i.generation == generation)
+        {
+            self.intents.get_mut(&ip)
+        } else {
+            self.following.get_mut(&(ip, generation))
+        }
+    }
+
+    fn intent_ref(&self, ip: Ipv4Addr, generation: u64) -> Option<&Intent> {
+        self.intents
+            .get(&ip)
+            .filter(|i| i.generation == generation)
+            .or_else(|| self.following.get(&(ip, generation)))
+    }
+
+    /// Before intent `generation` of `ip` goes into `intents`: the intent there now, if
+    /// any, makes room. One whose unassign is out is followed to its end in `following`;
+    /// any other is journaled as superseded (it was never sent).
+    fn make_room(&mut self, ip: Ipv4Addr, generation: u64) {
+        let Some(old) = self.intents.remove(&ip) else {
+            return;
+        };
+        if old.generation == generation {
+            self.intents.insert(ip, old);
+            return;
+        }
+        if matches!(old.phase, Phase::Sending | Phase::Releasing { .. }) {
+            info!(ip = %ip, generation = old.generation, newer = generation, "a new intent for an address whose release is in flight; the release is still followed to its end");
+            self.following.insert((ip, old.generation), old);
+        } else {
+            self.journal(
+                IntentKey::release(ip, old.generation),
+                RecordState::Finished {
+                    outcome: OutcomeRecord::Superseded {
+                        by_generation: generation,
+                    },
                 },
             );
         }
@@ -1747,6 +1938,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         let intents = self
             .intents
             .values()
+            .chain(self.following.values())
             .map(|i| {
                 let mut i = i.clone();
                 i.due_in_ms = crate::millis(i.due.saturating_duration_since(now));
@@ -1853,7 +2045,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     fn update_gauges(&self) {
         let Some(m) = &self.metrics else { return };
         let count = |f: &dyn Fn(&Phase) -> bool| {
-            i64::try_from(self.intents.values().filter(|i| f(&i.phase)).count()).unwrap_or(i64::MAX)
+            let all = self.intents.values().chain(self.following.values());
+            i64::try_from(all.filter(|i| f(&i.phase)).count()).unwrap_or(i64::MAX)
         };
         m.pending
             .set(count(&|p| !matches!(p, Phase::Held | Phase::Parked { .. })));
@@ -1951,10 +2144,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     fn finish(&mut self, ip: Ipv4Addr, outcome: Outcome) {
+        let generation = self.intents.get(&ip).map_or(0, |i| i.generation);
         self.journal(
-            ip,
+            IntentKey::release(ip, generation),
             RecordState::Finished {
-                outcome: outcome_name(&outcome),
+                outcome: outcome_record(&outcome),
             },
         );
         self.finish_unjournaled(ip, outcome);
@@ -1964,6 +2158,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// to be fixed, journaled as finished only once it is (a crash in between replays the
     /// journaled task, which ends in the same route fix).
     fn finish_unjournaled(&mut self, ip: Ipv4Addr, outcome: Outcome) {
+        let intent = self.intents.remove(&ip);
+        self.record_finished(ip, intent, outcome);
+    }
+
+    /// Metrics and `status` for an intent that ended (already out of the maps).
+    fn record_finished(&mut self, ip: Ipv4Addr, intent: Option<Intent>, outcome: Outcome) {
         if let Some(m) = &self.metrics {
             match &outcome {
                 Outcome::Released { .. } => m.release("released", ""),
@@ -1972,7 +2172,6 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 Outcome::DryRun => m.release("dry_run", ""),
             }
         }
-        let intent = self.intents.remove(&ip);
         self.recent.push_front(Finished {
             ip,
             eni_id: intent.and_then(|i| i.eni_id),
@@ -2028,16 +2227,17 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             link: i.link_name.clone(),
             mac: i.mac.map(|m| m.to_string()),
             eni_id: i.eni_id.clone(),
-            remover: i.remover.as_ref().map(describe_remover),
+            remover: i.remover.as_ref().map(Into::into),
             held,
             sending,
         };
-        self.journal(ip, state);
+        let key = IntentKey::release(ip, i.generation);
+        self.journal(key, state);
     }
 
-    fn journal(&mut self, ip: Ipv4Addr, state: RecordState) {
+    fn journal(&mut self, key: IntentKey, state: RecordState) {
         if let Some(j) = &mut self.journal
-            && let Err(e) = j.append(ip, &self.boot_id, state)
+            && let Err(e) = j.append(key, &self.boot_id, state)
         {
             // A journal that cannot be written must not stop the release decisions in
             // memory; the operator sees it and a restart would re-observe nothing.
@@ -2049,7 +2249,24 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// face the whole rule; unsent intents of an earlier boot are dropped; sent ones are
     /// followed to their end.
     fn recover(&mut self, records: Vec<crate::journal::Record>, now: Instant) {
+        // Generations go on above every one in the journal.
+        for rec in &records {
+            if let std::net::IpAddr::V4(ip) = rec.addr {
+                let latest = self.generations.entry(ip).or_default();
+                *latest = (*latest).max(rec.generation);
+            }
+        }
+        // In key order: for one address, the older intent first (an in-flight one is
+        // then moved to `following` by the newer one's `make_room`).
         for rec in records {
+            let key = rec.key();
+            let std::net::IpAddr::V4(ip) = rec.addr else {
+                warn!(intent = %key, "journaled intent for an IPv6 address: kept, not acted on");
+                continue;
+            };
+            let cancelled = |cancel: Cancel| RecordState::Finished {
+                outcome: outcome_record(&Outcome::Cancelled(cancel)),
+            };
             match rec.state {
                 RecordState::Observed {
                     link,
@@ -2060,54 +2277,42 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     sending,
                 } => {
                     if rec.boot_id != self.boot_id {
-                        self.journal(
-                            rec.ip,
-                            RecordState::Finished {
-                                outcome: "cancelled: earlier boot".into(),
-                            },
-                        );
+                        self.journal(key, cancelled(Cancel::EarlierBoot));
                         continue;
                     }
                     let Some(l) = self.view.links.values().find(|l| l.name == link).cloned() else {
-                        self.journal(
-                            rec.ip,
-                            RecordState::Finished {
-                                outcome: "cancelled: link gone".into(),
-                            },
-                        );
+                        self.journal(key, cancelled(Cancel::LinkGone));
                         continue;
                     };
-                    if self.view.has_ip(rec.ip)
-                        || mac.as_deref() != l.mac.map(|m| m.to_string()).as_deref()
-                    {
-                        if sending && self.view.has_ip(rec.ip) {
+                    let back = self.view.has_ip(ip);
+                    if back || mac.as_deref() != l.mac.map(|m| m.to_string()).as_deref() {
+                        if sending && back {
                             self.alarm(
-                                rec.ip,
+                                ip,
                                 "is on the host although its release may have gone out before the restart",
                             );
                         }
-                        self.journal(
-                            rec.ip,
-                            RecordState::Finished {
-                                outcome: "cancelled: back or changed".into(),
-                            },
-                        );
+                        let why = if back {
+                            Cancel::Readded
+                        } else {
+                            Cancel::MacChanged
+                        };
+                        self.journal(key, cancelled(why));
                         continue;
                     }
-                    info!(ip = %rec.ip, link = %link, "resuming a journaled release: its grace period starts again");
+                    info!(ip = %ip, link = %link, "resuming a journaled release: its grace period starts again");
+                    self.make_room(ip, rec.generation);
                     self.intents.insert(
-                        rec.ip,
+                        ip,
                         Intent {
-                            ip: rec.ip,
+                            ip,
+                            generation: rec.generation,
                             link: l.index,
                             link_name: link,
                             prefix: 32,
                             mac: l.mac,
                             eni_id,
-                            remover: remover.map(|p| Remover {
-                                port_id: u32::MAX,
-                                process: Some(p),
-                            }),
+                            remover: remover.map(Into::into),
                             observed_at: now,
                             observed_unix_ms: unix_ms(),
                             due: now + self.settings.grace,
@@ -2126,11 +2331,13 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     );
                 }
                 RecordState::Sent { eni_id, task } => {
-                    info!(ip = %rec.ip, task = %task.task_id, "following a journaled release task");
+                    info!(ip = %ip, task = %task.task_id, "following a journaled release task");
+                    self.make_room(ip, rec.generation);
                     self.intents.insert(
-                        rec.ip,
+                        ip,
                         Intent {
-                            ip: rec.ip,
+                            ip,
+                            generation: rec.generation,
                             link: 0,
                             link_name: String::new(),
                             prefix: 32,
@@ -2155,11 +2362,13 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     let cloud = Arc::clone(&self.cloud);
                     let tx = self.reports_tx.clone();
                     self.busy_enis.insert(eni_id.clone());
+                    let generations = Arc::new([(ip, rec.generation)].into());
                     tokio::spawn(async move {
-                        let outcome = follow_journaled_task(&*cloud, rec.ip, &task).await;
+                        let outcome = follow_journaled_task(&*cloud, ip, &task).await;
                         let _ = tx.send(Report::Done {
                             eni_id: eni_id.clone(),
                             outcome,
+                            generations,
                         });
                         let _ = tx.send(Report::EniIdle(eni_id));
                     });
@@ -2180,17 +2389,30 @@ enum Verdict {
 
 /// Sends the unassign for `ips` in chunks of ten, one after the other (calls for one ENI
 /// are serialised), through the cloud module's release procedure.
-async fn release_task<C: Cloud>(
-    cloud: Arc<C>,
-    tx: mpsc::UnboundedSender<Report>,
+/// One unassign to make: the ENI, its VPC, the IPs and their intents' generations.
+struct Call {
     eni_id: String,
     vpc_id: String,
     ips: Vec<Ipv4Addr>,
+    generations: Arc<HashMap<Ipv4Addr, u64>>,
+}
+
+async fn release_task<C: Cloud>(
+    cloud: Arc<C>,
+    tx: mpsc::UnboundedSender<Report>,
+    call: Call,
     policy: ReleasePolicy,
 ) {
+    let Call {
+        eni_id,
+        vpc_id,
+        ips,
+        generations,
+    } = call;
     for chunk in ips.chunks(MAX_IPS_PER_CALL) {
         let sent_tx = tx.clone();
         let sent_eni = eni_id.clone();
+        let sent_generations = Arc::clone(&generations);
         let outcome = release_batch_observed(
             &*cloud,
             &eni_id,
@@ -2202,6 +2424,7 @@ async fn release_task<C: Cloud>(
                     ips: ips.to_vec(),
                     eni_id: sent_eni.clone(),
                     task: task.clone(),
+                    generations: Arc::clone(&sent_generations),
                 });
             },
         )
@@ -2209,6 +2432,7 @@ async fn release_task<C: Cloud>(
         let _ = tx.send(Report::Done {
             eni_id: eni_id.clone(),
             outcome,
+            generations: Arc::clone(&generations),
         });
     }
     let _ = tx.send(Report::EniIdle(eni_id));
@@ -2258,12 +2482,23 @@ fn refusal_key(why: &str) -> &'static str {
     }
 }
 
-fn outcome_name(outcome: &Outcome) -> String {
+/// The journal's record of how an intent ended.
+fn outcome_record(outcome: &Outcome) -> OutcomeRecord {
     match outcome {
-        Outcome::Released { .. } => "released".into(),
-        Outcome::AlreadyGone => "already_gone".into(),
-        Outcome::Cancelled(c) => format!("cancelled: {c}"),
-        Outcome::DryRun => "dry_run".into(),
+        Outcome::Released { task_id } => OutcomeRecord::Released {
+            task_id: task_id.clone(),
+        },
+        Outcome::AlreadyGone => OutcomeRecord::AlreadyGone,
+        Outcome::Cancelled(c) => OutcomeRecord::Cancelled {
+            reason: c.key().to_owned(),
+            detail: match c {
+                Cancel::IgnoredRemover(d) | Cancel::EipBound(d) | Cancel::EniNotAttached(d) => {
+                    Some(d.clone())
+                }
+                _ => None,
+            },
+        },
+        Outcome::DryRun => OutcomeRecord::DryRun,
     }
 }
 

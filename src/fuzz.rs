@@ -472,12 +472,14 @@ fn journal_text() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<bool>)> {
                     },
                 },
                 _ => journal::RecordState::Finished {
-                    outcome: "released".into(),
+                    outcome: journal::OutcomeRecord::AlreadyGone,
                 },
             };
             journal::encode_line(&journal::Record {
                 v: journal::SCHEMA_VERSION,
-                ip: std::net::Ipv4Addr::new(10, 0, 1, 10 + ip),
+                addr: std::net::Ipv4Addr::new(10, 0, 1, 10 + ip).into(),
+                generation: u64::from(boot),
+                kind: journal::IntentKind::Release,
                 boot_id: format!("boot-{boot}"),
                 at_ms: 1,
                 state,
@@ -506,11 +508,13 @@ fn good_line_for_damage() -> impl Strategy<Value = Vec<u8>> {
     (0u8..4).prop_map(|ip| {
         journal::encode_line(&journal::Record {
             v: journal::SCHEMA_VERSION,
-            ip: std::net::Ipv4Addr::new(10, 0, 1, 10 + ip),
+            addr: std::net::Ipv4Addr::new(10, 0, 1, 10 + ip).into(),
+            generation: 1,
+            kind: journal::IntentKind::Release,
             boot_id: "boot-0".into(),
             at_ms: 1,
             state: journal::RecordState::Finished {
-                outcome: "x".into(),
+                outcome: journal::OutcomeRecord::DryRun,
             },
         })
         .into_bytes()

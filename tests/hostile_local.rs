@@ -530,7 +530,7 @@ impl Drop for SmallFs {
 #[test]
 fn a_sent_record_after_a_failed_append_on_a_full_disk_is_replayed() {
     use enisync::cloud::{Protocol, TaskRef};
-    use enisync::journal::{Journal, RecordState};
+    use enisync::journal::{IntentKey, Journal, RecordState, RemoverRecord};
     assert_root();
     let fs = SmallFs::mount(
         std::env::temp_dir().join(format!("enisync-fullfs-{}", std::process::id())),
@@ -541,7 +541,10 @@ fn a_sent_record_after_a_failed_append_on_a_full_disk_is_replayed() {
         link: "eth1".into(),
         mac: None,
         eni_id: Some("eni-second01".into()),
-        remover: Some("ip".into()),
+        remover: Some(RemoverRecord {
+            port_id: 4242,
+            process: Some("ip".into()),
+        }),
         held: false,
         sending: false,
     };
@@ -549,7 +552,9 @@ fn a_sent_record_after_a_failed_append_on_a_full_disk_is_replayed() {
     let mut written = Vec::new();
     for last in 1..=3 {
         let ip = Ipv4Addr::new(10, 0, 2, last);
-        journal.append(ip, "boot1", observed()).expect("append");
+        journal
+            .append(IntentKey::release(ip, 1), "boot1", observed())
+            .expect("append");
         written.push(ip);
     }
     // Fill every free page: the journal's last page still has room for a few records,
@@ -562,7 +567,7 @@ fn a_sent_record_after_a_failed_append_on_a_full_disk_is_replayed() {
     let mut failed = 0;
     for last in 4..=100 {
         let ip = Ipv4Addr::new(10, 0, 2, last);
-        match journal.append(ip, "boot1", observed()) {
+        match journal.append(IntentKey::release(ip, 1), "boot1", observed()) {
             Ok(()) => written.push(ip),
             Err(e) => {
                 assert!(e.to_string().contains("append"), "{e}");
@@ -577,7 +582,7 @@ fn a_sent_record_after_a_failed_append_on_a_full_disk_is_replayed() {
     let sent_ip = Ipv4Addr::new(10, 0, 2, 200);
     journal
         .append(
-            sent_ip,
+            IntentKey::release(sent_ip, 1),
             "boot1",
             RecordState::Sent {
                 eni_id: "eni-second01".into(),
@@ -591,7 +596,7 @@ fn a_sent_record_after_a_failed_append_on_a_full_disk_is_replayed() {
         .expect("append after space came back");
     drop(journal);
     let (_, replay) = Journal::open(&dir).expect("reopen");
-    let sent = replay.live.iter().find(|r| r.ip == sent_ip);
+    let sent = replay.live.iter().find(|r| r.addr == sent_ip);
     assert!(
         matches!(sent.map(|r| &r.state), Some(RecordState::Sent { .. })),
         "the Sent record was lost; corrupt lines {:?}",
@@ -603,6 +608,6 @@ fn a_sent_record_after_a_failed_append_on_a_full_disk_is_replayed() {
         replay.corrupt_lines
     );
     for ip in &written {
-        assert!(replay.live.iter().any(|r| r.ip == *ip), "{ip} lost");
+        assert!(replay.live.iter().any(|r| r.addr == *ip), "{ip} lost");
     }
 }

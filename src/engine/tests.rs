@@ -952,3 +952,114 @@ async fn a_pause_outlives_the_engine_and_only_resume_clears_it() {
     assert_eq!(h.cloud.calls().len(), 1, "released after resume");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 12, the forgotten task: an IP whose release is in flight comes back and leaves
+/// again, and the daemon restarts before the task ends. The accepted task is still
+/// followed to SUCCESS after the restart: its `released` record, its route cleanup.
+#[tokio::test(start_paused = true)]
+async fn an_accepted_task_is_followed_to_its_end_when_its_ip_comes_back_and_leaves_again() {
+    let dir = std::env::temp_dir().join(format!("enisync-engine-forgotten-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let run = |cloud: Arc<MemCloud>, view: HostView| {
+        let (journal, replay) = crate::journal::Journal::open(&dir).expect("journal");
+        let enis = cloud
+            .state
+            .lock()
+            .expect("lock")
+            .eni
+            .iter()
+            .cloned()
+            .collect();
+        let inventory = Inventory::build("ins-1", enis, &HashMap::new(), &[]);
+        let router = RecordingRouter::default();
+        let engine = Engine::new(
+            Settings {
+                grace: GRACE,
+                ..Settings::default()
+            },
+            Arc::clone(&cloud),
+            router.clone(),
+            Start {
+                journal: Some(journal),
+                replay: replay.live,
+                ..start_with(view, inventory)
+            },
+        );
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (commands, commands_rx) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(engine.run(
+            events_rx,
+            commands_rx,
+            shutdown.clone(),
+            Box::pin(futures_util::stream::pending()),
+            || {},
+        ));
+        Harness {
+            cloud,
+            router,
+            events,
+            commands,
+            _shutdown: shutdown.drop_guard(),
+        }
+    };
+    let mut view = HostView::default();
+    view.links.insert(2, link(2, "eth1", true));
+    view.addrs.insert(addr(10, false).key(), addr(10, false));
+
+    let cloud = MemCloud::new(&[11]);
+    let first = run(Arc::clone(&cloud), view.clone());
+    first.remove(11, by("ip"));
+    // Past the grace period: checked, sent, accepted; the task (50 ms) runs.
+    sleep(GRACE + Duration::from_millis(10)).await;
+    assert_eq!(cloud.calls(), vec![vec![ip(11)]], "the unassign went out");
+    // Back on the host and gone again while the task runs: a new pending intent.
+    first.add(addr(11, true));
+    first.remove(11, by("ip"));
+    tokio::task::yield_now().await;
+    let snapshot = first.snapshot().await;
+    assert!(
+        snapshot
+            .intents
+            .iter()
+            .any(|i| i.ip == ip(11) && matches!(i.phase, Phase::Releasing { .. })),
+        "the accepted task is still followed: {:?}",
+        snapshot.intents
+    );
+    // Crash (the engine stops before the task's end is seen; the file stays as is).
+    drop(first);
+    tokio::task::yield_now().await;
+
+    // The restart: a new engine on the same journal, the IP still off the host.
+    let second = run(Arc::clone(&cloud), view);
+    sleep(Duration::from_secs(1)).await;
+    let snapshot = second.snapshot().await;
+    assert!(
+        snapshot.recent.iter().any(|f| f.ip == ip(11)
+            && f.outcome
+                == Outcome::Released {
+                    task_id: "1".into()
+                }),
+        "the journaled task was followed to SUCCESS after the restart: {:?} {:?}",
+        snapshot.recent,
+        snapshot.intents
+    );
+    assert!(
+        second
+            .router
+            .released
+            .lock()
+            .expect("lock")
+            .contains(&ip(11)),
+        "its routing was cleaned up"
+    );
+    let text = std::fs::read_to_string(dir.join("intents.journal")).expect("journal");
+    let released = text.lines().any(|l| {
+        l.contains(r#""10.0.1.11""#) && l.contains(r#""finished""#) && l.contains(r#""released""#)
+    });
+    assert!(released, "no released record:\n{text}");
+    assert_eq!(cloud.calls().len(), 1, "no second unassign");
+    drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
+}
