@@ -3,7 +3,7 @@
 //!
 //! Three sources, in this order:
 //!
-//! 1. **The socket.** `/proc/net/netlink` (this network namespace) gives the port's
+//! 1. **The socket.** `/proc/thread-self/net/netlink` (this network namespace) gives the port's
 //!    socket inode; the process holding `socket:[inode]` in `/proc/<pid>/fd` owns it.
 //!    The port is usually the owner's pid (the kernel gives a process's first netlink
 //!    socket its pid), which is checked first; other ports (keepalived's event socket,
@@ -118,7 +118,9 @@ pub fn read_stat(proc_root: &Path, pid: u32) -> io::Result<Option<Stat>> {
 
 /// The inode of the `NETLINK_ROUTE` socket bound to `port` in this network namespace.
 fn netlink_inode(proc_root: &Path, port: u32) -> io::Result<Option<u64>> {
-    let text = std::fs::read_to_string(proc_root.join("net/netlink"))?;
+    // thread-self: the caller's network namespace, which need not be the thread group
+    // leader's (`/proc/net` is `/proc/self/net`, the leader's).
+    let text = std::fs::read_to_string(proc_root.join("thread-self/net/netlink"))?;
     Ok(parse_netlink_table(&text, port))
 }
 
@@ -216,6 +218,17 @@ pub struct Seen {
     pub exited: Option<Instant>,
     /// The parent the fork event named; reparenting shows as a stat ppid that differs.
     pub forked_by: Option<u32>,
+    /// Its exec was seen: `comm` is its own, not its parent's (a forked child runs the
+    /// parent's program until it execs).
+    pub execd: bool,
+}
+
+impl Seen {
+    /// Whether `comm` is final: it exec'd, or it exited (without an exec since its
+    /// fork, its name is its parent's).
+    fn settled(&self) -> bool {
+        self.execd || self.exited.is_some()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -320,6 +333,7 @@ impl ProcessEvents {
                             start: ns_to_ticks(at_ns.saturating_add(self.boot_offset_ns), self.hz),
                             exited: None,
                             forked_by: Some(parent),
+                            execd: false,
                         },
                     );
                 }
@@ -335,15 +349,30 @@ impl ProcessEvents {
                                 start: stat.start,
                                 exited: None,
                                 forked_by,
+                                execd: true,
                             },
                         );
                     } else if let Some(seen) = mem.procs.get_mut(&pid) {
                         // Exec'd and gone before we could read it: its old name is wrong.
                         seen.comm = None;
+                        seen.execd = true;
                     }
                 }
                 ProcEvent::Exit { pid, .. } => {
+                    // A zombie still shows its stat until its parent reaps it: a last
+                    // chance for a name the exec read missed.
+                    let late = mem
+                        .procs
+                        .get(&pid)
+                        .is_some_and(|s| s.comm.is_none())
+                        .then(|| read_stat(&self.proc_root, pid).ok().flatten())
+                        .flatten();
                     if let Some(seen) = mem.procs.get_mut(&pid) {
+                        if let Some(stat) =
+                            late.filter(|st| st.start.abs_diff(seen.start) <= TICK_SLACK)
+                        {
+                            seen.comm = Some(stat.comm);
+                        }
                         seen.exited = Some(now);
                         mem.exited.push_back((now, pid));
                     }
@@ -372,13 +401,18 @@ impl ProcessEvents {
         self.changed.notify_all();
     }
 
-    /// What the connector saw of `pid`, waiting up to `timeout` for it to catch up.
+    /// What the connector saw of `pid` once its name is final (see [`Seen::settled`]),
+    /// waiting up to `timeout` for the reader to catch up; after that, whatever it saw.
     pub fn wait_for(&self, pid: u32, timeout: Duration) -> Option<Seen> {
         let deadline = Instant::now() + timeout;
         let mut mem = self.memory.lock().ok()?;
         loop {
-            if let Some(seen) = mem.procs.get(&pid) {
+            let seen = mem.procs.get(&pid);
+            if let Some(seen) = seen.filter(|s| s.settled()) {
                 return Some(seen.clone());
+            }
+            if Instant::now() >= deadline {
+                return seen.cloned();
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             if !self.is_running() {
@@ -577,7 +611,7 @@ impl Identifier {
         // Ports above the largest possible pid (2^22) are never a process's number.
         if let Some(events) = self.events.as_ref().filter(|_| port <= 1 << 22) {
             let seen = events.wait_for(port, CATCH_UP);
-            if let Some(seen) = seen.filter(|s| s.comm.is_some()) {
+            if let Some(seen) = seen.filter(|s| s.comm.is_some() && s.settled()) {
                 return self.chain(port, Step::Seen(port, seen), notified, Identity::Exited);
             }
         }
