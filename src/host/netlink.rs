@@ -786,8 +786,14 @@ pub enum ProcEvent {
     Fork { parent: u32, child: u32, at_ns: u64 },
     /// `pid` executed a new program (its `comm` changed).
     Exec { pid: u32, at_ns: u64 },
-    /// The process `pid` ended (its last thread exited).
-    Exit { pid: u32, at_ns: u64 },
+    /// The process `pid` ended (its group leader exited). `parent` is the tgid of its
+    /// parent at that moment (`real_parent`; `parent_tgid` of `struct exit_proc_event`,
+    /// absent from kernels older than 4.18, whose event is shorter).
+    Exit {
+        pid: u32,
+        parent: Option<u32>,
+        at_ns: u64,
+    },
     /// The kernel dropped events (ENOBUFS): processes may have come and gone unseen.
     Overrun,
 }
@@ -974,8 +980,10 @@ fn proc_event(ev: &[u8]) -> Option<ProcEvent> {
             })
         }
         PROC_EVENT_EXIT => {
+            // process_pid, process_tgid, exit_code, exit_signal, parent_pid, parent_tgid
             let (pid, tgid) = (u32_at(ev, 16)?, u32_at(ev, 20)?);
-            (pid == tgid).then_some(ProcEvent::Exit { pid, at_ns })
+            let parent = u32_at(ev, 36).filter(|&p| p != 0);
+            (pid == tgid).then_some(ProcEvent::Exit { pid, parent, at_ns })
         }
         _ => None,
     }
@@ -1025,6 +1033,46 @@ mod tests {
             matches!(&out[1], Notification::DelAddr { addr, port_id: 4242 }
             if addr.ip == Ipv4Addr::new(10, 0, 1, 6))
         );
+    }
+
+    /// `struct proc_event` of an exit, as the kernel sends it (with `parent_pid` and
+    /// `parent_tgid`), and the shorter one of kernels before 4.18.
+    #[test]
+    fn an_exit_event_carries_its_parent() {
+        let event = |fields: &[u32]| {
+            let mut ev = Vec::new();
+            ev.extend_from_slice(&PROC_EVENT_EXIT.to_ne_bytes());
+            ev.extend_from_slice(&0u32.to_ne_bytes()); // cpu
+            ev.extend_from_slice(&77u64.to_ne_bytes()); // timestamp_ns
+            for f in fields {
+                ev.extend_from_slice(&f.to_ne_bytes());
+            }
+            let mut msg = Vec::new();
+            let len = u32::try_from(NLMSG_HDR_LEN + CN_MSG_LEN + ev.len()).expect("small");
+            msg.extend_from_slice(&len.to_ne_bytes());
+            msg.extend_from_slice(&[0; NLMSG_HDR_LEN - 4 + CN_MSG_LEN]);
+            msg.extend_from_slice(&ev);
+            msg
+        };
+        // pid, tgid, exit_code, exit_signal, parent_pid, parent_tgid
+        assert_eq!(
+            parse_proc_events(&event(&[500, 500, 0, 17, 41, 40])),
+            vec![ProcEvent::Exit {
+                pid: 500,
+                parent: Some(40),
+                at_ns: 77
+            }]
+        );
+        assert_eq!(
+            parse_proc_events(&event(&[500, 500, 0, 17])),
+            vec![ProcEvent::Exit {
+                pid: 500,
+                parent: None,
+                at_ns: 77
+            }]
+        );
+        // A thread that is not its group's leader is not a process's exit.
+        assert!(parse_proc_events(&event(&[501, 500, 0, 17, 41, 40])).is_empty());
     }
 
     #[test]
