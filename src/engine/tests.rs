@@ -604,6 +604,36 @@ async fn clause2_an_ignored_ancestor_is_not_released() {
     assert!(held_unknown(&snap).is_empty());
 }
 
+/// Clause 2 and "exited versus unknown": a remover seen exiting before its name was
+/// read is exited, not unknown, and judged by the chain the process events recorded: an
+/// ignored ancestor is not released, a user's shell is. Exited with no chain is held.
+#[tokio::test(start_paused = true)]
+async fn clause2_an_exited_nameless_remover_is_judged_by_its_chain() {
+    let h = start(&[11, 12, 13], |_| {});
+    let exited = |ancestors: &[&str]| {
+        Some(Remover {
+            port_id: 4242,
+            process: Some("(exited pid 4242)".into()),
+            ancestors: ancestors.iter().map(|a| (*a).to_string()).collect(),
+            identity: Identity::Exited,
+        })
+    };
+    h.remove(11, exited(&["dhclient-script", "dhclient"]));
+    h.remove(12, exited(&["bash", "sshd"]));
+    h.remove(
+        13,
+        Some(Remover::unknown(
+            4243,
+            "process 4243 exited before its name was read, and its parent is unknown or gone"
+                .into(),
+        )),
+    );
+    sleep(GRACE * 2).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(12)]]);
+    let snap = h.snapshot().await;
+    assert_eq!(held_unknown(&snap).len(), 1, "the chainless one is held");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_default_ignore_list_is_the_configs() {
     assert_eq!(

@@ -212,10 +212,14 @@ pub struct Seen {
     pub comm: Option<String>,
     /// The parent that forked it (from the fork event), or the stat's ppid.
     pub parent: u32,
-    /// Start time in stat ticks.
+    /// Start time in stat ticks; when `start_exact` is false, only an upper bound (its
+    /// exit time: the process was first seen exiting, its fork and exec unseen).
     pub start: u64,
+    pub start_exact: bool,
     /// Set by its exit event.
     pub exited: Option<Instant>,
+    /// Its parent when it exited, from the exit event (`real_parent`'s tgid).
+    pub exit_parent: Option<u32>,
     /// The parent the fork event named; reparenting shows as a stat ppid that differs.
     pub forked_by: Option<u32>,
     /// Its exec was seen: `comm` is its own, not its parent's (a forked child runs the
@@ -224,10 +228,11 @@ pub struct Seen {
 }
 
 impl Seen {
-    /// Whether `comm` is final: it exec'd, or it exited (without an exec since its
-    /// fork, its name is its parent's).
+    /// Whether nothing more is to be learnt of it: its name was read after its exec,
+    /// or it exited (without an exec since its fork, its name is its parent's; an exec
+    /// read too late leaves no name, and the exit event then brings its parent).
     fn settled(&self) -> bool {
-        self.execd || self.exited.is_some()
+        (self.execd && self.comm.is_some()) || self.exited.is_some()
     }
 }
 
@@ -331,7 +336,9 @@ impl ProcessEvents {
                             comm,
                             parent,
                             start: ns_to_ticks(at_ns.saturating_add(self.boot_offset_ns), self.hz),
+                            start_exact: true,
                             exited: None,
+                            exit_parent: None,
                             forked_by: Some(parent),
                             execd: false,
                         },
@@ -347,7 +354,9 @@ impl ProcessEvents {
                                 comm: Some(stat.comm),
                                 parent: forked_by.unwrap_or(stat.ppid),
                                 start: stat.start,
+                                start_exact: true,
                                 exited: None,
+                                exit_parent: None,
                                 forked_by,
                                 execd: true,
                             },
@@ -358,7 +367,7 @@ impl ProcessEvents {
                         seen.execd = true;
                     }
                 }
-                ProcEvent::Exit { pid, .. } => {
+                ProcEvent::Exit { pid, parent, at_ns } => {
                     // A zombie still shows its stat until its parent reaps it: a last
                     // chance for a name the exec read missed.
                     let late = mem
@@ -374,8 +383,29 @@ impl ProcessEvents {
                             seen.comm = Some(stat.comm);
                         }
                         seen.exited = Some(now);
-                        mem.exited.push_back((now, pid));
+                        seen.exit_parent = parent;
+                    } else {
+                        // Its fork and exec went unseen (before we subscribed, or lost
+                        // in an overrun): its exit time bounds its start, its parent
+                        // is the exit event's, its name is unknown.
+                        mem.procs.insert(
+                            pid,
+                            Seen {
+                                comm: None,
+                                parent: parent.unwrap_or(0),
+                                start: ns_to_ticks(
+                                    at_ns.saturating_add(self.boot_offset_ns),
+                                    self.hz,
+                                ),
+                                start_exact: false,
+                                exited: Some(now),
+                                exit_parent: parent,
+                                forked_by: None,
+                                execd: false,
+                            },
+                        );
                     }
+                    mem.exited.push_back((now, pid));
                 }
                 ProcEvent::Overrun => {
                     self.overruns.fetch_add(1, Ordering::Relaxed);
@@ -610,8 +640,11 @@ impl Identifier {
     fn gone(&mut self, port: u32, notified: u64) -> Remover {
         // Ports above the largest possible pid (2^22) are never a process's number.
         if let Some(events) = self.events.as_ref().filter(|_| port <= 1 << 22) {
+            // Seen exiting, or named at its exec: exited, not unknown. Its name may have
+            // been lost (it exec'd and exited before the reader thread read it); its
+            // parent then starts the chain (see `chain`).
             let seen = events.wait_for(port, CATCH_UP);
-            if let Some(seen) = seen.filter(|s| s.comm.is_some() && s.settled()) {
+            if let Some(seen) = seen.filter(|s| s.settled()) {
                 return self.chain(port, Step::Seen(port, seen), notified, Identity::Exited);
             }
         }
@@ -659,8 +692,13 @@ impl Identifier {
         let mut step = first;
         let (first_start, first_pid) = match &step {
             Step::Alive(s) => (s.start, s.pid),
+            // Only its exit was seen: its start is not known, only bounded by the exit,
+            // which may follow the notification.
+            Step::Seen(_, s) if !s.start_exact => (0, 0),
             Step::Seen(pid, s) => (s.start, *pid),
         };
+        // A remover whose name was never read: `(exited pid N)`, judged by its chain.
+        let mut nameless = false;
         if first_start > notified {
             unknown = Some(format!(
                 "process {first_pid} started after the removal was read (pid reused)"
@@ -672,11 +710,37 @@ impl Identifier {
             }
             let (pid, comm, ppid, start) = match &step {
                 Step::Alive(s) => (s.pid, Some(s.comm.clone()), s.ppid, s.start),
-                Step::Seen(pid, s) => (*pid, s.comm.clone(), s.parent, s.start),
+                // Its parent when it exited, else the one that forked it.
+                Step::Seen(pid, s) => (
+                    *pid,
+                    s.comm.clone(),
+                    s.exit_parent.unwrap_or(s.parent),
+                    s.start,
+                ),
             };
-            let Some(comm) = comm else {
-                unknown = Some(format!("process {pid} exited before its name was read"));
+            // Reparented before it exited: the exit event names another parent than
+            // the fork event did.
+            if let Step::Seen(_, s) = &step
+                && let (Some(forked_by), Some(at_exit)) = (s.forked_by, s.exit_parent)
+                && forked_by != at_exit
+            {
+                unknown = Some(format!(
+                    "process {pid} was reparented from {forked_by} to {at_exit} before it exited"
+                ));
                 break;
+            }
+            let comm = match (comm, &step) {
+                (Some(comm), _) => comm,
+                // The remover itself, seen exiting: exited, its name lost; the chain
+                // from its parent decides.
+                (None, Step::Seen(_, s)) if names.is_empty() && s.exited.is_some() => {
+                    nameless = true;
+                    format!("(exited pid {pid})")
+                }
+                (None, _) => {
+                    unknown = Some(format!("process {pid} exited before its name was read"));
+                    break;
+                }
             };
             names.push(comm.clone());
             // Reparenting: the connector saw another process fork this one.
@@ -723,6 +787,12 @@ impl Identifier {
                 },
             };
             step = parent;
+        }
+        if nameless && unknown.is_none() && names.len() < 2 {
+            // No chain at all: its parent is unknown, PID 1, or gone unseen.
+            unknown = Some(format!(
+                "process {port} exited before its name was read, and its parent is unknown or gone"
+            ));
         }
         let mut names = names.into_iter();
         Remover {
@@ -798,6 +868,135 @@ mod tests {
         let r = id.identify(4_000_000_001);
         assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
         assert_eq!(r.process, None);
+    }
+
+    /// A connector memory fed by hand (no socket, no reader thread).
+    fn fed(batch: &[ProcEvent]) -> Arc<ProcessEvents> {
+        let events = Arc::new(ProcessEvents {
+            memory: Mutex::default(),
+            changed: Condvar::new(),
+            namespace: "test".into(),
+            running: AtomicBool::new(true),
+            overruns: AtomicU64::new(0),
+            proc_root: PathBuf::from("/proc"),
+            hz: ticks_per_second(),
+            boot_offset_ns: clock_ns(libc::CLOCK_BOOTTIME)
+                .saturating_sub(clock_ns(libc::CLOCK_MONOTONIC)),
+        });
+        events.take(batch);
+        events
+    }
+
+    /// A pid no process has (above any default `pid_max` in use here, below 2^22).
+    const GONE: u32 = 4_194_000;
+
+    /// An `ip` forked by us that exec'd and exited before its name could be read:
+    /// exited, named `(exited pid N)`, judged by the chain from us.
+    #[test]
+    fn an_exited_remover_whose_name_was_lost_is_judged_by_its_parents() {
+        let me = std::process::id();
+        let at_ns = clock_ns(libc::CLOCK_MONOTONIC);
+        let events = fed(&[
+            ProcEvent::Fork {
+                parent: me,
+                child: GONE,
+                at_ns,
+            },
+            ProcEvent::Exec { pid: GONE, at_ns },
+            ProcEvent::Exit {
+                pid: GONE,
+                parent: Some(me),
+                at_ns,
+            },
+        ]);
+        let r = Identifier::new(Some(events)).identify(GONE);
+        let us = read_stat(Path::new("/proc"), me)
+            .expect("read")
+            .expect("us");
+        assert_eq!(r.identity, Identity::Exited, "{r:?}");
+        assert_eq!(
+            r.process.as_deref(),
+            Some(format!("(exited pid {GONE})").as_str())
+        );
+        assert_eq!(r.ancestors.first(), Some(&us.comm), "{r:?}");
+    }
+
+    /// Only its exit was seen (fork and exec before we subscribed): its exit bounds its
+    /// start, and the exit event's parent starts the chain.
+    #[test]
+    fn an_exit_alone_gives_the_parent() {
+        let me = std::process::id();
+        let at_ns = clock_ns(libc::CLOCK_MONOTONIC);
+        let events = fed(&[ProcEvent::Exit {
+            pid: GONE,
+            parent: Some(me),
+            at_ns,
+        }]);
+        let r = Identifier::new(Some(events)).identify(GONE);
+        assert_eq!(r.identity, Identity::Exited, "{r:?}");
+        assert_eq!(r.ancestors.len() + 1, r.names().count());
+        assert!(!r.ancestors.is_empty(), "{r:?}");
+    }
+
+    /// Exited with no chain: parent unknown (an old kernel's short event), PID 1, or a
+    /// parent gone unseen. Held as unknown.
+    #[test]
+    fn an_exited_remover_without_a_chain_is_unknown() {
+        let at_ns = clock_ns(libc::CLOCK_MONOTONIC);
+        for parent in [None, Some(1), Some(GONE + 1)] {
+            let events = fed(&[ProcEvent::Exit {
+                pid: GONE,
+                parent,
+                at_ns,
+            }]);
+            let r = Identifier::new(Some(events)).identify(GONE);
+            assert!(
+                matches!(r.identity, Identity::Unknown(_)),
+                "{parent:?}: {r:?}"
+            );
+        }
+    }
+
+    /// Reparented before it exited (the fork and the exit name different parents): its
+    /// parent at exit is not who ran it. Unknown.
+    #[test]
+    fn an_exited_remover_reparented_before_its_exit_is_unknown() {
+        let me = std::process::id();
+        let at_ns = clock_ns(libc::CLOCK_MONOTONIC);
+        let events = fed(&[
+            ProcEvent::Fork {
+                parent: GONE + 1,
+                child: GONE,
+                at_ns,
+            },
+            ProcEvent::Exit {
+                pid: GONE,
+                parent: Some(me),
+                at_ns,
+            },
+        ]);
+        let r = Identifier::new(Some(events)).identify(GONE);
+        assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
+    }
+
+    /// A parent on record that is younger than its child is a reused pid. Unknown.
+    #[test]
+    fn an_exited_remover_whose_parent_pid_was_reused_is_unknown() {
+        let me = std::process::id();
+        let us = read_stat(Path::new("/proc"), me)
+            .expect("read")
+            .expect("us");
+        let hz = ticks_per_second();
+        // Exited (by its events' clock) well before we started.
+        let boot = clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
+        let before_us = (us.start.saturating_sub(10) * (1_000_000_000 / hz)).saturating_sub(boot);
+        let events = fed(&[ProcEvent::Exit {
+            pid: GONE,
+            parent: Some(me),
+            at_ns: before_us,
+        }]);
+        let r = Identifier::new(Some(events)).identify(GONE);
+        assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
     }
 
     #[test]
