@@ -434,11 +434,17 @@ impl ProcessEvents {
     /// What the connector saw of `pid` once its name is final (see [`Seen::settled`]),
     /// waiting up to `timeout` for the reader to catch up; after that, whatever it saw.
     pub fn wait_for(&self, pid: u32, timeout: Duration) -> Option<Seen> {
+        self.wait_until(pid, timeout, Seen::settled)
+    }
+
+    /// What the connector saw of `pid` once `done` holds of it, waiting up to
+    /// `timeout`; after that, whatever it saw.
+    fn wait_until(&self, pid: u32, timeout: Duration, done: fn(&Seen) -> bool) -> Option<Seen> {
         let deadline = Instant::now() + timeout;
         let mut mem = self.memory.lock().ok()?;
         loop {
             let seen = mem.procs.get(&pid);
-            if let Some(seen) = seen.filter(|s| s.settled()) {
+            if let Some(seen) = seen.filter(|s| done(s)) {
                 return Some(seen.clone());
             }
             if Instant::now() >= deadline {
@@ -685,6 +691,34 @@ impl Identifier {
         )
     }
 
+    /// The parent of `pid` (started at `start`), which is exiting and whose stat no
+    /// longer names its parent: the exit event's, else the fork event's. Reparented
+    /// (the two differ) or not seen is an error.
+    fn exiting_parent(&self, pid: u32, start: u64) -> Result<u32, String> {
+        let events = self
+            .events
+            .as_ref()
+            .ok_or("its parent is no longer readable and process events are not available")?;
+        let seen = events
+            .wait_until(pid, CATCH_UP, |s| s.exited.is_some())
+            .filter(|s| {
+                if s.start_exact {
+                    s.start.abs_diff(start) <= TICK_SLACK
+                } else {
+                    start <= s.start + TICK_SLACK
+                }
+            })
+            .ok_or("process events never showed it")?;
+        match (seen.forked_by, seen.exit_parent) {
+            (Some(forked_by), Some(at_exit)) if forked_by != at_exit => Err(format!(
+                "reparented from {forked_by} to {at_exit} before it exited"
+            )),
+            (forked_by, at_exit) => at_exit
+                .or(forked_by)
+                .ok_or_else(|| "process events never named its parent".to_string()),
+        }
+    }
+
     /// Walks from the remover up to (not including) PID 1.
     fn chain(&self, port: u32, first: Step, notified: u64, identity: Identity) -> Remover {
         let mut names = Vec::new();
@@ -743,6 +777,18 @@ impl Identifier {
                 }
             };
             names.push(comm.clone());
+            // A process being reaped still shows its stat, with ppid 0 (its parent can
+            // no longer be read): its parent is the one its exit event named.
+            let ppid = match &step {
+                Step::Alive(_) if ppid == 0 && pid > 2 => match self.exiting_parent(pid, start) {
+                    Ok(parent) => parent,
+                    Err(why) => {
+                        unknown = Some(format!("{comm} ({pid}) is exiting: {why}"));
+                        break;
+                    }
+                },
+                _ => ppid,
+            };
             // Reparenting: the connector saw another process fork this one.
             let seen = self.events.as_ref().and_then(|e| e.get(pid));
             if let Step::Alive(_) = step
@@ -997,6 +1043,34 @@ mod tests {
         }]);
         let r = Identifier::new(Some(events)).identify(GONE);
         assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
+    }
+
+    /// A process being reaped reads ppid 0 in its stat: its parent comes from its exit
+    /// event (or fork event); reparented or never seen is not a parent. Before, the
+    /// chain ended there, naming `ip` with no ancestors.
+    #[test]
+    fn an_exiting_process_gets_its_parent_from_its_exit_event() {
+        let me = std::process::id();
+        let at_ns = clock_ns(libc::CLOCK_MONOTONIC);
+        let hz = ticks_per_second();
+        let boot = clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
+        let start = ns_to_ticks(at_ns + boot, hz);
+        let fork = ProcEvent::Fork {
+            parent: me,
+            child: GONE,
+            at_ns,
+        };
+        let exit = |parent| ProcEvent::Exit {
+            pid: GONE,
+            parent: Some(parent),
+            at_ns,
+        };
+        let id = |batch: &[ProcEvent]| Identifier::new(Some(fed(batch)));
+        assert_eq!(id(&[fork, exit(me)]).exiting_parent(GONE, start), Ok(me));
+        assert_eq!(id(&[exit(me)]).exiting_parent(GONE, start), Ok(me));
+        assert!(id(&[fork, exit(1)]).exiting_parent(GONE, start).is_err());
+        assert!(id(&[]).exiting_parent(GONE, start).is_err());
+        assert!(Identifier::new(None).exiting_parent(GONE, start).is_err());
     }
 
     #[test]
