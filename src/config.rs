@@ -974,9 +974,51 @@ fn d_metadata() -> String {
     DEFAULT_METADATA_ENDPOINT.into()
 }
 fn d_ignore_removers() -> Vec<String> {
-    ["systemd-networkd", "NetworkManager", "dhclient", "dhcpcd"]
-        .map(String::from)
-        .to_vec()
+    default_ignore_removers()
+}
+
+/// The default `release.ignore_removers`, also the engine's default: tools that remove
+/// addresses they did not configure. Each name is matched against the remover and its
+/// ancestors (the `ip` a script runs counts as the script's and its parent's), against
+/// `comm`, which the kernel cuts at 15 bytes (`networkd-dispatcher` shows as
+/// `networkd-dispat`; a longer name here matches its cut form). The evidence, per tool
+/// (docs/security-notes-remover.md has the sources):
+///
+/// - `dhclient`, `dhclient-script`: ISC dhclient-script runs `ip -4 addr flush dev
+///   $interface` on EXPIRE, FAIL, RELEASE and STOP, flushing every IPv4 address of the
+///   link, aux IPs included, while the link stays up.
+/// - `dhcpcd`: on lease expiry, release or carrier loss it deletes the addresses of the
+///   interface it runs on; its hooks run under it.
+/// - `udhcpc`: busybox's `default.script` (run by udhcpc, so matched through it) does
+///   `ip -4 addr flush dev $interface` on `deconfig`, at every start and lease loss.
+/// - `NetworkManager`: on (re)activation it removes addresses of a managed device
+///   that its connection profile does not list.
+/// - `nm-dispatcher`: runs the dispatcher scripts; D-Bus starts it as a child of PID 1,
+///   not of NetworkManager, so it is listed by its own name.
+/// - `systemd-networkd`: with the default `KeepConfiguration=no` it drops foreign
+///   addresses of links it manages when it (re)configures them.
+/// - `networkd-dispatcher`: runs scripts on networkd's state changes; a child of PID 1.
+/// - `ifup`, `ifdown`, `ifquery`, `ifreload`: ifupdown's `inet` methods flush the link
+///   on `down` (`ip -4 addr flush dev %iface%`); ifupdown2 reconciles a link to its
+///   configuration, removing addresses it does not list; RHEL's `ifdown-eth` is run by
+///   `ifdown`.
+pub fn default_ignore_removers() -> Vec<String> {
+    [
+        "dhclient",
+        "dhclient-script",
+        "dhcpcd",
+        "udhcpc",
+        "NetworkManager",
+        "nm-dispatcher",
+        "systemd-networkd",
+        "networkd-dispatcher",
+        "ifup",
+        "ifdown",
+        "ifquery",
+        "ifreload",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn d_burst_limit() -> usize {
     8
@@ -1033,7 +1075,7 @@ mod tests {
         assert_eq!(c.release.burst_limit, 8);
         assert!(!c.release.dry_run && !c.release.with_eip);
         assert_eq!(c.routing.mode, RoutingMode::Cleanup);
-        assert_eq!(c.release.ignore_removers.len(), 4);
+        assert_eq!(c.release.ignore_removers, default_ignore_removers());
         assert!(!c.cloud.allow_plain_http);
     }
 

@@ -29,6 +29,7 @@ use crate::cloud::retry::Rates;
 use crate::cloud::{Cloud, MacAddr};
 use crate::config::{Config, RoutingMode, prefix_mask};
 use crate::engine::{Command, Engine, PauseRequest, Settings, Snapshot, Start};
+use crate::host::procs::{Identifier, ProcessEvents};
 use crate::host::routes::{ManagedEni, RoutingConfig};
 use crate::host::watch::WatchOptions;
 use crate::host::{HostView, routes, watch};
@@ -128,11 +129,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         warn!(lines = ?replay.corrupt_lines, "journal lines failed their checksum and were skipped");
     }
     let pause_file = PauseFile::new(&config.state.dir);
-    let (view, watch_handle, events) = watch::start(WatchOptions {
-        recv_buffer: config.netlink.receive_buffer,
-        resync_interval: config.netlink.resync_interval,
-        ..WatchOptions::default()
-    })
+    let (identifier, identification) = remover_identification();
+    let (view, watch_handle, events) = watch::start_with(
+        WatchOptions {
+            recv_buffer: config.netlink.receive_buffer,
+            resync_interval: config.netlink.resync_interval,
+            ..WatchOptions::default()
+        },
+        identifier,
+    )
     .await?;
     info!(
         links = view.links.len(),
@@ -144,6 +149,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let watch_handle = Arc::new(watch_handle);
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    let mut identification_warnings = Vec::new();
+    match identification {
+        Identification::Ready(Some(note)) => identification_warnings.push(note),
+        Identification::Ready(None) => {}
+        Identification::Broken(why) => {
+            // Releases stay disarmed: every removal is held (the identifier reports
+            // every remover as our failure), and /readyz says why.
+            health.block(format!("remover identification unavailable: {why}"));
+            identification_warnings.push(format!(
+                "remover identification unavailable ({why}): every removal is held"
+            ));
+        }
+    }
     // Served from the start, so /readyz answers "not ready" while we wait below.
     let credentials_slot: Arc<std::sync::OnceLock<Arc<CredentialProvider>>> = Arc::default();
     if config.metrics.enabled {
@@ -226,7 +244,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let settings = start.settings;
 
     let router = HostRouter::new(&config, settings.dry_run, Some(Arc::clone(&metrics)))?;
-    let mut warnings = Vec::new();
+    let mut warnings = identification_warnings;
     if config.routing.mode == RoutingMode::Manage {
         router.startup_check(&view, &inventory).await?;
         // Only a running networkd (it keeps state under /run/systemd/netif) can fight us.
@@ -284,6 +302,53 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     drop(watch_handle);
     stopped(&config);
     Ok(())
+}
+
+/// What the start-up check of remover identification found.
+enum Identification {
+    /// Works; the note says what is degraded (shown by `status`).
+    Ready(Option<String>),
+    /// Does not work: releases stay disarmed (every removal held).
+    Broken(String),
+}
+
+/// Subscribes to process events (falling back to `/proc` alone, which cannot name a
+/// short-lived remover that exited before its notification is read: such removals are
+/// held as unknown) and checks that identification works at all.
+fn remover_identification() -> (Identifier, Identification) {
+    let (events, mut notes) = match ProcessEvents::start() {
+        Ok(events) => {
+            info!(namespace = %events.namespace, "process events: subscribed");
+            (Some(events), Vec::new())
+        }
+        Err(e) => {
+            warn!(error = %e, "process events unavailable: a remover that exits before its removal is read will be unknown, and that removal held");
+            (
+                None,
+                vec![format!(
+                    "process events unavailable ({e}): removals by short-lived tools are held as unknown"
+                )],
+            )
+        }
+    };
+    let mut identifier = Identifier::new(events);
+    if let Err(why) = identifier.can_read_descriptors() {
+        warn!(%why, "other processes' descriptors cannot be read: a netlink port that is not a pid (keepalived's) resolves to nobody, and its removals are held");
+        notes.push(format!(
+            "cannot read other processes' descriptors ({why}): removals from ports that are not pids are held"
+        ));
+    }
+    match identifier.probe() {
+        Ok(()) => (
+            identifier,
+            Identification::Ready((!notes.is_empty()).then(|| notes.join("; "))),
+        ),
+        Err(why) => {
+            error!(%why, "remover identification does not work: releases stay disarmed (every removal held)");
+            identifier.disarm(why.clone());
+            (identifier, Identification::Broken(why))
+        }
+    }
 }
 
 fn stopped(config: &Config) {

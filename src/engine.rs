@@ -74,7 +74,8 @@ impl Default for Settings {
             interfaces: Vec::new(),
             include: Vec::new(),
             exclude: Vec::new(),
-            ignore_removers: Vec::new(),
+            // The same list as the config's default: one definition, in config.rs.
+            ignore_removers: crate::config::default_ignore_removers(),
             burst_limit: 8,
             burst_window: Duration::from_secs(1),
             with_eip: false,
@@ -225,6 +226,27 @@ pub enum Phase {
     Parked { why: String },
 }
 
+/// Why an intent is held for an operator (`enisync release --held` confirms both).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", content = "detail", rename_all = "snake_case")]
+pub enum HeldReason {
+    /// Clause 6: part of a burst.
+    Burst,
+    /// Clause 2: nobody knows who removed it (a resync found it, the remover could not
+    /// be identified, or enisync itself failed to identify it). The text says why.
+    UnknownRemover(String),
+}
+
+impl HeldReason {
+    /// The audit record's and the metric's key.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Burst => "held_burst",
+            Self::UnknownRemover(_) => "held_unknown_remover",
+        }
+    }
+}
+
 /// One pending release.
 #[derive(Debug, Clone, Serialize)]
 pub struct Intent {
@@ -247,6 +269,9 @@ pub struct Intent {
     /// Seconds until `due` at the time of a snapshot.
     pub due_in_ms: u64,
     pub phase: Phase,
+    /// Why it is held, while `phase` is `Held`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_reason: Option<HeldReason>,
     pub attempts: u32,
     pub task_failures: u32,
     #[serde(skip)]
@@ -288,6 +313,8 @@ pub struct Counters {
     pub cancelled: u64,
     pub refused: u64,
     pub held: u64,
+    /// Of `held`: removals held because their remover is unknown.
+    pub held_unknown_remover: u64,
     pub alarms: u64,
     pub unassign_calls: u64,
     pub dry_run_calls: u64,
@@ -788,6 +815,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             .and_then(|m| self.inventory.by_mac(m))
             .map(|r| r.eni_id.clone());
         let generation = self.next_generation(addr.ip);
+        let unknown = unknown_remover(remover.as_ref());
         let intent = Intent {
             ip: addr.ip,
             generation,
@@ -801,7 +829,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             observed_unix_ms: unix_ms(),
             due: now + self.settings.grace,
             due_in_ms: 0,
-            phase: Phase::Pending,
+            phase: if unknown.is_some() {
+                Phase::Held
+            } else {
+                Phase::Pending
+            },
+            held_reason: unknown.clone().map(HeldReason::UnknownRemover),
             attempts: 0,
             task_failures: 0,
             not_listed_since: None,
@@ -816,20 +849,37 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 mac: link.mac.map(|m| m.to_string()),
                 eni_id: eni_id.clone(),
                 remover: remover.as_ref().map(Into::into),
-                held: false,
+                held: unknown.is_some(),
                 sending: false,
             },
         );
-        info!(
-            target: "audit",
-            decision = "pending",
-            ip = %addr.ip,
-            link = %link.name,
-            eni = eni_id.as_deref().unwrap_or("?"),
-            remover = remover.as_ref().map(describe_remover).as_deref().unwrap_or("unknown (resync)"),
-            grace_ms = crate::millis(self.settings.grace),
-            "aux IP removed; release pending its grace period"
-        );
+        if let Some(why) = &unknown {
+            self.counters.held += 1;
+            self.counters.held_unknown_remover += 1;
+            warn!(
+                target: "audit",
+                decision = "held",
+                reason = "held_unknown_remover",
+                ip = %addr.ip,
+                link = %link.name,
+                eni = eni_id.as_deref().unwrap_or("?"),
+                remover = describe_optional_remover(remover.as_ref()).as_str(),
+                why = %why,
+                "aux IP removed by an unknown remover; held until an operator confirms \
+                 (enisync release --held) or it comes back"
+            );
+        } else {
+            info!(
+                target: "audit",
+                decision = "pending",
+                ip = %addr.ip,
+                link = %link.name,
+                eni = eni_id.as_deref().unwrap_or("?"),
+                remover = describe_optional_remover(remover.as_ref()).as_str(),
+                grace_ms = crate::millis(self.settings.grace),
+                "aux IP removed; release pending its grace period"
+            );
+        }
         self.make_room(addr.ip, generation);
         self.intents.insert(addr.ip, intent);
         self.count_for_burst(addr.ip, now);
@@ -845,24 +895,22 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         let Some(link) = link else {
             return Err(Cancel::LinkGone);
         };
-        // Decision: a removal found by a resync after a netlink overrun has no known
-        // remover. It is admitted (issue: "every aux IP that stayed removed is still
-        // released"), because the kernel's own removals (link deleted, moved) also
-        // take the link away, which clause 5 catches. `ignore_removers` cannot apply to
-        // it; the burst limit (clause 6) is what guards against a network manager's
-        // flush that overran the socket.
+        // A removal whose remover is unknown (a resync found it, or the remover could
+        // not be identified) passes here and is held by the caller (clause 2): it may
+        // be a network manager's flush. `ignore_removers` is matched against every name
+        // known, the remover's and its ancestors': `dhclient-script` runs `ip`, and
+        // the `ip` it runs must not count as a user's.
         if let Some(remover) = remover {
             if remover.is_kernel() {
                 return Err(Cancel::KernelRemoval);
             }
-            if let Some(p) = &remover.process
-                && self
-                    .settings
+            if remover.names().any(|p| {
+                self.settings
                     .ignore_removers
                     .iter()
                     .any(|n| process_matches(p, n))
-            {
-                return Err(Cancel::IgnoredRemover(p.clone()));
+            }) {
+                return Err(Cancel::IgnoredRemover(remover.chain()));
             }
         }
         if !link.is_physical() {
@@ -919,6 +967,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 && intent.phase == Phase::Pending
             {
                 intent.phase = Phase::Held;
+                intent.held_reason = Some(HeldReason::Burst);
                 newly_held.push(*ip);
             }
         }
@@ -935,6 +984,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             warn!(
                 target: "audit",
                 decision = "held",
+                reason = "held_burst",
                 held = total,
                 burst_limit = self.settings.burst_limit,
                 ips = ?newly_held,
@@ -1573,7 +1623,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             link = %i.link_name,
             eni = i.eni_id.as_deref().unwrap_or("?"),
             removed_unix_ms = i.observed_unix_ms,
-            remover = i.remover.as_ref().map(describe_remover).as_deref().unwrap_or("unknown (resync)"),
+            remover = describe_optional_remover(i.remover.as_ref()).as_str(),
             grace_ms = crate::millis(self.settings.grace),
             absent_ms = crate::millis(now.duration_since(i.observed_at)),
             c1_observed = "seen while running, this boot",
@@ -1897,6 +1947,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 for ip in &held {
                     if let Some(intent) = self.intents.get_mut(ip) {
                         intent.phase = Phase::Pending;
+                        intent.held_reason = None;
                         intent.due = intent.due.max(now);
                     }
                     self.journal_observed(*ip, false);
@@ -1980,8 +2031,20 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 })
             })
             .collect();
+        let mut warnings = self.warnings.clone();
+        let unknown = self
+            .intents
+            .values()
+            .filter(|i| matches!(i.held_reason, Some(HeldReason::UnknownRemover(_))))
+            .count();
+        if unknown > 0 {
+            warnings.push(format!(
+                "{unknown} removal(s) HELD because nobody knows who removed them \
+                 (held_unknown_remover): check them, then confirm with `enisync release --held`"
+            ));
+        }
         let mut snapshot = Snapshot {
-            warnings: self.warnings.clone(),
+            warnings,
             links,
             intents,
             recent: self.recent.iter().cloned().collect(),
@@ -2051,6 +2114,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         m.pending
             .set(count(&|p| !matches!(p, Phase::Held | Phase::Parked { .. })));
         m.held.set(count(&|p| matches!(p, Phase::Held)));
+        m.held_unknown_remover.set(
+            i64::try_from(
+                self.intents
+                    .values()
+                    .filter(|i| matches!(i.held_reason, Some(HeldReason::UnknownRemover(_))))
+                    .count(),
+            )
+            .unwrap_or(i64::MAX),
+        );
         m.parked.set(count(&|p| matches!(p, Phase::Parked { .. })));
         m.paused.set(i64::from(self.paused.is_some()));
         if let Some(j) = &self.journal {
@@ -2199,7 +2271,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         cancel: &Cancel,
     ) {
         let link = link.map_or("?", |l| l.name.as_str());
-        let remover = remover.map_or_else(|| "unknown (resync)".to_string(), describe_remover);
+        let remover = describe_optional_remover(remover);
         // Removals on links that carry no ENI of ours (container veths, bridges, other
         // NICs) are not decisions about ENI IPs: on a busy container host they would
         // flood the journal, so they are logged at debug level.
@@ -2302,6 +2374,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     }
                     info!(ip = %ip, link = %link, "resuming a journaled release: its grace period starts again");
                     self.make_room(ip, rec.generation);
+                    // The journal keeps the held flag and whether the remover was
+                    // unknown (or the removal found by a resync: no remover at all).
+                    let held_reason = held.then(|| match &remover {
+                        None => HeldReason::UnknownRemover("found by a resync".into()),
+                        Some(r) => match &r.unknown {
+                            Some(why) => HeldReason::UnknownRemover(why.clone()),
+                            None => HeldReason::Burst,
+                        },
+                    });
                     self.intents.insert(
                         ip,
                         Intent {
@@ -2319,6 +2400,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                             due_in_ms: 0,
                             // A held burst stays held until an operator confirms.
                             phase: if held { Phase::Held } else { Phase::Pending },
+                            held_reason,
                             attempts: 0,
                             task_failures: 0,
                             not_listed_since: None,
@@ -2351,6 +2433,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                             phase: Phase::Releasing {
                                 task_id: task.task_id.clone(),
                             },
+                            held_reason: None,
                             attempts: 0,
                             task_failures: 0,
                             not_listed_since: None,
@@ -2508,10 +2591,42 @@ fn unix_ms() -> u64 {
         .map_or(0, crate::millis)
 }
 
+/// `ip ← dhclient-script ← dhclient (port 4242)`; what is known of an unidentified
+/// one, and why it is not identified.
 fn describe_remover(r: &Remover) -> String {
-    match &r.process {
-        Some(p) => format!("{p} (port {})", r.port_id),
-        None => format!("port {}", r.port_id),
+    let chain = r.chain();
+    let exited = if r.identity == crate::host::Identity::Exited {
+        ", exited"
+    } else {
+        ""
+    };
+    match (r.unidentified(), chain.is_empty()) {
+        (None, false) => format!("{chain} (port {}{exited})", r.port_id),
+        (None, true) => format!("port {}", r.port_id),
+        (Some(why), true) => format!("unknown (port {}: {why})", r.port_id),
+        (Some(why), false) => format!("unknown: {chain} ← ? (port {}: {why})", r.port_id),
+    }
+}
+
+fn describe_optional_remover(r: Option<&Remover>) -> String {
+    r.map_or_else(|| "unknown (resync)".to_string(), describe_remover)
+}
+
+/// Clause 2: why nobody knows who removed an address, if nobody does. A removal found
+/// by a resync has no remover at all; one whose remover could not be identified (or
+/// that enisync failed to identify) says why.
+fn unknown_remover(remover: Option<&Remover>) -> Option<String> {
+    match remover {
+        None => Some("found by a resync: the notification, and who sent it, was lost".into()),
+        Some(r) if r.is_kernel() => None,
+        Some(r) => match &r.identity {
+            crate::host::Identity::Unknown(why) => Some(format!("remover unknown: {why}")),
+            crate::host::Identity::Failed(why) => {
+                Some(format!("enisync failed to identify the remover: {why}"))
+            }
+            _ if r.process.is_none() => Some("remover has no name".into()),
+            _ => None,
+        },
     }
 }
 

@@ -133,29 +133,52 @@ impl Record {
 }
 
 /// Who removed the address: the fields of [`Remover`], not its display text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Default, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoverRecord {
     /// The netlink port id of the requesting socket (0: the kernel).
     pub port_id: u32,
     /// The process name, when it was known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<String>,
+    /// Its ancestors' names, parent first, as far as they were known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<String>,
+    /// Why the remover could not be identified (unknown, or enisync's own failure);
+    /// `None` when it was. A replayed intent with this set stays held as unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
 }
 
 impl From<&Remover> for RemoverRecord {
     fn from(r: &Remover) -> Self {
+        use crate::host::Identity;
         Self {
             port_id: r.port_id,
             process: r.process.clone(),
+            ancestors: r.ancestors.clone(),
+            unknown: match &r.identity {
+                Identity::Unknown(why) | Identity::Failed(why) => Some(why.clone()),
+                Identity::Kernel | Identity::Alive | Identity::Exited => None,
+            },
         }
     }
 }
 
 impl From<RemoverRecord> for Remover {
+    /// A replayed remover: identified then (its process has likely exited since), or
+    /// unknown then and still.
     fn from(r: RemoverRecord) -> Self {
+        use crate::host::Identity;
+        let identity = match r.unknown {
+            Some(why) => Identity::Unknown(why),
+            None if r.port_id == 0 => Identity::Kernel,
+            None => Identity::Exited,
+        };
         Self {
             port_id: r.port_id,
             process: r.process,
+            ancestors: r.ancestors,
+            identity,
         }
     }
 }
@@ -370,7 +393,7 @@ pub(crate) fn read_lines(
                 if matches!(rec.state, RecordState::Finished { .. }) {
                     live.remove(&rec.key());
                 } else {
-                    live.insert(rec.key(), rec);
+                    live.insert(rec.key(), *rec);
                 }
             }
             Some(Decoded::Newer) => {
@@ -385,7 +408,7 @@ pub(crate) fn read_lines(
 
 enum Decoded {
     /// A record, and whether it was migrated from schema 1.
-    Record(Record, bool),
+    Record(Box<Record>, bool),
     Newer,
 }
 
@@ -406,14 +429,14 @@ fn decode_line(line: &str) -> Option<Decoded> {
     }
     if version == u64::from(SCHEMA_V1) {
         let old: v1::Record = serde_json::from_value(value).ok()?;
-        return Some(Decoded::Record(old.migrate(), true));
+        return Some(Decoded::Record(Box::new(old.migrate()), true));
     }
     if version != u64::from(SCHEMA_VERSION) {
         return None;
     }
     serde_json::from_value(value)
         .ok()
-        .map(|r| Decoded::Record(r, false))
+        .map(|r| Decoded::Record(Box::new(r), false))
 }
 
 /// Schema 1, as the binaries before schema 2 wrote it: read only, to migrate.
@@ -509,12 +532,16 @@ pub mod v1 {
             return Some(RemoverRecord {
                 port_id: port.parse().ok()?,
                 process: None,
+                ancestors: Vec::new(),
+                unknown: None,
             });
         }
         let (process, port) = text.strip_suffix(')')?.rsplit_once(" (port ")?;
         Some(RemoverRecord {
             port_id: port.parse().ok()?,
             process: Some(process.to_owned()),
+            ancestors: Vec::new(),
+            unknown: None,
         })
     }
 
@@ -649,6 +676,7 @@ mod tests {
             remover: Some(RemoverRecord {
                 port_id: 4242,
                 process: Some("ip".into()),
+                ..Default::default()
             }),
             held: false,
             sending: false,
@@ -913,6 +941,7 @@ mod tests {
                 remover: Some(RemoverRecord {
                     port_id: 16598,
                     process: Some("ip".into()),
+                    ..Default::default()
                 }),
                 held: true,
                 sending: false,
@@ -945,21 +974,24 @@ mod tests {
             parse("ip (port 16598)"),
             Some(RemoverRecord {
                 port_id: 16598,
-                process: Some("ip".into())
+                process: Some("ip".into()),
+                ..Default::default()
             })
         );
         assert_eq!(
             parse("my (odd) tool (port 7)"),
             Some(RemoverRecord {
                 port_id: 7,
-                process: Some("my (odd) tool".into())
+                process: Some("my (odd) tool".into()),
+                ..Default::default()
             })
         );
         assert_eq!(
             parse("port 0"),
             Some(RemoverRecord {
                 port_id: 0,
-                process: None
+                process: None,
+                ..Default::default()
             })
         );
         assert_eq!(parse("ip"), None);

@@ -544,6 +544,8 @@ fn a_sent_record_after_a_failed_append_on_a_full_disk_is_replayed() {
         remover: Some(RemoverRecord {
             port_id: 4242,
             process: Some("ip".into()),
+            ancestors: Vec::new(),
+            unknown: None,
         }),
         held: false,
         sending: false,

@@ -59,7 +59,7 @@ fn assert_migrated(dir: &Path) {
     };
     // The remover is typed: no more `port_id: u32::MAX, process: "ip (port 16598)"`.
     assert!(
-        matches!(state(11), RecordState::Observed { remover: Some(RemoverRecord { port_id: 16598, process: Some(p) }), held: false, sending: false, .. } if p == "ip"),
+        matches!(state(11), RecordState::Observed { remover: Some(RemoverRecord { port_id: 16598, process: Some(p), unknown: None, .. }), held: false, sending: false, .. } if p == "ip"),
         "{:?}",
         state(11)
     );
@@ -81,7 +81,7 @@ fn assert_migrated(dir: &Path) {
         state(13)
     );
     assert!(
-        matches!(state(14), RecordState::Observed { remover: Some(RemoverRecord { port_id: 7, process: Some(p) }), sending: true, .. } if p == "my (odd) tool"),
+        matches!(state(14), RecordState::Observed { remover: Some(RemoverRecord { port_id: 7, process: Some(p), unknown: None, .. }), sending: true, .. } if p == "my (odd) tool"),
         "{:?}",
         state(14)
     );

@@ -681,6 +681,21 @@ fn takeover(recipe: Recipe, tag: &str) {
             duo.logs()
         ),
     }
+    // a's enisync saw keepalived remove the VIP and named it: keepalived's netlink
+    // port is not its pid (issue 11), and an unknown remover would be held.
+    let a_log = duo.a.log.lock().expect("log").join("\n");
+    let vip_line = a_log
+        .lines()
+        .find(|l| {
+            l.contains(&format!("ip={VIP} "))
+                && (l.contains("decision=\"pending\"") || l.contains("decision=\"held\""))
+        })
+        .unwrap_or_else(|| panic!("a's enisync saw no removal of the VIP:\n{}", duo.logs()));
+    assert!(
+        vip_line.contains("decision=\"pending\"") && vip_line.contains("remover=\"keepalived"),
+        "the VIP's removal is identified as keepalived's: {vip_line}"
+    );
+    println!("{recipe:?}: a's removal: {vip_line}");
     println!(
         "{recipe:?}: b's notify: {:?}",
         duo.b.notes.lock().expect("notes")

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::cloud::{Attachment, EniIp, ErrorClass, MacAddr, Protocol};
+use crate::host::Identity;
 
 const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const GRACE: Duration = Duration::from_secs(30);
@@ -202,9 +203,16 @@ fn addr(last: u8, secondary: bool) -> Addr {
 }
 
 fn by(process: &str) -> Option<Remover> {
+    Some(Remover::named(4242, process))
+}
+
+/// A remover identified as `chain[0]`, a child of `chain[1]`, and so on.
+fn by_chain(chain: &[&str]) -> Option<Remover> {
     Some(Remover {
         port_id: 4242,
-        process: Some(process.into()),
+        process: Some(chain[0].into()),
+        ancestors: chain[1..].iter().map(|s| (*s).to_string()).collect(),
+        identity: Identity::Alive,
     })
 }
 
@@ -390,13 +398,7 @@ async fn clause4_readded_on_another_link_or_prefix_is_not_released() {
 #[tokio::test(start_paused = true)]
 async fn clause2_kernel_and_ignored_removers_are_not_released() {
     let h = start(&[11, 12, 13], |_| {});
-    h.remove(
-        11,
-        Some(Remover {
-            port_id: 0,
-            process: None,
-        }),
-    );
+    h.remove(11, Some(Remover::kernel()));
     // comm is truncated to 15 bytes by the kernel.
     h.remove(12, by("systemd-network"));
     h.remove(13, by("dhclient"));
@@ -514,6 +516,140 @@ async fn clause6_a_burst_is_held_until_an_operator_confirms() {
         "ten IPs of one ENI share one call: {calls:?}"
     );
     assert_eq!(calls[0].len(), 10);
+}
+
+async fn release_held(h: &Harness) -> usize {
+    let (tx, rx) = oneshot::channel();
+    h.commands
+        .send(Command::ReleaseHeld(tx))
+        .await
+        .expect("send");
+    rx.await.expect("reply")
+}
+
+fn held_unknown(snap: &Snapshot) -> Vec<Ipv4Addr> {
+    snap.intents
+        .iter()
+        .filter(|i| {
+            i.phase == Phase::Held && matches!(i.held_reason, Some(HeldReason::UnknownRemover(_)))
+        })
+        .map(|i| i.ip)
+        .collect()
+}
+
+/// Clause 2: a removal whose remover is unknown (found by a resync, not identified, or
+/// not identifiable because enisync itself failed) is held, not released, until an
+/// operator confirms it; then it is released once. Old code released all three.
+#[tokio::test(start_paused = true)]
+async fn clause2_unknown_removers_are_held_until_an_operator_confirms() {
+    let h = start(&[11, 12, 13, 14], |_| {});
+    h.remove(11, None);
+    h.remove(12, Some(Remover::unknown(4000000001, "no socket".into())));
+    h.remove(
+        13,
+        Some(Remover::failed(
+            4242,
+            "Too many open files (os error 24)".into(),
+        )),
+    );
+    // Partly known, then unknown: still held (nothing in the known part is ignored).
+    h.remove(
+        14,
+        Some(Remover {
+            port_id: 4242,
+            process: Some("ip".into()),
+            ancestors: vec![],
+            identity: Identity::Unknown("parent gone".into()),
+        }),
+    );
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty(), "held, not released");
+    let snap = h.snapshot().await;
+    assert_eq!(held_unknown(&snap), vec![ip(11), ip(12), ip(13), ip(14)]);
+    assert_eq!(snap.counters.held_unknown_remover, 4);
+    assert!(
+        snap.warnings
+            .iter()
+            .any(|w| w.contains("held_unknown_remover") && w.contains("release --held")),
+        "{:?}",
+        snap.warnings
+    );
+    assert_eq!(release_held(&h).await, 4);
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11), ip(12), ip(13), ip(14)]]);
+    sleep(GRACE * 3).await;
+    assert_eq!(h.cloud.calls().len(), 1, "exactly once");
+}
+
+/// Clause 2: `ignore_removers` matches the remover's ancestors too: the `ip` that
+/// dhclient-script runs for dhclient is dhclient's removal. Old code released it.
+#[tokio::test(start_paused = true)]
+async fn clause2_an_ignored_ancestor_is_not_released() {
+    let h = start(&[11, 12, 13], |_| {});
+    h.remove(11, by_chain(&["ip", "dhclient-script", "dhclient"]));
+    // A partly known chain whose known part is ignored is ignored, not held.
+    h.remove(
+        12,
+        Some(Remover {
+            port_id: 4242,
+            process: Some("ip".into()),
+            ancestors: vec!["dhclient".into()],
+            identity: Identity::Unknown("grandparent gone".into()),
+        }),
+    );
+    h.remove(13, by_chain(&["ip", "bash", "sshd"]));
+    sleep(GRACE * 2).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(13)]]);
+    let snap = h.snapshot().await;
+    assert!(held_unknown(&snap).is_empty());
+}
+
+/// Clause 2 and "exited versus unknown": a remover seen exiting before its name was
+/// read is exited, not unknown, and judged by the chain the process events recorded: an
+/// ignored ancestor is not released, a user's shell is. Exited with no chain is held.
+#[tokio::test(start_paused = true)]
+async fn clause2_an_exited_nameless_remover_is_judged_by_its_chain() {
+    let h = start(&[11, 12, 13], |_| {});
+    let exited = |ancestors: &[&str]| {
+        Some(Remover {
+            port_id: 4242,
+            process: Some("(exited pid 4242)".into()),
+            ancestors: ancestors.iter().map(|a| (*a).to_string()).collect(),
+            identity: Identity::Exited,
+        })
+    };
+    h.remove(11, exited(&["dhclient-script", "dhclient"]));
+    h.remove(12, exited(&["bash", "sshd"]));
+    h.remove(
+        13,
+        Some(Remover::unknown(
+            4243,
+            "process 4243 exited before its name was read, and its parent is unknown or gone"
+                .into(),
+        )),
+    );
+    sleep(GRACE * 2).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(12)]]);
+    let snap = h.snapshot().await;
+    assert_eq!(held_unknown(&snap).len(), 1, "the chainless one is held");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_ignore_list_is_the_configs() {
+    assert_eq!(
+        Settings::default().ignore_removers,
+        crate::config::default_ignore_removers()
+    );
+    // The kernel cuts comm at 15 bytes.
+    assert!(super::process_matches(
+        "networkd-dispat",
+        "networkd-dispatcher"
+    ));
+    assert!(super::process_matches(
+        "systemd-network",
+        "systemd-networkd"
+    ));
+    assert!(!super::process_matches("ip", "dhclient"));
 }
 
 #[tokio::test(start_paused = true)]

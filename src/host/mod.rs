@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::cloud::MacAddr;
 
 pub mod netlink;
+pub mod procs;
 pub mod routes;
 pub mod watch;
 
@@ -59,19 +60,103 @@ pub struct Addr {
     pub secondary: bool,
 }
 
-/// Who removed an address, from the netlink header of the RTM_DELADDR.
+/// Who removed an address, from the netlink header of the RTM_DELADDR, resolved by
+/// `procs` to a process and its ancestors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Remover {
     /// The netlink port id of the requesting socket: 0 for the kernel itself (a link
     /// deleted, an address expiring), usually the pid of a user-space process.
     pub port_id: u32,
-    /// `/proc/<port_id>/comm` when that process still exists.
+    /// The name (`comm`, at most 15 bytes) of the process that asked, when known.
     pub process: Option<String>,
+    /// The names of its ancestors, parent first, up to (not including) PID 1, as far
+    /// as they are known.
+    pub ancestors: Vec<String>,
+    /// How far the identification got.
+    pub identity: Identity,
+}
+
+/// How a remover was identified. Only `Kernel`, `Alive` and `Exited` are identified;
+/// the engine holds removals whose remover is `Unknown` or `Failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "why", rename_all = "snake_case")]
+pub enum Identity {
+    /// Port 0: the kernel on its own.
+    Kernel,
+    /// Read from `/proc` while the process (and each ancestor named) was alive.
+    Alive,
+    /// The process had exited; what enisync saw of it before (process events, or an
+    /// earlier read) identifies it.
+    Exited,
+    /// Not identified: no socket, no process, a pid reused or reparented, `/proc`
+    /// hidden. The text says which.
+    Unknown(String),
+    /// enisync's own failure (EMFILE, ENFILE, ENOMEM, a read error, a failed start-up
+    /// probe). The text says which.
+    Failed(String),
 }
 
 impl Remover {
+    pub fn kernel() -> Self {
+        Self {
+            port_id: 0,
+            process: None,
+            ancestors: Vec::new(),
+            identity: Identity::Kernel,
+        }
+    }
+
+    /// A remover known by name only (a journal replay, tests).
+    pub fn named(port_id: u32, name: &str) -> Self {
+        Self {
+            port_id,
+            process: Some(name.to_owned()),
+            ancestors: Vec::new(),
+            identity: Identity::Alive,
+        }
+    }
+
+    pub fn unknown(port_id: u32, why: String) -> Self {
+        Self {
+            port_id,
+            process: None,
+            ancestors: Vec::new(),
+            identity: Identity::Unknown(why),
+        }
+    }
+
+    pub fn failed(port_id: u32, why: String) -> Self {
+        Self {
+            port_id,
+            process: None,
+            ancestors: Vec::new(),
+            identity: Identity::Failed(why),
+        }
+    }
+
     pub fn is_kernel(&self) -> bool {
         self.port_id == 0
+    }
+
+    /// Why the remover is not identified, if it is not.
+    pub fn unidentified(&self) -> Option<&str> {
+        match &self.identity {
+            Identity::Unknown(why) | Identity::Failed(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// The remover's name, then its ancestors', as far as known.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.process
+            .iter()
+            .chain(self.ancestors.iter())
+            .map(String::as_str)
+    }
+
+    /// `ip ← dhclient-script ← dhclient`; empty when no name is known.
+    pub fn chain(&self) -> String {
+        self.names().collect::<Vec<_>>().join(" ← ")
     }
 }
 

@@ -35,10 +35,11 @@
 //! going down), an RTM_DELADDR per address with port id 0 (the kernel), then
 //! RTM_DELLINK.
 //!
-//! The remover's process name is read from `/proc/<port id>/comm` when the DELADDR is
-//! handled (once per burst and port). A short-lived `ip addr del` may have exited by
-//! then, giving `None` (best effort); long-lived removers (keepalived, network
-//! managers, `ip -batch`) resolve.
+//! The remover is resolved by `procs::Identifier` when the DELADDR is handled (once
+//! per burst and port): the process that owns the socket and its ancestors, or, for a
+//! short-lived `ip addr del` that has exited by then, what the process events
+//! connector saw of it. What cannot be identified is reported as such, and held by the
+//! engine.
 //!
 //! # Cost under a stream of notifications
 //!
@@ -58,6 +59,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::netlink::{EventSocket, Netlink, Notification};
+use super::procs::Identifier;
 use super::{HostError, HostEvent, HostView, Link, Remover};
 
 /// How the watcher runs.
@@ -180,6 +182,15 @@ impl WatchHandle {
 pub async fn start(
     opts: WatchOptions,
 ) -> Result<(HostView, WatchHandle, mpsc::UnboundedReceiver<HostEvent>), HostError> {
+    start_with(opts, Identifier::default()).await
+}
+
+/// [`start`], with the identifier that resolves removers (the daemon's uses the
+/// process events connector; [`start`]'s reads `/proc` only).
+pub async fn start_with(
+    opts: WatchOptions,
+    identifier: Identifier,
+) -> Result<(HostView, WatchHandle, mpsc::UnboundedReceiver<HostEvent>), HostError> {
     // Subscribe before dumping: changes made during the dump are queued, not lost.
     let events = EventSocket::open(opts.recv_buffer)?;
     let effective_recv_buffer = events.effective_rcvbuf;
@@ -205,6 +216,7 @@ pub async fn start(
         counters: Arc::clone(&counters),
         routing_due: None,
         burst_remover: None,
+        identifier,
     };
     let task = tokio::spawn(watcher.run());
     Ok((
@@ -253,29 +265,6 @@ const STREAM_BATCH_DELAY: Duration = Duration::from_millis(1);
 /// ~1 KiB of buffer each) with a tenfold margin. The default buffer is 8 MiB.
 const STREAM_BATCH_MIN_RCVBUF: usize = 1024 * 1024;
 
-/// The process behind a netlink port id. A socket's port id is its process's pid
-/// when the kernel auto-binds the first socket of a process (what `ip`, keepalived
-/// and the network managers do); later sockets get ids that are not pids and resolve
-/// to nothing. Read at once: the requester (`ip addr del`) is usually gone soon after.
-fn remover(port_id: u32) -> Remover {
-    let process = (port_id != 0).then(|| process_name(port_id)).flatten();
-    Remover { port_id, process }
-}
-
-/// `/proc/<pid>/comm`: at most 15 bytes and a newline, read in one `read` (no size
-/// probe, no growing buffer: this runs for removals on every physical link).
-fn process_name(pid: u32) -> Option<String> {
-    use std::io::Read;
-
-    let mut buf = [0u8; 32];
-    let n = std::fs::File::open(format!("/proc/{pid}/comm"))
-        .ok()?
-        .read(&mut buf)
-        .ok()?;
-    let name = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
-    (!name.is_empty()).then_some(name)
-}
-
 /// Why a resync runs; only changes what is logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reason {
@@ -297,6 +286,7 @@ struct Watcher {
     routing_due: Option<Instant>,
     /// The remover last read from `/proc` in the current burst (see `run`).
     burst_remover: Option<Remover>,
+    identifier: Identifier,
 }
 
 impl Watcher {
@@ -395,7 +385,7 @@ impl Watcher {
         match &self.burst_remover {
             Some(known) if known.port_id == port_id => known.clone(),
             _ => {
-                let found = remover(port_id);
+                let found = self.identifier.identify(port_id);
                 self.burst_remover = Some(found.clone());
                 found
             }
@@ -432,7 +422,20 @@ impl Watcher {
                     self.emit(event);
                 }
             }
-            Notification::NewAddr(addr) => {
+            Notification::NewAddr { addr, port_id } => {
+                // Learn who adds addresses to ENI links while they are alive:
+                // keepalived adds and removes its VIPs through a second netlink socket
+                // (a port that is not a pid) and may have exited (a shutdown) by the
+                // time its removal is read; what was read here identifies it then.
+                if port_id != 0
+                    && self
+                        .mirror
+                        .links
+                        .get(&addr.link)
+                        .is_some_and(Link::is_physical)
+                {
+                    self.identifier.learn(port_id);
+                }
                 // A repeated RTM_NEWADDR (lifetime or flag updates) is only news when
                 // the address is new or its `secondary` flag changed (a promotion).
                 if self.mirror.addrs.get(&addr.key()) != Some(&addr) {
@@ -453,11 +456,10 @@ impl Watcher {
                         .is_some_and(Link::is_physical);
                     let remover = if physical {
                         self.remover_in_burst(port_id)
+                    } else if port_id == 0 {
+                        Remover::kernel()
                     } else {
-                        Remover {
-                            port_id,
-                            process: None,
-                        }
+                        Remover::unknown(port_id, "not resolved: not a physical link".into())
                     };
                     let event = HostEvent::AddrRemoved {
                         addr,

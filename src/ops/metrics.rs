@@ -62,6 +62,8 @@ pub struct Metrics {
     pub cloud_call_duration: HistogramFamily,
     pub pending: Gauge,
     pub held: Gauge,
+    /// Of `held`: removals whose remover is unknown (clause 2).
+    pub held_unknown_remover: Gauge,
     pub parked: Gauge,
     pub paused: Gauge,
     pub journal_records: Gauge,
@@ -94,6 +96,7 @@ impl Metrics {
             cloud_call_duration: Family::new_with_constructor(call_histogram),
             pending: Gauge::default(),
             held: Gauge::default(),
+            held_unknown_remover: Gauge::default(),
             parked: Gauge::default(),
             paused: Gauge::default(),
             journal_records: Gauge::default(),
@@ -130,6 +133,12 @@ impl Metrics {
             "held_releases",
             "Releases held as part of a burst, awaiting an operator",
             m.held.clone(),
+        );
+        registry.register(
+            "held_unknown_remover_releases",
+            "Releases held because nobody knows who removed the IP (resync, unidentified or \
+             unidentifiable remover), awaiting an operator",
+            m.held_unknown_remover.clone(),
         );
         registry.register(
             "parked_releases",
@@ -241,6 +250,9 @@ pub struct Health {
     ready: AtomicBool,
     /// What start still waits for, for `/readyz` (the same text as systemd's STATUS=).
     waiting: std::sync::Mutex<String>,
+    /// A start-up check that failed for good (remover identification): `/readyz`
+    /// fails with it whatever else is ready.
+    blocked: OnceLock<String>,
 }
 
 impl Health {
@@ -254,7 +266,12 @@ impl Health {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.blocked.get().is_none()
+    }
+
+    /// `/readyz` fails with `why` from now on.
+    pub fn block(&self, why: String) {
+        let _ = self.blocked.set(why);
     }
 
     /// What start waits for now, shown by `/readyz` until ready.
@@ -554,6 +571,10 @@ fn answer(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             match health.waiting() {
+                _ if health.blocked.get().is_some() => format!(
+                    "not ready: {}\n",
+                    health.blocked.get().map_or("", String::as_str)
+                ),
                 w if w.is_empty() => {
                     "not ready: waiting for the first dump, the inventory or usable credentials\n"
                         .into()

@@ -87,6 +87,9 @@ fn secs(ms: &Value) -> String {
 fn phase(intent: &Value) -> String {
     let p = &intent["phase"];
     let name = s(&p["phase"]);
+    if intent["held_reason"]["reason"].as_str() == Some("unknown_remover") {
+        return format!("{name} (unknown remover)");
+    }
     match (p.get("why"), p.get("task_id")) {
         (Some(why), _) => format!("{name} ({})", s(why)),
         (_, Some(task)) => format!("{name} (task {})", s(task)),
@@ -96,9 +99,24 @@ fn phase(intent: &Value) -> String {
 
 fn remover(intent: &Value) -> String {
     let r = &intent["remover"];
-    match (r.get("process").and_then(Value::as_str), r.get("port_id")) {
-        (Some(p), _) => p.to_string(),
-        (None, Some(port)) => format!("port {port}"),
+    let names: Vec<&str> = r
+        .get("process")
+        .and_then(Value::as_str)
+        .into_iter()
+        .chain(
+            r.get("ancestors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str),
+        )
+        .collect();
+    let unknown = matches!(r["identity"]["kind"].as_str(), Some("unknown" | "failed"));
+    match (names.is_empty(), r.get("port_id")) {
+        (false, _) if unknown => format!("unknown: {} ← ?", names.join(" ← ")),
+        (false, _) => names.join(" ← "),
+        (true, Some(port)) if unknown => format!("unknown (port {port})"),
+        (true, Some(port)) => format!("port {port}"),
         _ => "unknown (resync)".into(),
     }
 }

@@ -31,6 +31,12 @@
 //!   the grace period. Such a removal must be followed, within `bound` after its grace
 //!   period, by an unassign whose task succeeded. A removal disqualified only after its
 //!   grace period (while cloud faults delayed the send) is not demanded either way.
+//! - **Unknown removers** (clause 2): a removal whose remover the daemon cannot
+//!   identify, and every removal a resync found, is held, not released. The oracle
+//!   cannot see which removals those were; the chaos run has no overruns, and every
+//!   demanded removal is a one-shot `ip addr del`, which the daemon identifies through
+//!   process events nearly always but not every time (docs/security-notes-remover.md):
+//!   a miss shows here as "not released", and is a failure of identification.
 //! - **Twice** (exactly once in effect): between two assignments of an IP (the initial
 //!   one and each re-assignment the test makes) at most one successful unassign task.
 

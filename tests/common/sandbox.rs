@@ -102,6 +102,9 @@ pub struct Sandbox {
     pub config_path: PathBuf,
     /// Extra environment for the daemon (set before `start`).
     pub env: Vec<(String, String)>,
+    /// A command the daemon's `ip netns exec …` is handed to as arguments (set before
+    /// `start`), e.g. a shell that changes the mount namespace first.
+    pub wrap: Vec<String>,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
     /// Every line of every run, across restarts.
@@ -234,6 +237,7 @@ impl Sandbox {
             dir: sb_dir,
             config_path,
             env: Vec::new(),
+            wrap: Vec::new(),
             child: None,
             log: Arc::default(),
             all_log: Arc::default(),
@@ -288,7 +292,14 @@ impl Sandbox {
     /// `ip netns exec <ns> enisync run --config <path>`, without RUST_LOG (the config's
     /// `log.level` applies), for the caller to finish and spawn.
     pub fn run_command(&self) -> Command {
-        let mut cmd = Command::new("ip");
+        let mut cmd = match self.wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg("ip");
+                c
+            }
+            None => Command::new("ip"),
+        };
         cmd.args([
             "netns",
             "exec",

@@ -1,0 +1,156 @@
+//! Who removed an address (issue 11, item 2 and clause 2's "also required" points): the
+//! real daemon in a sandbox namespace, with real process trees.
+//!
+//! - A script named `dhclient-script`, run by a process named `dhclient`, runs
+//!   `ip addr flush dev eth1`: nothing is released, and the audit names the chain.
+//! - With `/proc/1` hidden from the daemon, the start-up probe fails: `/readyz` says
+//!   why, and a removal is held as unknown (releases disarmed) until an operator
+//!   confirms it.
+//!
+//! Needs root (namespaces, mounts): fails, never skips, without it.
+
+#[path = "common/sandbox.rs"]
+mod sandbox;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use sandbox::{Layout, Sandbox, aux};
+
+const SOON: Duration = Duration::from_secs(20);
+const METRICS_PORT: u16 = 9469;
+
+fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// The `ip` that dhclient-script runs for dhclient is dhclient's removal (the default
+/// `ignore_removers`): the old code matched only the remover's own name (`ip`) and
+/// released the aux IPs of the flush.
+#[test]
+fn a_flush_by_dhclient_script_under_dhclient_is_not_released_and_the_audit_names_the_chain() {
+    let mut sb = Sandbox::new(
+        "dhc",
+        Layout {
+            release: vec!["grace = \"1s\"".into()],
+            ..Layout::default()
+        },
+    );
+    sb.start();
+    let bin = sb.dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    script(
+        &bin,
+        "dhclient-script",
+        "exec_ip() { ip \"$@\"; }\nexec_ip addr flush dev eth1",
+    );
+    // `dhclient` waits for its script, as the real one does.
+    let dhclient = script(
+        &bin,
+        "dhclient",
+        &format!("{}/dhclient-script\nexit 0", bin.display()),
+    );
+    sb.exec(&dhclient.display().to_string());
+    // The remover is `ip`, or, when it exec'd and exited before its name was read,
+    // `(exited pid N)`: judged by the same chain either way.
+    sb.wait_log(" ← dhclient-script ← dhclient", SOON);
+    // Past the grace period and the checks: nothing was released.
+    sb.assert_no_unassign_for(Duration::from_secs(4));
+    let log = sb.log_text();
+    for n in 11..=15 {
+        let ip = aux(n).to_string();
+        let line = sb
+            .log_lines()
+            .into_iter()
+            .find(|l| l.contains("not_released") && l.contains(&format!("ip={ip} ")))
+            .unwrap_or_else(|| panic!("no decision for {ip}:\n{log}"));
+        assert!(
+            line.contains("remover=\"ip ← dhclient-script ← dhclient")
+                || (line.contains("remover=\"(exited pid ")
+                    && line.contains(" ← dhclient-script ← dhclient")),
+            "the audit names the chain: {line}"
+        );
+    }
+    assert_eq!(sb.count_log("decision=\"pending\""), 0, "{log}");
+}
+
+/// The start-up probe reads a root process's `/proc/<pid>/stat`; with `/proc/1` hidden
+/// (a tmpfs over it in the daemon's mount namespace) it fails: `/readyz` answers 503
+/// with the reason, and a plain user removal is held as unknown (releases disarmed)
+/// until `release --held`. The old code had no probe: ready, and it released.
+#[test]
+fn without_proc_the_daemon_is_not_ready_and_holds_every_removal() {
+    let mut sb = Sandbox::new(
+        "nrd",
+        Layout {
+            release: vec!["grace = \"500ms\"".into()],
+            ..Layout::default()
+        },
+    );
+    sb.wrap = vec![
+        "unshare".into(),
+        "-m".into(),
+        "--propagation".into(),
+        "private".into(),
+        "sh".into(),
+        "-c".into(),
+        "mount -t tmpfs -o ro tmpfs /proc/1 && exec \"$@\"".into(),
+        "sh".into(),
+    ];
+    sb.start();
+    let (code, body) = sb.http_get(METRICS_PORT, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("remover identification unavailable") && body.contains("/proc/1/stat"),
+        "{body}"
+    );
+    sb.ip("addr del 10.0.1.12/24 dev eth1");
+    sb.wait_log("reason=\"held_unknown_remover\"", SOON);
+    sb.assert_no_unassign_for(Duration::from_secs(3));
+    let status = sb.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("held_unknown_remover") && text.contains("held (unknown remover)"),
+        "{text}"
+    );
+    let (_, metrics) = sb.http_get(METRICS_PORT, "/metrics");
+    assert!(
+        metrics.contains("enisync_held_unknown_remover_releases 1"),
+        "{metrics}"
+    );
+    let confirmed = sb.cli(&["release", "--held"]);
+    assert!(confirmed.status.success(), "{confirmed:?}");
+    let calls = sb.wait_unassigns(1, SOON);
+    assert_eq!(calls.len(), 1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sb.unassigns().len(), 1, "released exactly once");
+}
+
+/// A one-shot `ip addr del`, the most common removal, is identified (process events
+/// remember it after it exits: by name, or, when it exited before its name was read,
+/// as `(exited pid N)` with the chain from its parent) and released.
+#[test]
+fn a_one_shot_ip_addr_del_is_identified_and_released() {
+    let mut sb = Sandbox::new(
+        "one",
+        Layout {
+            release: vec!["grace = \"500ms\"".into()],
+            ..Layout::default()
+        },
+    );
+    sb.start();
+    sb.ip("addr del 10.0.1.13/24 dev eth1");
+    sb.wait_unassigns(1, SOON);
+    let pending = sb
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("decision=\"pending\"") && l.contains("ip=10.0.1.13 "))
+        .unwrap_or_else(|| panic!("no pending line:\n{}", sb.log_text()));
+    assert!(
+        pending.contains("remover=\"ip ← ") || pending.contains("remover=\"(exited pid "),
+        "{pending}"
+    );
+}
