@@ -1,6 +1,6 @@
 //! The engine: the one place that decides whether an auxiliary IP is released.
 //!
-//! It applies the trigger rule of DESIGN.md ("When a release is allowed") and nothing
+//! It applies the trigger rule (docs/design.md, "The trigger rule, clause by clause") and nothing
 //! else decides. Its inputs are host events (netlink, translated by `host::watch`),
 //! reports from the cloud tasks it spawned, operator commands, and the clock; its
 //! outputs are cloud calls, journal records, routing changes and an audit log line per
@@ -155,7 +155,7 @@ impl Cancel {
         }
     }
 
-    /// The clause of the trigger rule (DESIGN.md) this reason belongs to; 0 for the
+    /// The clause of the trigger rule (docs/design.md) this reason belongs to; 0 for the
     /// config filters, the primary rule and operator actions.
     pub fn clause(&self) -> u8 {
         match self {

@@ -1,7 +1,7 @@
 //! enisync: returns auxiliary private IPs that leave a Tencent Cloud CVM's ENI-backed
 //! interfaces to the VPC, safely, and keeps the host's policy routing in line.
 //!
-//! The map is `DESIGN.md` in the steering repository and the README: `host` translates
+//! The map is `docs/design.md` and the README: `host` translates
 //! netlink, `cloud` translates Tencent's APIs, `engine` is the one place that decides.
 
 pub mod cloud;

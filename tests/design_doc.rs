@@ -55,3 +55,36 @@ fn a_renamed_test_would_be_caught() {
             .expect("e2e.rs");
     assert!(!source.contains("fn no_such_test_here("));
 }
+
+/// Comments point into this repository (docs/design.md, docs/cloud-api.md,
+/// docs/security.md), never to documents a user of the repository does not have.
+#[test]
+fn no_source_file_points_outside_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Built from parts so that this file does not match itself.
+    let outside = [
+        ["DESIGN", ".md"].concat(),
+        ["tencent-api", ".md"].concat(),
+        ["rust-notes", ".md"].concat(),
+        ["../", "shared/"].concat(),
+        ["steering ", "repository"].concat(),
+    ];
+    let mut found = Vec::new();
+    let mut stack = vec![root.join("src"), root.join("tests")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                for needle in &outside {
+                    if text.contains(needle.as_str()) {
+                        found.push(format!("{} mentions {needle}", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}

@@ -1,7 +1,7 @@
 //! End to end: the real `enisync` binary, the real kernel in a network namespace of the
 //! test's own, and the fake Tencent Cloud (a real HTTP server) inside that namespace.
 //! Letters name the acceptance items of the daemon issue; each test names the clause of
-//! the trigger rule (DESIGN.md, "When a release is allowed") it proves.
+//! the trigger rule (docs/design.md) it proves.
 
 #[path = "common/sandbox.rs"]
 mod sandbox;

@@ -1,7 +1,7 @@
 //! One mapping from whatever Tencent (or our own transport) answered to an [`ErrorClass`].
 //!
 //! The engine decides on the class only, so every code the cloud reference lists
-//! (`docs/tencent-api.md` §1.6–1.8, §2.7, §2.10, §2.11) has a row in the test table below.
+//! (`docs/cloud-api.md`: the legacy envelope and actions, and API 3.0's actions and common codes) has a row in the test table below.
 //! What is not known is [`ErrorClass::Refused`]: an unknown answer is parked for an
 //! operator, never retried blindly and never taken for success.
 //!
@@ -128,7 +128,7 @@ fn classify_name(code: &str) -> Option<ErrorClass> {
     Some(class)
 }
 
-/// Legacy common codes (`docs/tencent-api.md` §1.6); `None` when unknown.
+/// Legacy numeric codes (`docs/cloud-api.md`, "The legacy API"); `None` when unknown.
 fn classify_legacy_number(code: i64) -> Option<ErrorClass> {
     use ErrorClass::*;
     let class = match code {
@@ -157,10 +157,10 @@ mod tests {
     use super::*;
     use ErrorClass::*;
 
-    /// Every API 3.0 code of `docs/tencent-api.md` §2.7, §2.10 and §2.11 (and the
-    /// primary-IP codes §2.11 mentions), each with the class issue #2 assigns.
+    /// Every API 3.0 code `docs/cloud-api.md` lists for the three actions and the common
+    /// table (and the primary-IP codes it mentions), each with the class issue #2 assigns.
     const V3_TABLE: &[(&str, ErrorClass)] = &[
-        // §2.7 UnassignPrivateIpAddresses
+        // UnassignPrivateIpAddresses
         ("InvalidParameterValue.DuplicatePara", Refused),
         ("InvalidParameterValue.LimitExceeded", Refused),
         ("InvalidParameterValue.Malformed", Refused),
@@ -170,11 +170,11 @@ mod tests {
         ("UnsupportedOperation.AttachmentNotFound", AlreadyGone),
         ("UnsupportedOperation.InvalidState", RetryLater),
         ("UnsupportedOperation.MutexOperationTaskRunning", RetryLater),
-        // §2.10 DescribeVpcTaskResult
+        // DescribeVpcTaskResult
         ("InternalError.ModuleError", RetryLater),
         ("InvalidParameterValue", Refused),
         ("UnauthorizedOperation", Refused),
-        // §2.11 common codes
+        // common codes
         ("ActionOffline", Refused),
         ("AuthFailure.InvalidAuthorization", Refused),
         ("AuthFailure.InvalidSecretId", Refused),
@@ -212,7 +212,7 @@ mod tests {
         ("UnknownParameter", Refused),
         ("UnsupportedProtocol", Refused),
         ("UnsupportedRegion", Refused),
-        // §2.11 primary-IP codes
+        // primary-IP codes
         ("UnsupportedOperation.PrimaryIp", Refused),
         ("UnauthorizedOperation.PrimaryIp", Refused),
         // Local codes of our own transport layer.
@@ -233,10 +233,10 @@ mod tests {
         ("", Refused),
     ];
 
-    /// Legacy answers of §1.6 (numeric common codes), §1.7 (business names of the legacy
-    /// unassign) and §1.8 (the legacy task query, which adds none).
+    /// Legacy answers: numeric common codes, business names of the legacy unassign, and
+    /// the legacy task query (which adds none).
     const LEGACY_TABLE: &[(i64, &str, ErrorClass)] = &[
-        // §1.6
+        // numeric common codes
         (4000, "", Refused),
         (4100, "", Refused),
         (4101, "", Refused),
@@ -254,7 +254,7 @@ mod tests {
         (5000, "", AlreadyGone),
         (5100, "", RetryLater),
         (5200, "", Refused),
-        // §1.7 business errors: the name wins over the number.
+        // business errors: the name wins over the number.
         (4000, "InvalidVpc.NotFound", Refused),
         (5000, "InvalidVpc.NotFound", Refused),
         (4000, "InvalidNetworkInterface.NotFound", AlreadyGone),

@@ -1,4 +1,4 @@
-//! The legacy VPC API (API 2.0, `docs/tencent-api.md` §1): the release and its task only.
+//! The legacy VPC API (API 2.0, `docs/cloud-api.md`, "The legacy API"): the release and its task only.
 //!
 //! Requests are sent as POST with a form-encoded body and signed with method `POST`.
 //! POST rather than the SDK's default GET keeps the signature, the SecretId and the token

@@ -1,4 +1,4 @@
-//! Client of the instance metadata service (`docs/tencent-api.md` §3).
+//! Client of the instance metadata service (`docs/cloud-api.md`, "The instance metadata service").
 //!
 //! Plain HTTP on a link-local service: no TLS, never through a proxy (a proxy would see
 //! the CAM role's temporary keys). A 404 means "absent" and comes back as `None`; anything

@@ -4,8 +4,8 @@
 //! here), so the same code signs in the client and verifies in the fake cloud, and the
 //! unit tests reproduce the official SDKs' vectors in `tests/data/signing.json`.
 //!
-//! - API 3.0: TC3-HMAC-SHA256 over a canonical request (`docs/tencent-api.md` §2.3).
-//! - Legacy API 2.0: HmacSHA1 / HmacSHA256 over `METHOD host path ? sorted k=v&…` (§1.4).
+//! - API 3.0: TC3-HMAC-SHA256 over a canonical request (`docs/cloud-api.md`, "API 3.0").
+//! - Legacy API 2.0: HmacSHA1 / HmacSHA256 over `METHOD host path ? sorted k=v&…` (`docs/cloud-api.md`, "The legacy API").
 
 use std::collections::BTreeMap;
 
@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn tencent_published_tc3_vector() {
-        // docs/tencent-api.md §2.4(a): Tencent's own documentation example.
+        // Tencent's own documentation example of a TC3 signature.
         let body = r#"{"Limit": 1, "Filters": [{"Values": ["\u672a\u547d\u540d"], "Name": "instance-name"}]}"#;
         let sig = tc3_sign(
             &Tc3Request {

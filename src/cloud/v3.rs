@@ -1,4 +1,4 @@
-//! VPC API 3.0: POST JSON signed with TC3-HMAC-SHA256 (`docs/tencent-api.md` §2).
+//! VPC API 3.0: POST JSON signed with TC3-HMAC-SHA256 (`docs/cloud-api.md`, "API 3.0").
 //!
 //! One request per method; retries, rate limits and credential refreshes are the
 //! caller's ([`super::client`]). Every reply, whatever it holds, becomes either a value or

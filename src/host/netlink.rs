@@ -1,7 +1,7 @@
 //! The only file that speaks rtnetlink: sockets, dumps, rule and route changes, and the
 //! conversion of netlink messages into the plain types of `host`.
 //!
-//! Two kinds of socket, as the watcher's recipe wants (docs/rust-notes.md §1.5):
+//! Two kinds of socket, as the watcher's recipe wants (docs/design.md, "The data path of one removal"):
 //! - [`Netlink`], an ordinary request socket for dumps and changes;
 //! - [`EventSocket`], a multicast-only socket that never sends a request, so dump
 //!   replies never compete with events for its receive buffer.

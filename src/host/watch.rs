@@ -1,8 +1,8 @@
 //! The watcher: follows the kernel's link and IPv4 address notifications, keeps a
 //! mirror ([`HostView`]) and tells the engine what changed as [`HostEvent`]s.
 //!
-//! Start-up follows the subscribe → dump → apply-queued recipe (docs/rust-notes.md
-//! §1.5): the event socket is subscribed before the dump, so every change after the
+//! Start-up follows the subscribe → dump → apply-queued recipe (docs/design.md,
+//! "Start-up"): the event socket is subscribed before the dump, so every change after the
 //! subscription is queued behind the dump and applying the queue in order converges.
 //! Applying is idempotent against the mirror: a notification that changes nothing the
 //! mirror tracks produces no event, which is also what keeps a removal from being

@@ -1,5 +1,5 @@
-//! The chaos oracle: judges a run from the trigger rule (DESIGN.md, "When a release is
-//! allowed") and nothing else. It never looks at the daemon's log or state: its inputs
+//! The chaos oracle: judges a run from the trigger rule (docs/design.md, "The trigger
+//! rule, clause by clause") and nothing else. It never looks at the daemon's log or state: its inputs
 //! are what the test did to the host (every operation, with the instants just before
 //! and just after the `ip` command) and what the fake cloud received (every unassign,
 //! stamped by a call observer on the test's clock, and how its task ended).

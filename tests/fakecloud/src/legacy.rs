@@ -1,7 +1,7 @@
 //! The legacy VPC API 2.0 (`GET|POST /v2/index.php`, HmacSHA1/HmacSHA256 signatures,
 //! envelope `{"code":0,"message":"","codeDesc":"Success","data":{…}}`).
 //!
-//! Numeric `code`s (docs/tencent-api.md §1.6 lists the ranges; which number goes with
+//! Numeric `code`s (docs/cloud-api.md lists the ranges; which number goes with
 //! which failure is the fake's choice):
 //!
 //! | code | codeDesc |
