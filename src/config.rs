@@ -24,9 +24,8 @@ use crate::cloud::sign::LegacySignMethod;
 use crate::cloud::{MacAddr, Protocol};
 
 pub const DEFAULT_PATH: &str = "/etc/enisync/enisync.toml";
-pub const DEFAULT_V3_ENDPOINT: &str = "https://vpc.tencentcloudapi.com";
-pub const DEFAULT_LEGACY_ENDPOINT: &str = "https://vpc.api.qcloud.com/v2/index.php";
-pub const DEFAULT_METADATA_ENDPOINT: &str = "http://metadata.tencentyun.com/latest/meta-data/";
+pub use crate::cloud::{DEFAULT_LEGACY_ENDPOINT, DEFAULT_METADATA_ENDPOINT, DEFAULT_V3_ENDPOINT};
+pub use crate::host::routes::{DEFAULT_RULE_PRIORITY, DEFAULT_TABLE_BASE};
 
 /// A configuration problem: which key, and why. Exit code 1 at start and in
 /// `check-config`; on reload the old configuration stays.
@@ -1024,10 +1023,10 @@ fn d_burst_limit() -> usize {
     8
 }
 fn d_table_base() -> u32 {
-    3500
+    DEFAULT_TABLE_BASE
 }
 fn d_rule_priority() -> u32 {
-    3500
+    DEFAULT_RULE_PRIORITY
 }
 fn d_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/enisync")

@@ -83,23 +83,7 @@ const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The engine settings a config gives.
 pub fn engine_settings(config: &Config) -> Settings {
-    let r = &config.release;
-    Settings {
-        grace: r.grace,
-        dry_run: r.dry_run,
-        interfaces: r.interfaces.clone(),
-        include: r.include.clone(),
-        exclude: r.exclude.clone(),
-        ignore_removers: r.ignore_removers.clone(),
-        burst_limit: r.burst_limit,
-        burst_window: r.burst_window,
-        with_eip: r.with_eip,
-        coalesce: r.coalesce,
-        not_listed_recheck: r.not_listed_recheck,
-        host_limit: r.host_limit,
-        host_limit_window: r.host_limit_window,
-        ..Settings::default()
-    }
+    Settings::from_release(&config.release)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `config_path` is re-read on SIGHUP.

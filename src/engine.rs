@@ -66,29 +66,38 @@ pub struct Settings {
     pub host_limit_window: Duration,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
+impl Settings {
+    /// The engine settings of a `[release]` section: its keys, plus the engine's own
+    /// tuning (backoffs, retry periods), which is not configurable. The one conversion:
+    /// a new `[release]` key is a field here and in `ReleaseConfig`.
+    pub fn from_release(r: &crate::config::ReleaseConfig) -> Self {
         Self {
-            grace: Duration::from_secs(30),
-            dry_run: false,
-            interfaces: Vec::new(),
-            include: Vec::new(),
-            exclude: Vec::new(),
-            // The same list as the config's default: one definition, in config.rs.
-            ignore_removers: crate::config::default_ignore_removers(),
-            burst_limit: 8,
-            burst_window: Duration::from_secs(1),
-            with_eip: false,
-            coalesce: Duration::from_millis(20),
-            not_listed_recheck: Duration::from_secs(180),
+            grace: r.grace,
+            dry_run: r.dry_run,
+            interfaces: r.interfaces.clone(),
+            include: r.include.clone(),
+            exclude: r.exclude.clone(),
+            ignore_removers: r.ignore_removers.clone(),
+            burst_limit: r.burst_limit,
+            burst_window: r.burst_window,
+            with_eip: r.with_eip,
+            coalesce: r.coalesce,
+            not_listed_recheck: r.not_listed_recheck,
+            host_limit: r.host_limit,
+            host_limit_window: r.host_limit_window,
             retry_base: Duration::from_millis(500),
             retry_cap: Duration::from_secs(60),
             parked_retry: Duration::from_secs(3600),
             max_task_failures: 3,
             remember_released: Duration::from_secs(3600),
-            host_limit: 0,
-            host_limit_window: Duration::from_secs(600),
         }
+    }
+}
+
+/// The config's defaults: every default has one source, `config.rs`.
+impl Default for Settings {
+    fn default() -> Self {
+        Self::from_release(&crate::config::ReleaseConfig::default())
     }
 }
 

@@ -32,7 +32,7 @@ pub struct MetadataSettings {
 impl Default for MetadataSettings {
     fn default() -> Self {
         Self {
-            base_url: "http://metadata.tencentyun.com/latest/meta-data/".to_owned(),
+            base_url: super::DEFAULT_METADATA_ENDPOINT.to_owned(),
             connect_timeout: Duration::from_secs(1),
             total_timeout: Duration::from_secs(3),
             attempts: 3,

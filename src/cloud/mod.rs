@@ -28,6 +28,13 @@ pub mod v3;
 
 pub use transport::{EndpointError, MAX_API_BODY, http_client_builder};
 
+/// The public API 3.0 endpoint. The one source of this default: `config` re-exports it.
+pub const DEFAULT_V3_ENDPOINT: &str = "https://vpc.tencentcloudapi.com";
+/// The legacy API (retired by Tencent; the release and its task only).
+pub const DEFAULT_LEGACY_ENDPOINT: &str = "https://vpc.api.qcloud.com/v2/index.php";
+/// The instance metadata service, plain HTTP from inside the instance.
+pub const DEFAULT_METADATA_ENDPOINT: &str = "http://metadata.tencentyun.com/latest/meta-data/";
+
 use std::fmt;
 use std::net::Ipv4Addr;
 

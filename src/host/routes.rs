@@ -39,11 +39,18 @@ pub struct RoutingConfig {
     pub rule_priority: u32,
 }
 
+/// An ENI's table is `table_base + DeviceIndex`: 3500 stays clear of the numbers other
+/// agents use (Calico 65-99, 1000+ifindex, TKE 2003-2005, 10000+). The one source of this
+/// default: `config` re-exports it.
+pub const DEFAULT_TABLE_BASE: u32 = 3500;
+/// The `pref` of the `from <ip>/32` rules enisync creates in manage mode.
+pub const DEFAULT_RULE_PRIORITY: u32 = 3500;
+
 impl Default for RoutingConfig {
     fn default() -> Self {
         Self {
-            table_base: 10_000,
-            rule_priority: 10_000,
+            table_base: DEFAULT_TABLE_BASE,
+            rule_priority: DEFAULT_RULE_PRIORITY,
         }
     }
 }
@@ -553,7 +560,7 @@ mod tests {
         assert!(
             want.routes
                 .iter()
-                .all(|r| r.table == 10_001 && r.protocol == RTPROT_ENISYNC)
+                .all(|r| r.table == DEFAULT_TABLE_BASE + 1 && r.protocol == RTPROT_ENISYNC)
         );
         let link = want
             .routes
@@ -571,7 +578,11 @@ mod tests {
             .expect("default");
         assert_eq!((default.dst, default.prefix), (Ipv4Addr::UNSPECIFIED, 0));
         assert_eq!(want.rules.len(), 2);
-        assert!(want.rules.iter().all(|r| r.table == 10_001 && r.lookup));
+        assert!(
+            want.rules
+                .iter()
+                .all(|r| r.table == DEFAULT_TABLE_BASE + 1 && r.lookup)
+        );
     }
 
     #[test]
@@ -588,7 +599,7 @@ mod tests {
     fn unwanted_ours_go_and_foreign_stay() {
         let cfg = RoutingConfig::default();
         let (mut rules, routes) = as_dumped(&desired(&cfg, &[eni()]));
-        rules.push(foreign_rule("10.0.1.99", 10_001));
+        rules.push(foreign_rule("10.0.1.99", DEFAULT_TABLE_BASE + 1));
         let mut fewer = eni();
         fewer.ips.pop();
         let plan = plan_manage(&rules, &routes, &desired(&cfg, &[fewer]));
@@ -662,12 +673,18 @@ mod tests {
     #[test]
     fn startup_check_names_the_table() {
         let want = desired(&RoutingConfig::default(), &[eni()]);
-        assert!(check_tables(&want.routes, [10_001]).is_ok());
+        assert!(check_tables(&want.routes, [DEFAULT_TABLE_BASE + 1]).is_ok());
         let mut foreign = want.routes[0].clone();
         foreign.protocol = 4;
-        let err = check_tables(&[foreign], [10_001]).expect_err("refused");
-        assert!(matches!(err, HostError::ForeignTable { table: 10_001, .. }));
-        assert!(err.to_string().contains("table 10001"), "{err}");
+        let err = check_tables(&[foreign], [DEFAULT_TABLE_BASE + 1]).expect_err("refused");
+        assert!(
+            matches!(err, HostError::ForeignTable { table, .. } if table == DEFAULT_TABLE_BASE + 1)
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("table {}", DEFAULT_TABLE_BASE + 1)),
+            "{err}"
+        );
     }
 
     #[test]
