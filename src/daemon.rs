@@ -28,7 +28,7 @@ use crate::cloud::retry::Backoff;
 use crate::cloud::retry::Rates;
 use crate::cloud::{Cloud, MacAddr};
 use crate::config::{Config, RoutingMode, prefix_mask};
-use crate::engine::{Command, Engine, PauseRequest, Settings, Snapshot, Start};
+use crate::engine::{Command, Engine, Settings, Snapshot, Start};
 use crate::host::procs::{Identifier, ProcessEvents};
 use crate::host::routes::{ManagedEni, RoutingConfig};
 use crate::host::watch::WatchOptions;
@@ -37,7 +37,7 @@ use crate::inventory::{Inventory, MetaFacts};
 use crate::journal::{self, Journal};
 use crate::ops::metrics::{self, Health, Metrics};
 use crate::ops::{control, heartbeat};
-use crate::pause::PauseFile;
+use crate::pause::{Pause, PauseFile};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +112,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     if !replay.corrupt_lines.is_empty() {
         warn!(lines = ?replay.corrupt_lines, "journal lines failed their checksum and were skipped");
     }
-    let pause_file = PauseFile::new(&config.state.dir);
+    // Read once; the start-up responder and then the engine own it in turn.
+    let pause = Pause::load(PauseFile::new(&config.state.dir));
+    if let Some(p) = pause.in_force() {
+        warn!(target: "audit", decision = "paused", paused = %p.describe(), "releases stay paused (kept in the state directory); `enisync resume` clears it");
+    }
     let (identifier, identification) = remover_identification();
     let (view, watch_handle, events) = watch::start_with(
         WatchOptions {
@@ -185,7 +189,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let mut start = Starting {
         config: &config,
-        pause_file: &pause_file,
+        pause,
         health: &health,
         commands: &mut commands_rx,
         watchdog: &mut watchdog,
@@ -193,9 +197,6 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         settings: engine_settings(&config),
         waiting_for: String::new(),
     };
-    if let Some(p) = pause_file.load() {
-        warn!(paused = %p.describe(), "releases are paused (kept in the state directory); `enisync resume` clears it");
-    }
 
     let Some(facts) = start.instance_facts().await else {
         stopped(&config);
@@ -225,7 +226,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     };
     info!(enis = inventory.by_mac.len(), instance = %inventory.instance_id, "inventory loaded");
     // A reload while waiting gave new `[release]` settings: the engine starts with them.
-    let settings = start.settings;
+    let Starting {
+        settings, pause, ..
+    } = start;
 
     let router = HostRouter::new(&config, settings.dry_run, Some(Arc::clone(&metrics)))?;
     let mut warnings = identification_warnings;
@@ -261,7 +264,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             replay: replay.live,
             metrics: Some(Arc::clone(&metrics)),
             warnings,
-            pause_file: Some(pause_file.clone()),
+            pause,
         },
     );
     health.engine_started(commands_tx.clone());
@@ -400,11 +403,12 @@ impl Watchdog {
 }
 
 /// The start-up waits, with the control socket answered meanwhile: `status` says what
-/// enisync waits for, `pause` and `resume` go to the pause file (the engine reads it
-/// when it starts), and a reload's `[release]` settings are kept for the engine.
+/// enisync waits for, `pause` and `resume` apply to the pause (which the engine then
+/// takes over), and a reload's `[release]` settings are kept for the engine.
 struct Starting<'a> {
     config: &'a Config,
-    pause_file: &'a PauseFile,
+    /// The operator's pause, handed to the engine when it starts.
+    pause: Pause,
     health: &'a Health,
     commands: &'a mut mpsc::Receiver<Command>,
     watchdog: &'a mut Watchdog,
@@ -504,13 +508,13 @@ impl Starting<'_> {
             Command::Snapshot(reply) => {
                 let snapshot = Snapshot::starting(
                     self.waiting_for.clone(),
-                    self.pause_file.load().as_ref(),
+                    self.pause.in_force(),
                     self.settings.dry_run,
                 );
                 let _ = reply.send(snapshot);
             }
             Command::Pause(request, reply) => {
-                let _ = reply.send(pause_while_starting(self.pause_file, request));
+                let _ = reply.send(self.pause.apply(request));
             }
             Command::Reload(settings) => {
                 info!(
@@ -529,31 +533,6 @@ impl Starting<'_> {
             | Command::RefreshInventory => {}
         }
     }
-}
-
-/// `pause`/`resume` before the engine runs: straight to the file it will read.
-fn pause_while_starting(file: &PauseFile, request: PauseRequest) -> Result<(), String> {
-    let uid = request
-        .by_uid
-        .map_or_else(|| "unknown".to_string(), |u| u.to_string());
-    if request.pause {
-        file.pause(request.by_uid).map_err(|e| {
-            format!(
-                "the pause could not be written to {}: {e}",
-                file.path().display()
-            )
-        })?;
-        info!(target: "audit", decision = "paused", by_uid = %uid, "releases paused by an operator (while starting)");
-    } else {
-        file.resume().map_err(|e| {
-            format!(
-                "still paused: the pause file {} could not be removed: {e}",
-                file.path().display()
-            )
-        })?;
-        info!(target: "audit", decision = "resumed", by_uid = %uid, "releases resumed by an operator (while starting)");
-    }
-    Ok(())
 }
 
 /// With `cloud.instance_id` (which config validation pairs with `cloud.region` and at

@@ -34,7 +34,7 @@ use crate::config::{Cidr, prefix_mask};
 use crate::host::{Addr, HostEvent, HostView, Link, Remover};
 use crate::inventory::Inventory;
 use crate::journal::{IntentKey, Journal, OutcomeRecord, RecordState};
-use crate::pause::{PauseFile, Paused};
+use crate::pause::{Pause, PauseRequest, Paused};
 
 /// Engine settings, from `[release]` and friends.
 #[derive(Debug, Clone)]
@@ -445,13 +445,6 @@ pub enum Command {
     Ping(oneshot::Sender<()>),
 }
 
-/// `enisync pause` or `resume`, with the caller's uid from the control socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PauseRequest {
-    pub pause: bool,
-    pub by_uid: Option<u32>,
-}
-
 /// Policy routing, as the engine drives it. The real one is `host::routes`; unit tests
 /// record the calls.
 pub trait Router: Send + 'static {
@@ -548,9 +541,8 @@ pub struct Engine<C: Cloud, R: Router> {
     metrics: Option<Arc<crate::ops::metrics::Metrics>>,
     warnings: Vec<String>,
     counters: Counters,
-    /// The operator's pause; kept in `pause_file` so that a restart keeps it.
-    paused: Option<Paused>,
-    pause_file: Option<PauseFile>,
+    /// The operator's pause, kept in `state.dir` so that a restart keeps it.
+    pause: Pause,
     reports_tx: mpsc::UnboundedSender<Report>,
     reports_rx: mpsc::UnboundedReceiver<Report>,
     inventory_loading: bool,
@@ -601,8 +593,8 @@ pub struct Start {
     pub metrics: Option<Arc<crate::ops::metrics::Metrics>>,
     /// Standing warnings found at start, shown by `status`.
     pub warnings: Vec<String>,
-    /// Where the pause is kept; `None` in unit tests that do not persist it.
-    pub pause_file: Option<PauseFile>,
+    /// The operator's pause, as the start-up left it (read from `state.dir` once).
+    pub pause: Pause,
 }
 
 const RECENT_KEPT: usize = 64;
@@ -635,16 +627,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             metrics: start.metrics,
             warnings: start.warnings,
             counters: Counters::default(),
-            paused: start.pause_file.as_ref().and_then(PauseFile::load),
-            pause_file: start.pause_file,
+            pause: start.pause,
             reports_tx,
             reports_rx,
             inventory_loading: false,
             last_inventory_refresh: None,
         };
-        if let Some(p) = &engine.paused {
-            warn!(target: "audit", decision = "paused", paused = %p.describe(), "releases stay paused (kept across the restart); `enisync resume` clears it");
-        }
         engine.recover(start.replay, Instant::now());
         engine
     }
@@ -1079,7 +1067,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// see below) for other removals of its ENI about to come due; an isolated one goes
     /// out at once. Removals that come due while the ENI is busy join the next batch.
     fn dispatch_due(&mut self, now: Instant) {
-        if self.paused.is_some() {
+        if self.pause.in_force().is_some() {
             return;
         }
         // Local checks at the end of the grace period.
@@ -1936,7 +1924,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             not_yet,
             held,
             routing,
-            paused: self.paused.is_some(),
+            paused: self.pause.in_force().is_some(),
             dry_run: self.settings.dry_run,
         }
     }
@@ -1984,7 +1972,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             }
             Command::RefreshInventory => self.refresh_inventory(),
             Command::Pause(request, reply) => {
-                let _ = reply.send(self.set_pause(request));
+                let _ = reply.send(self.pause.apply(request));
             }
             Command::Ping(reply) => {
                 let _ = reply.send(());
@@ -2060,57 +2048,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             alarms: self.alarms.iter().cloned().collect(),
             errors: self.errors.iter().cloned().collect(),
             counters: self.counters.clone(),
-            paused: self.paused.is_some(),
+            paused: self.pause.in_force().is_some(),
             paused_since: None,
             paused_by_uid: None,
             paused_note: None,
             dry_run: self.settings.dry_run,
             starting: None,
         };
-        snapshot.set_pause(self.paused.as_ref());
+        snapshot.set_pause(self.pause.in_force());
         snapshot
-    }
-
-    /// Pauses or resumes, on disk first. A pause always takes effect in memory, even if
-    /// it cannot be written (the answer says so); a resume that cannot remove the file
-    /// does not take effect, since the next start would pause again anyway.
-    fn set_pause(&mut self, request: PauseRequest) -> Result<(), String> {
-        let uid = request
-            .by_uid
-            .map_or_else(|| "unknown".to_string(), |u| u.to_string());
-        if request.pause {
-            let written = match &self.pause_file {
-                Some(file) => file.pause(request.by_uid).map(Some).map_err(|e| {
-                    format!(
-                        "paused, but the pause could not be written to {}: {e}; a restart would resume releases",
-                        file.path().display()
-                    )
-                }),
-                None => Ok(None),
-            };
-            let paused = written.clone().ok().flatten().unwrap_or(Paused {
-                since_unix: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                by_uid: request.by_uid,
-                note: None,
-            });
-            info!(target: "audit", decision = "paused", by_uid = %uid, "releases paused by an operator; routing repair goes on");
-            self.paused = Some(paused);
-            written.map(|_| ())
-        } else {
-            if let Some(file) = &self.pause_file {
-                file.resume().map_err(|e| {
-                    format!(
-                        "still paused: the pause file {} could not be removed: {e}",
-                        file.path().display()
-                    )
-                })?;
-            }
-            info!(target: "audit", decision = "resumed", by_uid = %uid, "releases resumed by an operator");
-            self.paused = None;
-            Ok(())
-        }
     }
 
     /// Updates the gauges from the intents (once per loop turn; the map is small).
@@ -2133,7 +2079,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             .unwrap_or(i64::MAX),
         );
         m.parked.set(count(&|p| matches!(p, Phase::Parked { .. })));
-        m.paused.set(i64::from(self.paused.is_some()));
+        m.paused.set(i64::from(self.pause.in_force().is_some()));
         if let Some(j) = &self.journal {
             m.journal_records
                 .set(i64::try_from(j.record_count()).unwrap_or(i64::MAX));

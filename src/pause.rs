@@ -115,6 +115,85 @@ impl PauseFile {
     }
 }
 
+/// `enisync pause` or `resume`, with the caller's uid from the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseRequest {
+    pub pause: bool,
+    pub by_uid: Option<u32>,
+}
+
+/// The operator's pause as one thing: whether it is in force, and the file that keeps it
+/// (none in unit tests). The start-up responder and then the engine own it in turn, so
+/// the file is read once per start and every pause or resume goes through [`Pause::apply`].
+#[derive(Debug)]
+pub struct Pause {
+    file: Option<PauseFile>,
+    in_force: Option<Paused>,
+}
+
+impl Pause {
+    /// The pause kept in `file`, read once.
+    pub fn load(file: PauseFile) -> Self {
+        let in_force = file.load();
+        Self {
+            file: Some(file),
+            in_force,
+        }
+    }
+
+    /// A pause that lives in memory only (unit tests of the engine).
+    pub fn in_memory() -> Self {
+        Self {
+            file: None,
+            in_force: None,
+        }
+    }
+
+    pub fn in_force(&self) -> Option<&Paused> {
+        self.in_force.as_ref()
+    }
+
+    /// Pauses or resumes, on disk first, and writes the audit record. A pause always
+    /// takes effect in memory, even if it cannot be written (the error says so); a
+    /// resume that cannot remove the file does not take effect, since the next start
+    /// would pause again anyway.
+    pub fn apply(&mut self, request: PauseRequest) -> Result<(), String> {
+        let uid = request
+            .by_uid
+            .map_or_else(|| "unknown".to_string(), |u| u.to_string());
+        if request.pause {
+            let written = match &self.file {
+                Some(file) => file.pause(request.by_uid).map(Some).map_err(|e| {
+                    format!(
+                        "paused, but the pause could not be written to {}: {e}; a restart would resume releases",
+                        file.path().display()
+                    )
+                }),
+                None => Ok(None),
+            };
+            self.in_force = Some(written.clone().ok().flatten().unwrap_or(Paused {
+                since_unix: now_unix(),
+                by_uid: request.by_uid,
+                note: None,
+            }));
+            tracing::info!(target: "audit", decision = "paused", by_uid = %uid, "releases paused by an operator; routing repair goes on");
+            written.map(|_| ())
+        } else {
+            if let Some(file) = &self.file {
+                file.resume().map_err(|e| {
+                    format!(
+                        "still paused: the pause file {} could not be removed: {e}",
+                        file.path().display()
+                    )
+                })?;
+            }
+            tracing::info!(target: "audit", decision = "resumed", by_uid = %uid, "releases resumed by an operator");
+            self.in_force = None;
+            Ok(())
+        }
+    }
+}
+
 fn assumed(note: String) -> Paused {
     Paused {
         since_unix: now_unix(),

@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::engine::{Command, PauseRequest};
+use crate::engine::Command;
+use crate::pause::PauseRequest;
 
 pub const DEFAULT_SOCKET: &str = "/run/enisync/enisync.sock";
 
