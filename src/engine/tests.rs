@@ -228,7 +228,7 @@ fn start_with(view: HostView, inventory: Inventory) -> Start {
         replay: Vec::new(),
         metrics: None,
         warnings: Vec::new(),
-        pause_file: None,
+        pause: crate::pause::Pause::in_memory(),
     }
 }
 
@@ -255,6 +255,32 @@ fn start_paused_in(
     for a in std::iter::once(addr(10, false)).chain(aux.iter().map(|n| addr(*n, true))) {
         view.addrs.insert(a.key(), a);
     }
+    let inventory = inventory_of(&cloud);
+    let mut settings = harness_settings();
+    tweak(&mut settings);
+    let pause = pause_file.map_or_else(crate::pause::Pause::in_memory, crate::pause::Pause::load);
+    spawn_engine(
+        cloud,
+        settings,
+        Start {
+            pause,
+            ..start_with(view, inventory)
+        },
+    )
+}
+
+/// The settings `start` gives before its tweak.
+fn harness_settings() -> Settings {
+    Settings {
+        grace: GRACE,
+        ignore_removers: vec!["systemd-networkd".into(), "dhclient".into()],
+        burst_limit: 8,
+        ..Settings::default()
+    }
+}
+
+/// The inventory the daemon would build from `cloud`'s listing.
+fn inventory_of(cloud: &MemCloud) -> Inventory {
     let enis = cloud
         .state
         .lock()
@@ -263,24 +289,13 @@ fn start_paused_in(
         .iter()
         .cloned()
         .collect();
-    let inventory = Inventory::build("ins-1", enis, &HashMap::new(), &[]);
-    let mut settings = Settings {
-        grace: GRACE,
-        ignore_removers: vec!["systemd-networkd".into(), "dhclient".into()],
-        burst_limit: 8,
-        ..Settings::default()
-    };
-    tweak(&mut settings);
+    Inventory::build("ins-1", enis, &HashMap::new(), &[])
+}
+
+/// Runs the real engine loop on `cloud` with a recording router, as the daemon runs it.
+fn spawn_engine(cloud: Arc<MemCloud>, settings: Settings, start: Start) -> Harness {
     let router = RecordingRouter::default();
-    let engine = Engine::new(
-        settings,
-        Arc::clone(&cloud),
-        router.clone(),
-        Start {
-            pause_file,
-            ..start_with(view, inventory)
-        },
-    );
+    let engine = Engine::new(settings, Arc::clone(&cloud), router.clone(), start);
     let (events, events_rx) = mpsc::unbounded_channel();
     let (commands, commands_rx) = mpsc::channel(8);
     let shutdown = CancellationToken::new();
@@ -315,16 +330,6 @@ impl Harness {
         self.events
             .send(HostEvent::AddrAdded(addr))
             .expect("engine runs");
-    }
-
-    /// The settings `start` gives, for a reload that changes one of them.
-    fn snapshot_settings(&self) -> Settings {
-        Settings {
-            grace: GRACE,
-            ignore_removers: vec!["systemd-networkd".into(), "dhclient".into()],
-            burst_limit: 8,
-            ..Settings::default()
-        }
     }
 
     async fn snapshot(&self) -> Snapshot {
@@ -1027,7 +1032,7 @@ async fn a_reload_that_arms_releases_arms_routing_too() {
     let h = start(&[11], |s| s.dry_run = true);
     let armed = Settings {
         dry_run: false,
-        ..h.snapshot_settings()
+        ..harness_settings()
     };
     h.commands
         .send(Command::Reload(Box::new(armed)))
@@ -1099,46 +1104,19 @@ async fn an_accepted_task_is_followed_to_its_end_when_its_ip_comes_back_and_leav
     std::fs::create_dir_all(&dir).expect("dir");
     let run = |cloud: Arc<MemCloud>, view: HostView| {
         let (journal, replay) = crate::journal::Journal::open(&dir).expect("journal");
-        let enis = cloud
-            .state
-            .lock()
-            .expect("lock")
-            .eni
-            .iter()
-            .cloned()
-            .collect();
-        let inventory = Inventory::build("ins-1", enis, &HashMap::new(), &[]);
-        let router = RecordingRouter::default();
-        let engine = Engine::new(
+        let inventory = inventory_of(&cloud);
+        spawn_engine(
+            cloud,
             Settings {
                 grace: GRACE,
                 ..Settings::default()
             },
-            Arc::clone(&cloud),
-            router.clone(),
             Start {
                 journal: Some(journal),
                 replay: replay.live,
                 ..start_with(view, inventory)
             },
-        );
-        let (events, events_rx) = mpsc::unbounded_channel();
-        let (commands, commands_rx) = mpsc::channel(8);
-        let shutdown = CancellationToken::new();
-        tokio::spawn(engine.run(
-            events_rx,
-            commands_rx,
-            shutdown.clone(),
-            Box::pin(futures_util::stream::pending()),
-            || {},
-        ));
-        Harness {
-            cloud,
-            router,
-            events,
-            commands,
-            _shutdown: shutdown.drop_guard(),
-        }
+        )
     };
     let mut view = HostView::default();
     view.links.insert(2, link(2, "eth1", true));
