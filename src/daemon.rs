@@ -198,7 +198,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         waiting_for: String::new(),
     };
 
-    let Some(facts) = start.instance_facts().await else {
+    // One client: it answers the start-up's questions, then serves the CAM role's keys.
+    let metadata = metadata_client(&config)?;
+    let Some(facts) = start.instance_facts(&metadata).await else {
         stopped(&config);
         return Ok(());
     };
@@ -207,7 +209,6 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         (Some(id), Some(key)) => Some((id.clone(), key.clone())),
         _ => None,
     };
-    let metadata = metadata_client(&config)?;
     let credentials = Arc::new(CredentialProvider::new(
         CredentialSources::from_process(config_keys, Some(metadata)),
         clock,
@@ -421,35 +422,19 @@ struct Starting<'a> {
 impl Starting<'_> {
     /// The instance's facts: from the config when it names the instance (no metadata
     /// service needed), else from the metadata service, waited for.
-    async fn instance_facts(&mut self) -> Option<InstanceFacts> {
+    async fn instance_facts(&mut self, metadata: &MetadataClient) -> Option<InstanceFacts> {
         if let Some(facts) = facts_from_config(self.config) {
             info!(instance = %facts.instance_id, region = %facts.region, "instance from the configuration (cloud.instance_id); the metadata service is not needed");
             return Some(facts);
         }
-        let metadata = match metadata_client(self.config) {
-            Ok(m) => m,
-            Err(e) => {
-                error!(error = %e, "metadata client");
-                return None;
-            }
-        };
-        let backoff = Backoff {
-            base: Duration::from_millis(200),
-            cap: Duration::from_secs(30),
-        };
-        let mut attempt = 0;
-        loop {
-            match read_instance(&metadata, self.config).await {
-                Ok(facts) => return Some(facts),
-                Err(e) => {
-                    let delay = backoff.ceiling(attempt);
-                    attempt = attempt.saturating_add(1);
-                    warn!(error = %e, retry_in_ms = crate::millis(delay), "metadata service not usable yet");
-                    self.wait(format!("waiting for the metadata service: {e}"), delay)
-                        .await?;
-                }
-            }
-        }
+        let config = self.config;
+        self.until_ok(
+            Duration::from_secs(30),
+            "metadata service not usable yet",
+            "waiting for the metadata service",
+            async || read_instance(metadata, config).await,
+        )
+        .await
     }
 
     async fn inventory(
@@ -457,27 +442,46 @@ impl Starting<'_> {
         cloud: &TencentCloud,
         facts: &InstanceFacts,
     ) -> Option<Inventory> {
+        let enis = self
+            .until_ok(
+                Duration::from_secs(60),
+                "DescribeNetworkInterfaces failed; retrying",
+                "loading the ENI inventory",
+                async || cloud.list_enis().await,
+            )
+            .await?;
+        Some(Inventory::build(
+            &facts.instance_id,
+            enis,
+            &facts.meta,
+            &self.config.interfaces,
+        ))
+    }
+
+    /// Tries until `attempt` succeeds, with backoff from 200 ms doubling up to `cap`
+    /// and never giving up; between tries the wait answers commands and feeds the
+    /// watchdog, and `waiting_for` (with the error) is what STATUS= and `/readyz` say.
+    /// `None`: stop (SIGTERM).
+    async fn until_ok<T, E: std::fmt::Display>(
+        &mut self,
+        cap: Duration,
+        failed: &str,
+        waiting_for: &str,
+        mut attempt: impl AsyncFnMut() -> Result<T, E>,
+    ) -> Option<T> {
         let backoff = Backoff {
             base: Duration::from_millis(200),
-            cap: Duration::from_secs(60),
+            cap,
         };
-        let mut attempt = 0;
+        let mut tries = 0;
         loop {
-            match cloud.list_enis().await {
-                Ok(enis) => {
-                    return Some(Inventory::build(
-                        &facts.instance_id,
-                        enis,
-                        &facts.meta,
-                        &self.config.interfaces,
-                    ));
-                }
+            match attempt().await {
+                Ok(value) => return Some(value),
                 Err(e) => {
-                    let delay = backoff.ceiling(attempt);
-                    attempt = attempt.saturating_add(1);
-                    warn!(error = %e, retry_in_ms = crate::millis(delay), "DescribeNetworkInterfaces failed; retrying");
-                    self.wait(format!("loading the ENI inventory: {e}"), delay)
-                        .await?;
+                    let delay = backoff.ceiling(tries);
+                    tries = tries.saturating_add(1);
+                    warn!(error = %e, retry_in_ms = crate::millis(delay), "{failed}");
+                    self.wait(format!("{waiting_for}: {e}"), delay).await?;
                 }
             }
         }
