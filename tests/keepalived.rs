@@ -19,7 +19,6 @@ mod sandbox;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -29,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use enisync::cloud::sign::{Tc3Request, tc3_sign};
 use enisync_fakecloud::{FakeCloud, FakeEni, FakeInstance, FakeServer};
-use sandbox::sh;
+use sandbox::{in_ns, sh};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
@@ -74,21 +73,6 @@ fn ip_ns(ns: &str, args: &str) -> String {
     sh(Command::new("ip")
         .args(["-n", ns])
         .args(args.split_whitespace()))
-}
-
-/// Runs `f` in a thread that entered namespace `ns` (sockets it creates stay there).
-fn in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: setns on a valid namespace fd affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
 }
 
 impl Duo {

@@ -609,17 +609,27 @@ impl Drop for Sandbox {
 /// namespace, binds, and hands the socket back. A socket keeps the namespace it was
 /// created in, so the fake cloud serves inside the sandbox from this process.
 pub fn listener_in(ns: &str) -> TcpListener {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: setns on a valid namespace fd affects only this short-lived thread,
-        // which binds one socket and exits.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    in_ns(ns, || {
         TcpListener::bind("127.0.0.1:0").expect("bind in namespace")
     })
     .join()
     .expect("listener thread")
+}
+
+/// Runs `f` on a thread that entered the network namespace `ns`: sockets it creates stay
+/// in that namespace after the thread ends.
+pub fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
 }
 
 fn unsafe_free_is_root() -> bool {
