@@ -4,61 +4,34 @@
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
+#[path = "common/loopback_cloud.rs"]
+mod loopback_cloud;
+
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use enisync::cloud::client::{CloudSettings, TencentCloud};
 use enisync::cloud::credentials::{
-    CredentialProvider, CredentialSources, Secret, ServerClock, SystemClock,
+    CredentialProvider, CredentialSources, ServerClock, SystemClock,
 };
 use enisync::cloud::metadata::{MetadataClient, MetadataSettings};
 use enisync::cloud::release::{IpOutcome, ReleasePolicy, release_batch, release_in_batches};
 use enisync::cloud::retry::{Backoff, Rates};
 use enisync::cloud::sign::LegacySignMethod;
 use enisync::cloud::{Cloud, ErrorClass, Protocol};
-use enisync_fakecloud::{FakeCloud, FakeEni, FakeInstance, FakeServer, Fault, Surface};
+use enisync_fakecloud::{FakeCloud, FakeServer, Fault, Surface};
+use loopback_cloud::{ENI, INSTANCE, VPC, config_keys, ip, serve};
 
-const INSTANCE: &str = "ins-1";
-const ENI: &str = "eni-1";
-const VPC: &str = "vpc-1";
 const SECRET_ID: &str = "AKIDlongtermexample";
 const SECRET_KEY: &str = "the-long-term-secret-key-NEVER-LOGGED";
 const UNASSIGN: &str = "UnassignPrivateIpAddresses";
 const TASK_RESULT: &str = "DescribeVpcTaskResult";
 
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 1, last)
-}
-
-/// A fake with one instance, one attached ENI (primary 10.0.1.10, secondaries .11–.40)
-/// and one long-term key; tasks take 50 ms.
+/// A fake with secondaries .11–.40 and the long-term key.
 fn fake() -> FakeCloud {
-    let fake = FakeCloud::new();
-    fake.add_instance(FakeInstance::new(INSTANCE, "ap-guangzhou"))
-        .unwrap();
-    fake.add_eni(
-        FakeEni::new(
-            ENI,
-            "52:54:00:12:34:56",
-            VPC,
-            "subnet-1",
-            "10.0.1.0/24",
-            ip(10),
-        )
-        .attached(INSTANCE, 1)
-        .secondaries((11..=40).map(ip)),
-    )
-    .unwrap();
-    fake.add_key(SECRET_ID, SECRET_KEY);
-    fake.set_task_duration(Duration::from_millis(50));
-    fake
-}
-
-fn serve(fake: &FakeCloud) -> FakeServer {
-    fake.serve(TcpListener::bind("127.0.0.1:0").unwrap())
-        .unwrap()
+    loopback_cloud::fake(40, SECRET_ID, SECRET_KEY)
 }
 
 fn settings(server: &FakeServer, protocol: Protocol) -> CloudSettings {
@@ -83,19 +56,6 @@ fn settings(server: &FakeServer, protocol: Protocol) -> CloudSettings {
         allow_plain_http: true,
         ..CloudSettings::new("ap-guangzhou", INSTANCE)
     }
-}
-
-fn config_keys(id: &str, key: &str) -> Arc<CredentialProvider> {
-    let sources = CredentialSources {
-        systemd_dir: None,
-        config_keys: Some((Secret::new(id), Secret::new(key))),
-        env: Box::new(|_| None),
-        metadata: None,
-    };
-    Arc::new(
-        CredentialProvider::new(sources, Arc::new(ServerClock::new(Arc::new(SystemClock))))
-            .unwrap(),
-    )
 }
 
 fn client(server: &FakeServer, protocol: Protocol) -> TencentCloud {

@@ -8,25 +8,20 @@
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
+#[path = "common/loopback_cloud.rs"]
+mod loopback_cloud;
 #[path = "common/sandbox.rs"]
 mod sandbox;
 
-use std::net::{Ipv4Addr, TcpListener};
-use std::sync::Arc;
 use std::time::Duration;
 
 use enisync::cloud::client::{CloudSettings, MAX_DESCRIBE_PAGES, TencentCloud};
-use enisync::cloud::credentials::{
-    CredentialProvider, CredentialSources, Secret, ServerClock, SystemClock,
-};
 use enisync::cloud::metadata::{MetadataClient, MetadataError, MetadataSettings};
 use enisync::cloud::retry::{Backoff, Rates};
 use enisync::cloud::{Cloud, ErrorClass, MAX_API_BODY, Protocol};
-use enisync_fakecloud::{FakeCloud, FakeEni, FakeInstance, FakeServer, Fault, Surface};
+use enisync_fakecloud::{FakeCloud, FakeServer, Fault, Surface};
+use loopback_cloud::{ENI, INSTANCE, VPC, config_keys, ip, serve};
 
-const INSTANCE: &str = "ins-1";
-const ENI: &str = "eni-1";
-const VPC: &str = "vpc-1";
 const SECRET_ID: &str = "AKIDhostileexample";
 const SECRET_KEY: &str = "the-hostile-test-secret-key";
 const DESCRIBE: &str = "DescribeNetworkInterfaces";
@@ -37,50 +32,13 @@ const HUGE: u64 = 400_000_000;
 /// loopback socket buffers and the HTTP stack hold in flight. Far below [`HUGE`].
 const PRODUCED_AT_MOST: u64 = 64 << 20;
 
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 1, last)
-}
-
 fn fake() -> FakeCloud {
-    let fake = FakeCloud::new();
-    fake.add_instance(FakeInstance::new(INSTANCE, "ap-guangzhou"))
-        .unwrap();
-    fake.add_eni(
-        FakeEni::new(
-            ENI,
-            "52:54:00:12:34:56",
-            VPC,
-            "subnet-1",
-            "10.0.1.0/24",
-            ip(10),
-        )
-        .attached(INSTANCE, 1)
-        .secondaries((11..=15).map(ip)),
-    )
-    .unwrap();
-    fake.add_key(SECRET_ID, SECRET_KEY);
-    fake.set_task_duration(Duration::from_millis(50));
-    fake
-}
-
-fn serve(fake: &FakeCloud) -> FakeServer {
-    fake.serve(TcpListener::bind("127.0.0.1:0").unwrap())
-        .unwrap()
+    loopback_cloud::fake(15, SECRET_ID, SECRET_KEY)
 }
 
 /// One send per call (no retries to muddle the counts), a generous timeout: a huge body
 /// must be cut by the cap, not by the clock.
 fn client(server: &FakeServer, protocol: Protocol) -> TencentCloud {
-    let sources = CredentialSources {
-        systemd_dir: None,
-        config_keys: Some((Secret::new(SECRET_ID), Secret::new(SECRET_KEY))),
-        env: Box::new(|_| None),
-        metadata: None,
-    };
-    let credentials = Arc::new(
-        CredentialProvider::new(sources, Arc::new(ServerClock::new(Arc::new(SystemClock))))
-            .unwrap(),
-    );
     TencentCloud::new(
         CloudSettings {
             protocol,
@@ -100,7 +58,7 @@ fn client(server: &FakeServer, protocol: Protocol) -> TencentCloud {
             allow_plain_http: true,
             ..CloudSettings::new("ap-guangzhou", INSTANCE)
         },
-        credentials,
+        config_keys(SECRET_ID, SECRET_KEY),
     )
     .unwrap()
 }
