@@ -1,16 +1,22 @@
 //! How often a plain one-shot `ip addr del` is identified by name (issue 11, item 2):
 //! 1 000 removals, each by its own `ip` process, read by the watcher with the daemon's
-//! identification (process events and `/proc`), inside a network namespace and in the
-//! initial namespace (on a veth pair of its own, whose MACs are no ENI of anything).
+//! identification (process events, taskstats exit records and `/proc`), inside a
+//! network namespace and in the initial namespace (on a veth pair of its own, whose MACs
+//! are no ENI of anything).
 //!
-//! With process events, every removal must be judged: `ip` named (its name read at exec
-//! or at exit), or seen exiting with its name lost and its parent (this test process)
-//! on record, `(exited pid N) ← <this test> ← …`. None may be held, none misnamed.
+//! Each removal is counted as one of: named alive (`ip` read while it ran), named
+//! exited (`ip`, gone by the time its notification was read), exited unnamed (`(exited
+//! pid N)`, judged by its parent chain), held (unknown or failed), misnamed (anything
+//! else: a wrong name or chain).
 //!
-//! Each run also counts the `/proc`-only identifier (no process events), which is what
-//! a daemon gets when the connector is unavailable: every miss there is unknown (held),
-//! never another name. See docs/security-notes-remover.md for the figures.
-//! `REMOVER_RATE_N=n` changes the count. Needs root.
+//! With process events and exit records (what the daemon runs with), every removal must
+//! be named: no exited-unnamed, none held, none misnamed. Taskstats must be available
+//! (root, CONFIG_TASKSTATS): the test fails without it, it never skips.
+//!
+//! Each run also counts the connector alone (what a daemon gets when taskstats is
+//! unavailable: some names lost, judged by the chain, none held) and `/proc` alone (no
+//! process events: every miss is held, never another name). See docs/security.md,
+//! "Remover identification, measured". `REMOVER_RATE_N=n` changes the count. Needs root.
 
 #[path = "common/hostns.rs"]
 mod hostns;
@@ -18,7 +24,9 @@ mod hostns;
 use std::process::Command;
 use std::time::Duration;
 
-use enisync::host::procs::{Identifier, ProcessEvents};
+use std::sync::Arc;
+
+use enisync::host::procs::{Identifier, ProcessEvents, TaskStats};
 use enisync::host::watch::{self, WatchOptions};
 use enisync::host::{HostEvent, Identity};
 
@@ -32,14 +40,30 @@ fn count() -> usize {
 /// What `n` one-shot deletions were identified as.
 #[derive(Debug, Default)]
 struct Counts {
-    /// Named `ip` (alive, or exited with its name read).
+    /// Named `ip`, read while it was alive.
     named: usize,
-    /// Exited, name not read in time: `(exited pid N) ← <this test> ← …`.
-    chained: usize,
+    /// Named `ip` after it exited (process events or its exit record).
+    exited_named: usize,
+    /// Exited, name lost: `(exited pid N) ← <this test> ← …`.
+    exited_unnamed: usize,
     /// Unknown or failed: held.
     held: usize,
     /// Anything else (a wrong name, a wrong chain): must stay empty.
-    other: Vec<String>,
+    misnamed: Vec<String>,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "named {} / exited-named {} / exited-unnamed {} / held {} / misnamed {}",
+            self.named,
+            self.exited_named,
+            self.exited_unnamed,
+            self.held,
+            self.misnamed.len()
+        )
+    }
 }
 
 fn our_comm() -> String {
@@ -100,15 +124,14 @@ async fn measure(link: &str, n: usize, identifier: Identifier) -> Counts {
         let r = remover.expect("from a notification");
         let exited_placeholder = format!("(exited pid {})", r.port_id);
         match (&r.identity, r.process.as_deref()) {
-            (Identity::Alive | Identity::Exited, Some("ip"))
-                if r.ancestors.first() == Some(&me) =>
-            {
-                c.named += 1;
+            (Identity::Alive, Some("ip")) if r.ancestors.first() == Some(&me) => c.named += 1,
+            (Identity::Exited, Some("ip")) if r.ancestors.first() == Some(&me) => {
+                c.exited_named += 1;
             }
             (Identity::Exited, Some(p))
                 if p == exited_placeholder && r.ancestors.first() == Some(&me) =>
             {
-                c.chained += 1;
+                c.exited_unnamed += 1;
             }
             (Identity::Unknown(why) | Identity::Failed(why), _) => {
                 if c.held < 3 {
@@ -116,35 +139,50 @@ async fn measure(link: &str, n: usize, identifier: Identifier) -> Counts {
                 }
                 c.held += 1;
             }
-            _ => c.other.push(format!("{r:?}")),
+            _ => c.misnamed.push(format!("{r:?}")),
         }
     }
     deleter.join().expect("deleter");
     c
 }
 
-fn report(place: &str, n: usize, with: Counts, without: Counts) {
-    println!(
-        "{place}: one-shot `ip addr del`, {n} removals: with process events named {} / \
-         exited with chain {} / held {}; /proc only named {} / exited with chain {} / held {}",
-        with.named, with.chained, with.held, without.named, without.chained, without.held
-    );
-    assert!(
-        with.other.is_empty() && without.other.is_empty(),
-        "misnamed: {with:?} {without:?}"
-    );
-    assert_eq!(without.chained, 0, "no exit is seen without process events");
+/// The daemon's identifier: process events and exit records, both required here.
+fn full(events: &Arc<ProcessEvents>, exits: &Arc<TaskStats>) -> Identifier {
+    let mut id = Identifier::new(Some(Arc::clone(events))).with_exits(Some(Arc::clone(exits)));
+    id.probe().expect("process events arrive");
+    id.probe_exits().expect("taskstats exit records arrive");
+    assert!(id.has_exits());
+    id
+}
+
+fn report(place: &str, n: usize, full: &Counts, connector: &Counts, proc_only: &Counts) {
+    println!("{place}: one-shot `ip addr del`, {n} removals:");
+    println!("  process events + taskstats: {full}");
+    println!("  process events alone:       {connector}");
+    println!("  /proc alone:                {proc_only}");
+    for c in [full, connector, proc_only] {
+        assert!(c.misnamed.is_empty(), "misnamed: {:?}", c.misnamed);
+        assert_eq!(
+            c.named + c.exited_named + c.exited_unnamed + c.held,
+            n,
+            "{c}"
+        );
+    }
     assert_eq!(
-        without.named + without.held,
-        n,
-        "identified or held, never wrong"
+        proc_only.exited_named + proc_only.exited_unnamed,
+        0,
+        "no exit is seen without process events"
     );
-    // With process events every removal is judged: named, or seen exiting with its
-    // parent (this test) on record.
     assert_eq!(
-        with.named + with.chained,
-        n,
-        "with process events nothing is held: {with:?}"
+        connector.held, 0,
+        "with process events nothing is held: {connector}"
+    );
+    // What the daemon runs with: every remover named, even one gone before its
+    // notification was read.
+    assert_eq!(full.held, 0, "held with taskstats: {full}");
+    assert_eq!(
+        full.exited_unnamed, 0,
+        "exited unnamed with taskstats: {full}"
     );
 }
 
@@ -154,9 +192,14 @@ fn one_shot_removals_are_identified_inside_a_namespace() {
         let n = count();
         hostns::veth("rr0", "rr1");
         let events = ProcessEvents::start().expect("process events (from the initial namespace)");
-        let with = measure("rr0", n, Identifier::new(Some(events))).await;
+        let exits =
+            TaskStats::start().expect("taskstats exit records (needs root and CONFIG_TASKSTATS)");
+        // Registered here, the kernel would send nothing: it must have moved.
+        assert_ne!(exits.namespace, "this network namespace");
+        let with = measure("rr0", n, full(&events, &exits)).await;
+        let connector = measure("rr0", n, Identifier::new(Some(events))).await;
         let without = measure("rr0", n, Identifier::new(None)).await;
-        report("inside a namespace", n, with, without);
+        report("inside a namespace", n, &with, &connector, &without);
     });
 }
 
@@ -182,8 +225,12 @@ fn one_shot_removals_are_identified_in_the_initial_namespace() {
         let n = count();
         let events = ProcessEvents::start().expect("process events");
         assert_eq!(events.namespace, "this network namespace");
-        let with = measure(&a, n, Identifier::new(Some(events))).await;
+        let exits =
+            TaskStats::start().expect("taskstats exit records (needs root and CONFIG_TASKSTATS)");
+        assert_eq!(exits.namespace, "this network namespace");
+        let with = measure(&a, n, full(&events, &exits)).await;
+        let connector = measure(&a, n, Identifier::new(Some(events))).await;
         let without = measure(&a, n, Identifier::new(None)).await;
-        report("initial namespace", n, with, without);
+        report("initial namespace", n, &with, &connector, &without);
     });
 }
