@@ -6,6 +6,9 @@
 //! - With `/proc/1` hidden from the daemon, the start-up probe fails: `/readyz` says
 //!   why, and a removal is held as unknown (releases disarmed) until an operator
 //!   confirms it.
+//! - Without the capabilities to read other users' `/proc/<pid>/fd` (the packaged
+//!   unit's default), `status` says that keepalived's removals cannot be named and are
+//!   held, pointing to the drop-in, and `/readyz` stays ready.
 //!
 //! Needs root (namespaces, mounts): fails, never skips, without it.
 
@@ -127,6 +130,53 @@ fn without_proc_the_daemon_is_not_ready_and_holds_every_removal() {
     assert_eq!(calls.len(), 1);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(sb.unassigns().len(), 1, "released exactly once");
+}
+
+/// The packaged unit runs with CAP_NET_ADMIN alone: another user's `/proc/<pid>/fd`
+/// cannot be listed, so a remover whose netlink port is not a pid (keepalived's) cannot
+/// be named. Here the daemon's `/proc/1/fd` is covered by a directory it may not read
+/// and the capabilities that would override that (CAP_DAC_*) are dropped. CAP_SYS_PTRACE
+/// stays: this daemon runs in a namespace and opens PID 1's network namespace for
+/// process events and taskstats (the packaged one runs in the initial namespace), which
+/// a process with fewer capabilities than PID 1 may only do with it. One warning in the
+/// log, one `status` line naming keepalived, `release --held` and the drop-in; ready.
+#[test]
+fn without_reading_descriptors_status_says_keepalived_is_held_and_the_daemon_stays_ready() {
+    let mut sb = Sandbox::new("nfd", Layout::default());
+    sb.wrap = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o ro,mode=000,uid=65534 tmpfs /proc/1/fd && \
+         exec setpriv --inh-caps=-dac_read_search,-dac_override \
+         --bounding-set=-dac_read_search,-dac_override \"$@\"",
+        "sh",
+    ]
+    .map(String::from)
+    .to_vec();
+    sb.start();
+    let (code, body) = sb.http_get(METRICS_PORT, "/readyz");
+    assert_eq!(code, 200, "not a failure: {body}");
+    let status = sb.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("keepalived")).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let line = lines[0];
+    for needle in [
+        "WARNING: ",
+        "netlink port is not a pid",
+        "cannot be named",
+        "held until `enisync release --held`",
+        "/usr/share/doc/enisync/examples/name-removers.conf",
+    ] {
+        assert!(line.contains(needle), "{needle:?} missing: {line}");
+    }
+    assert_eq!(sb.count_log("cannot be named"), 1, "{}", sb.log_text());
+    // Taskstats works here (root in the initial PID namespace): no line about it.
+    assert!(!text.contains("taskstats"), "{text}");
 }
 
 /// A one-shot `ip addr del`, the most common removal, is identified (process events
