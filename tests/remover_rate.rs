@@ -73,7 +73,21 @@ fn our_comm() -> String {
         .to_string()
 }
 
+/// Who removes each address.
+#[derive(Debug, Clone, Copy)]
+enum Remover {
+    /// `ip addr del`, one process each.
+    Ip,
+    /// This test binary run as a multi-threaded helper (see [`remover_helper`]): a
+    /// thread with a name of its own sends the removal and ends the process.
+    Threads,
+}
+
 async fn measure(link: &str, n: usize, identifier: Identifier) -> Counts {
+    measure_with(link, n, identifier, Remover::Ip).await
+}
+
+async fn measure_with(link: &str, n: usize, identifier: Identifier, who: Remover) -> Counts {
     let index = hostns::ifindex(link);
     let lines: String = (0..n)
         .map(|i| {
@@ -93,21 +107,34 @@ async fn measure(link: &str, n: usize, identifier: Identifier) -> Counts {
     // this runtime reads the notifications as the daemon would.
     let deleter = std::thread::spawn(move || {
         for i in 0..n {
-            let status = Command::new("ip")
-                .args([
-                    "addr",
-                    "del",
-                    &format!("10.213.{}.{}/32", i / 250, i % 250 + 1),
-                    "dev",
-                    &link_name,
-                ])
-                .status()
-                .expect("run ip");
+            let addr = format!("10.213.{}.{}", i / 250, i % 250 + 1);
+            let status = match who {
+                Remover::Ip => Command::new("ip")
+                    .args(["addr", "del", &format!("{addr}/32"), "dev", &link_name])
+                    .status(),
+                Remover::Threads => Command::new(std::env::current_exe().expect("our binary"))
+                    .args([
+                        "--exact",
+                        "remover_helper",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env(HELPER, format!("{index} {addr}"))
+                    .stdout(std::process::Stdio::null())
+                    .status(),
+            }
+            .expect("run the remover");
             assert!(status.success());
         }
     });
     let mut c = Counts::default();
     let me = our_comm();
+    // The helper is this binary: its process is called what we are; its thread
+    // ("nl-worker") must never be taken for it.
+    let expected = match who {
+        Remover::Ip => "ip".to_string(),
+        Remover::Threads => me.clone(),
+    };
     let mut seen = 0;
     while seen < n {
         let event = tokio::time::timeout(Duration::from_secs(30), rx.recv())
@@ -124,8 +151,10 @@ async fn measure(link: &str, n: usize, identifier: Identifier) -> Counts {
         let r = remover.expect("from a notification");
         let exited_placeholder = format!("(exited pid {})", r.port_id);
         match (&r.identity, r.process.as_deref()) {
-            (Identity::Alive, Some("ip")) if r.ancestors.first() == Some(&me) => c.named += 1,
-            (Identity::Exited, Some("ip")) if r.ancestors.first() == Some(&me) => {
+            (Identity::Alive, Some(p)) if p == expected && r.ancestors.first() == Some(&me) => {
+                c.named += 1;
+            }
+            (Identity::Exited, Some(p)) if p == expected && r.ancestors.first() == Some(&me) => {
                 c.exited_named += 1;
             }
             (Identity::Exited, Some(p))
@@ -232,5 +261,95 @@ fn one_shot_removals_are_identified_in_the_initial_namespace() {
         let connector = measure(&a, n, Identifier::new(Some(events))).await;
         let without = measure(&a, n, Identifier::new(None)).await;
         report("initial namespace", n, &with, &connector, &without);
+    });
+}
+
+/// The helper's job, in its environment: "<ifindex> <address>".
+const HELPER: &str = "REMOVER_RATE_HELPER";
+
+/// Not a test of its own: does nothing unless this binary was started as the
+/// multi-threaded remover of [`a_multithreaded_remover_is_named_by_its_process`]. Then a
+/// thread named `nl-worker` opens the process's first netlink socket (its port is the
+/// process's pid), removes the address, and ends the whole process from that thread:
+/// the leader and the test harness's thread exit with it, each with an exit record of
+/// its own under another name.
+#[test]
+fn remover_helper() {
+    use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+    use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+    use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+    let Ok(job) = std::env::var(HELPER) else {
+        return;
+    };
+    let (index, addr) = job.split_once(' ').expect("job");
+    let index: u32 = index.parse().expect("ifindex");
+    let addr: std::net::Ipv4Addr = addr.parse().expect("address");
+    std::thread::Builder::new()
+        .name("nl-worker".into())
+        .spawn(move || {
+            let mut socket = Socket::new(NETLINK_ROUTE).expect("socket");
+            socket.bind_auto().expect("bind");
+            let mut msg = AddressMessage::default();
+            msg.header.family = AddressFamily::Inet;
+            msg.header.prefix_len = 32;
+            msg.header.index = index;
+            msg.attributes.push(AddressAttribute::Local(addr.into()));
+            msg.attributes.push(AddressAttribute::Address(addr.into()));
+            let mut packet = NetlinkMessage::from(RouteNetlinkMessage::DelAddress(msg));
+            packet.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+            packet.header.sequence_number = 1;
+            packet.finalize();
+            let mut buf = vec![0; packet.buffer_len()];
+            packet.serialize(&mut buf);
+            socket
+                .send_to(&buf, &SocketAddr::new(0, 0), 0)
+                .expect("send");
+            let mut reply = Vec::with_capacity(8192);
+            socket.recv(&mut reply, 0).expect("ack");
+            let ack = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply).expect("parse");
+            let NetlinkPayload::Error(e) = ack.payload else {
+                panic!("not an ack: {ack:?}");
+            };
+            assert!(e.code.is_none(), "removal refused: {e:?}");
+            // The whole process ends here, from this thread.
+            std::process::exit(0);
+        })
+        .expect("thread")
+        .join()
+        .expect("worker");
+    unreachable!("the worker ends the process");
+}
+
+/// A multi-threaded remover whose removal was sent by a thread with another name, and
+/// which exited (from that thread) before most notifications were read: named by its
+/// process (this binary's name), never by the thread's name, in the initial namespace.
+#[test]
+fn a_multithreaded_remover_is_named_by_its_process() {
+    struct Veth(String);
+    impl Drop for Veth {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+    let a = format!("rta{}", std::process::id() % 100_000);
+    let b = format!("rtb{}", std::process::id() % 100_000);
+    hostns::veth(&a, &b);
+    let _guard = Veth(a.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let n = count() / 5;
+        let events = ProcessEvents::start().expect("process events");
+        let exits =
+            TaskStats::start().expect("taskstats exit records (needs root and CONFIG_TASKSTATS)");
+        let c = measure_with(&a, n, full(&events, &exits), Remover::Threads).await;
+        println!("multi-threaded remover, {n} removals: {c}");
+        assert!(c.misnamed.is_empty(), "misnamed: {:?}", c.misnamed);
+        assert_eq!((c.held, c.exited_unnamed), (0, 0), "{c}");
+        assert_eq!(c.named + c.exited_named, n, "{c}");
     });
 }
