@@ -50,6 +50,8 @@ pub use events::{ProcessEvents, Seen};
 pub use exits::{Exit, TaskStats};
 pub use identify::Identifier;
 pub use proc_fs::{Stat, parse_netlink_table, parse_stat, read_stat};
+#[cfg(test)]
+pub(crate) use taskstats::encode_for_test;
 pub use taskstats::{TaskStatsRecord, parse_taskstats};
 
 /// The longest chain walked (a remover and its ancestors).
