@@ -320,7 +320,7 @@ fn remover_identification() -> (Identifier, Identification) {
             )
         }
     };
-    let exits = match TaskStats::start() {
+    let exits = match TaskStats::start_near(events.as_ref().map(|e| e.namespace.as_str())) {
         Ok(exits) => {
             info!(namespace = %exits.namespace, "taskstats exit records: registered");
             Some(exits)

@@ -57,8 +57,8 @@ fn a_flush_by_dhclient_script_under_dhclient_is_not_released_and_the_audit_names
         &format!("{}/dhclient-script\nexit 0", bin.display()),
     );
     sb.exec(&dhclient.display().to_string());
-    // The remover is `ip`, or, when it exec'd and exited before its name was read,
-    // `(exited pid N)`: judged by the same chain either way.
+    // The remover is `ip`, named even when it exited before its notification was read
+    // (its taskstats exit record names it), judged by its chain.
     sb.wait_log(" ← dhclient-script ← dhclient", SOON);
     // Past the grace period and the checks: nothing was released.
     sb.assert_no_unassign_for(Duration::from_secs(4));
@@ -71,10 +71,8 @@ fn a_flush_by_dhclient_script_under_dhclient_is_not_released_and_the_audit_names
             .find(|l| l.contains("not_released") && l.contains(&format!("ip={ip} ")))
             .unwrap_or_else(|| panic!("no decision for {ip}:\n{log}"));
         assert!(
-            line.contains("remover=\"ip ← dhclient-script ← dhclient")
-                || (line.contains("remover=\"(exited pid ")
-                    && line.contains(" ← dhclient-script ← dhclient")),
-            "the audit names the chain: {line}"
+            line.contains("remover=\"ip ← dhclient-script ← dhclient"),
+            "the audit names the remover and its chain: {line}"
         );
     }
     assert_eq!(sb.count_log("decision=\"pending\""), 0, "{log}");
@@ -179,9 +177,9 @@ fn without_reading_descriptors_status_says_keepalived_is_held_and_the_daemon_sta
     assert!(!text.contains("taskstats"), "{text}");
 }
 
-/// A one-shot `ip addr del`, the most common removal, is identified (process events
-/// remember it after it exits: by name, or, when it exited before its name was read,
-/// as `(exited pid N)` with the chain from its parent) and released.
+/// A one-shot `ip addr del`, the most common removal, is named (process events
+/// remember it after it exits, and its taskstats exit record names it when the
+/// connector's reader missed its name) and released.
 #[test]
 fn a_one_shot_ip_addr_del_is_identified_and_released() {
     let mut sb = Sandbox::new(
@@ -199,8 +197,7 @@ fn a_one_shot_ip_addr_del_is_identified_and_released() {
         .into_iter()
         .find(|l| l.contains("decision=\"pending\"") && l.contains("ip=10.0.1.13 "))
         .unwrap_or_else(|| panic!("no pending line:\n{}", sb.log_text()));
-    assert!(
-        pending.contains("remover=\"ip ← ") || pending.contains("remover=\"(exited pid "),
-        "{pending}"
-    );
+    // Named, even when it exited before its notification was read (its exit record
+    // names it): never `(exited pid N)` with taskstats, which the daemon has here.
+    assert!(pending.contains("remover=\"ip ← "), "{pending}");
 }

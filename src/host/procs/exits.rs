@@ -73,8 +73,24 @@ pub struct TaskStats {
 impl TaskStats {
     /// Registers (see [`TaskStatsSocket::open`]) and starts the reader thread.
     pub fn start() -> io::Result<Arc<Self>> {
-        let elsewhere = initial_namespace_candidates(&PathBuf::from("/proc"));
-        let mut socket = TaskStatsSocket::open(4 * 1024 * 1024, &elsewhere)?;
+        Self::start_near(None)
+    }
+
+    /// As [`TaskStats::start`], where the process events connector subscribed
+    /// (`ProcessEvents::namespace`), if it did: the namespace that answered it is the
+    /// initial one, and when it was not ours, ours is not worth the half second it
+    /// takes to find that no record arrives here.
+    pub fn start_near(connector: Option<&str>) -> io::Result<Arc<Self>> {
+        let mut elsewhere = initial_namespace_candidates(&PathBuf::from("/proc"));
+        let try_here = match connector {
+            Some(ns) if ns != "this network namespace" => {
+                elsewhere.retain(|p| p.as_os_str() != ns);
+                elsewhere.insert(0, PathBuf::from(ns));
+                false
+            }
+            _ => true,
+        };
+        let mut socket = TaskStatsSocket::open(4 * 1024 * 1024, try_here, &elsewhere)?;
         // SAFETY: eventfd(2) has no memory preconditions; a non-negative result is a
         // new descriptor that nothing else owns, handed to the OwnedFd.
         let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };

@@ -9,9 +9,9 @@
 //! `linux/taskstats.h` of 6.1, version 13):
 //! - in another network namespace the family answers and the registration succeeds,
 //!   but no record ever arrives (the kernel sends them to our port in the initial
-//!   namespace): [`TaskStatsSocket::open`] checks that a thread's exit is reported, and
-//!   otherwise opens the socket from a thread moved into the initial namespace, as for
-//!   the connector;
+//!   namespace): [`TaskStatsSocket::open`] checks that a thread's exit is reported
+//!   (within half a second), and otherwise opens the socket from a thread moved into
+//!   the initial namespace, as for the connector;
 //! - registering without `CAP_NET_ADMIN` fails with `EPERM`, from another user
 //!   namespace with `EPERM`, from another PID namespace with `EINVAL`; a non-root user
 //!   holding only `CAP_NET_ADMIN` (the packaged unit) registers and receives records;
@@ -122,17 +122,29 @@ impl std::fmt::Debug for TaskStatsSocket {
 }
 
 impl TaskStatsSocket {
-    /// Registers in this network namespace, else in the first of `elsewhere` that
-    /// accepts (see the module comment). The error names every failure.
-    pub fn open(rcvbuf: usize, elsewhere: &[std::path::PathBuf]) -> io::Result<Self> {
-        let here = match Self::open_here(rcvbuf) {
-            Ok(socket) => {
-                return Ok(Self {
-                    namespace: "this network namespace".into(),
-                    ..socket
-                });
+    /// Registers in this network namespace (unless `try_here` is false: known not to
+    /// be the initial one), else in the first of `elsewhere` that accepts (see the
+    /// module comment). The error names every failure.
+    pub fn open(
+        rcvbuf: usize,
+        try_here: bool,
+        elsewhere: &[std::path::PathBuf],
+    ) -> io::Result<Self> {
+        let here = if try_here {
+            match Self::open_here(rcvbuf) {
+                Ok(socket) => {
+                    return Ok(Self {
+                        namespace: "this network namespace".into(),
+                        ..socket
+                    });
+                }
+                Err(e) => e,
             }
-            Err(e) => e,
+        } else {
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                "not tried: the process events connector refused this network namespace",
+            )
         };
         let mut failures = vec![format!("{here} (in this network namespace)")];
         for ns in elsewhere {
@@ -206,7 +218,7 @@ impl TaskStatsSocket {
             })?
             .join()
             .map_err(|_| io::Error::other("the check thread panicked"))?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
         loop {
             match self.recv()? {
                 Received::Records(records) if records.iter().any(|r| r.pid == tid) => {
