@@ -107,7 +107,7 @@ impl TaskStats {
         });
         let reader = Arc::clone(&stats);
         std::thread::Builder::new()
-            .name("enisync-taskstats".into())
+            .name("enisync-exits".into())
             .spawn(move || {
                 loop {
                     let before = clock_ns(libc::CLOCK_MONOTONIC);

@@ -24,6 +24,12 @@
 //!   `ac_tgid` 368 (v12+). Newer versions only append; older ones are shorter. Every
 //!   field is read by offset within what the attribute actually holds.
 
+//!
+//! The generic netlink part (resolve the family, one request, acknowledgements) is a
+//! few dozen lines here rather than a new crate (`netlink-packet-generic` is not in the
+//! tree): the record itself is a C struct that no crate parses for us, so it is read by
+//! offset either way.
+
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -210,7 +216,7 @@ impl TaskStatsSocket {
     /// port, never to us. So: a thread of ours exits, and its record must arrive.
     fn self_check(&mut self) -> io::Result<()> {
         let tid = std::thread::Builder::new()
-            .name("enisync-ts-check".into())
+            .name("enisync-tscheck".into())
             .spawn(|| {
                 // SAFETY: gettid(2) has no preconditions.
                 let tid = unsafe { libc::gettid() };
