@@ -23,7 +23,6 @@
 //!   `ac_btime` 136 (u32), `ac_etime` 144 (u64, µs), `ac_btime64` 344 (v10+),
 //!   `ac_tgid` 368 (v12+). Newer versions only append; older ones are shorter. Every
 //!   field is read by offset within what the attribute actually holds.
-
 //!
 //! The generic netlink part (resolve the family, one request, acknowledgements) is a
 //! few dozen lines here rather than a new crate (`netlink-packet-generic` is not in the
