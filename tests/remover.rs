@@ -9,6 +9,7 @@
 //! - Without the capabilities to read other users' `/proc/<pid>/fd` (the packaged
 //!   unit's default), `status` says that keepalived's removals cannot be named and are
 //!   held, pointing to the drop-in, and `/readyz` stays ready.
+//! - Without taskstats, `status` says so and `/readyz` stays ready.
 //!
 //! Needs root (namespaces, mounts): fails, never skips, without it.
 
@@ -175,6 +176,39 @@ fn without_reading_descriptors_status_says_keepalived_is_held_and_the_daemon_sta
     assert_eq!(sb.count_log("cannot be named"), 1, "{}", sb.log_text());
     // Taskstats works here (root in the initial PID namespace): no line about it.
     assert!(!text.contains("taskstats"), "{text}");
+}
+
+/// Taskstats cannot be registered (here: the daemon runs in a network namespace and,
+/// without CAP_SYS_PTRACE, may not open PID 1's or its ancestors' to register there;
+/// the connector is refused for the same reason): not a failure. One warning in the
+/// log, one `status` line, `/readyz` ready; identification goes on without it.
+#[test]
+fn without_taskstats_status_says_so_and_the_daemon_stays_ready() {
+    let mut sb = Sandbox::new("nts", Layout::default());
+    sb.wrap = [
+        "setpriv",
+        "--inh-caps=-sys_ptrace",
+        "--bounding-set=-sys_ptrace",
+    ]
+    .map(String::from)
+    .to_vec();
+    sb.start();
+    let (code, body) = sb.http_get(METRICS_PORT, "/readyz");
+    assert_eq!(code, 200, "not a failure: {body}");
+    let status = sb.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("taskstats exit records unavailable"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].starts_with("WARNING: "), "{text}");
+    assert_eq!(
+        sb.count_log("taskstats exit records unavailable"),
+        1,
+        "{}",
+        sb.log_text()
+    );
 }
 
 /// A one-shot `ip addr del`, the most common removal, is named (process events
