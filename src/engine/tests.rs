@@ -28,6 +28,10 @@ struct MemState {
     eni: Option<Eni>,
     unassigns: Vec<Vec<Ipv4Addr>>,
     refuse_next: u32,
+    /// The class and code of the next refusals (default: `Refused`,
+    /// `UnauthorizedOperation`). An `AlreadyGone` answer also drops the IPs from the
+    /// listing, so that the describe that follows agrees.
+    refuse_with: Option<(ErrorClass, String)>,
     fail_tasks: u32,
 }
 
@@ -109,10 +113,19 @@ impl Cloud for MemCloud {
         s.unassigns.push(ips.to_vec());
         if s.refuse_next > 0 {
             s.refuse_next -= 1;
+            let (class, code) = s
+                .refuse_with
+                .clone()
+                .unwrap_or((ErrorClass::Refused, "UnauthorizedOperation".into()));
+            if class == ErrorClass::AlreadyGone
+                && let Some(eni) = s.eni.as_mut().filter(|e| e.id == eni_id)
+            {
+                eni.ips.retain(|i| !ips.contains(&i.addr));
+            }
             return Err(CloudError {
                 action: "UnassignPrivateIpAddresses",
-                class: ErrorClass::Refused,
-                code: "UnauthorizedOperation".into(),
+                class,
+                code,
                 message: "no permission".into(),
                 request_id: None,
             });
@@ -1177,3 +1190,5 @@ async fn an_accepted_task_is_followed_to_its_end_when_its_ip_comes_back_and_leav
     drop(second);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod golden;
