@@ -2,13 +2,22 @@
 //! in-memory cloud and a recording router. Each test names the clause of the trigger
 //! rule it proves; the kernel-level versions live in `tests/e2e.rs`.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::cloud::{Attachment, EniIp, ErrorClass, MacAddr, Protocol};
-use crate::host::Identity;
+use crate::cloud::{
+    Attachment, CloudError, Eni, EniIp, ErrorClass, MAX_IPS_PER_CALL, MacAddr, Protocol, TaskRef,
+    TaskStatus,
+};
+use crate::config::Cidr;
+use crate::host::{Addr, HostEvent, Identity, Link, Remover};
+use crate::pause::PauseRequest;
 
 const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const GRACE: Duration = Duration::from_secs(30);
@@ -659,15 +668,12 @@ async fn the_default_ignore_list_is_the_configs() {
         crate::config::default_ignore_removers()
     );
     // The kernel cuts comm at 15 bytes.
-    assert!(super::process_matches(
+    assert!(rule::process_matches(
         "networkd-dispat",
         "networkd-dispatcher"
     ));
-    assert!(super::process_matches(
-        "systemd-network",
-        "systemd-networkd"
-    ));
-    assert!(!super::process_matches("ip", "dhclient"));
+    assert!(rule::process_matches("systemd-network", "systemd-networkd"));
+    assert!(!rule::process_matches("ip", "dhclient"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -974,7 +980,11 @@ fn globs() {
 #[test]
 fn backoff_is_jittered_and_capped() {
     for attempt in 0..40 {
-        let d = backoff(Duration::from_millis(100), Duration::from_secs(2), attempt);
+        let backoff = crate::cloud::retry::Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+        };
+        let d = settings::retry_delay(backoff, attempt);
         assert!(d <= Duration::from_secs(2));
         assert!(d >= Duration::from_millis(50));
     }

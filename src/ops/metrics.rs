@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::engine::Command;
+use crate::engine::{Command, Gauges, MetricsSink, ReleaseCount};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -238,6 +238,34 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The engine's reports, rendered as the release counters and gauges.
+impl MetricsSink for Metrics {
+    fn release_counted(&self, count: ReleaseCount<'_>) {
+        self.release(count.outcome(), count.reason());
+    }
+
+    fn alarm_raised(&self) {
+        self.alarms.inc();
+    }
+
+    fn host_limit_waited(&self) {
+        self.host_limit_waits.inc();
+    }
+
+    fn gauges(&self, gauges: &Gauges) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.pending.set(count(gauges.pending));
+        self.held.set(count(gauges.held));
+        self.held_unknown_remover
+            .set(count(gauges.held_unknown_remover));
+        self.parked.set(count(gauges.parked));
+        self.paused.set(i64::from(gauges.paused));
+        if let Some(records) = gauges.journal_records {
+            self.journal_records.set(count(records));
+        }
     }
 }
 

@@ -148,7 +148,8 @@ fn start_metered(aux: &[u8], metrics: &Arc<Metrics>, tweak: impl FnOnce(&mut Set
         cloud,
         settings,
         Start {
-            metrics: Some(Arc::clone(metrics)),
+            // `clone` on the `Arc` (not `Arc::clone`): the engine takes it as its sink.
+            metrics: Some(metrics.clone()),
             ..start_with(view, inventory)
         },
     )
