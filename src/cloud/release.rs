@@ -169,7 +169,7 @@ pub async fn release_batch_observed(
 }
 
 /// Releases any number of IPs of one ENI, [`MAX_IPS_PER_CALL`] per call, one batch after
-/// the other (calls for one ENI are serialised anyway).
+/// the other (the engine serialises the calls for one ENI anyway).
 pub async fn release_in_batches(
     cloud: &impl Cloud,
     eni_id: &str,
