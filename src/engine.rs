@@ -173,8 +173,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// What the rule sees now.
-    fn world(&self) -> rule::World<'_> {
-        rule::World {
+    fn world(&self) -> rule::RuleInputs<'_> {
+        rule::RuleInputs {
             settings: &self.settings,
             view: &self.view,
             inventory: &self.inventory,

@@ -83,7 +83,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             .and_then(|m| self.inventory.by_mac(m))
             .map(|r| r.eni_id.clone());
         let generation = self.next_generation(addr.ip);
-        let unknown = rule::unknown_remover(remover.as_ref());
+        let held_reason = rule::unknown_remover(remover.as_ref()).map(HeldReason::UnknownRemover);
         let intent = Intent {
             link: addr.link,
             link_name: link.name.clone(),
@@ -93,14 +93,14 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             remover: remover.clone(),
             observed_unix_ms: unix_ms(),
             due: now + self.settings.grace,
-            held_reason: unknown.clone().map(HeldReason::UnknownRemover),
+            held_reason: held_reason.clone(),
             secondary: addr.secondary,
             subnet_primary: subnet_primary.filter(|p| *p != addr.ip),
-            ..Intent::recovered(
+            ..Intent::new(
                 addr.ip,
                 generation,
                 now,
-                if unknown.is_some() {
+                if held_reason.is_some() {
                     Phase::Held
                 } else {
                     Phase::Pending
@@ -114,17 +114,17 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 mac: link.mac.map(|m| m.to_string()),
                 eni_id: eni_id.clone(),
                 remover: remover.as_ref().map(Into::into),
-                held: unknown.is_some(),
+                held: held_reason.is_some(),
                 sending: false,
             },
         );
-        if let Some(why) = &unknown {
+        if let Some(held @ HeldReason::UnknownRemover(why)) = &held_reason {
             self.counters.held += 1;
             self.counters.held_unknown_remover += 1;
             warn!(
                 target: "audit",
                 decision = "held",
-                reason = HeldReason::UnknownRemover(String::new()).key(),
+                reason = held.key(),
                 ip = %addr.ip,
                 link = %link.name,
                 eni = eni_id.as_deref().unwrap_or("?"),

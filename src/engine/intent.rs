@@ -84,9 +84,10 @@ pub struct Intent {
 }
 
 impl Intent {
-    /// An intent rebuilt from the journal: what the journal does not keep (prefix,
-    /// subnet primary) is left at what clause 3 cannot use.
-    pub(super) fn recovered(ip: Ipv4Addr, generation: u64, now: Instant, phase: Phase) -> Self {
+    /// An intent of `ip` observed (or recovered from the journal) `now`, with nothing
+    /// else known yet: callers fill in what they know. The defaults (prefix 32, no
+    /// subnet primary) are what clause 3 cannot use.
+    pub(super) fn new(ip: Ipv4Addr, generation: u64, now: Instant, phase: Phase) -> Self {
         Self {
             ip,
             generation,

@@ -123,7 +123,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                         // The unassign may have gone out: if the cloud no longer lists
                         // the IP, that was us, not a lagging view.
                         sent: sending,
-                        ..Intent::recovered(ip, rec.generation, now, phase)
+                        ..Intent::new(ip, rec.generation, now, phase)
                     };
                     self.intents.insert(ip, intent);
                 }
@@ -136,7 +136,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     let intent = Intent {
                         eni_id: Some(eni_id.clone()),
                         sent: true,
-                        ..Intent::recovered(ip, rec.generation, now, phase)
+                        ..Intent::new(ip, rec.generation, now, phase)
                     };
                     self.intents.insert(ip, intent);
                     self.follow_journaled(eni_id, ip, rec.generation, task);

@@ -20,7 +20,7 @@ use crate::inventory::Inventory;
 
 /// What the rule sees: the settings, the host now, the instance's ENIs.
 #[derive(Clone, Copy)]
-pub(super) struct World<'a> {
+pub(super) struct RuleInputs<'a> {
     pub settings: &'a Settings,
     pub view: &'a HostView,
     pub inventory: &'a Inventory,
@@ -29,7 +29,7 @@ pub(super) struct World<'a> {
 /// The clauses that can be decided the moment a removal is seen (`link`: the removed
 /// address's link, as the host has it now).
 pub(super) fn at_removal(
-    world: World<'_>,
+    world: RuleInputs<'_>,
     addr: &Addr,
     link: Option<&Link>,
     remover: Option<&Remover>,
@@ -51,7 +51,7 @@ pub(super) fn at_removal(
 
 /// Clauses 4 and 5 against the host now, at the end of the grace period and just before
 /// the call.
-pub(super) fn at_deadline(world: World<'_>, intent: &Intent) -> Result<(), Cancel> {
+pub(super) fn at_deadline(world: RuleInputs<'_>, intent: &Intent) -> Result<(), Cancel> {
     if !absent_everywhere(world.view, intent.ip) {
         return Err(Cancel::Readded);
     }

@@ -68,11 +68,16 @@ impl EniSlots {
 
     /// The check of `eni`'s batch goes out.
     pub fn set_checking(&mut self, eni: String) {
+        debug_assert!(!self.is_busy(&eni), "a second check for busy {eni}");
         self.slots.insert(eni, EniSlot::Checking);
     }
 
     /// The listing for `eni`'s batch came.
     pub fn set_checked(&mut self, eni: String, batch: CheckedBatch) {
+        debug_assert!(
+            matches!(self.slots.get(&eni), Some(EniSlot::Checking)),
+            "a listing for {eni}, which was not being checked"
+        );
         self.slots.insert(eni, EniSlot::Checked(batch));
     }
 
