@@ -262,7 +262,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             boot_id: journal::boot_id(),
             journal: Some(journal),
             replay: replay.live,
-            metrics: Some(Arc::clone(&metrics)),
+            metrics: Some(Arc::clone(&metrics) as Arc<dyn crate::engine::MetricsSink>),
             warnings,
             pause,
         },

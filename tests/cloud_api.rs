@@ -228,7 +228,7 @@ async fn a_primary_ip_is_refused_with_its_code_on_both_protocols() {
     ] {
         let cloud = client(&server, protocol);
         let out = release_batch(&cloud, ENI, VPC, &[ip(10)], policy()).await;
-        let Some(IpOutcome::Refused { reason }) = out.common() else {
+        let Some(IpOutcome::Refused { reason, .. }) = out.common() else {
             panic!("{protocol:?}: {out:?}")
         };
         assert!(reason.contains(code), "{reason}");
@@ -271,7 +271,7 @@ async fn persistent_server_errors_end_as_retry_later_after_one_send() {
         policy(),
     )
     .await;
-    let Some(IpOutcome::RetryLater { reason }) = out.common() else {
+    let Some(IpOutcome::RetryLater { reason, .. }) = out.common() else {
         panic!("{out:?}")
     };
     assert!(reason.contains("Http.503"), "{reason}");
@@ -325,7 +325,8 @@ async fn a_failed_task_is_retried_and_one_that_always_fails_is_refused() {
     assert_eq!(
         out.common(),
         Some(&IpOutcome::Refused {
-            reason: "task failed 3 times".into()
+            reason: "task failed 3 times".into(),
+            code: None,
         })
     );
     assert!(fake.ips_of(ENI).contains(&ip(12)));

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::credentials::{Clock, CredentialError, CredentialProvider, Credentials};
 use super::legacy::LegacyApi;
-use super::retry::{Backoff, EniLocks, RateLimits, Rates, TokenBucket};
+use super::retry::{Backoff, RateLimits, Rates, TokenBucket};
 use super::sign::LegacySignMethod;
 use super::transport::{Endpoint, EndpointError};
 use super::v3::{DESCRIBE_ENIS, TASK_RESULT, UNASSIGN, V3Api};
@@ -132,7 +132,6 @@ pub struct TencentCloud {
     v3: V3Api,
     legacy: LegacyApi,
     limits: RateLimits,
-    eni_locks: EniLocks,
     backoff: Backoff,
     rng: StdMutex<fastrand::Rng>,
     max_attempts: u32,
@@ -205,7 +204,6 @@ impl TencentCloud {
             )
             .with_clock(clock),
             limits: RateLimits::new(settings.rates),
-            eni_locks: EniLocks::default(),
             backoff: settings.backoff,
             rng: StdMutex::new(fastrand::Rng::new()),
             max_attempts: settings.max_attempts.max(1),
@@ -423,7 +421,6 @@ impl Cloud for TencentCloud {
                 ),
             ));
         }
-        let _serialised = self.eni_locks.lock(eni_id).await;
         // Whatever happens next, the ENI's IPs may change.
         self.invalidate_enis();
         let protocol = self.protocol;

@@ -9,7 +9,7 @@
 //!
 //! Layers, bottom up: [`sign`] (pure signatures), `transport` (one HTTP exchange),
 //! [`v3`] and [`legacy`] (one request each), [`client`] (policy: rate limits, retries,
-//! credential refresh, per-ENI serialisation, the describe cache), [`release`] (the
+//! credential refresh, the describe cache), [`release`] (the
 //! procedure the engine runs). [`credentials`] and [`metadata`] supply keys and instance
 //! facts; [`classify`] is the one mapping from answers to [`ErrorClass`].
 
@@ -221,7 +221,7 @@ impl CloudError {
 /// The three things the engine asks of the cloud.
 ///
 /// Implementations retry what is retryable inside a call only as far as their own
-/// policy says (backoff, token bucket, per-ENI serialisation); anything else comes back
+/// policy says (backoff, token bucket); anything else comes back
 /// classified.
 pub trait Cloud: Send + Sync + 'static {
     /// This instance's ENIs, with every IP. Always API 3.0 (the legacy API has no

@@ -33,10 +33,15 @@ pub enum IpOutcome {
     Released,
     /// The cloud said the IP or ENI was not there, and a describe confirmed it: done.
     AlreadyGone,
-    /// Not done; try again later (after backoff).
-    RetryLater { reason: String },
-    /// Not done and not to be retried blindly: park it for an operator.
-    Refused { reason: String },
+    /// Not done; try again later (after backoff). `after_error`: the cloud answered
+    /// with an error (or a describe failed), rather than "the task still runs".
+    RetryLater { reason: String, after_error: bool },
+    /// Not done and not to be retried blindly: park it for an operator. `code`: the
+    /// error code of the refusal; `None` when our task failed too often.
+    Refused {
+        reason: String,
+        code: Option<String>,
+    },
 }
 
 impl IpOutcome {
@@ -133,7 +138,7 @@ pub async fn release_batch_observed(
                 remaining = listed;
                 if failures >= policy.max_task_failures {
                     let reason = format!("task failed {failures} times");
-                    out.set(&remaining, &IpOutcome::Refused { reason });
+                    out.set(&remaining, &IpOutcome::Refused { reason, code: None });
                     return out;
                 }
             }
@@ -145,6 +150,7 @@ pub async fn release_batch_observed(
                     let outcome = if listed.contains(ip) {
                         IpOutcome::RetryLater {
                             reason: format!("task {} still running", task.task_id),
+                            after_error: false,
                         }
                     } else {
                         IpOutcome::Released
@@ -163,7 +169,7 @@ pub async fn release_batch_observed(
 }
 
 /// Releases any number of IPs of one ENI, [`MAX_IPS_PER_CALL`] per call, one batch after
-/// the other (calls for one ENI are serialised anyway).
+/// the other (the engine serialises the calls for one ENI anyway).
 pub async fn release_in_batches(
     cloud: &impl Cloud,
     eni_id: &str,
@@ -197,6 +203,7 @@ async fn settle_error(
                 let outcome = if listed.contains(ip) {
                     IpOutcome::RetryLater {
                         reason: format!("{reason} (but the cloud still lists {ip})"),
+                        after_error: true,
                     }
                 } else {
                     IpOutcome::AlreadyGone
@@ -204,11 +211,18 @@ async fn settle_error(
                 out.ips.insert(*ip, outcome);
             }
         }
-        ErrorClass::RetryLater => out.set(ips, &IpOutcome::RetryLater { reason }),
+        ErrorClass::RetryLater => out.set(
+            ips,
+            &IpOutcome::RetryLater {
+                reason,
+                after_error: true,
+            },
+        ),
         // The client already refreshed the keys and retried once: the keys or the clock
         // are wrong, which an operator must fix.
         ErrorClass::Refused | ErrorClass::RefreshCredentials => {
-            out.set(ips, &IpOutcome::Refused { reason });
+            let code = Some(error.code.clone());
+            out.set(ips, &IpOutcome::Refused { reason, code });
         }
     }
 }
@@ -233,7 +247,13 @@ async fn still_listed(
         }
         Err(error) => {
             let reason = format!("confirming with a describe failed: {error}");
-            out.set(ips, &IpOutcome::RetryLater { reason });
+            out.set(
+                ips,
+                &IpOutcome::RetryLater {
+                    reason,
+                    after_error: true,
+                },
+            );
             None
         }
     }
@@ -406,7 +426,8 @@ mod tests {
         assert_eq!(
             out.ips[&ip(2)],
             IpOutcome::Refused {
-                reason: "task failed 3 times".into()
+                reason: "task failed 3 times".into(),
+                code: None,
             }
         );
         assert_eq!(out.tasks.len(), 3);
@@ -452,7 +473,7 @@ mod tests {
         let cloud = FakeCloud::with_ips(&[ip(2)]);
         cloud.script(|s| s.unassign.push_back(Err("UnsupportedOperation.PrimaryIp")));
         let out = release_batch(&cloud, "eni-1", "vpc-1", &[ip(2)], policy()).await;
-        let Some(IpOutcome::Refused { reason }) = out.common() else {
+        let Some(IpOutcome::Refused { reason, .. }) = out.common() else {
             panic!("{out:?}")
         };
         assert!(

@@ -1,15 +1,14 @@
-//! Politeness towards the cloud: backoff with jitter, a client-side rate limit per action,
-//! and one mutating call at a time per ENI.
+//! Politeness towards the cloud: backoff with jitter and a client-side rate limit per
+//! action. One mutating call at a time per ENI is the engine's (its per-ENI slot, see
+//! docs/design.md): it is the only caller of `unassign`.
 //!
 //! Tencent's documented rate limits are per account and shared by every host of the
 //! fleet, so each agent keeps its own rate far below them; the jitter keeps a fleet that
 //! was throttled at the same moment from retrying in lockstep.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::time::Instant;
 
 /// Exponential backoff with full jitter: attempt `n` waits a uniformly random time in
@@ -131,27 +130,6 @@ impl RateLimits {
     }
 }
 
-/// One mutating call at a time per ENI: Tencent answers a second task on a busy ENI with
-/// `UnsupportedOperation.MutexOperationTaskRunning`, so we queue instead of provoking it.
-#[derive(Debug, Default)]
-pub struct EniLocks {
-    locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
-}
-
-impl EniLocks {
-    /// Waits for, and holds until the guard drops, the lock of `eni_id`.
-    pub async fn lock(&self, eni_id: &str) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-            // Forget locks nobody holds or waits for, so the map stays as small as the
-            // set of ENIs being worked on.
-            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-            Arc::clone(locks.entry(eni_id.to_owned()).or_default())
-        };
-        lock.lock_owned().await
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 mod tests {
@@ -212,25 +190,5 @@ mod tests {
         bucket.acquire().await;
         bucket.acquire().await;
         assert!(start.elapsed() >= Duration::from_millis(990));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn eni_locks_serialise_one_eni_and_not_others() {
-        let locks = Arc::new(EniLocks::default());
-        let held = locks.lock("eni-a").await;
-        // Another ENI is free.
-        let other = tokio::time::timeout(Duration::from_millis(10), locks.lock("eni-b")).await;
-        assert!(other.is_ok());
-        // The same ENI waits until the first guard drops.
-        let waiter = {
-            let locks = Arc::clone(&locks);
-            tokio::spawn(async move {
-                let _guard = locks.lock("eni-a").await;
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished());
-        drop(held);
-        waiter.await.expect("waiter finishes once the lock is free");
     }
 }

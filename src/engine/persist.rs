@@ -1,0 +1,148 @@
+//! Persistence: the intents' journal records, and recovery from the journal at start.
+
+use std::net::Ipv4Addr;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::intent::{Intent, Outcome, Phase};
+use super::reasons::{Cancel, HeldReason};
+use super::{Engine, Router};
+use crate::cloud::Cloud;
+use crate::journal::{IntentKey, Record, RecordState};
+
+impl<C: Cloud, R: Router> Engine<C, R> {
+    /// Re-journals an intent's observation, with its held flag.
+    pub(super) fn journal_observed(&mut self, ip: Ipv4Addr, held: bool) {
+        self.journal_observed_as(ip, held, false);
+    }
+
+    /// Re-journals an intent's observation; `sending`: its unassign is about to go out.
+    pub(super) fn journal_observed_as(&mut self, ip: Ipv4Addr, held: bool, sending: bool) {
+        let Some(i) = self.intents.get(&ip) else {
+            return;
+        };
+        let state = RecordState::Observed {
+            link: i.link_name.clone(),
+            mac: i.mac.map(|m| m.to_string()),
+            eni_id: i.eni_id.clone(),
+            remover: i.remover.as_ref().map(Into::into),
+            held,
+            sending,
+        };
+        let key = IntentKey::release(ip, i.generation);
+        self.journal(key, state);
+    }
+
+    pub(super) fn journal(&mut self, key: IntentKey, state: RecordState) {
+        if let Some(j) = &mut self.journal
+            && let Err(e) = j.append(key, &self.boot_id, state)
+        {
+            // A journal that cannot be written must not stop the release decisions in
+            // memory; the operator sees it and a restart would re-observe nothing.
+            warn!(error = %e, "journal write failed");
+        }
+    }
+
+    /// Replays the journal: unsent intents of this boot restart their grace period and
+    /// face the whole rule; unsent intents of an earlier boot are dropped; sent ones are
+    /// followed to their end.
+    pub(super) fn recover(&mut self, records: Vec<Record>, now: Instant) {
+        // Generations go on above every one in the journal.
+        for rec in &records {
+            if let std::net::IpAddr::V4(ip) = rec.addr {
+                let latest = self.generations.entry(ip).or_default();
+                *latest = (*latest).max(rec.generation);
+            }
+        }
+        // In key order: for one address, the older intent first (an in-flight one is
+        // then moved to `following` by the newer one's `make_room`).
+        for rec in records {
+            let key = rec.key();
+            let std::net::IpAddr::V4(ip) = rec.addr else {
+                warn!(intent = %key, "journaled intent for an IPv6 address: kept, not acted on");
+                continue;
+            };
+            let cancelled = |cancel: Cancel| RecordState::Finished {
+                outcome: Outcome::Cancelled(cancel).record(),
+            };
+            match rec.state {
+                RecordState::Observed {
+                    link,
+                    mac,
+                    eni_id,
+                    remover,
+                    held,
+                    sending,
+                } => {
+                    if rec.boot_id != self.boot_id {
+                        self.journal(key, cancelled(Cancel::EarlierBoot));
+                        continue;
+                    }
+                    let Some(l) = self.view.links.values().find(|l| l.name == link).cloned() else {
+                        self.journal(key, cancelled(Cancel::LinkGone));
+                        continue;
+                    };
+                    let back = self.view.has_ip(ip);
+                    if back || mac.as_deref() != l.mac.map(|m| m.to_string()).as_deref() {
+                        if sending && back {
+                            self.alarm(
+                                ip,
+                                "is on the host although its release may have gone out before the restart",
+                            );
+                        }
+                        let why = if back {
+                            Cancel::Readded
+                        } else {
+                            Cancel::MacChanged
+                        };
+                        self.journal(key, cancelled(why));
+                        continue;
+                    }
+                    info!(ip = %ip, link = %link, "resuming a journaled release: its grace period starts again");
+                    self.make_room(ip, rec.generation);
+                    // The journal keeps the held flag and whether the remover was
+                    // unknown (or the removal found by a resync: no remover at all).
+                    let held_reason = held.then(|| match &remover {
+                        None => HeldReason::UnknownRemover("found by a resync".into()),
+                        Some(r) => match &r.unknown {
+                            Some(why) => HeldReason::UnknownRemover(why.clone()),
+                            None => HeldReason::Burst,
+                        },
+                    });
+                    // A held burst stays held until an operator confirms.
+                    let phase = if held { Phase::Held } else { Phase::Pending };
+                    let intent = Intent {
+                        link: l.index,
+                        link_name: link,
+                        mac: l.mac,
+                        eni_id,
+                        remover: remover.map(Into::into),
+                        due: now + self.settings.grace,
+                        held_reason,
+                        // The unassign may have gone out: if the cloud no longer lists
+                        // the IP, that was us, not a lagging view.
+                        sent: sending,
+                        ..Intent::new(ip, rec.generation, now, phase)
+                    };
+                    self.intents.insert(ip, intent);
+                }
+                RecordState::Sent { eni_id, task } => {
+                    info!(ip = %ip, task = %task.task_id, "following a journaled release task");
+                    self.make_room(ip, rec.generation);
+                    let phase = Phase::Releasing {
+                        task_id: task.task_id.clone(),
+                    };
+                    let intent = Intent {
+                        eni_id: Some(eni_id.clone()),
+                        sent: true,
+                        ..Intent::new(ip, rec.generation, now, phase)
+                    };
+                    self.intents.insert(ip, intent);
+                    self.follow_journaled(eni_id, ip, rec.generation, task);
+                }
+                RecordState::Finished { .. } => {}
+            }
+        }
+    }
+}

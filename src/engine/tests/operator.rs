@@ -1,0 +1,211 @@
+//! What operators and the daemon drive: dry run, reload, pause, liveness and the
+//! watchdog, and routing repairs.
+
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_checks_everything_and_sends_nothing() {
+    let h = start(&[11], |s| s.dry_run = true);
+    h.remove(11, by("ip"));
+    sleep(GRACE * 2).await;
+    assert!(h.cloud.calls().is_empty());
+    let snap = h.snapshot().await;
+    assert_eq!(snap.counters.dry_run_calls, 1);
+    assert_eq!(snap.recent[0].outcome, Outcome::DryRun);
+    assert!(
+        h.router.released.lock().expect("lock").is_empty(),
+        "no routing change"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_arms_releases_arms_routing_too() {
+    let h = start(&[11], |s| s.dry_run = true);
+    let armed = Settings {
+        dry_run: false,
+        ..harness_settings()
+    };
+    h.commands
+        .send(Command::Reload(Box::new(armed)))
+        .await
+        .expect("engine runs");
+    let snapshot = h.snapshot().await;
+    assert!(!snapshot.dry_run, "releases armed");
+    assert_eq!(
+        *h.router.dry_runs.lock().expect("lock"),
+        vec![false],
+        "routing was told that releases are armed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_outlives_the_engine_and_only_resume_clears_it() {
+    let dir = std::env::temp_dir().join(format!("enisync-engine-pause-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = crate::pause::PauseFile::new(&dir);
+
+    let first = start_paused_in(&[11], |_| {}, Some(file.clone()));
+    let (tx, rx) = oneshot::channel();
+    let pause = PauseRequest {
+        pause: true,
+        by_uid: Some(4321),
+    };
+    first
+        .commands
+        .send(Command::Pause(pause, tx))
+        .await
+        .expect("engine runs");
+    rx.await.expect("reply").expect("pause written");
+    drop(first);
+
+    // A new engine on the same state directory (a restart) is still paused.
+    let h = start_paused_in(&[11], |_| {}, Some(file.clone()));
+    let snapshot = h.snapshot().await;
+    assert!(snapshot.paused, "the pause survived the restart");
+    assert_eq!(snapshot.paused_by_uid, Some(4321));
+    assert!(snapshot.paused_since.is_some());
+    h.remove(11, by("ip"));
+    sleep(GRACE * 3).await;
+    assert!(h.cloud.calls().is_empty(), "nothing released while paused");
+
+    let (tx, rx) = oneshot::channel();
+    let resume = PauseRequest {
+        pause: false,
+        by_uid: Some(0),
+    };
+    h.commands
+        .send(Command::Pause(resume, tx))
+        .await
+        .expect("engine runs");
+    rx.await.expect("reply").expect("resumed");
+    assert_eq!(file.load(), None, "resume removed the pause file");
+    sleep(GRACE).await;
+    assert_eq!(h.cloud.calls().len(), 1, "released after resume");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Idle means asleep: with nothing due and no heartbeat, the loop sets no timer and
+/// does not turn (every turn would be a wakeup of an otherwise idle node agent).
+#[tokio::test(start_paused = true)]
+async fn an_idle_engine_does_not_turn() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let engine = Engine::new(
+        Settings::default(),
+        MemCloud::new(&[11]),
+        RecordingRouter::default(),
+        start_with(HostView::default(), Inventory::default()),
+    );
+    let (_events, events_rx) = mpsc::unbounded_channel();
+    let (commands, commands_rx) = mpsc::channel(1);
+    let shutdown = CancellationToken::new();
+    let turns = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&turns);
+    tokio::spawn(engine.run(
+        events_rx,
+        commands_rx,
+        shutdown.clone(),
+        Box::pin(futures_util::stream::pending()),
+        move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        },
+    ));
+    sleep(Duration::from_secs(6 * 3600)).await;
+    assert_eq!(turns.load(Ordering::SeqCst), 0, "no turn in six idle hours");
+    // Still alive: a ping is answered at once.
+    let (tx, rx) = oneshot::channel();
+    commands.send(Command::Ping(tx)).await.expect("send");
+    rx.await.expect("answered");
+    assert_eq!(turns.load(Ordering::SeqCst), 1);
+    shutdown.cancel();
+}
+
+/// The watchdog contract: `tick` (which pings systemd) runs on the engine loop itself,
+/// at least every heartbeat while idle, and stops when the loop is stuck.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_loop_stops_the_ticks() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    struct HangingRouter(Arc<AtomicBool>);
+    impl Router for HangingRouter {
+        async fn after_release(&mut self, _: &[Ipv4Addr], _: &HostView, _: &Inventory) {}
+        async fn reconcile(&mut self, _: &HostView, _: &Inventory) {
+            if self.0.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+        }
+        async fn plan(&mut self, _: &[Ipv4Addr], _: &HostView, _: &Inventory) -> Vec<String> {
+            Vec::new()
+        }
+        fn set_dry_run(&mut self, _: bool) {}
+    }
+
+    let hang = Arc::new(AtomicBool::new(false));
+    let engine = Engine::new(
+        Settings::default(),
+        MemCloud::new(&[11]),
+        HangingRouter(Arc::clone(&hang)),
+        start_with(HostView::default(), Inventory::default()),
+    );
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let (_commands, commands_rx) = mpsc::channel(1);
+    let shutdown = CancellationToken::new();
+    let ticks = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&ticks);
+    tokio::spawn(engine.run(
+        events_rx,
+        commands_rx,
+        shutdown.clone(),
+        beats(Duration::from_millis(100)),
+        move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        },
+    ));
+    sleep(Duration::from_secs(1)).await;
+    let idle_ticks = ticks.load(Ordering::SeqCst);
+    assert!(
+        idle_ticks >= 9,
+        "ticks every heartbeat while idle: {idle_ticks}"
+    );
+    hang.store(true, Ordering::SeqCst);
+    events.send(HostEvent::RoutingChanged).expect("send");
+    sleep(Duration::from_millis(50)).await;
+    let stuck_at = ticks.load(Ordering::SeqCst);
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        ticks.load(Ordering::SeqCst),
+        stuck_at,
+        "no tick while the loop is stuck"
+    );
+    shutdown.cancel();
+}
+
+/// Policy routing covers ENI links only, so address churn elsewhere (containers on
+/// bridges and veths) must not make the router dump and compare rules each time.
+#[tokio::test(start_paused = true)]
+async fn addresses_added_off_the_enis_do_not_reconcile_routing() {
+    use std::sync::atomic::Ordering;
+
+    let h = start(&[11], |_| {});
+    let veth = Link {
+        mac: Some(MacAddr([0x02, 0, 0, 0, 0, 0x99])),
+        ..link(3, "veth0", true)
+    };
+    h.events
+        .send(HostEvent::LinkChanged(veth))
+        .expect("engine runs");
+    sleep(Duration::from_millis(10)).await;
+    let before = h.router.reconciles.load(Ordering::SeqCst);
+    for last in 100..110 {
+        h.add(Addr {
+            link: 3,
+            ..addr(last, false)
+        });
+    }
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(h.router.reconciles.load(Ordering::SeqCst), before);
+    h.add(addr(50, true));
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(h.router.reconciles.load(Ordering::SeqCst), before + 1);
+}
