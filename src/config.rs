@@ -11,7 +11,6 @@
 //!   trust forged answers to the send-time checks. The metadata endpoint is plain HTTP by
 //!   nature (link-local) and needs no opt-in.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,7 +20,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::cloud::credentials::Secret;
 use crate::cloud::sign::LegacySignMethod;
-use crate::cloud::{MacAddr, Protocol};
+use crate::net::{Cidr, MacAddr};
+use crate::task::Protocol;
 
 pub const DEFAULT_PATH: &str = "/etc/enisync/enisync.toml";
 pub use crate::cloud::{DEFAULT_LEGACY_ENDPOINT, DEFAULT_METADATA_ENDPOINT, DEFAULT_V3_ENDPOINT};
@@ -393,53 +393,6 @@ pub struct StaticInterface {
     /// The attachment's `DeviceIndex` (manage mode's table is `table_base + device_index`).
     pub device_index: Option<u32>,
     pub gateway: Option<Ipv4Addr>,
-}
-
-/// An IPv4 network in CIDR notation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (
-                a,
-                p.parse::<u8>()
-                    .map_err(|_| format!("bad prefix in {text:?}"))?,
-            ),
-            None => (text, 32),
-        };
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("not an IPv4 CIDR: {text:?}"))?;
-        if prefix > 32 {
-            return Err(format!("prefix over 32 in {text:?}"));
-        }
-        Ok(Self { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = prefix_mask(self.prefix);
-        u32::from(ip) & mask == u32::from(self.addr) & mask
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// The netmask of a prefix length, as a host-order integer.
-pub fn prefix_mask(prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix.min(32)))
-    }
 }
 
 impl Config {
@@ -1239,19 +1192,6 @@ vpc = "vpc-1"
         assert!(c.cloud.plain_http_endpoints().is_empty());
         let c = parse("[cloud]\nendpoint = \"https://vpc.tencentcloudapi.com\"\n").expect("https");
         assert!(c.cloud.plain_http_endpoints().is_empty());
-    }
-
-    #[test]
-    fn cidr_contains() {
-        let c = Cidr::parse("10.0.0.0/28").expect("cidr");
-        assert!(c.contains("10.0.0.15".parse().expect("ip")));
-        assert!(!c.contains("10.0.0.16".parse().expect("ip")));
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .expect("cidr")
-                .contains("1.2.3.4".parse().expect("ip"))
-        );
-        assert_eq!(Cidr::parse("10.1.2.3").expect("cidr").prefix, 32);
     }
 
     #[test]

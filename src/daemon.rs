@@ -21,13 +21,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::cloud::Cloud;
 use crate::cloud::client::{CallObserver, CloudSettings, TencentCloud};
 use crate::cloud::credentials::{CredentialProvider, CredentialSources, ServerClock, SystemClock};
 use crate::cloud::metadata::{MetadataClient, MetadataSettings};
 use crate::cloud::retry::Backoff;
 use crate::cloud::retry::Rates;
-use crate::cloud::{Cloud, MacAddr};
-use crate::config::{Config, RoutingMode, prefix_mask};
+use crate::config::{Config, RoutingMode};
 use crate::engine::{Command, Engine, Settings, Snapshot, Start};
 use crate::host::procs::{Identifier, ProcessEvents};
 use crate::host::routes::{ManagedEni, RoutingConfig};
@@ -35,6 +35,8 @@ use crate::host::watch::WatchOptions;
 use crate::host::{HostView, routes, watch};
 use crate::inventory::{Inventory, MetaFacts};
 use crate::journal::{self, Journal};
+use crate::net::MacAddr;
+use crate::net::prefix_mask;
 use crate::ops::metrics::{self, Health, Metrics};
 use crate::ops::{control, heartbeat};
 use crate::pause::{Pause, PauseFile};
@@ -621,7 +623,7 @@ fn cloud_settings(config: &Config, facts: &InstanceFacts) -> CloudSettings {
     let mut s = CloudSettings::new(&facts.region, &facts.instance_id);
     s.protocol = c.api;
     s.v3_endpoint = c.describe_endpoint().to_owned();
-    if c.api == crate::cloud::Protocol::Legacy {
+    if c.api == crate::task::Protocol::Legacy {
         s.legacy_endpoint = c.release_endpoint().to_owned();
     }
     s.legacy_sign_method = c.legacy_sign_method;

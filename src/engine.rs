@@ -30,10 +30,10 @@ use tracing::{debug, info, warn};
 
 use crate::cloud::release::{IpOutcome, ReleaseOutcome, ReleasePolicy, release_batch_observed};
 use crate::cloud::{Cloud, CloudError, Eni, MAX_IPS_PER_CALL, TaskRef, TaskStatus};
-use crate::config::{Cidr, prefix_mask};
 use crate::host::{Addr, HostEvent, HostView, Link, Remover};
 use crate::inventory::Inventory;
 use crate::journal::{IntentKey, Journal, OutcomeRecord, RecordState};
+use crate::net::{Cidr, prefix_mask};
 use crate::pause::{Pause, PauseRequest, Paused};
 
 /// Engine settings, from `[release]` and friends.
@@ -2591,19 +2591,8 @@ fn process_matches(comm: &str, configured: &str) -> bool {
     comm == configured || (comm.len() == 15 && configured.starts_with(comm))
 }
 
-/// Shell-style `*` and `?` matching for interface names.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), name.as_bytes())
-}
+/// Shell-style `*` and `?` matching for interface names: one definition, in `net`.
+pub use crate::net::glob_match;
 
 #[cfg(test)]
 mod tests;

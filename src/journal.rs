@@ -39,8 +39,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cloud::TaskRef;
 use crate::host::Remover;
+use crate::task::TaskRef;
 
 /// The schema version this binary writes and understands.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -446,7 +446,7 @@ pub mod v1 {
     use serde::{Deserialize, Serialize};
 
     use super::{MIGRATED_GENERATION, OutcomeRecord, RemoverRecord, SCHEMA_VERSION};
-    use crate::cloud::TaskRef;
+    use crate::task::TaskRef;
 
     /// A schema-1 record: keyed by IPv4 address alone.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -659,7 +659,7 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    use crate::cloud::Protocol;
+    use crate::task::Protocol;
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("enisync-journal-{tag}-{}", std::process::id()));

@@ -11,10 +11,12 @@ pub mod engine;
 pub mod host;
 pub mod inventory;
 pub mod journal;
+pub mod net;
 pub mod ops;
 pub mod pause;
 pub mod service_user;
 pub mod state_dir;
+pub mod task;
 
 #[cfg(test)]
 mod fuzz;

@@ -8,8 +8,8 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::MacAddr;
 use super::transport::{BodyError, read_body, transport_kind};
+use crate::net::MacAddr;
 
 /// The largest metadata answer read. Every value enisync reads is a line or a short
 /// listing; the largest, a CAM role's credentials document, is about 2 KiB.

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::cloud::MacAddr;
+use crate::net::MacAddr;
 
 pub mod netlink;
 pub mod procs;

@@ -32,7 +32,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 use super::{Addr, HostError, Link, Route, Rule, Scope};
-use crate::cloud::MacAddr;
+use crate::net::MacAddr;
 
 const EEXIST: i32 = libc::EEXIST;
 const ENOENT: i32 = libc::ENOENT;
