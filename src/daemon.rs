@@ -23,7 +23,8 @@ use tracing::{error, info, warn};
 
 use crate::cloud::Cloud;
 use crate::cloud::client::{CallObserver, CloudSettings, TencentCloud};
-use crate::cloud::credentials::{CredentialProvider, CredentialSources, ServerClock, SystemClock};
+use crate::cloud::clock::{ServerClock, SystemClock};
+use crate::cloud::credentials::{CredentialProvider, CredentialSources};
 use crate::cloud::metadata::{MetadataClient, MetadataSettings};
 use crate::cloud::retry::Backoff;
 use crate::cloud::retry::Rates;

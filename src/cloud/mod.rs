@@ -15,6 +15,7 @@
 
 pub mod classify;
 pub mod client;
+pub mod clock;
 pub mod credentials;
 pub mod legacy;
 pub mod metadata;
