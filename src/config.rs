@@ -24,6 +24,9 @@ use crate::net::{Cidr, MacAddr};
 use crate::task::Protocol;
 
 pub const DEFAULT_PATH: &str = "/etc/enisync/enisync.toml";
+/// `control.socket`: the control socket the CLI talks to (`enisync status`, `pause`, ...).
+/// The one source of this default; `ops::control` and the CLI read it here.
+pub const DEFAULT_SOCKET: &str = "/run/enisync/enisync.sock";
 pub use crate::cloud::{DEFAULT_LEGACY_ENDPOINT, DEFAULT_METADATA_ENDPOINT, DEFAULT_V3_ENDPOINT};
 pub use crate::host::routes::{DEFAULT_RULE_PRIORITY, DEFAULT_TABLE_BASE};
 
@@ -994,7 +997,7 @@ fn d_metrics_address() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 9469))
 }
 fn d_socket() -> PathBuf {
-    PathBuf::from(crate::ops::control::DEFAULT_SOCKET)
+    PathBuf::from(DEFAULT_SOCKET)
 }
 /// Above what one host can hold (a large CVM has a few hundred private IPs in all), so
 /// a legitimate mass release is never cut; the burst hold (clause 6) is what stops a
