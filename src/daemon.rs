@@ -21,12 +21,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::cloud::Cloud;
 use crate::cloud::client::{CallObserver, CloudSettings, TencentCloud};
 use crate::cloud::clock::{ServerClock, SystemClock};
 use crate::cloud::credentials::{CredentialProvider, CredentialSources};
 use crate::cloud::metadata::{MetadataClient, MetadataSettings};
-use crate::cloud::retry::Backoff;
 use crate::cloud::retry::Rates;
 use crate::config::{Config, RoutingMode};
 use crate::engine::{Command, Engine, Settings, Snapshot, Start};

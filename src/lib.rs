@@ -4,6 +4,7 @@
 //! The map is `docs/design.md` and the README: `host` translates
 //! netlink, `cloud` translates Tencent's APIs, `engine` is the one place that decides.
 
+pub mod backoff;
 pub mod cloud;
 pub mod config;
 pub mod daemon;

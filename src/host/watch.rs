@@ -61,6 +61,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::netlink::{EventSocket, Netlink, Notification};
 use super::procs::Identifier;
 use super::{HostError, HostEvent, HostView, Link, Remover};
+use crate::backoff::Backoff;
 
 /// How the watcher runs.
 #[derive(Debug, Clone)]
@@ -552,17 +553,28 @@ impl Watcher {
         alive
     }
 
+    /// From `reconnect_min`, doubling up to `reconnect_max`, without jitter: one host's
+    /// kernel is not a fleet's shared service.
+    fn reconnect_backoff(&self) -> Backoff {
+        Backoff {
+            base: self.opts.reconnect_min,
+            cap: self.opts.reconnect_max,
+        }
+    }
+
     /// Dumps, retrying with backoff (and a fresh request socket) until it works or the
     /// engine is gone.
     async fn dump_with_retry(&mut self) -> Option<HostView> {
-        let mut delay = self.opts.reconnect_min;
+        let backoff = self.reconnect_backoff();
+        let mut attempt = 0;
         loop {
             match dump(&self.requests).await {
                 Ok(view) => return Some(view),
                 Err(error) => {
+                    let delay = backoff.ceiling(attempt);
+                    attempt = attempt.saturating_add(1);
                     tracing::warn!(%error, ?delay, "dump failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.opts.reconnect_max);
                     if self.tx.is_closed() {
                         return None;
                     }
@@ -578,11 +590,13 @@ impl Watcher {
     /// The event stream ended: reopen both sockets with backoff, then resync; again if
     /// the new stream dies during that resync.
     async fn reconnect(&mut self) {
-        let mut delay = self.opts.reconnect_min;
+        let backoff = self.reconnect_backoff();
+        let mut attempt = 0;
         loop {
+            let delay = backoff.ceiling(attempt);
+            attempt = attempt.saturating_add(1);
             tracing::warn!(?delay, "netlink event stream ended; reconnecting");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(self.opts.reconnect_max);
             if self.tx.is_closed() {
                 return;
             }
