@@ -362,7 +362,7 @@ fn metadata_client(config: &Config) -> Result<MetadataClient, DaemonError> {
 struct Watchdog {
     beats: Option<futures_util::stream::BoxStream<'static, ()>>,
     ping_after: Option<Duration>,
-    last_ping: std::time::Instant,
+    last_ping: tokio::time::Instant,
 }
 
 impl Watchdog {
@@ -375,7 +375,7 @@ impl Watchdog {
         Ok(Self {
             beats: Some(beats),
             ping_after: period.map(|w| w / 4),
-            last_ping: std::time::Instant::now(),
+            last_ping: tokio::time::Instant::now(),
         })
     }
 
@@ -384,7 +384,7 @@ impl Watchdog {
             && self.last_ping.elapsed() >= after
         {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            self.last_ping = std::time::Instant::now();
+            self.last_ping = tokio::time::Instant::now();
         }
     }
 
