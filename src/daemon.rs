@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,13 +30,13 @@ use crate::cloud::retry::Rates;
 use crate::config::{Config, RoutingMode};
 use crate::engine::{Command, Engine, Settings, Snapshot, Start};
 use crate::host::procs::{Identifier, ProcessEvents};
-use crate::host::routes::{ManagedEni, RoutingConfig};
+use crate::host::routes::{PolicyRouting, TableLayout};
+use crate::host::routing_adapter::RoutingAdapter;
 use crate::host::watch::WatchOptions;
-use crate::host::{HostView, routes, watch};
+use crate::host::{routes, watch};
 use crate::inventory::{Inventory, MetaFacts};
 use crate::journal::{self, Journal};
 use crate::net::MacAddr;
-use crate::net::prefix_mask;
 use crate::ops::metrics::{self, Health, Metrics};
 use crate::ops::{control, heartbeat};
 use crate::pause::{Pause, PauseFile};
@@ -234,7 +233,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         settings, pause, ..
     } = start;
 
-    let router = HostRouter::new(&config, settings.dry_run, Some(Arc::clone(&metrics)))?;
+    let policy_routing = match config.routing.mode {
+        RoutingMode::Off => None,
+        RoutingMode::Cleanup | RoutingMode::Manage => Some(PolicyRouting::new(TableLayout {
+            table_base: config.routing.table_base,
+            rule_priority: config.routing.rule_priority,
+        })?),
+    };
+    let router = RoutingAdapter::new(
+        policy_routing,
+        config.routing.mode == RoutingMode::Manage,
+        settings.dry_run,
+        Some(metrics.route_changes.clone()),
+    );
     let mut warnings = identification_warnings;
     if config.routing.mode == RoutingMode::Manage {
         router.startup_check(&view, &inventory).await?;
@@ -771,197 +782,4 @@ fn spawn_signal_handler(
         }
     });
     Ok(())
-}
-
-/// Policy routing as the engine asks for it, per `routing.mode`. In dry run it plans
-/// and logs, and changes nothing.
-#[derive(Debug)]
-pub struct HostRouter {
-    mode: RoutingMode,
-    dry_run: bool,
-    router: Option<routes::Router>,
-    metrics: Option<Arc<Metrics>>,
-}
-
-impl HostRouter {
-    pub fn new(
-        config: &Config,
-        dry_run: bool,
-        metrics: Option<Arc<Metrics>>,
-    ) -> Result<Self, DaemonError> {
-        let router = match config.routing.mode {
-            RoutingMode::Off => None,
-            _ => Some(routes::Router::new(RoutingConfig {
-                table_base: config.routing.table_base,
-                rule_priority: config.routing.rule_priority,
-            })?),
-        };
-        Ok(Self {
-            mode: config.routing.mode,
-            dry_run,
-            router,
-            metrics,
-        })
-    }
-
-    async fn startup_check(
-        &self,
-        view: &HostView,
-        inventory: &Inventory,
-    ) -> Result<(), DaemonError> {
-        if let Some(r) = &self.router {
-            r.startup_check(&managed_enis(view, inventory)).await?;
-        }
-        Ok(())
-    }
-}
-
-impl crate::engine::Router for HostRouter {
-    fn set_dry_run(&mut self, dry_run: bool) {
-        if self.dry_run != dry_run {
-            info!(dry_run, "routing follows release.dry_run");
-        }
-        self.dry_run = dry_run;
-    }
-
-    async fn plan(
-        &mut self,
-        releasing: &[Ipv4Addr],
-        view: &HostView,
-        inventory: &Inventory,
-    ) -> Vec<String> {
-        let Some(router) = &self.router else {
-            return vec!["routing.mode = \"off\": no routing changes".into()];
-        };
-        let mut lines = Vec::new();
-        if !releasing.is_empty() {
-            match router.plan_cleanup(releasing).await {
-                Ok(plan) if !plan.is_empty() => lines.push(format!("after release: {plan}")),
-                Ok(_) => {}
-                Err(e) => lines.push(format!("cleanup plan failed: {e}")),
-            }
-        }
-        if self.mode == RoutingMode::Manage {
-            match router.plan_manage(&managed_enis(view, inventory)).await {
-                Ok(plan) if !plan.is_empty() => lines.push(format!("reconcile: {plan}")),
-                Ok(_) => {}
-                Err(e) => lines.push(format!("manage plan failed: {e}")),
-            }
-        }
-        lines
-    }
-
-    async fn after_release(
-        &mut self,
-        released: &[Ipv4Addr],
-        view: &HostView,
-        inventory: &Inventory,
-    ) {
-        let Some(router) = &self.router else { return };
-        if self.dry_run {
-            // Nothing was released in a dry run, so nothing is stale; say what would go.
-            match router.plan_cleanup(released).await {
-                Ok(plan) => {
-                    info!(target: "audit", decision = "routing_dry_run", released = ?released, plan = %plan, "dry run: routing not changed")
-                }
-                Err(e) => warn!(error = %e, "routing plan failed"),
-            }
-            return;
-        }
-        match router.cleanup(released).await {
-            Ok(report) => {
-                count_changes(self.metrics.as_deref(), report.applied);
-                info!(
-                target: "audit",
-                decision = "routing",
-                released = ?released,
-                applied = report.applied,
-                errors = report.errors.len(),
-                plan = %report.plan,
-                "stale rules of released IPs removed"
-                );
-            }
-            Err(e) => warn!(error = %e, "routing cleanup failed"),
-        }
-        if self.mode == RoutingMode::Manage {
-            self.reconcile(view, inventory).await;
-        }
-    }
-
-    async fn reconcile(&mut self, view: &HostView, inventory: &Inventory) {
-        if self.mode != RoutingMode::Manage {
-            return;
-        }
-        let Some(router) = &self.router else { return };
-        let enis = managed_enis(view, inventory);
-        if self.dry_run {
-            match router.plan_manage(&enis).await {
-                Ok(plan) if !plan.is_empty() => {
-                    info!(target: "audit", decision = "routing_dry_run", plan = %plan, "dry run: routing not changed");
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "routing plan failed"),
-            }
-            return;
-        }
-        match router.manage(&enis).await {
-            Ok(report) if report.applied > 0 || !report.errors.is_empty() => {
-                count_changes(self.metrics.as_deref(), report.applied);
-                info!(
-                target: "audit",
-                decision = "routing",
-                applied = report.applied,
-                errors = ?report.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                plan = %report.plan,
-                "policy routing repaired"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "policy routing reconcile failed"),
-        }
-    }
-}
-
-fn count_changes(metrics: Option<&Metrics>, applied: usize) {
-    if let Some(m) = metrics {
-        m.route_changes.inc_by(applied as u64);
-    }
-}
-
-/// The secondary ENIs present on the host, with the IPs on their links now.
-pub fn managed_enis(view: &HostView, inventory: &Inventory) -> Vec<ManagedEni> {
-    let mut out = Vec::new();
-    for link in view.links.values().filter(|l| l.is_physical()) {
-        let Some(record) = link.mac.and_then(|m| inventory.by_mac(m)) else {
-            continue;
-        };
-        let Some(device_index) = record.device_index else {
-            continue;
-        };
-        if record.primary_eni {
-            continue; // the primary ENI's routing belongs to the main table
-        }
-        let addrs: Vec<_> = view.addrs_on(link.index).collect();
-        let Some(first) = addrs
-            .iter()
-            .find(|a| Some(a.ip) == record.primary_ip)
-            .or_else(|| addrs.iter().find(|a| !a.secondary))
-        else {
-            continue;
-        };
-        let prefix = record.meta.subnet_prefix.unwrap_or(first.prefix);
-        let network = Ipv4Addr::from(u32::from(first.ip) & prefix_mask(prefix));
-        let gateway = record
-            .meta
-            .gateway
-            .unwrap_or_else(|| Ipv4Addr::from(u32::from(network).wrapping_add(1)));
-        out.push(ManagedEni {
-            link: link.index,
-            device_index,
-            gateway,
-            subnet: (network, prefix),
-            ips: addrs.iter().map(|a| a.ip).collect(),
-        });
-    }
-    out
 }

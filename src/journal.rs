@@ -428,7 +428,7 @@ fn decode_line(line: &str) -> Option<Decoded> {
         return Some(Decoded::Newer);
     }
     if version == u64::from(SCHEMA_V1) {
-        let old: v1::Record = serde_json::from_value(value).ok()?;
+        let old: v1::RecordV1 = serde_json::from_value(value).ok()?;
         return Some(Decoded::Record(Box::new(old.migrate()), true));
     }
     if version != u64::from(SCHEMA_VERSION) {
@@ -450,17 +450,17 @@ pub mod v1 {
 
     /// A schema-1 record: keyed by IPv4 address alone.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct Record {
+    pub struct RecordV1 {
         pub v: u32,
         pub ip: Ipv4Addr,
         pub boot_id: String,
         pub at_ms: u64,
-        pub state: State,
+        pub state: StateV1,
     }
 
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(tag = "state", rename_all = "snake_case")]
-    pub enum State {
+    pub enum StateV1 {
         Observed {
             link: String,
             mac: Option<String>,
@@ -482,12 +482,12 @@ pub mod v1 {
         },
     }
 
-    impl Record {
+    impl RecordV1 {
         /// The schema-2 record of this one: generation [`MIGRATED_GENERATION`] of its
         /// address, the remover and outcome parsed back from their text.
         pub fn migrate(self) -> super::Record {
             let state = match self.state {
-                State::Observed {
+                StateV1::Observed {
                     link,
                     mac,
                     eni_id,
@@ -508,8 +508,8 @@ pub mod v1 {
                     held,
                     sending,
                 },
-                State::Sent { eni_id, task } => super::RecordState::Sent { eni_id, task },
-                State::Finished { outcome } => super::RecordState::Finished {
+                StateV1::Sent { eni_id, task } => super::RecordState::Sent { eni_id, task },
+                StateV1::Finished { outcome } => super::RecordState::Finished {
                     outcome: parse_outcome(&outcome),
                 },
             };
@@ -882,8 +882,8 @@ mod tests {
     #[test]
     fn schema_1_records_are_migrated_on_open() {
         let dir = tmpdir("migrate");
-        let v1_line = |ip: &str, state: v1::State| {
-            let rec = v1::Record {
+        let v1_line = |ip: &str, state: v1::StateV1| {
+            let rec = v1::RecordV1 {
                 v: 1,
                 ip: ip.parse().expect("ip"),
                 boot_id: "boot1".into(),
@@ -893,7 +893,7 @@ mod tests {
             let json = serde_json::to_string(&rec).expect("json");
             format!("{:016x} {json}\n", fnv1a64(json.as_bytes()))
         };
-        let observed = |remover: &str| v1::State::Observed {
+        let observed = |remover: &str| v1::StateV1::Observed {
             link: "eth1".into(),
             mac: None,
             eni_id: Some("eni-1".into()),
@@ -906,13 +906,13 @@ mod tests {
             v1_line("10.0.0.3", observed("port 7")),
             v1_line(
                 "10.0.0.3",
-                v1::State::Finished {
+                v1::StateV1::Finished {
                     outcome: "cancelled: its link went down".into(),
                 },
             ),
             v1_line(
                 "10.0.0.4",
-                v1::State::Sent {
+                v1::StateV1::Sent {
                     eni_id: "eni-1".into(),
                     task: TaskRef {
                         request_id: Some("req".into()),

@@ -17,6 +17,7 @@ use crate::net::MacAddr;
 pub mod netlink;
 pub mod procs;
 pub mod routes;
+pub mod routing_adapter;
 pub mod watch;
 
 /// One link as the kernel reports it.

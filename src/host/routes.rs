@@ -11,7 +11,7 @@
 //! - for every IP present on the ENI: `from <ip>/32 lookup T pref P proto enisync`
 //!
 //! The planners are pure (current state and wanted state in, a [`Plan`] out) so they
-//! are tested without a kernel; [`apply`] and [`Router`] do the netlink part.
+//! are tested without a kernel; [`apply`] and [`PolicyRouting`] do the netlink part.
 //!
 //! The kernel flushes a table's routes through a link, without any notification, when
 //! the link goes down or loses its last IPv4 address; routes via a down link cannot be
@@ -32,7 +32,7 @@ pub const RTPROT_ENISYNC: u8 = 212;
 
 /// Where our tables and rules go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoutingConfig {
+pub struct TableLayout {
     /// The table of an ENI is `table_base + device_index`.
     pub table_base: u32,
     /// Priority (`pref`) of the `from <ip>/32` rules; below main's 32766 so they win.
@@ -46,7 +46,7 @@ pub const DEFAULT_TABLE_BASE: u32 = 3500;
 /// The `pref` of the `from <ip>/32` rules enisync creates in manage mode.
 pub const DEFAULT_RULE_PRIORITY: u32 = 3500;
 
-impl Default for RoutingConfig {
+impl Default for TableLayout {
     fn default() -> Self {
         Self {
             table_base: DEFAULT_TABLE_BASE,
@@ -72,7 +72,7 @@ pub struct ManagedEni {
 
 impl ManagedEni {
     /// This ENI's table.
-    pub fn table(&self, cfg: &RoutingConfig) -> u32 {
+    pub fn table(&self, cfg: &TableLayout) -> u32 {
         cfg.table_base.saturating_add(self.device_index)
     }
 }
@@ -176,7 +176,7 @@ fn our_route(table: u32, dst: (Ipv4Addr, u8), gateway: Option<Ipv4Addr>, oif: u3
 
 /// The wanted state for these ENIs. Pass every ENI enisync manages: whatever of ours
 /// is not wanted here is deleted by [`plan_manage`].
-pub fn desired(cfg: &RoutingConfig, enis: &[ManagedEni]) -> Desired {
+pub fn desired(cfg: &TableLayout, enis: &[ManagedEni]) -> Desired {
     let mut out = Desired::default();
     for eni in enis {
         let table = eni.table(cfg);
@@ -357,21 +357,21 @@ pub async fn apply(nl: &Netlink, plan: Plan) -> ApplyReport {
 
 /// The engine's entry point: a request socket plus the routing settings.
 #[derive(Debug)]
-pub struct Router {
+pub struct PolicyRouting {
     nl: Netlink,
-    cfg: RoutingConfig,
+    cfg: TableLayout,
 }
 
-impl Router {
+impl PolicyRouting {
     /// Opens a request socket on the current tokio runtime.
-    pub fn new(cfg: RoutingConfig) -> Result<Self, HostError> {
+    pub fn new(cfg: TableLayout) -> Result<Self, HostError> {
         Ok(Self {
             nl: Netlink::connect()?,
             cfg,
         })
     }
 
-    pub fn config(&self) -> &RoutingConfig {
+    pub fn config(&self) -> &TableLayout {
         &self.cfg
     }
 
@@ -381,7 +381,7 @@ impl Router {
         check_tables(&routes, enis.iter().map(|e| e.table(&self.cfg)))
     }
 
-    /// What [`Router::manage`] would change now, without changing it (dry run).
+    /// What [`PolicyRouting::manage`] would change now, without changing it (dry run).
     pub async fn plan_manage(&self, enis: &[ManagedEni]) -> Result<Plan, HostError> {
         let rules = self.nl.rules().await?;
         let routes = self.nl.routes().await?;
@@ -396,7 +396,7 @@ impl Router {
         Ok(apply(&self.nl, plan).await)
     }
 
-    /// What [`Router::cleanup`] would change now, without changing it (dry run).
+    /// What [`PolicyRouting::cleanup`] would change now, without changing it (dry run).
     pub async fn plan_cleanup(&self, released: &[Ipv4Addr]) -> Result<Plan, HostError> {
         let present: BTreeSet<Ipv4Addr> =
             self.nl.addrs().await?.into_iter().map(|a| a.ip).collect();
@@ -554,7 +554,7 @@ mod tests {
 
     #[test]
     fn desired_state_of_one_eni() {
-        let cfg = RoutingConfig::default();
+        let cfg = TableLayout::default();
         let want = desired(&cfg, &[eni()]);
         assert_eq!(want.routes.len(), 2);
         assert!(
@@ -587,7 +587,7 @@ mod tests {
 
     #[test]
     fn plan_from_scratch_then_nothing() {
-        let want = desired(&RoutingConfig::default(), &[eni()]);
+        let want = desired(&TableLayout::default(), &[eni()]);
         let plan = plan_manage(&[], &[], &want);
         assert_eq!((plan.add_routes.len(), plan.add_rules.len()), (2, 2));
         assert!(plan.add_routes[0].gateway.is_none(), "link route first");
@@ -597,7 +597,7 @@ mod tests {
 
     #[test]
     fn unwanted_ours_go_and_foreign_stay() {
-        let cfg = RoutingConfig::default();
+        let cfg = TableLayout::default();
         let (mut rules, routes) = as_dumped(&desired(&cfg, &[eni()]));
         rules.push(foreign_rule("10.0.1.99", DEFAULT_TABLE_BASE + 1));
         let mut fewer = eni();
@@ -619,7 +619,7 @@ mod tests {
 
     #[test]
     fn changed_gateway_is_replaced_not_deleted() {
-        let cfg = RoutingConfig::default();
+        let cfg = TableLayout::default();
         let (rules, routes) = as_dumped(&desired(&cfg, &[eni()]));
         let mut moved = eni();
         moved.gateway = ip("10.0.1.254");
@@ -631,7 +631,7 @@ mod tests {
 
     #[test]
     fn foreign_route_at_a_wanted_place_is_a_conflict() {
-        let cfg = RoutingConfig::default();
+        let cfg = TableLayout::default();
         let want = desired(&cfg, &[eni()]);
         let mut foreign = want.routes[1].clone();
         foreign.protocol = 3; // boot: `ip route add` by hand
@@ -655,7 +655,7 @@ mod tests {
                 ..foreign_rule("10.0.1.0", 200)
             },
         ];
-        let mut route = desired(&RoutingConfig::default(), &[eni()]).routes[0].clone();
+        let mut route = desired(&TableLayout::default(), &[eni()]).routes[0].clone();
         route.prefsrc = Some(ip("10.0.1.50"));
         let mut foreign_route = route.clone();
         foreign_route.protocol = 4;
@@ -672,7 +672,7 @@ mod tests {
 
     #[test]
     fn startup_check_names_the_table() {
-        let want = desired(&RoutingConfig::default(), &[eni()]);
+        let want = desired(&TableLayout::default(), &[eni()]);
         assert!(check_tables(&want.routes, [DEFAULT_TABLE_BASE + 1]).is_ok());
         let mut foreign = want.routes[0].clone();
         foreign.protocol = 4;

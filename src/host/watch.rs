@@ -93,9 +93,9 @@ impl Default for WatchOptions {
     }
 }
 
-/// Counters the watcher updates while it runs (read them with [`WatchHandle::stats`]).
+/// The counters the watcher updates while it runs (read them with [`WatchHandle::stats`]).
 #[derive(Debug, Default)]
-struct Counters {
+struct AtomicWatchStats {
     notifications: AtomicU64,
     events: AtomicU64,
     overruns: AtomicU64,
@@ -122,15 +122,15 @@ pub struct WatchStats {
 }
 
 #[derive(Debug)]
-enum Command {
+enum WatcherRequest {
     Resync,
 }
 
 /// The engine's handle on the watcher. Dropping it stops the watcher.
 #[derive(Debug)]
 pub struct WatchHandle {
-    commands: mpsc::UnboundedSender<Command>,
-    counters: Arc<Counters>,
+    commands: mpsc::UnboundedSender<WatcherRequest>,
+    counters: Arc<AtomicWatchStats>,
     task: JoinHandle<()>,
     effective_recv_buffer: usize,
 }
@@ -145,7 +145,7 @@ impl WatchHandle {
     /// Asks for a full re-dump; its differences and then `Resynced` follow as events.
     pub fn request_resync(&self) -> Result<(), HostError> {
         self.commands
-            .send(Command::Resync)
+            .send(WatcherRequest::Resync)
             .map_err(|_| HostError::WatcherStopped)
     }
 
@@ -206,7 +206,7 @@ pub async fn start_with(
 
     let (tx, rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(AtomicWatchStats::default());
     let watcher = Watcher {
         opts,
         events,
@@ -281,8 +281,8 @@ struct Watcher {
     requests: Netlink,
     mirror: HostView,
     tx: mpsc::UnboundedSender<HostEvent>,
-    commands: mpsc::UnboundedReceiver<Command>,
-    counters: Arc<Counters>,
+    commands: mpsc::UnboundedReceiver<WatcherRequest>,
+    counters: Arc<AtomicWatchStats>,
     /// When the pending `RoutingChanged` is due, if one is.
     routing_due: Option<Instant>,
     /// The remover last read from `/proc` in the current burst (see `run`).
@@ -333,7 +333,7 @@ impl Watcher {
                     None => self.reconnect().await,
                 },
                 command = self.commands.recv() => match command {
-                    Some(Command::Resync) => self.resync(Reason::Requested).await,
+                    Some(WatcherRequest::Resync) => self.resync(Reason::Requested).await,
                     // The handle is gone; it aborts us on drop anyway.
                     None => break,
                 },
