@@ -41,7 +41,7 @@ pub(super) fn d_ignore_removers() -> Vec<String> {
 /// ancestors (the `ip` a script runs counts as the script's and its parent's), against
 /// `comm`, which the kernel cuts at 15 bytes (`networkd-dispatcher` shows as
 /// `networkd-dispat`; a longer name here matches its cut form). The evidence, per tool
-/// (docs/security-notes-remover.md has the sources):
+/// (docs/security.md has the sources):
 ///
 /// - `dhclient`, `dhclient-script`: ISC dhclient-script runs `ip -4 addr flush dev
 ///   $interface` on EXPIRE, FAIL, RELEASE and STOP, flushing every IPv4 address of the
