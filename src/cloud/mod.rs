@@ -7,7 +7,8 @@
 //! answer is classified ([`ErrorClass`]) so the engine decides on a class, never on a
 //! string.
 //!
-//! Layers, bottom up: [`sign`] (pure signatures), `transport` (one HTTP exchange),
+//! Layers, bottom up: [`sign`] (pure signatures), [`clock`] (wall time as the cloud sees
+//! it), `transport` (one HTTP exchange),
 //! [`v3`] and [`legacy`] (one request each), [`client`] (policy: rate limits, retries,
 //! credential refresh, per-ENI serialisation, the describe cache), [`release`] (the
 //! procedure the engine runs). [`credentials`] and [`metadata`] supply keys and instance
