@@ -1,7 +1,7 @@
 //! Fuzzing on stable (issue #11 item 10): every parser that reads bytes from outside the
-//! process (the config file, the journal, netlink datagrams, the API's and the metadata
-//! service's answers) is fed generated input for a bounded number of cases, with a
-//! fixed seed, under `cargo test` (so CI runs it).
+//! process (the config file, the journal, netlink datagrams, taskstats exit records, the
+//! API's and the metadata service's answers) is fed generated input for a bounded number
+//! of cases, with a fixed seed, under `cargo test` (so CI runs it).
 //!
 //! The properties: no input panics (in the release build a panic aborts the daemon);
 //! every refusal is a classified error (an `ErrorClass` the engine acts on, a config
@@ -28,6 +28,7 @@ use crate::cloud::classify::{TencentCode, classify};
 use crate::cloud::{CloudError, ErrorClass, legacy, metadata, v3};
 use crate::config::{Config, ConfigError};
 use crate::host::netlink::parse_datagram;
+use crate::host::procs::{TaskStatsRecord, encode_for_test, parse_taskstats};
 use crate::journal;
 
 /// Cases per target in CI: together well under a minute of a debug build on two cores.
@@ -614,3 +615,65 @@ fn fuzz_netlink_datagram_parser() {
 
 /// Datagrams that found a bug in the netlink parser, kept as regression cases.
 const REGRESSIONS_NETLINK: &[Vec<u8>] = &[];
+
+/// Taskstats datagrams as the kernel builds them, of any version and struct length,
+/// then cut or with a byte changed; and raw bytes.
+fn taskstats_datagram() -> impl Strategy<Value = Vec<u8>> {
+    let record = (
+        any::<u16>(),
+        any::<u32>(),
+        proptest::option::of(any::<u32>()),
+        "[a-z0-9 ()-]{0,40}",
+        any::<u32>(),
+        any::<u64>(),
+        0usize..700,
+    )
+        .prop_map(|(version, pid, tgid, comm, ppid, etime_us, len)| {
+            let r = TaskStatsRecord {
+                version: version % 20,
+                pid,
+                tgid,
+                comm,
+                ppid,
+                uid: 0,
+                flags: 0,
+                btime: 0,
+                etime_us,
+            };
+            encode_for_test(27, &r, len)
+        });
+    let damaged = (
+        proptest::collection::vec(record, 1..4),
+        any::<usize>(),
+        any::<u8>(),
+    )
+        .prop_map(|(msgs, at, byte)| {
+            let mut d = msgs.concat();
+            match at % 3 {
+                0 => d.truncate(at % (d.len() + 1)),
+                1 => {
+                    let i = at % d.len().max(1);
+                    if let Some(b) = d.get_mut(i) {
+                        *b = byte;
+                    }
+                }
+                _ => {}
+            }
+            d
+        });
+    prop_oneof![bytes(1024), damaged]
+}
+
+#[test]
+fn fuzz_taskstats_parser() {
+    fuzz(2, &[], taskstats_datagram(), |datagram| {
+        let records = parse_taskstats(datagram, 27);
+        // A record needs at least its header and the struct up to ac_etime.
+        prop_assert!(records.len() * 152 <= datagram.len());
+        for r in &records {
+            prop_assert!(r.comm.chars().count() <= 32);
+            prop_assert!(r.version >= 2);
+        }
+        Ok(())
+    });
+}

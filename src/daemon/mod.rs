@@ -29,7 +29,7 @@ use crate::cloud::metadata::{MetadataClient, MetadataSettings};
 use crate::cloud::retry::Rates;
 use crate::config::{Config, RoutingMode};
 use crate::engine::{Command, Engine, Settings, Snapshot, Start};
-use crate::host::procs::{Identifier, ProcessEvents};
+use crate::host::procs::{Identifier, ProcessEvents, TaskStats};
 use crate::host::routes::{PolicyRouting, TableLayout};
 use crate::host::routing_adapter::RoutingAdapter;
 use crate::host::watch::WatchOptions;
@@ -148,8 +148,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let health = Arc::new(Health::default());
     let mut identification_warnings = Vec::new();
     match identification {
-        Identification::Ready(Some(note)) => identification_warnings.push(note),
-        Identification::Ready(None) => {}
+        Identification::Ready(notes) => identification_warnings.extend(notes),
         Identification::Broken(why) => {
             // Releases stay disarmed: every removal is held (the identifier reports
             // every remover as our failure), and /readyz says why.

@@ -5,15 +5,17 @@ use super::*;
 
 /// What the start-up check of remover identification found.
 pub(super) enum Identification {
-    /// Works; the note says what is degraded (shown by `status`).
-    Ready(Option<String>),
+    /// Works; the notes say what is degraded (one `status` line each).
+    Ready(Vec<String>),
     /// Does not work: releases stay disarmed (every removal held).
     Broken(String),
 }
 
 /// Subscribes to process events (falling back to `/proc` alone, which cannot name a
 /// short-lived remover that exited before its notification is read: such removals are
-/// held as unknown) and checks that identification works at all.
+/// held as unknown) and to taskstats exit records (falling back to the connector alone,
+/// which loses the name of some of those removers and judges them by their parents), and
+/// checks that identification works at all.
 pub(super) fn remover_identification() -> (Identifier, Identification) {
     let (events, mut notes) = match ProcessEvents::start() {
         Ok(events) => {
@@ -30,18 +32,38 @@ pub(super) fn remover_identification() -> (Identifier, Identification) {
             )
         }
     };
-    let mut identifier = Identifier::new(events);
+    let exits = match TaskStats::start_near(events.as_ref().map(|e| e.namespace.as_str())) {
+        Ok(exits) => {
+            info!(namespace = %exits.namespace, "taskstats exit records: registered");
+            Some(exits)
+        }
+        Err(e) => {
+            warn!(error = %e, "taskstats exit records unavailable: a remover that exits before its removal is read may be known only by its parents, or held");
+            notes.push(format!(
+                "taskstats exit records unavailable ({e}): a short-lived remover may be named only by its parents, or its removal held"
+            ));
+            None
+        }
+    };
+    let mut identifier = Identifier::new(events).with_exits(exits);
     if let Err(why) = identifier.can_read_descriptors() {
-        warn!(%why, "other processes' descriptors cannot be read: a netlink port that is not a pid (keepalived's) resolves to nobody, and its removals are held");
+        // The packaged unit's default (docs/security.md, "What the packaged unit can
+        // name"): a warning and a status line, not a failure.
+        warn!(%why, "other processes' descriptors cannot be read: removers whose netlink port is not a pid (keepalived) cannot be named, and their releases are held until `enisync release --held`; the drop-in /usr/share/doc/enisync/examples/name-removers.conf lets enisync name them");
         notes.push(format!(
-            "cannot read other processes' descriptors ({why}): removals from ports that are not pids are held"
+            "removers whose netlink port is not a pid (keepalived) cannot be named ({why}): their releases are held until `enisync release --held`; the drop-in /usr/share/doc/enisync/examples/name-removers.conf lets enisync name them"
         ));
     }
     match identifier.probe() {
-        Ok(()) => (
-            identifier,
-            Identification::Ready((!notes.is_empty()).then(|| notes.join("; "))),
-        ),
+        Ok(()) => {
+            if let Err(why) = identifier.probe_exits() {
+                warn!(%why, "taskstats exit records do not arrive: naming exited removers with process events alone");
+                notes.push(format!(
+                    "taskstats exit records do not arrive ({why}): a short-lived remover may be named only by its parents, or its removal held"
+                ));
+            }
+            (identifier, Identification::Ready(notes))
+        }
         Err(why) => {
             error!(%why, "remover identification does not work: releases stay disarmed (every removal held)");
             identifier.disarm(why.clone());

@@ -46,6 +46,7 @@ mod proc_events;
 pub(crate) use events::parse_datagram;
 pub use events::{EventSocket, Notification};
 use messages::*;
+pub(super) use proc_events::enter_netns;
 pub use proc_events::{ProcEvent, ProcEventSocket, parse_proc_events};
 
 const EEXIST: i32 = libc::EEXIST;

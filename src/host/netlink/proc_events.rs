@@ -149,7 +149,7 @@ impl ProcEventSocket {
 }
 
 /// Moves the calling thread into the network namespace of `ns` (a `/proc/<pid>/ns/net`).
-pub(super) fn enter_netns(ns: &std::path::Path) -> io::Result<()> {
+pub(in crate::host) fn enter_netns(ns: &std::path::Path) -> io::Result<()> {
     let ns = std::fs::File::open(ns)?;
     // SAFETY: `ns` is an open namespace file for the whole call; setns(2) only changes
     // the network namespace of the calling thread, a thread of our own that ends right

@@ -1,0 +1,437 @@
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::super::Identity;
+use super::super::netlink::ProcEvent;
+use super::taskstats::encode_for_test;
+use super::*;
+
+#[test]
+fn stat_with_spaces_and_parentheses_in_comm() {
+    let text = "4242 (a b) (c)) S 17 4242 4242 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 98765 0 0";
+    let s = parse_stat(4242, text).expect("parses");
+    assert_eq!(s.comm, "a b) (c)");
+    assert_eq!(s.ppid, 17);
+    assert_eq!(s.start, 98765);
+}
+
+#[test]
+fn netlink_table_row_of_a_route_socket() {
+    let text = "sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n\
+                0000000000000000 0   3079057432 00000000 0        0        0     2        0        77001\n\
+                0000000000000000 9   3079057432 00000000 0        0        0     2        0        77002\n\
+                0000000000000000 0   812        00000551 0        0        0     2        0        77003\n";
+    assert_eq!(parse_netlink_table(text, 3_079_057_432), Some(77001));
+    assert_eq!(parse_netlink_table(text, 812), Some(77003));
+    assert_eq!(parse_netlink_table(text, 813), None);
+}
+
+/// A long-lived child of ours (a `sleep` run under the name we give it) holds no
+/// netlink socket; a real socket opened here is resolved to this test process.
+#[test]
+fn a_port_resolves_to_the_process_holding_the_socket() {
+    let mut socket =
+        rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE).expect("socket");
+    let addr = socket.bind_auto().expect("bind");
+    let port = addr.port_number();
+    let mut id = Identifier::default();
+    let r = id.identify(port);
+    let me = read_stat(Path::new("/proc"), std::process::id())
+        .expect("read")
+        .expect("us");
+    assert_eq!(r.process.as_deref(), Some(me.comm.as_str()), "{r:?}");
+    assert_eq!(r.identity, Identity::Alive, "{r:?}");
+    assert_eq!(r.ancestors.is_empty(), me.ppid <= 1, "{r:?}");
+    // A second socket of the same process gets a port that is not a pid: resolved
+    // through the descriptor scan.
+    let mut second =
+        rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE).expect("socket");
+    let port2 = second.bind_auto().expect("bind").port_number();
+    assert_ne!(port2, std::process::id());
+    let r2 = id.identify(port2);
+    assert_eq!(r2.process.as_deref(), Some(me.comm.as_str()), "{r2:?}");
+    assert_eq!(r2.identity, Identity::Alive);
+    // Closed: what we read before answers, as an exited owner would be answered.
+    drop(second);
+    let r3 = id.identify(port2);
+    assert_eq!(r3.process.as_deref(), Some(me.comm.as_str()), "{r3:?}");
+}
+
+#[test]
+fn a_port_nobody_holds_and_nobody_saw_is_unknown_not_exited() {
+    let mut id = Identifier::default();
+    let r = id.identify(4_000_000_001);
+    assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
+    assert_eq!(r.process, None);
+}
+
+/// A connector memory fed by hand (no socket, no reader thread).
+fn fed(batch: &[ProcEvent]) -> Arc<ProcessEvents> {
+    let events = Arc::new(ProcessEvents {
+        memory: Mutex::default(),
+        changed: Condvar::new(),
+        namespace: "test".into(),
+        running: AtomicBool::new(true),
+        overruns: AtomicU64::new(0),
+        proc_root: PathBuf::from("/proc"),
+        hz: ticks_per_second(),
+        boot_offset_ns: clock_ns(libc::CLOCK_BOOTTIME)
+            .saturating_sub(clock_ns(libc::CLOCK_MONOTONIC)),
+    });
+    events.take(batch);
+    events
+}
+
+/// A pid no process has (above any default `pid_max` in use here, below 2^22).
+const GONE: u32 = 4_194_000;
+
+/// An `ip` forked by us that exec'd and exited before its name could be read:
+/// exited, named `(exited pid N)`, judged by the chain from us.
+#[test]
+fn an_exited_remover_whose_name_was_lost_is_judged_by_its_parents() {
+    let me = std::process::id();
+    let at_ns = clock_ns(libc::CLOCK_MONOTONIC);
+    let events = fed(&[
+        ProcEvent::Fork {
+            parent: me,
+            child: GONE,
+            at_ns,
+        },
+        ProcEvent::Exec { pid: GONE, at_ns },
+        ProcEvent::Exit {
+            pid: GONE,
+            parent: Some(me),
+            at_ns,
+        },
+    ]);
+    let r = Identifier::new(Some(events)).identify(GONE);
+    let us = read_stat(Path::new("/proc"), me)
+        .expect("read")
+        .expect("us");
+    assert_eq!(r.identity, Identity::Exited, "{r:?}");
+    assert_eq!(
+        r.process.as_deref(),
+        Some(format!("(exited pid {GONE})").as_str())
+    );
+    assert_eq!(r.ancestors.first(), Some(&us.comm), "{r:?}");
+}
+
+/// Only its exit was seen (fork and exec before we subscribed): its exit bounds its
+/// start, and the exit event's parent starts the chain.
+#[test]
+fn an_exit_alone_gives_the_parent() {
+    let me = std::process::id();
+    let at_ns = clock_ns(libc::CLOCK_MONOTONIC);
+    let events = fed(&[ProcEvent::Exit {
+        pid: GONE,
+        parent: Some(me),
+        at_ns,
+    }]);
+    let r = Identifier::new(Some(events)).identify(GONE);
+    assert_eq!(r.identity, Identity::Exited, "{r:?}");
+    assert_eq!(r.ancestors.len() + 1, r.names().count());
+    assert!(!r.ancestors.is_empty(), "{r:?}");
+}
+
+/// Exited with no chain: parent unknown (an old kernel's short event), PID 1, or a
+/// parent gone unseen. Held as unknown.
+#[test]
+fn an_exited_remover_without_a_chain_is_unknown() {
+    let at_ns = clock_ns(libc::CLOCK_MONOTONIC);
+    for parent in [None, Some(1), Some(GONE + 1)] {
+        let events = fed(&[ProcEvent::Exit {
+            pid: GONE,
+            parent,
+            at_ns,
+        }]);
+        let r = Identifier::new(Some(events)).identify(GONE);
+        assert!(
+            matches!(r.identity, Identity::Unknown(_)),
+            "{parent:?}: {r:?}"
+        );
+    }
+}
+
+/// Reparented before it exited (the fork and the exit name different parents): its
+/// parent at exit is not who ran it. Unknown.
+#[test]
+fn an_exited_remover_reparented_before_its_exit_is_unknown() {
+    let me = std::process::id();
+    let at_ns = clock_ns(libc::CLOCK_MONOTONIC);
+    let events = fed(&[
+        ProcEvent::Fork {
+            parent: GONE + 1,
+            child: GONE,
+            at_ns,
+        },
+        ProcEvent::Exit {
+            pid: GONE,
+            parent: Some(me),
+            at_ns,
+        },
+    ]);
+    let r = Identifier::new(Some(events)).identify(GONE);
+    assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
+}
+
+/// A parent on record that is younger than its child is a reused pid. Unknown.
+#[test]
+fn an_exited_remover_whose_parent_pid_was_reused_is_unknown() {
+    let me = std::process::id();
+    let us = read_stat(Path::new("/proc"), me)
+        .expect("read")
+        .expect("us");
+    let hz = ticks_per_second();
+    // Exited (by its events' clock) well before we started.
+    let boot = clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
+    let before_us = (us.start.saturating_sub(10) * (1_000_000_000 / hz)).saturating_sub(boot);
+    let events = fed(&[ProcEvent::Exit {
+        pid: GONE,
+        parent: Some(me),
+        at_ns: before_us,
+    }]);
+    let r = Identifier::new(Some(events)).identify(GONE);
+    assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
+}
+
+/// A process being reaped reads ppid 0 in its stat: its parent comes from its exit
+/// event (or fork event); reparented or never seen is not a parent. Before, the
+/// chain ended there, naming `ip` with no ancestors.
+#[test]
+fn an_exiting_process_gets_its_parent_from_its_exit_event() {
+    let me = std::process::id();
+    let at_ns = clock_ns(libc::CLOCK_MONOTONIC);
+    let hz = ticks_per_second();
+    let boot = clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
+    let start = ns_to_ticks(at_ns + boot, hz);
+    let fork = ProcEvent::Fork {
+        parent: me,
+        child: GONE,
+        at_ns,
+    };
+    let exit = |parent| ProcEvent::Exit {
+        pid: GONE,
+        parent: Some(parent),
+        at_ns,
+    };
+    let id = |batch: &[ProcEvent]| Identifier::new(Some(fed(batch)));
+    assert_eq!(id(&[fork, exit(me)]).exiting_parent(GONE, start), Ok(me));
+    assert_eq!(id(&[exit(me)]).exiting_parent(GONE, start), Ok(me));
+    assert!(id(&[fork, exit(1)]).exiting_parent(GONE, start).is_err());
+    assert!(id(&[]).exiting_parent(GONE, start).is_err());
+    assert!(Identifier::new(None).exiting_parent(GONE, start).is_err());
+}
+
+#[test]
+fn a_disarmed_identifier_fails_every_remover_but_the_kernel() {
+    let mut id = Identifier::default();
+    id.disarm("probe failed".into());
+    assert!(matches!(id.identify(1234).identity, Identity::Failed(_)));
+    assert!(id.identify(0).is_kernel());
+}
+
+// ===== taskstats exit records =====
+
+/// A record as a version-13 kernel sends it for a single-threaded process.
+fn record(pid: u32, comm: &str, ppid: u32, etime_us: u64) -> TaskStatsRecord {
+    TaskStatsRecord {
+        version: 13,
+        pid,
+        tgid: Some(pid),
+        comm: comm.into(),
+        ppid,
+        uid: 0,
+        flags: 0,
+        btime: 1_700_000_000,
+        etime_us,
+    }
+}
+
+#[test]
+fn a_taskstats_record_is_parsed_by_offset_whatever_its_version() {
+    let r = record(4242, "ip", 17, 1234);
+    // Version 13 as the header here defines it (416 bytes), and a longer, newer one.
+    for len in [416, 480] {
+        let parsed = parse_taskstats(&encode_for_test(27, &r, len), 27);
+        assert_eq!(parsed, vec![r.clone()], "{len}");
+    }
+    // Another family's message is not ours.
+    assert!(parse_taskstats(&encode_for_test(27, &r, 416), 28).is_empty());
+    // Version 11: no ac_tgid (a thread cannot be told from a process).
+    let old = TaskStatsRecord {
+        version: 11,
+        tgid: None,
+        ..r.clone()
+    };
+    assert_eq!(
+        parse_taskstats(&encode_for_test(27, &old, 360), 27),
+        vec![old]
+    );
+    // Claims version 12 but stops before ac_tgid: read as without it.
+    let short = TaskStatsRecord {
+        version: 12,
+        ..r.clone()
+    };
+    let parsed = parse_taskstats(&encode_for_test(27, &short, 300), 27);
+    assert_eq!(parsed.first().map(|p| p.tgid), Some(None));
+    // Too short for ac_etime, or version 1 (no accounting fields): skipped.
+    assert!(parse_taskstats(&encode_for_test(27, &r, 150), 27).is_empty());
+    let v1 = TaskStatsRecord { version: 1, ..r };
+    assert!(parse_taskstats(&encode_for_test(27, &v1, 416), 27).is_empty());
+    // Every truncation of a valid datagram parses without a panic, and never yields
+    // more than the one record.
+    let full = encode_for_test(27, &record(7, "x", 1, 1), 416);
+    for cut in 0..full.len() {
+        assert!(parse_taskstats(&full[..cut], 27).len() <= 1);
+    }
+}
+
+/// The connector saw our child fork, exec and exit, its name lost (read too late);
+/// the child's exit record says what it was.
+fn lost_name(me: u32, fork_ns: u64, exit_ns: u64) -> Arc<ProcessEvents> {
+    fed(&[
+        ProcEvent::Fork {
+            parent: me,
+            child: GONE,
+            at_ns: fork_ns,
+        },
+        ProcEvent::Exec {
+            pid: GONE,
+            at_ns: fork_ns,
+        },
+        ProcEvent::Exit {
+            pid: GONE,
+            parent: Some(me),
+            at_ns: exit_ns,
+        },
+    ])
+}
+
+fn exits_of(records: Vec<TaskStatsRecord>) -> Arc<TaskStats> {
+    let exits = Arc::new(TaskStats::unstarted());
+    exits.take(records, clock_ns(libc::CLOCK_MONOTONIC));
+    exits.drained(u64::MAX);
+    exits
+}
+
+#[test]
+fn an_exited_remover_whose_name_was_lost_is_named_by_its_exit_record() {
+    let me = std::process::id();
+    let fork_ns = clock_ns(libc::CLOCK_MONOTONIC);
+    let exit_ns = fork_ns + 2_000_000;
+    let us = read_stat(Path::new("/proc"), me)
+        .expect("read")
+        .expect("us");
+    let r = Identifier::new(Some(lost_name(me, fork_ns, exit_ns)))
+        .with_exits(Some(exits_of(vec![record(GONE, "ip", me, 2_000)])))
+        .identify(GONE);
+    assert_eq!(r.identity, Identity::Exited, "{r:?}");
+    assert_eq!(r.process.as_deref(), Some("ip"), "{r:?}");
+    assert_eq!(r.ancestors.first(), Some(&us.comm), "{r:?}");
+}
+
+/// A record that does not fit what the connector saw of the pid is another process's
+/// (a pid reused, a record of an earlier holder): not believed, the name stays lost.
+#[test]
+fn an_exit_record_of_another_holder_of_the_pid_names_nobody() {
+    let me = std::process::id();
+    let fork_ns = clock_ns(libc::CLOCK_MONOTONIC);
+    let exit_ns = fork_ns + 2_000_000;
+    let placeholder = format!("(exited pid {GONE})");
+    for (why, rec) in [
+        // Ran for a second: started long before this process's fork.
+        ("started before", record(GONE, "sshd", me, 1_000_000)),
+        // Exited under another parent.
+        ("other parent", record(GONE, "sshd", me + 1, 2_000)),
+        // Another thread of some process whose tid is that pid.
+        (
+            "a thread",
+            TaskStatsRecord {
+                tgid: Some(GONE + 1),
+                ..record(GONE, "sshd", me, 2_000)
+            },
+        ),
+    ] {
+        let r = Identifier::new(Some(lost_name(me, fork_ns, exit_ns)))
+            .with_exits(Some(exits_of(vec![rec])))
+            .identify(GONE);
+        assert_eq!(
+            r.process.as_deref(),
+            Some(placeholder.as_str()),
+            "{why}: {r:?}"
+        );
+    }
+}
+
+/// A thread's exit leaves no trace; a later record of the same pid replaces an earlier
+/// one; an overrun forgets everything (a newer record may have been lost).
+#[test]
+fn exit_records_keep_processes_only_and_forget_after_an_overrun() {
+    let thread = TaskStatsRecord {
+        tgid: Some(GONE + 1),
+        ..record(GONE, "worker", 1, 5)
+    };
+    let exits = exits_of(vec![thread]);
+    assert_eq!(exits.exit_of(GONE, 0, Duration::ZERO), None);
+    exits.take(
+        vec![record(GONE, "first", 1, 5), record(GONE, "second", 1, 5)],
+        clock_ns(libc::CLOCK_MONOTONIC),
+    );
+    let got = exits.exit_of(GONE, 0, Duration::ZERO).expect("kept");
+    assert_eq!(got.comm, "second");
+    exits.overrun();
+    assert_eq!(exits.exit_of(GONE, 0, Duration::ZERO), None);
+}
+
+/// Nothing is believed before every record queued by then has been read.
+#[test]
+fn an_exit_record_waits_for_the_reader_to_catch_up() {
+    let exits = Arc::new(TaskStats::unstarted());
+    exits.take(vec![record(GONE, "ip", 1, 5)], 0);
+    let barrier = clock_ns(libc::CLOCK_MONOTONIC);
+    assert_eq!(
+        exits.exit_of(GONE, barrier, Duration::from_millis(20)),
+        None
+    );
+    exits.drained(barrier);
+    assert!(exits.exit_of(GONE, barrier, Duration::ZERO).is_some());
+}
+
+/// The connector never saw it (an overrun): the record alone names it, judged by the
+/// chain from its parent; an old record without ac_tgid is not used alone.
+#[test]
+fn an_exit_record_alone_names_a_remover_the_connector_missed() {
+    let me = std::process::id();
+    let r = Identifier::new(Some(fed(&[])))
+        .with_exits(Some(exits_of(vec![record(GONE, "ip", me, 2_000)])))
+        .identify(GONE);
+    assert_eq!(r.identity, Identity::Exited, "{r:?}");
+    assert_eq!(r.process.as_deref(), Some("ip"), "{r:?}");
+    assert!(!r.ancestors.is_empty(), "{r:?}");
+    let old = TaskStatsRecord {
+        version: 11,
+        tgid: None,
+        ..record(GONE, "ip", me, 2_000)
+    };
+    let r = Identifier::new(Some(fed(&[])))
+        .with_exits(Some(exits_of(vec![old])))
+        .identify(GONE);
+    assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
+}
+
+/// The real thing (needs root, as CI runs, and CONFIG_TASKSTATS: fails without them):
+/// a child's exit is recorded with its name and parent.
+#[test]
+fn a_real_child_exit_is_recorded() {
+    let exits = TaskStats::start().expect("taskstats (needs root and CONFIG_TASKSTATS)");
+    let mut child = std::process::Command::new("true").spawn().expect("true");
+    let pid = child.id();
+    child.wait().expect("wait");
+    let exit = exits
+        .exit_of(pid, clock_ns(libc::CLOCK_MONOTONIC), Duration::from_secs(2))
+        .expect("a record of our child");
+    assert_eq!(exit.comm, "true");
+    assert_eq!(exit.ppid, std::process::id());
+    assert!(exit.tgid_known);
+}
