@@ -271,7 +271,7 @@ fn fuzz_metadata_answers() {
             }
         }
         let _ = metadata::parse_ip("p", body);
-        let _ = crate::cloud::MacAddr::parse(body);
+        let _ = crate::net::MacAddr::parse(body);
         match crate::cloud::credentials::parse_role_document("role", Some(body)) {
             Ok(keys) => prop_assert!(!keys.secret_key.expose().is_empty()),
             Err(e) => {
@@ -466,10 +466,10 @@ fn journal_text() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<bool>)> {
                 },
                 "sent" => journal::RecordState::Sent {
                     eni_id: "eni-1".into(),
-                    task: crate::cloud::TaskRef {
+                    task: crate::task::TaskRef {
                         request_id: None,
                         task_id: "7".into(),
-                        protocol: crate::cloud::Protocol::Legacy,
+                        protocol: crate::task::Protocol::Legacy,
                     },
                 },
                 _ => journal::RecordState::Finished {

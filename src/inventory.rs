@@ -10,8 +10,9 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-use crate::cloud::{Eni, MacAddr};
+use crate::cloud::Eni;
 use crate::config::StaticInterface;
+use crate::net::MacAddr;
 
 /// Per-MAC facts from the metadata service that the API does not give.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -4,6 +4,7 @@
 //! The map is `docs/design.md` and the README: `host` translates
 //! netlink, `cloud` translates Tencent's APIs, `engine` is the one place that decides.
 
+pub mod backoff;
 pub mod cloud;
 pub mod config;
 pub mod daemon;
@@ -11,10 +12,12 @@ pub mod engine;
 pub mod host;
 pub mod inventory;
 pub mod journal;
+pub mod net;
 pub mod ops;
 pub mod pause;
 pub mod service_user;
 pub mod state_dir;
+pub mod task;
 
 #[cfg(test)]
 mod fuzz;

@@ -91,7 +91,7 @@ impl Target {
         self.socket.clone().unwrap_or_else(|| {
             // Only root can read the packaged config; others get the default path.
             Config::load(&self.config).map_or_else(
-                |_| PathBuf::from(control::DEFAULT_SOCKET),
+                |_| PathBuf::from(config::DEFAULT_SOCKET),
                 |c| c.control.socket,
             )
         })

@@ -7,7 +7,7 @@ mod hostns;
 use std::net::Ipv4Addr;
 
 use enisync::host::HostError;
-use enisync::host::routes::{ManagedEni, RTPROT_ENISYNC, Router, RoutingConfig};
+use enisync::host::routes::{ManagedEni, PolicyRouting, RTPROT_ENISYNC, TableLayout};
 use hostns::*;
 
 fn ip4(s: &str) -> Ipv4Addr {
@@ -29,8 +29,8 @@ fn setup_eni() -> ManagedEni {
     }
 }
 
-fn router() -> Router {
-    Router::new(RoutingConfig {
+fn router() -> PolicyRouting {
+    PolicyRouting::new(TableLayout {
         table_base: 10_000,
         rule_priority: 1000,
     })

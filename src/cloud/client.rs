@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::credentials::{Clock, CredentialError, CredentialProvider, Credentials};
+use super::credentials::{CredentialError, CredentialProvider, Credentials};
 use super::legacy::LegacyApi;
 use super::retry::{Backoff, RateLimits, Rates, TokenBucket};
 use super::sign::LegacySignMethod;

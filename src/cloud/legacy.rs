@@ -11,7 +11,8 @@ use std::net::Ipv4Addr;
 use serde_json::{Map, Value};
 
 use super::classify::TencentCode;
-use super::credentials::{Credentials, ServerClock};
+use super::clock::ServerClock;
+use super::credentials::Credentials;
 use super::sign::{LegacySignMethod, legacy_sign, legacy_string_to_sign};
 use super::transport::{Endpoint, exchange};
 use super::v3::{TASK_RESULT, UNASSIGN};

@@ -8,8 +8,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::MacAddr;
 use super::transport::{BodyError, read_body, transport_kind};
+use crate::backoff::Backoff;
+use crate::net::MacAddr;
 
 /// The largest metadata answer read. Every value enisync reads is a line or a short
 /// listing; the largest, a CAM role's credentials document, is about 2 KiB.
@@ -183,7 +184,10 @@ impl MetadataClient {
     /// One value, trimmed; `None` on 404. Transport errors and 5xx are retried.
     async fn get(&self, path: &str) -> Result<Option<String>, MetadataError> {
         let url = format!("{}{path}", self.base);
-        let mut delay = self.backoff;
+        let backoff = Backoff {
+            base: self.backoff,
+            cap: Duration::MAX,
+        };
         let mut attempt = 1;
         loop {
             let result = self.get_once(&url, path).await;
@@ -196,8 +200,7 @@ impl MetadataClient {
                 return result;
             }
             tracing::debug!(path, attempt, "metadata request failed, retrying");
-            tokio::time::sleep(delay).await;
-            delay = delay.saturating_mul(2);
+            tokio::time::sleep(backoff.ceiling(attempt - 1)).await;
             attempt += 1;
         }
     }

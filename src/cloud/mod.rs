@@ -7,7 +7,8 @@
 //! answer is classified ([`ErrorClass`]) so the engine decides on a class, never on a
 //! string.
 //!
-//! Layers, bottom up: [`sign`] (pure signatures), `transport` (one HTTP exchange),
+//! Layers, bottom up: [`sign`] (pure signatures), [`clock`] (wall time as the cloud sees
+//! it), `transport` (one HTTP exchange),
 //! [`v3`] and [`legacy`] (one request each), [`client`] (policy: rate limits, retries,
 //! credential refresh, the describe cache), [`release`] (the
 //! procedure the engine runs). [`credentials`] and [`metadata`] supply keys and instance
@@ -15,6 +16,7 @@
 
 pub mod classify;
 pub mod client;
+pub mod clock;
 pub mod credentials;
 pub mod legacy;
 pub mod metadata;
@@ -27,6 +29,10 @@ mod transport;
 pub mod v3;
 
 pub use transport::{EndpointError, MAX_API_BODY, http_client_builder};
+// Plain identifiers the cloud speaks in, defined in leaf modules so that `host`, `journal`
+// and `config` need not import `cloud` (see docs/design.md, "Layering").
+pub use crate::net::MacAddr;
+pub use crate::task::{Protocol, TaskRef};
 
 /// The public API 3.0 endpoint. The one source of this default: `config` re-exports it.
 pub const DEFAULT_V3_ENDPOINT: &str = "https://vpc.tencentcloudapi.com";
@@ -35,7 +41,6 @@ pub const DEFAULT_LEGACY_ENDPOINT: &str = "https://vpc.api.qcloud.com/v2/index.p
 /// The instance metadata service, plain HTTP from inside the instance.
 pub const DEFAULT_METADATA_ENDPOINT: &str = "http://metadata.tencentyun.com/latest/meta-data/";
 
-use std::fmt;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -43,59 +48,6 @@ use serde::{Deserialize, Serialize};
 /// Tencent accepts at most ten IPs per `UnassignPrivateIpAddresses`, on both protocols.
 /// Larger sets are split by the engine; the client refuses to send more.
 pub const MAX_IPS_PER_CALL: usize = 10;
-
-/// A MAC address, compared case-insensitively: the metadata service and the API spell
-/// MACs upper case, Linux lower case. Stored normalised to lower case; the spelling the
-/// service used is kept by the metadata client where URLs need it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// Parses `aa:bb:cc:dd:ee:ff` in either case.
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut out = [0u8; 6];
-        let mut parts = text.trim().split(':');
-        for byte in &mut out {
-            let part = parts.next()?;
-            if part.len() != 2 {
-                return None;
-            }
-            *byte = u8::from_str_radix(part, 16).ok()?;
-        }
-        parts.next().is_none().then_some(Self(out))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl TryFrom<String> for MacAddr {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value).ok_or_else(|| format!("not a MAC address: {value:?}"))
-    }
-}
-
-impl From<MacAddr> for String {
-    fn from(value: MacAddr) -> Self {
-        value.to_string()
-    }
-}
 
 /// One ENI of this instance as `DescribeNetworkInterfaces` reports it: what the
 /// inventory and the send-time checks of the trigger rule need.
@@ -144,26 +96,6 @@ pub enum TaskStatus {
     Success,
     Failed,
     Running,
-}
-
-/// The handle of an asynchronous cloud task: API 3.0 polls with the unassign's
-/// `RequestId`, the legacy API with its numeric `taskId`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TaskRef {
-    /// API 3.0 `RequestId` of the unassign (also logged for the audit trail).
-    pub request_id: Option<String>,
-    /// The id to poll: the RequestId (v3) or the legacy `taskId`.
-    pub task_id: String,
-    pub protocol: Protocol,
-}
-
-/// Which wire protocol carries the release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    #[default]
-    V3,
-    Legacy,
 }
 
 /// The class of a failed cloud answer: the engine acts on this, never on a code string.

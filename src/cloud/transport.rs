@@ -2,7 +2,7 @@
 //! to [`CloudError`]s with local codes.
 
 use super::CloudError;
-use super::credentials::ServerClock;
+use super::clock::ServerClock;
 
 /// The largest API answer body read (API 3.0 and legacy). A real
 /// `DescribeNetworkInterfaces` page for one instance is a few tens of KiB (at most

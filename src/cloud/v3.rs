@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::classify::TencentCode;
-use super::credentials::{Credentials, ServerClock};
+use super::clock::ServerClock;
+use super::credentials::Credentials;
 use super::sign::{Tc3Request, tc3_sign};
 use super::transport::{Endpoint, exchange};
 use super::{Attachment, CloudError, Eni, EniIp, MacAddr, Protocol, TaskRef, TaskStatus};

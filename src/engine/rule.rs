@@ -14,7 +14,7 @@ use super::intent::{Intent, Phase};
 use super::reasons::{Cancel, WaitReason};
 use super::settings::Settings;
 use crate::cloud::Eni;
-use crate::config::prefix_mask;
+use crate::net::{glob_match, prefix_mask};
 use crate::host::{Addr, HostView, Link, Remover};
 use crate::inventory::Inventory;
 
@@ -161,7 +161,7 @@ fn link_selected(settings: &Settings, link: &Link) -> Result<(), Cancel> {
         && !settings
             .interfaces
             .iter()
-            .any(|g| super::glob_match(g, &link.name))
+            .any(|g| glob_match(g, &link.name))
     {
         return Err(Cancel::NotSelectedInterface);
     }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::cloud::retry::Backoff;
-use crate::config::Cidr;
+use crate::net::Cidr;
 
 /// Engine settings, from `[release]` and friends.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use crate::cloud::{
     Attachment, CloudError, Eni, EniIp, ErrorClass, MAX_IPS_PER_CALL, MacAddr, Protocol, TaskRef,
     TaskStatus,
 };
-use crate::config::Cidr;
+use crate::net::Cidr;
 use crate::host::{Addr, HostEvent, Identity, Link, Remover};
 use crate::pause::PauseRequest;
 

@@ -1,8 +1,10 @@
 //! The host side: what the kernel says about links and IPv4 addresses, in plain types.
 //!
 //! `watch` turns netlink into [`HostEvent`]s and keeps a [`HostView`] mirror; `routes`
-//! applies the policy routing the engine asks for. All netlink access lives in
-//! `netlink.rs`, so an rtnetlink upgrade touches one file.
+//! plans and applies policy routing, and `routing_adapter` is the engine's `Router` over
+//! it; `procs` names the process behind a removal. All netlink access lives in
+//! `netlink/`, so an rtnetlink upgrade touches one folder. This file's types are plain
+//! data: it imports only `net` (docs/design.md, "Layering").
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,11 +14,12 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::cloud::MacAddr;
+use crate::net::MacAddr;
 
 pub mod netlink;
 pub mod procs;
 pub mod routes;
+pub mod routing_adapter;
 pub mod watch;
 
 /// One link as the kernel reports it.

@@ -61,6 +61,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::netlink::{EventSocket, Netlink, Notification};
 use super::procs::Identifier;
 use super::{HostError, HostEvent, HostView, Link, Remover};
+use crate::backoff::Backoff;
 
 /// How the watcher runs.
 #[derive(Debug, Clone)]
@@ -92,9 +93,9 @@ impl Default for WatchOptions {
     }
 }
 
-/// Counters the watcher updates while it runs (read them with [`WatchHandle::stats`]).
+/// The counters the watcher updates while it runs (read them with [`WatchHandle::stats`]).
 #[derive(Debug, Default)]
-struct Counters {
+struct AtomicWatchStats {
     notifications: AtomicU64,
     events: AtomicU64,
     overruns: AtomicU64,
@@ -121,15 +122,15 @@ pub struct WatchStats {
 }
 
 #[derive(Debug)]
-enum Command {
+enum WatcherRequest {
     Resync,
 }
 
 /// The engine's handle on the watcher. Dropping it stops the watcher.
 #[derive(Debug)]
 pub struct WatchHandle {
-    commands: mpsc::UnboundedSender<Command>,
-    counters: Arc<Counters>,
+    commands: mpsc::UnboundedSender<WatcherRequest>,
+    counters: Arc<AtomicWatchStats>,
     task: JoinHandle<()>,
     effective_recv_buffer: usize,
 }
@@ -144,7 +145,7 @@ impl WatchHandle {
     /// Asks for a full re-dump; its differences and then `Resynced` follow as events.
     pub fn request_resync(&self) -> Result<(), HostError> {
         self.commands
-            .send(Command::Resync)
+            .send(WatcherRequest::Resync)
             .map_err(|_| HostError::WatcherStopped)
     }
 
@@ -205,7 +206,7 @@ pub async fn start_with(
 
     let (tx, rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(AtomicWatchStats::default());
     let watcher = Watcher {
         opts,
         events,
@@ -280,8 +281,8 @@ struct Watcher {
     requests: Netlink,
     mirror: HostView,
     tx: mpsc::UnboundedSender<HostEvent>,
-    commands: mpsc::UnboundedReceiver<Command>,
-    counters: Arc<Counters>,
+    commands: mpsc::UnboundedReceiver<WatcherRequest>,
+    counters: Arc<AtomicWatchStats>,
     /// When the pending `RoutingChanged` is due, if one is.
     routing_due: Option<Instant>,
     /// The remover last read from `/proc` in the current burst (see `run`).
@@ -332,7 +333,7 @@ impl Watcher {
                     None => self.reconnect().await,
                 },
                 command = self.commands.recv() => match command {
-                    Some(Command::Resync) => self.resync(Reason::Requested).await,
+                    Some(WatcherRequest::Resync) => self.resync(Reason::Requested).await,
                     // The handle is gone; it aborts us on drop anyway.
                     None => break,
                 },
@@ -552,17 +553,28 @@ impl Watcher {
         alive
     }
 
+    /// From `reconnect_min`, doubling up to `reconnect_max`, without jitter: one host's
+    /// kernel is not a fleet's shared service.
+    fn reconnect_backoff(&self) -> Backoff {
+        Backoff {
+            base: self.opts.reconnect_min,
+            cap: self.opts.reconnect_max,
+        }
+    }
+
     /// Dumps, retrying with backoff (and a fresh request socket) until it works or the
     /// engine is gone.
     async fn dump_with_retry(&mut self) -> Option<HostView> {
-        let mut delay = self.opts.reconnect_min;
+        let backoff = self.reconnect_backoff();
+        let mut attempt = 0;
         loop {
             match dump(&self.requests).await {
                 Ok(view) => return Some(view),
                 Err(error) => {
+                    let delay = backoff.ceiling(attempt);
+                    attempt = attempt.saturating_add(1);
                     tracing::warn!(%error, ?delay, "dump failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.opts.reconnect_max);
                     if self.tx.is_closed() {
                         return None;
                     }
@@ -578,11 +590,13 @@ impl Watcher {
     /// The event stream ended: reopen both sockets with backoff, then resync; again if
     /// the new stream dies during that resync.
     async fn reconnect(&mut self) {
-        let mut delay = self.opts.reconnect_min;
+        let backoff = self.reconnect_backoff();
+        let mut attempt = 0;
         loop {
+            let delay = backoff.ceiling(attempt);
+            attempt = attempt.saturating_add(1);
             tracing::warn!(?delay, "netlink event stream ended; reconnecting");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(self.opts.reconnect_max);
             if self.tx.is_closed() {
                 return;
             }

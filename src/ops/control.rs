@@ -24,8 +24,6 @@ use tracing::{info, warn};
 use crate::engine::Command;
 use crate::pause::PauseRequest;
 
-pub const DEFAULT_SOCKET: &str = "/run/enisync/enisync.sock";
-
 /// Clients served at once. The CLI sends one request and waits for one answer; more
 /// than this at once is a stuck or hostile client, and each holds a descriptor and a
 /// task. Counted in the unit's `LimitNOFILE=` arithmetic (systemd/enisync.service).

@@ -333,12 +333,3 @@ async fn clause7_not_listed_is_rechecked_then_cancelled() {
     );
     assert!(h.cloud.calls().is_empty());
 }
-
-#[test]
-fn globs() {
-    assert!(glob_match("eth*", "eth1"));
-    assert!(glob_match("eth?", "eth1"));
-    assert!(!glob_match("eth?", "eth10"));
-    assert!(glob_match("*", ""));
-    assert!(!glob_match("eth*", "veth1"));
-}

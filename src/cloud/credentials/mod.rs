@@ -9,12 +9,17 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use super::metadata::{MetadataClient, MetadataError};
+// Transitional: callers outside `cloud::clock` (the client's tests, the integration tests)
+// still name the clocks here.
+pub use super::clock::{ClockCorrection, ServerClock, SystemClock};
 
 /// CAM role keys are refreshed when fewer than this many seconds remain; it matches the
 /// five-minute signature window, as in the official SDKs.
@@ -126,125 +131,6 @@ impl CredentialError {
     }
 }
 
-/// A source of the current time, injectable for tests.
-pub trait Clock: Send + Sync + fmt::Debug {
-    fn now_unix(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_unix(&self) -> i64 {
-        let since_epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX)
-    }
-}
-
-/// A clock tests set by hand.
-#[derive(Debug, Default)]
-pub struct TestClock(AtomicI64);
-
-impl TestClock {
-    pub fn new(now: i64) -> Self {
-        Self(AtomicI64::new(now))
-    }
-
-    pub fn set(&self, now: i64) {
-        self.0.store(now, Ordering::SeqCst);
-    }
-
-    pub fn advance(&self, secs: i64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
-    }
-}
-
-impl Clock for TestClock {
-    fn now_unix(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// A clock plus a signed offset in seconds: what we believe the server's time is. Request
-/// timestamps and expiry checks read this, so when the server says our clock is skewed,
-/// setting the offset fixes both.
-///
-/// The transport records the `Date` header of every answer ([`ServerClock::observe_server_date`]);
-/// when the cloud rejects a request timestamp (`AuthFailure.SignatureExpire`, legacy 4500),
-/// the client calls [`ServerClock::correct_from_server`], which adopts the offset the last
-/// `Date` showed. The offset is never changed on a `Date` alone: a healthy clock is left
-/// alone, and one answer with a strange `Date` cannot move it.
-#[derive(Debug)]
-pub struct ServerClock {
-    base: Arc<dyn Clock>,
-    offset: AtomicI64,
-    /// Server time − base time, from the last `Date` header seen; `i64::MIN`: none yet.
-    observed: AtomicI64,
-}
-
-/// A correction of the [`ServerClock`], for the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClockCorrection {
-    /// The offset used until now (seconds).
-    pub old_offset: i64,
-    /// The offset from now on: the server's clock minus this host's.
-    pub new_offset: i64,
-}
-
-impl ServerClock {
-    pub fn new(base: Arc<dyn Clock>) -> Self {
-        Self {
-            base,
-            offset: AtomicI64::new(0),
-            observed: AtomicI64::new(i64::MIN),
-        }
-    }
-
-    /// Records the time an answer's `Date` header gave (Unix seconds).
-    pub fn observe_server_date(&self, server_unix: i64) {
-        let diff = server_unix.saturating_sub(self.base.now_unix());
-        // i64::MIN means "none": an absurd date cannot reach it after saturating_sub of a
-        // positive clock, but keep the marker unambiguous anyway.
-        self.observed
-            .store(diff.max(i64::MIN + 1), Ordering::SeqCst);
-    }
-
-    /// The server-minus-base offset the last `Date` header showed, if any.
-    pub fn observed_offset(&self) -> Option<i64> {
-        let v = self.observed.load(Ordering::SeqCst);
-        (v != i64::MIN).then_some(v)
-    }
-
-    /// Adopts the offset the last `Date` header showed. `None` when no `Date` was seen or
-    /// the offset already matches it (so the rejection was not our clock's fault).
-    pub fn correct_from_server(&self) -> Option<ClockCorrection> {
-        let new_offset = self.observed_offset()?;
-        let old_offset = self.offset.swap(new_offset, Ordering::SeqCst);
-        (old_offset != new_offset).then_some(ClockCorrection {
-            old_offset,
-            new_offset,
-        })
-    }
-
-    /// Sets the offset added to the base clock (server time − our time).
-    pub fn set_offset(&self, secs: i64) {
-        self.offset.store(secs, Ordering::SeqCst);
-    }
-
-    pub fn offset(&self) -> i64 {
-        self.offset.load(Ordering::SeqCst)
-    }
-}
-
-impl Clock for ServerClock {
-    fn now_unix(&self) -> i64 {
-        self.base.now_unix().saturating_add(self.offset())
-    }
-}
-
 /// Environment lookup, injectable so tests never touch the process environment.
 pub type EnvLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -308,8 +194,11 @@ enum Inner {
 struct CamCache {
     role: Option<String>,
     keys: Option<Arc<Credentials>>,
-    /// Unix seconds from which `get` fetches again (while the keys are still valid).
-    refresh_at: i64,
+    /// When `keys` expire, on the monotonic clock: their `expires_at` converted once, when
+    /// they were fetched, so a wall clock stepped later moves nothing.
+    valid_until: Option<Instant>,
+    /// From when `get` fetches again (while the keys are still valid); `None`: now.
+    refresh_at: Option<Instant>,
 }
 
 /// The CAM role document (`cam/security-credentials/<role>`).
@@ -357,7 +246,7 @@ impl CredentialProvider {
         })
     }
 
-    /// The clock request timestamps and expiry checks use.
+    /// The clock request timestamps use, and the conversion of key expiry to a deadline.
     pub fn clock(&self) -> &Arc<ServerClock> {
         &self.clock
     }
@@ -375,9 +264,11 @@ impl CredentialProvider {
             Inner::Static(keys) => Ok(Arc::clone(keys)),
             Inner::CamRole { metadata, cache } => {
                 let mut cache = cache.lock().await;
-                let now = self.clock.now_unix();
+                let now = Instant::now();
                 if let Some(keys) = &cache.keys {
-                    if now < cache.refresh_at && keys.expires_at.is_some_and(|t| t > now) {
+                    if cache.refresh_at.is_some_and(|t| now < t)
+                        && cache.valid_until.is_some_and(|t| t > now)
+                    {
                         return Ok(Arc::clone(keys));
                     }
                 }
@@ -394,7 +285,7 @@ impl CredentialProvider {
             let mut cache = cache.lock().await;
             // The role may have been replaced too: look it up again.
             cache.role = None;
-            let now = self.clock.now_unix();
+            let now = Instant::now();
             self.refresh(metadata, &mut cache, now).await?;
         }
         Ok(())
@@ -404,12 +295,10 @@ impl CredentialProvider {
         &self,
         metadata: &MetadataClient,
         cache: &mut CamCache,
-        now: i64,
+        now: Instant,
     ) -> Result<Arc<Credentials>, CredentialError> {
         let result = self.fetch(metadata, cache).await;
-        // Either way, the next fetch is due at the margin, or soon if we are inside it.
-        let refresh_at =
-            |expires_at: i64| (expires_at - REFRESH_MARGIN_SECS).max(now + REFRESH_RETRY_SECS);
+        let retry_at = now + secs(REFRESH_RETRY_SECS);
         match result {
             Ok(keys) => {
                 tracing::info!(
@@ -418,14 +307,22 @@ impl CredentialProvider {
                     "fetched temporary API keys"
                 );
                 let keys = Arc::new(keys);
-                cache.refresh_at = refresh_at(keys.expires_at.unwrap_or(now));
+                let valid_until = keys.expires_at.map(|expires_at| {
+                    monotonic_deadline(expires_at, self.clock.now_unix(), Instant::now())
+                });
+                // The next fetch is due at the margin, or soon if we are inside it.
+                let margin_at = valid_until.map_or(now, |t| {
+                    t.checked_sub(secs(REFRESH_MARGIN_SECS)).unwrap_or(now)
+                });
+                cache.refresh_at = Some(margin_at.max(retry_at));
+                cache.valid_until = valid_until;
                 cache.keys = Some(Arc::clone(&keys));
                 Ok(keys)
             }
             Err(error) => match &cache.keys {
-                Some(old) if old.expires_at.is_some_and(|t| t > now) => {
+                Some(old) if cache.valid_until.is_some_and(|t| t > now) => {
                     tracing::warn!(%error, "refreshing CAM role keys failed; keeping the current ones until they expire");
-                    cache.refresh_at = now + REFRESH_RETRY_SECS;
+                    cache.refresh_at = Some(retry_at);
                     Ok(Arc::clone(old))
                 }
                 _ => Err(error),
@@ -453,6 +350,21 @@ impl CredentialProvider {
         let body = metadata.cam_credentials(&role).await?;
         parse_role_document(&role, body.as_deref())
     }
+}
+
+/// The instant on the monotonic clock at which keys the cloud says expire at `expires_unix`
+/// expire: `expires_unix − wall_now + mono_now`, with both nows read together. Keys
+/// already expired get `mono_now`.
+fn monotonic_deadline(expires_unix: i64, wall_now: i64, mono_now: Instant) -> Instant {
+    let remaining = expires_unix.saturating_sub(wall_now);
+    mono_now
+        .checked_add(secs(remaining))
+        .unwrap_or_else(|| mono_now + Duration::from_secs(u64::from(u32::MAX)))
+}
+
+/// A whole number of seconds (negative: none).
+fn secs(n: i64) -> Duration {
+    Duration::from_secs(u64::try_from(n).unwrap_or(0))
 }
 
 /// A CAM role's credentials document (`None`: the service answered 404). Errors never
@@ -576,259 +488,4 @@ fn non_empty(text: String) -> Option<Secret> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
-mod tests {
-    use std::collections::HashMap;
-    use std::sync::Mutex as StdMutex;
-    use std::time::Duration;
-
-    use super::super::metadata::MetadataSettings;
-    use super::super::test_http::TestServer;
-    use super::*;
-
-    fn no_env() -> EnvLookup {
-        Box::new(|_| None)
-    }
-
-    fn env(vars: &[(&'static str, &'static str)]) -> EnvLookup {
-        let vars: HashMap<_, _> = vars.iter().copied().collect();
-        Box::new(move |name| vars.get(name).map(|v| (*v).to_owned()))
-    }
-
-    fn clock(now: i64) -> (Arc<TestClock>, Arc<ServerClock>) {
-        let base = Arc::new(TestClock::new(now));
-        (Arc::clone(&base), Arc::new(ServerClock::new(base)))
-    }
-
-    fn sources(
-        dir: Option<PathBuf>,
-        config: Option<(&str, &str)>,
-        env: EnvLookup,
-    ) -> CredentialSources {
-        CredentialSources {
-            systemd_dir: dir,
-            config_keys: config.map(|(id, key)| (Secret::new(id), Secret::new(key))),
-            env,
-            metadata: None,
-        }
-    }
-
-    fn temp_dir(files: &[(&str, &str)]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "enisync-creds-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, content) in files {
-            std::fs::write(dir.join(name), content).unwrap();
-        }
-        dir
-    }
-
-    #[test]
-    fn secrets_never_print() {
-        let secret = Secret::new("hunter2");
-        assert_eq!(format!("{secret} {secret:?}"), "*** ***");
-        let creds = Credentials {
-            secret_id: Secret::new("AKIDxyz"),
-            secret_key: Secret::new("topsecret"),
-            token: Some(Secret::new("tok")),
-            expires_at: None,
-            source: CredentialSource::Config,
-        };
-        let debug = format!("{creds:?}");
-        assert!(
-            !debug.contains("topsecret") && !debug.contains("tok\""),
-            "{debug}"
-        );
-        assert_eq!(secret.expose(), "hunter2");
-        let parsed: Secret = serde_json::from_str("\"abc\"").unwrap();
-        assert_eq!(parsed.expose(), "abc");
-    }
-
-    #[tokio::test]
-    async fn chain_order_is_systemd_config_environment() {
-        let (_, clk) = clock(0);
-        let dir = temp_dir(&[
-            (SYSTEMD_ID, "sd-id\n"),
-            (SYSTEMD_KEY, "sd-key\n"),
-            (SYSTEMD_TOKEN, "sd-token"),
-        ]);
-        let full_env = || env(&[(ENV_ID, "env-id"), (ENV_KEY, "env-key")]);
-
-        let p = CredentialProvider::new(
-            sources(Some(dir.clone()), Some(("cfg-id", "cfg-key")), full_env()),
-            Arc::clone(&clk),
-        )
-        .unwrap();
-        let k = p.get().await.unwrap();
-        assert_eq!(k.source, CredentialSource::Systemd);
-        assert_eq!(k.secret_id.expose(), "sd-id");
-        assert_eq!(k.secret_key.expose(), "sd-key");
-        assert_eq!(k.token.as_ref().map(Secret::expose), Some("sd-token"));
-
-        let empty = temp_dir(&[]);
-        let p = CredentialProvider::new(
-            sources(Some(empty), Some(("cfg-id", "cfg-key")), full_env()),
-            Arc::clone(&clk),
-        )
-        .unwrap();
-        assert_eq!(p.get().await.unwrap().source, CredentialSource::Config);
-
-        let p = CredentialProvider::new(sources(None, None, full_env()), Arc::clone(&clk)).unwrap();
-        let k = p.get().await.unwrap();
-        assert_eq!(k.source, CredentialSource::Environment);
-        assert_eq!(k.secret_key.expose(), "env-key");
-        assert!(k.token.is_none());
-
-        let err = CredentialProvider::new(sources(None, None, no_env()), clk).unwrap_err();
-        assert!(matches!(err, CredentialError::NoSource));
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn half_a_key_pair_is_an_error_not_a_fall_through() {
-        let (_, clk) = clock(0);
-        let dir = temp_dir(&[(SYSTEMD_ID, "sd-id")]);
-        let err = CredentialProvider::new(
-            sources(Some(dir.clone()), Some(("a", "b")), no_env()),
-            Arc::clone(&clk),
-        )
-        .unwrap_err();
-        assert!(matches!(err, CredentialError::Incomplete { .. }), "{err}");
-        let err = CredentialProvider::new(sources(None, None, env(&[(ENV_KEY, "only-key")])), clk)
-            .unwrap_err();
-        assert!(err.to_string().contains(ENV_ID), "{err}");
-        assert!(!err.to_string().contains("only-key"));
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    /// A metadata service whose role document the test controls.
-    struct FakeMetadata {
-        doc: Arc<StdMutex<(u16, String)>>,
-        base: String,
-        _server: TestServer,
-    }
-
-    impl FakeMetadata {
-        async fn start() -> Self {
-            let doc = Arc::new(StdMutex::new((200, String::new())));
-            let served = Arc::clone(&doc);
-            let server = TestServer::start(move |req| match req.path.as_str() {
-                "/cam/security-credentials/" => (200, "the-role".to_owned()),
-                "/cam/security-credentials/the-role" => served.lock().unwrap().clone(),
-                _ => (404, String::new()),
-            })
-            .await;
-            Self {
-                doc,
-                base: format!("{}/", server.base),
-                _server: server,
-            }
-        }
-
-        fn set(&self, status: u16, id: &str, expires: i64) {
-            *self.doc.lock().unwrap() = (
-                status,
-                format!(
-                    r#"{{"TmpSecretId":"{id}","TmpSecretKey":"key-{id}","ExpiredTime":{expires},"Expiration":"x","Token":"token-{id}","Code":"Success"}}"#
-                ),
-            );
-        }
-
-        fn provider(&self, clock: Arc<ServerClock>) -> CredentialProvider {
-            let metadata = MetadataClient::new(&MetadataSettings {
-                base_url: self.base.clone(),
-                attempts: 1,
-                backoff: Duration::from_millis(1),
-                ..MetadataSettings::default()
-            })
-            .unwrap();
-            CredentialProvider::new(
-                CredentialSources {
-                    systemd_dir: None,
-                    config_keys: None,
-                    env: no_env(),
-                    metadata: Some(metadata),
-                },
-                clock,
-            )
-            .unwrap()
-        }
-    }
-
-    #[tokio::test]
-    async fn cam_keys_are_cached_refreshed_before_expiry_and_kept_on_failure() {
-        let md = FakeMetadata::start().await;
-        let (base, clk) = clock(1_000);
-        md.set(200, "one", 2_000);
-        let p = md.provider(clk);
-
-        let k = p.get().await.unwrap();
-        assert_eq!(k.secret_id.expose(), "one");
-        assert_eq!(k.token.as_ref().map(Secret::expose), Some("token-one"));
-        assert_eq!(k.source, CredentialSource::CamRole("the-role".into()));
-        // Cached while more than 300 s remain.
-        base.set(1_699);
-        assert_eq!(p.get().await.unwrap().secret_id.expose(), "one");
-        assert_eq!(p.metadata_fetches(), 1);
-
-        // Inside the margin: refreshed.
-        md.set(200, "two", 3_000);
-        base.set(1_700);
-        assert_eq!(p.get().await.unwrap().secret_id.expose(), "two");
-        assert_eq!(p.metadata_fetches(), 2);
-
-        // Inside the margin, a service that has not rotated yet is asked again only
-        // every REFRESH_RETRY_SECS, not on every call.
-        base.set(2_750);
-        assert_eq!(p.get().await.unwrap().secret_id.expose(), "two");
-        assert_eq!(p.metadata_fetches(), 3);
-        base.set(2_750 + REFRESH_RETRY_SECS - 1);
-        p.get().await.unwrap();
-        assert_eq!(p.metadata_fetches(), 3);
-
-        // A failing refresh keeps the old keys while they are valid...
-        md.set(500, "x", 0);
-        base.set(2_800);
-        assert_eq!(p.get().await.unwrap().secret_id.expose(), "two");
-        assert_eq!(p.metadata_fetches(), 4);
-        // ...and not after they expired.
-        base.set(3_000);
-        let err = p.get().await.unwrap_err();
-        assert!(err.is_transient(), "{err}");
-    }
-
-    #[tokio::test]
-    async fn force_refresh_fetches_even_fresh_keys_and_a_bad_code_is_refused() {
-        let md = FakeMetadata::start().await;
-        let (_, clk) = clock(1_000);
-        md.set(200, "one", 9_000);
-        let p = md.provider(clk);
-        p.get().await.unwrap();
-        md.set(200, "two", 9_000);
-        p.force_refresh().await.unwrap();
-        assert_eq!(p.get().await.unwrap().secret_id.expose(), "two");
-        assert_eq!(p.metadata_fetches(), 2);
-
-        let md = FakeMetadata::start().await;
-        *md.doc.lock().unwrap() = (200, r#"{"Code":"Failed","TmpSecretKey":"leak"}"#.into());
-        let (_, clk) = clock(1_000);
-        let err = md.provider(clk).get().await.unwrap_err();
-        assert!(
-            matches!(err, CredentialError::BadRoleAnswer { .. }),
-            "{err}"
-        );
-        assert!(!err.is_transient());
-        assert!(!err.to_string().contains("leak"), "{err}");
-    }
-
-    #[test]
-    fn server_clock_applies_the_offset() {
-        let (base, clk) = clock(100);
-        clk.set_offset(-30);
-        assert_eq!(clk.now_unix(), 70);
-        base.advance(10);
-        assert_eq!(clk.now_unix(), 80);
-    }
-}
+mod tests;

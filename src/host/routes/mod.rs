@@ -11,7 +11,7 @@
 //! - for every IP present on the ENI: `from <ip>/32 lookup T pref P proto enisync`
 //!
 //! The planners are pure (current state and wanted state in, a [`Plan`] out) so they
-//! are tested without a kernel; [`apply`] and [`Router`] do the netlink part.
+//! are tested without a kernel; [`apply`] and [`PolicyRouting`] do the netlink part.
 //!
 //! The kernel flushes a table's routes through a link, without any notification, when
 //! the link goes down or loses its last IPv4 address; routes via a down link cannot be
@@ -32,7 +32,7 @@ pub const RTPROT_ENISYNC: u8 = 212;
 
 /// Where our tables and rules go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoutingConfig {
+pub struct TableLayout {
     /// The table of an ENI is `table_base + device_index`.
     pub table_base: u32,
     /// Priority (`pref`) of the `from <ip>/32` rules; below main's 32766 so they win.
@@ -46,7 +46,7 @@ pub const DEFAULT_TABLE_BASE: u32 = 3500;
 /// The `pref` of the `from <ip>/32` rules enisync creates in manage mode.
 pub const DEFAULT_RULE_PRIORITY: u32 = 3500;
 
-impl Default for RoutingConfig {
+impl Default for TableLayout {
     fn default() -> Self {
         Self {
             table_base: DEFAULT_TABLE_BASE,
@@ -72,7 +72,7 @@ pub struct ManagedEni {
 
 impl ManagedEni {
     /// This ENI's table.
-    pub fn table(&self, cfg: &RoutingConfig) -> u32 {
+    pub fn table(&self, cfg: &TableLayout) -> u32 {
         cfg.table_base.saturating_add(self.device_index)
     }
 }
@@ -176,7 +176,7 @@ fn our_route(table: u32, dst: (Ipv4Addr, u8), gateway: Option<Ipv4Addr>, oif: u3
 
 /// The wanted state for these ENIs. Pass every ENI enisync manages: whatever of ours
 /// is not wanted here is deleted by [`plan_manage`].
-pub fn desired(cfg: &RoutingConfig, enis: &[ManagedEni]) -> Desired {
+pub fn desired(cfg: &TableLayout, enis: &[ManagedEni]) -> Desired {
     let mut out = Desired::default();
     for eni in enis {
         let table = eni.table(cfg);
@@ -357,21 +357,21 @@ pub async fn apply(nl: &Netlink, plan: Plan) -> ApplyReport {
 
 /// The engine's entry point: a request socket plus the routing settings.
 #[derive(Debug)]
-pub struct Router {
+pub struct PolicyRouting {
     nl: Netlink,
-    cfg: RoutingConfig,
+    cfg: TableLayout,
 }
 
-impl Router {
+impl PolicyRouting {
     /// Opens a request socket on the current tokio runtime.
-    pub fn new(cfg: RoutingConfig) -> Result<Self, HostError> {
+    pub fn new(cfg: TableLayout) -> Result<Self, HostError> {
         Ok(Self {
             nl: Netlink::connect()?,
             cfg,
         })
     }
 
-    pub fn config(&self) -> &RoutingConfig {
+    pub fn config(&self) -> &TableLayout {
         &self.cfg
     }
 
@@ -381,7 +381,7 @@ impl Router {
         check_tables(&routes, enis.iter().map(|e| e.table(&self.cfg)))
     }
 
-    /// What [`Router::manage`] would change now, without changing it (dry run).
+    /// What [`PolicyRouting::manage`] would change now, without changing it (dry run).
     pub async fn plan_manage(&self, enis: &[ManagedEni]) -> Result<Plan, HostError> {
         let rules = self.nl.rules().await?;
         let routes = self.nl.routes().await?;
@@ -396,7 +396,7 @@ impl Router {
         Ok(apply(&self.nl, plan).await)
     }
 
-    /// What [`Router::cleanup`] would change now, without changing it (dry run).
+    /// What [`PolicyRouting::cleanup`] would change now, without changing it (dry run).
     pub async fn plan_cleanup(&self, released: &[Ipv4Addr]) -> Result<Plan, HostError> {
         let present: BTreeSet<Ipv4Addr> =
             self.nl.addrs().await?.into_iter().map(|a| a.ip).collect();
@@ -526,244 +526,4 @@ fn parse_bool(text: &str) -> Option<bool> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(s: &str) -> Ipv4Addr {
-        s.parse().expect("ip")
-    }
-
-    fn eni() -> ManagedEni {
-        ManagedEni {
-            link: 7,
-            device_index: 1,
-            gateway: ip("10.0.1.1"),
-            subnet: (ip("10.0.1.0"), 24),
-            ips: vec![ip("10.0.1.10"), ip("10.0.1.11")],
-        }
-    }
-
-    /// What the kernel would dump after applying `want` (fields equal, tag ours).
-    fn as_dumped(want: &Desired) -> (Vec<Rule>, Vec<Route>) {
-        (want.rules.clone(), want.routes.clone())
-    }
-
-    fn foreign_rule(src: &str, table: u32) -> Rule {
-        Rule::lookup_from(ip(src), table, 100, 4)
-    }
-
-    #[test]
-    fn desired_state_of_one_eni() {
-        let cfg = RoutingConfig::default();
-        let want = desired(&cfg, &[eni()]);
-        assert_eq!(want.routes.len(), 2);
-        assert!(
-            want.routes
-                .iter()
-                .all(|r| r.table == DEFAULT_TABLE_BASE + 1 && r.protocol == RTPROT_ENISYNC)
-        );
-        let link = want
-            .routes
-            .iter()
-            .find(|r| r.gateway.is_none())
-            .expect("link route");
-        assert_eq!(
-            (link.dst, link.prefix, link.scope),
-            (ip("10.0.1.0"), 24, Scope::Link)
-        );
-        let default = want
-            .routes
-            .iter()
-            .find(|r| r.gateway.is_some())
-            .expect("default");
-        assert_eq!((default.dst, default.prefix), (Ipv4Addr::UNSPECIFIED, 0));
-        assert_eq!(want.rules.len(), 2);
-        assert!(
-            want.rules
-                .iter()
-                .all(|r| r.table == DEFAULT_TABLE_BASE + 1 && r.lookup)
-        );
-    }
-
-    #[test]
-    fn plan_from_scratch_then_nothing() {
-        let want = desired(&RoutingConfig::default(), &[eni()]);
-        let plan = plan_manage(&[], &[], &want);
-        assert_eq!((plan.add_routes.len(), plan.add_rules.len()), (2, 2));
-        assert!(plan.add_routes[0].gateway.is_none(), "link route first");
-        let (rules, routes) = as_dumped(&want);
-        assert!(plan_manage(&rules, &routes, &want).is_empty());
-    }
-
-    #[test]
-    fn unwanted_ours_go_and_foreign_stay() {
-        let cfg = RoutingConfig::default();
-        let (mut rules, routes) = as_dumped(&desired(&cfg, &[eni()]));
-        rules.push(foreign_rule("10.0.1.99", DEFAULT_TABLE_BASE + 1));
-        let mut fewer = eni();
-        fewer.ips.pop();
-        let plan = plan_manage(&rules, &routes, &desired(&cfg, &[fewer]));
-        assert_eq!(plan.del_rules.len(), 1);
-        assert_eq!(plan.del_rules[0].source, Some((ip("10.0.1.11"), 32)));
-        assert!(
-            plan.add_rules.is_empty() && plan.add_routes.is_empty() && plan.del_routes.is_empty()
-        );
-
-        // No ENI managed any more: all of ours go, gateway route before link route.
-        let plan = plan_manage(&rules, &routes, &Desired::default());
-        assert_eq!(plan.del_rules.len(), 2);
-        assert!(plan.del_rules.iter().all(|r| r.protocol == RTPROT_ENISYNC));
-        assert_eq!(plan.del_routes.len(), 2);
-        assert!(plan.del_routes[0].gateway.is_some());
-    }
-
-    #[test]
-    fn changed_gateway_is_replaced_not_deleted() {
-        let cfg = RoutingConfig::default();
-        let (rules, routes) = as_dumped(&desired(&cfg, &[eni()]));
-        let mut moved = eni();
-        moved.gateway = ip("10.0.1.254");
-        let plan = plan_manage(&rules, &routes, &desired(&cfg, &[moved]));
-        assert_eq!(plan.add_routes.len(), 1);
-        assert_eq!(plan.add_routes[0].gateway, Some(ip("10.0.1.254")));
-        assert!(plan.del_routes.is_empty());
-    }
-
-    #[test]
-    fn foreign_route_at_a_wanted_place_is_a_conflict() {
-        let cfg = RoutingConfig::default();
-        let want = desired(&cfg, &[eni()]);
-        let mut foreign = want.routes[1].clone();
-        foreign.protocol = 3; // boot: `ip route add` by hand
-        foreign.gateway = Some(ip("10.0.1.2"));
-        let plan = plan_manage(&[], &[foreign], &want);
-        assert_eq!(plan.conflicts.len(), 1);
-        assert_eq!(plan.add_routes.len(), 1);
-        assert!(plan.del_routes.is_empty());
-    }
-
-    #[test]
-    fn cleanup_only_for_absent_ips_and_only_plain_from_rules() {
-        let mut with_iif = foreign_rule("10.0.1.50", 200);
-        with_iif.other_selectors = true;
-        let rules = vec![
-            foreign_rule("10.0.1.50", 200),
-            foreign_rule("10.0.1.51", 200),
-            with_iif,
-            Rule {
-                source: Some((ip("10.0.1.0"), 24)),
-                ..foreign_rule("10.0.1.0", 200)
-            },
-        ];
-        let mut route = desired(&RoutingConfig::default(), &[eni()]).routes[0].clone();
-        route.prefsrc = Some(ip("10.0.1.50"));
-        let mut foreign_route = route.clone();
-        foreign_route.protocol = 4;
-        let released = [ip("10.0.1.50"), ip("10.0.1.51")];
-        let plan = plan_cleanup(&rules, &[route, foreign_route], &released, |x| {
-            x == ip("10.0.1.51")
-        });
-        assert_eq!(plan.del_rules.len(), 1);
-        assert_eq!(plan.del_rules[0].source, Some((ip("10.0.1.50"), 32)));
-        assert!(!plan.del_rules[0].other_selectors);
-        assert_eq!(plan.del_routes.len(), 1);
-        assert_eq!(plan.del_routes[0].protocol, RTPROT_ENISYNC);
-    }
-
-    #[test]
-    fn startup_check_names_the_table() {
-        let want = desired(&RoutingConfig::default(), &[eni()]);
-        assert!(check_tables(&want.routes, [DEFAULT_TABLE_BASE + 1]).is_ok());
-        let mut foreign = want.routes[0].clone();
-        foreign.protocol = 4;
-        let err = check_tables(&[foreign], [DEFAULT_TABLE_BASE + 1]).expect_err("refused");
-        assert!(
-            matches!(err, HostError::ForeignTable { table, .. } if table == DEFAULT_TABLE_BASE + 1)
-        );
-        assert!(
-            err.to_string()
-                .contains(&format!("table {}", DEFAULT_TABLE_BASE + 1)),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn networkd_setting_default_main_and_dropins() {
-        let root = std::env::temp_dir().join(format!("enisync-networkd-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let read = || networkd_foreign_rules(&root).expect("readable");
-        assert_eq!(
-            read(),
-            NetworkdForeignRules {
-                manage_foreign_rules: true,
-                decided_by: None
-            }
-        );
-
-        let write = |rel: &str, text: &str| {
-            let path = root.join(rel);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&path, text).expect("write");
-            path
-        };
-        // The /usr/lib main file is hidden by the /etc one.
-        write(
-            "usr/lib/systemd/networkd.conf",
-            "[Network]\nManageForeignRoutingPolicyRules=no\n",
-        );
-        let etc = write(
-            "etc/systemd/networkd.conf",
-            "[Network]\n#ManageForeignRoutingPolicyRules=no\n[DHCPv4]\nManageForeignRoutingPolicyRules=no\n",
-        );
-        assert!(read().manage_foreign_rules, "commented or other section");
-        write(
-            "etc/systemd/networkd.conf",
-            "[Network]\nManageForeignRoutingPolicyRules = off\n",
-        );
-        assert_eq!(
-            read(),
-            NetworkdForeignRules {
-                manage_foreign_rules: false,
-                decided_by: Some(etc)
-            }
-        );
-
-        // Drop-ins after the main file, by name across directories; /etc hides /usr/lib.
-        write(
-            "usr/lib/systemd/networkd.conf.d/50-x.conf",
-            "[Network]\nManageForeignRoutingPolicyRules=yes\n",
-        );
-        assert!(read().manage_foreign_rules);
-        let masked = write("etc/systemd/networkd.conf.d/50-x.conf", "");
-        assert!(
-            !read().manage_foreign_rules,
-            "the empty /etc drop-in hides /usr/lib's"
-        );
-        let _ = masked;
-        let late = write(
-            "run/systemd/networkd.conf.d/90-late.conf",
-            "[Network]\nManageForeignRoutingPolicyRules=true\n",
-        );
-        write(
-            "run/systemd/networkd.conf.d/10-early.conf",
-            "[Network]\nManageForeignRoutingPolicyRules=false\n",
-        );
-        write(
-            "run/systemd/networkd.conf.d/README",
-            "[Network]\nManageForeignRoutingPolicyRules=false\n",
-        );
-        assert_eq!(
-            read(),
-            NetworkdForeignRules {
-                manage_foreign_rules: true,
-                decided_by: Some(late)
-            }
-        );
-        write(
-            "run/systemd/networkd.conf.d/95-bad.conf",
-            "[Network]\nManageForeignRoutingPolicyRules=maybe\n",
-        );
-        assert!(read().manage_foreign_rules, "invalid values are ignored");
-        std::fs::remove_dir_all(&root).expect("cleanup");
-    }
-}
+mod tests;

@@ -1,0 +1,131 @@
+use super::proc_events::{CN_MSG_LEN, NLMSG_HDR_LEN, PROC_EVENT_EXIT};
+use super::*;
+
+fn address_message(del: bool, last: u8) -> Vec<u8> {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.prefix_len = 24;
+    msg.header.index = 2;
+    msg.attributes
+        .push(AddressAttribute::Local(IpAddr::V4(Ipv4Addr::new(
+            10, 0, 1, last,
+        ))));
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(Ipv4Addr::new(
+            10, 0, 1, last,
+        ))));
+    let inner = if del {
+        RouteNetlinkMessage::DelAddress(msg)
+    } else {
+        RouteNetlinkMessage::NewAddress(msg)
+    };
+    let mut packet = NetlinkMessage::from(inner);
+    packet.header.port_number = 4242;
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    buf
+}
+
+#[test]
+fn a_datagram_with_several_messages_yields_each_in_order() {
+    let mut datagram = address_message(false, 5);
+    datagram.extend(address_message(true, 6));
+    let mut out = VecDeque::new();
+    parse_datagram(&datagram, &mut out);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(
+        matches!(&out[0], Notification::NewAddr { addr, .. } if addr.ip == Ipv4Addr::new(10, 0, 1, 5))
+    );
+    assert!(
+        matches!(&out[1], Notification::DelAddr { addr, port_id: 4242 }
+        if addr.ip == Ipv4Addr::new(10, 0, 1, 6))
+    );
+}
+
+/// `struct proc_event` of an exit, as the kernel sends it (with `parent_pid` and
+/// `parent_tgid`), and the shorter one of kernels before 4.18.
+#[test]
+fn an_exit_event_carries_its_parent() {
+    let event = |fields: &[u32]| {
+        let mut ev = Vec::new();
+        ev.extend_from_slice(&PROC_EVENT_EXIT.to_ne_bytes());
+        ev.extend_from_slice(&0u32.to_ne_bytes()); // cpu
+        ev.extend_from_slice(&77u64.to_ne_bytes()); // timestamp_ns
+        for f in fields {
+            ev.extend_from_slice(&f.to_ne_bytes());
+        }
+        let mut msg = Vec::new();
+        let len = u32::try_from(NLMSG_HDR_LEN + CN_MSG_LEN + ev.len()).expect("small");
+        msg.extend_from_slice(&len.to_ne_bytes());
+        msg.extend_from_slice(&[0; NLMSG_HDR_LEN - 4 + CN_MSG_LEN]);
+        msg.extend_from_slice(&ev);
+        msg
+    };
+    // pid, tgid, exit_code, exit_signal, parent_pid, parent_tgid
+    assert_eq!(
+        parse_proc_events(&event(&[500, 500, 0, 17, 41, 40])),
+        vec![ProcEvent::Exit {
+            pid: 500,
+            parent: Some(40),
+            at_ns: 77
+        }]
+    );
+    assert_eq!(
+        parse_proc_events(&event(&[500, 500, 0, 17])),
+        vec![ProcEvent::Exit {
+            pid: 500,
+            parent: None,
+            at_ns: 77
+        }]
+    );
+    // A thread that is not its group's leader is not a process's exit.
+    assert!(parse_proc_events(&event(&[501, 500, 0, 17, 41, 40])).is_empty());
+}
+
+#[test]
+fn garbage_after_a_good_message_is_an_overrun_not_a_panic() {
+    let mut datagram = address_message(true, 7);
+    datagram.extend([0xff; 9]);
+    let mut out = VecDeque::new();
+    parse_datagram(&datagram, &mut out);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(matches!(out[0], Notification::DelAddr { .. }));
+    assert!(matches!(out[1], Notification::Overrun));
+
+    let mut out = VecDeque::new();
+    parse_datagram(&[0u8; 3], &mut out);
+    assert!(matches!(out.pop_front(), Some(Notification::Overrun)));
+}
+
+#[test]
+fn route_for_big_table_carries_the_attribute() {
+    let route = Route {
+        table: 10_001,
+        dst: Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+        gateway: Some(Ipv4Addr::new(10, 0, 1, 1)),
+        oif: Some(3),
+        prefsrc: None,
+        metric: None,
+        tos: 0,
+        protocol: 212,
+        scope: Scope::Universe,
+        unicast: true,
+        raw: None,
+    };
+    let msg = route_to_msg(&route);
+    assert!(msg.attributes.contains(&RouteAttribute::Table(10_001)));
+    assert_eq!(msg.header.protocol, RouteProtocol::Other(212));
+    let back = route_from_msg(msg).expect("ipv4 route");
+    assert!(back.same_effect(&route));
+}
+
+#[test]
+fn rule_round_trip() {
+    let rule = Rule::lookup_from(Ipv4Addr::new(10, 0, 1, 5), 10_002, 1000, 212);
+    let back = rule_from_msg(rule_to_msg(&rule)).expect("ipv4 rule");
+    assert!(back.same_effect(&rule));
+    assert_eq!(back.protocol, 212);
+    assert_eq!(back.sole_source_host(), Some(Ipv4Addr::new(10, 0, 1, 5)));
+}

@@ -1,0 +1,181 @@
+//! What one journal line holds: the intent's key, its state, its remover and outcome as
+//! typed fields (schema 2), and what replay found.
+
+use super::*;
+
+/// What an intent wants done with its address. Only releases exist today; a claim (an
+/// address to assign) would be a second kind, with no new schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentKind {
+    Release,
+}
+
+/// The identity of one intent: records with the same key are states of one intent.
+/// The address is an [`IpAddr`] so IPv6 needs no new schema; enisync writes only IPv4
+/// today (and does not act on an IPv6 record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IntentKey {
+    pub addr: IpAddr,
+    /// Grows each time a new intent starts for `addr` (per address, not global).
+    pub generation: u64,
+    pub kind: IntentKind,
+}
+
+impl IntentKey {
+    /// The key of release intent `generation` of `addr`.
+    pub fn release(addr: impl Into<IpAddr>, generation: u64) -> Self {
+        Self {
+            addr: addr.into(),
+            generation,
+            kind: IntentKind::Release,
+        }
+    }
+}
+
+impl fmt::Display for IntentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            IntentKind::Release => "release",
+        };
+        write!(f, "{kind} {}#{}", self.addr, self.generation)
+    }
+}
+
+/// One state change of one intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub v: u32,
+    pub addr: IpAddr,
+    pub generation: u64,
+    pub kind: IntentKind,
+    pub boot_id: String,
+    /// Unix milliseconds of the state change.
+    pub at_ms: u64,
+    pub state: RecordState,
+}
+
+impl Record {
+    pub fn key(&self) -> IntentKey {
+        IntentKey {
+            addr: self.addr,
+            generation: self.generation,
+            kind: self.kind,
+        }
+    }
+}
+
+/// Who removed the address: the fields of [`Remover`], not its display text.
+#[derive(Default, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoverRecord {
+    /// The netlink port id of the requesting socket (0: the kernel).
+    pub port_id: u32,
+    /// The process name, when it was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// Its ancestors' names, parent first, as far as they were known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<String>,
+    /// Why the remover could not be identified (unknown, or enisync's own failure);
+    /// `None` when it was. A replayed intent with this set stays held as unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
+}
+
+impl From<&Remover> for RemoverRecord {
+    fn from(r: &Remover) -> Self {
+        use crate::host::Identity;
+        Self {
+            port_id: r.port_id,
+            process: r.process.clone(),
+            ancestors: r.ancestors.clone(),
+            unknown: match &r.identity {
+                Identity::Unknown(why) | Identity::Failed(why) => Some(why.clone()),
+                Identity::Kernel | Identity::Alive | Identity::Exited => None,
+            },
+        }
+    }
+}
+
+impl From<RemoverRecord> for Remover {
+    /// A replayed remover: identified then (its process has likely exited since), or
+    /// unknown then and still.
+    fn from(r: RemoverRecord) -> Self {
+        use crate::host::Identity;
+        let identity = match r.unknown {
+            Some(why) => Identity::Unknown(why),
+            None if r.port_id == 0 => Identity::Kernel,
+            None => Identity::Exited,
+        };
+        Self {
+            port_id: r.port_id,
+            process: r.process,
+            ancestors: r.ancestors,
+            identity,
+        }
+    }
+}
+
+/// How an intent ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutcomeRecord {
+    /// Its task ended in SUCCESS (`task_id` empty for a migrated schema-1 record).
+    Released {
+        task_id: String,
+    },
+    /// The cloud no longer listed it after our unassign.
+    AlreadyGone,
+    /// A clause failed: `reason` is the engine's stable reason key (the metrics label),
+    /// `detail` the variant's data (a process name, an EIP id), if any.
+    Cancelled {
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    DryRun,
+    /// A newer intent for the same address took its place before this one was sent, or
+    /// after its task failed (the newer one carries the release on).
+    Superseded {
+        by_generation: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RecordState {
+    /// The removal was observed; the grace period runs.
+    Observed {
+        link: String,
+        mac: Option<String>,
+        eni_id: Option<String>,
+        remover: Option<RemoverRecord>,
+        /// Part of a held burst: stays held across a restart until an operator
+        /// confirms.
+        #[serde(default)]
+        held: bool,
+        /// Written just before the unassign goes out: from here on the cloud may have
+        /// taken the call even if we never hear back (a crash, a lost answer). On replay
+        /// an IP the cloud no longer lists then counts as released by us, instead of a
+        /// lagging view to wait out.
+        #[serde(default)]
+        sending: bool,
+    },
+    /// The unassign was accepted; `task` is followed to its end even across reboots.
+    Sent { eni_id: String, task: TaskRef },
+    /// Terminal.
+    Finished { outcome: OutcomeRecord },
+}
+
+/// What replay found, for the engine to act on.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Live intents: their latest record, in key order.
+    pub live: Vec<Record>,
+    /// Lines that failed their checksum or did not parse (line numbers).
+    pub corrupt_lines: Vec<usize>,
+    /// Records written by a newer schema, kept and not acted on.
+    pub newer_schema: usize,
+    /// Schema-1 records read (and migrated to schema 2 by this open).
+    pub migrated: usize,
+}
