@@ -14,9 +14,9 @@ use super::intent::{Intent, Phase};
 use super::reasons::{Cancel, WaitReason};
 use super::settings::Settings;
 use crate::cloud::Eni;
-use crate::net::{glob_match, prefix_mask};
 use crate::host::{Addr, HostView, Link, Remover};
 use crate::inventory::Inventory;
+use crate::net::{glob_match, prefix_mask};
 
 /// What the rule sees: the settings, the host now, the instance's ENIs.
 #[derive(Clone, Copy)]

@@ -17,8 +17,8 @@ use crate::cloud::{
     Attachment, CloudError, Eni, EniIp, ErrorClass, MAX_IPS_PER_CALL, MacAddr, Protocol, TaskRef,
     TaskStatus,
 };
-use crate::net::Cidr;
 use crate::host::{Addr, HostEvent, Identity, Link, Remover};
+use crate::net::Cidr;
 use crate::pause::PauseRequest;
 
 const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
