@@ -31,3 +31,38 @@ impl Backoff {
         self.base.saturating_mul(factor).min(self.cap)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        assert_eq!(backoff.ceiling(0), Duration::from_millis(100));
+        assert_eq!(backoff.ceiling(1), Duration::from_millis(200));
+        assert_eq!(backoff.ceiling(3), Duration::from_millis(800));
+        assert_eq!(backoff.ceiling(4), Duration::from_secs(1));
+        assert_eq!(backoff.ceiling(200), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn backoff_jitter_stays_below_the_ceiling_and_spreads() {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let delays: Vec<_> = (0..200).map(|_| backoff.delay(3, &mut rng)).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(800)));
+        // Full jitter: both halves of the range are used.
+        assert!(delays.iter().any(|d| *d < Duration::from_millis(400)));
+        assert!(delays.iter().any(|d| *d > Duration::from_millis(400)));
+        // The same seed gives the same sequence.
+        let mut again = fastrand::Rng::with_seed(7);
+        assert_eq!(backoff.delay(3, &mut again), delays[0]);
+    }
+}

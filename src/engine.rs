@@ -72,7 +72,7 @@ pub struct Engine<C: Cloud, R: Router> {
     boot_id: String,
     view: HostView,
     inventory: Inventory,
-    static_meta: HashMap<crate::cloud::MacAddr, crate::inventory::MetaFacts>,
+    static_meta: HashMap<crate::net::MacAddr, crate::inventory::MetaFacts>,
     statics: Vec<crate::config::StaticInterface>,
     intents: BTreeMap<Ipv4Addr, Intent>,
     /// Intents whose unassign is out (sending or releasing) and whose address came back
@@ -123,7 +123,7 @@ impl<C: Cloud, R: Router> fmt::Debug for Engine<C, R> {
 pub struct Start {
     pub view: HostView,
     pub inventory: Inventory,
-    pub meta: HashMap<crate::cloud::MacAddr, crate::inventory::MetaFacts>,
+    pub meta: HashMap<crate::net::MacAddr, crate::inventory::MetaFacts>,
     pub statics: Vec<crate::config::StaticInterface>,
     pub boot_id: String,
     pub journal: Option<Journal>,

@@ -12,15 +12,16 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use enisync::backoff::Backoff;
 use enisync::cloud::client::{CloudSettings, TencentCloud};
-use enisync::cloud::credentials::{
-    CredentialProvider, CredentialSources, ServerClock, SystemClock,
-};
+use enisync::cloud::clock::{ServerClock, SystemClock};
+use enisync::cloud::credentials::{CredentialProvider, CredentialSources};
 use enisync::cloud::metadata::{MetadataClient, MetadataSettings};
 use enisync::cloud::release::{IpOutcome, ReleasePolicy, release_batch, release_in_batches};
-use enisync::cloud::retry::{Backoff, Rates};
+use enisync::cloud::retry::Rates;
 use enisync::cloud::sign::LegacySignMethod;
-use enisync::cloud::{Cloud, ErrorClass, Protocol};
+use enisync::cloud::{Cloud, ErrorClass};
+use enisync::task::Protocol;
 use enisync_fakecloud::{FakeCloud, FakeServer, Fault, Surface};
 use loopback_cloud::{ENI, INSTANCE, VPC, config_keys, ip, serve};
 

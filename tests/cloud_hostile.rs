@@ -15,10 +15,12 @@ mod sandbox;
 
 use std::time::Duration;
 
+use enisync::backoff::Backoff;
 use enisync::cloud::client::{CloudSettings, MAX_DESCRIBE_PAGES, TencentCloud};
 use enisync::cloud::metadata::{MetadataClient, MetadataError, MetadataSettings};
-use enisync::cloud::retry::{Backoff, Rates};
-use enisync::cloud::{Cloud, ErrorClass, MAX_API_BODY, Protocol};
+use enisync::cloud::retry::Rates;
+use enisync::cloud::{Cloud, ErrorClass, MAX_API_BODY};
+use enisync::task::Protocol;
 use enisync_fakecloud::{FakeCloud, FakeServer, Fault, Surface};
 use loopback_cloud::{ENI, INSTANCE, VPC, config_keys, ip, serve};
 

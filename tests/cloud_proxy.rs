@@ -9,9 +9,8 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use enisync::cloud::client::{CloudSettings, TencentCloud};
-use enisync::cloud::credentials::{
-    CredentialProvider, CredentialSources, Secret, ServerClock, SystemClock,
-};
+use enisync::cloud::clock::{ServerClock, SystemClock};
+use enisync::cloud::credentials::{CredentialProvider, CredentialSources, Secret};
 use enisync::cloud::metadata::{MetadataClient, MetadataSettings};
 use enisync::cloud::{Cloud, ErrorClass};
 use enisync_fakecloud::{FakeCloud, FakeInstance};

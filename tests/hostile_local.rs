@@ -513,8 +513,8 @@ impl Drop for SmallFs {
 /// written before ENOSPC). The next record, a `Sent`, must still be replayed.
 #[test]
 fn a_sent_record_after_a_failed_append_on_a_full_disk_is_replayed() {
-    use enisync::cloud::{Protocol, TaskRef};
     use enisync::journal::{IntentKey, Journal, RecordState, RemoverRecord};
+    use enisync::task::{Protocol, TaskRef};
     assert_root();
     let fs = SmallFs::mount(
         std::env::temp_dir().join(format!("enisync-fullfs-{}", std::process::id())),

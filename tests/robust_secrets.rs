@@ -257,9 +257,8 @@ fn config_errors_never_echo_secrets() {
 /// end up in a panic: `{:?}` of a struct) shows `***`, never the value.
 #[test]
 fn a_panic_message_with_the_config_or_keys_shows_no_secret() {
-    use enisync::cloud::credentials::{
-        CredentialProvider, CredentialSources, Secret, ServerClock, SystemClock,
-    };
+    use enisync::cloud::clock::{ServerClock, SystemClock};
+    use enisync::cloud::credentials::{CredentialProvider, CredentialSources, Secret};
     use std::sync::Arc;
 
     let dir = std::env::temp_dir().join(format!("enisync-panic-{}", std::process::id()));

@@ -21,11 +21,13 @@ use tokio::time::Instant;
 
 use super::credentials::{CredentialError, CredentialProvider, Credentials};
 use super::legacy::LegacyApi;
-use super::retry::{Backoff, RateLimits, Rates, TokenBucket};
+use super::retry::{RateLimits, Rates, TokenBucket};
 use super::sign::LegacySignMethod;
 use super::transport::{Endpoint, EndpointError};
 use super::v3::{DESCRIBE_ENIS, TASK_RESULT, UNASSIGN, V3Api};
-use super::{Cloud, CloudError, Eni, ErrorClass, MAX_IPS_PER_CALL, Protocol, TaskRef, TaskStatus};
+use super::{Cloud, CloudError, Eni, ErrorClass, MAX_IPS_PER_CALL, TaskStatus};
+use crate::backoff::Backoff;
+use crate::task::{Protocol, TaskRef};
 
 /// The most `DescribeNetworkInterfaces` pages one listing follows (of
 /// [`super::v3::PAGE_SIZE`] ENIs each). One instance holds a few dozen ENIs at most, so
@@ -506,7 +508,8 @@ fn credential_error(action: &'static str, error: &CredentialError) -> CloudError
 mod tests {
     use std::collections::VecDeque;
 
-    use super::super::credentials::{CredentialSources, Secret, ServerClock, SystemClock};
+    use super::super::clock::{ServerClock, SystemClock};
+    use super::super::credentials::{CredentialSources, Secret};
     use super::super::test_http::{Recorded, TestServer};
     use super::*;
 

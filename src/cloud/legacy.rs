@@ -16,7 +16,8 @@ use super::credentials::Credentials;
 use super::sign::{LegacySignMethod, legacy_sign, legacy_string_to_sign};
 use super::transport::{Endpoint, exchange};
 use super::v3::{TASK_RESULT, UNASSIGN};
-use super::{CloudError, Protocol, TaskRef, TaskStatus};
+use super::{CloudError, TaskStatus};
+use crate::task::{Protocol, TaskRef};
 
 /// A legacy API client for one endpoint and region.
 #[derive(Debug, Clone)]

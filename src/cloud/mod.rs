@@ -31,8 +31,6 @@ pub mod v3;
 pub use transport::{EndpointError, MAX_API_BODY, http_client_builder};
 // Plain identifiers the cloud speaks in, defined in leaf modules so that `host`, `journal`
 // and `config` need not import `cloud` (see docs/design.md, "Layering").
-pub use crate::net::MacAddr;
-pub use crate::task::{Protocol, TaskRef};
 
 /// The public API 3.0 endpoint. The one source of this default: `config` re-exports it.
 pub const DEFAULT_V3_ENDPOINT: &str = "https://vpc.tencentcloudapi.com";
@@ -44,6 +42,9 @@ pub const DEFAULT_METADATA_ENDPOINT: &str = "http://metadata.tencentyun.com/late
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::net::MacAddr;
+use crate::task::TaskRef;
 
 /// Tencent accepts at most ten IPs per `UnassignPrivateIpAddresses`, on both protocols.
 /// Larger sets are split by the engine; the client refuses to send more.

@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use super::{Cloud, CloudError, ErrorClass, MAX_IPS_PER_CALL, TaskRef, TaskStatus};
+use super::{Cloud, CloudError, ErrorClass, MAX_IPS_PER_CALL, TaskStatus};
+use crate::task::TaskRef;
 
 /// How persistent the procedure is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,8 +267,10 @@ mod tests {
     use std::sync::Mutex;
 
     use super::super::classify::TencentCode;
-    use super::super::{Eni, EniIp, MacAddr, Protocol};
+    use super::super::{Eni, EniIp};
     use super::*;
+    use crate::net::MacAddr;
+    use crate::task::Protocol;
 
     /// An in-memory cloud: one ENI, scripted answers, a log of calls.
     #[derive(Default)]

@@ -11,10 +11,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-// Transitional: `Backoff` moved to `crate::backoff` (the host watcher uses it too); this
-// keeps `cloud::retry::Backoff` naming it until its users import it from there.
-pub use crate::backoff::Backoff;
-
 /// A token bucket: at most `rate` calls per second on average, bursts up to `burst`.
 #[derive(Debug)]
 pub struct TokenBucket {
@@ -113,36 +109,6 @@ impl RateLimits {
 #[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let backoff = Backoff {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-        };
-        assert_eq!(backoff.ceiling(0), Duration::from_millis(100));
-        assert_eq!(backoff.ceiling(1), Duration::from_millis(200));
-        assert_eq!(backoff.ceiling(3), Duration::from_millis(800));
-        assert_eq!(backoff.ceiling(4), Duration::from_secs(1));
-        assert_eq!(backoff.ceiling(200), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn backoff_jitter_stays_below_the_ceiling_and_spreads() {
-        let backoff = Backoff {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-        };
-        let mut rng = fastrand::Rng::with_seed(7);
-        let delays: Vec<_> = (0..200).map(|_| backoff.delay(3, &mut rng)).collect();
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(800)));
-        // Full jitter: both halves of the range are used.
-        assert!(delays.iter().any(|d| *d < Duration::from_millis(400)));
-        assert!(delays.iter().any(|d| *d > Duration::from_millis(400)));
-        // The same seed gives the same sequence.
-        let mut again = fastrand::Rng::with_seed(7);
-        assert_eq!(backoff.delay(3, &mut again), delays[0]);
-    }
 
     #[tokio::test(start_paused = true)]
     async fn token_bucket_limits_the_rate_after_the_burst() {

@@ -15,7 +15,9 @@ use super::clock::ServerClock;
 use super::credentials::Credentials;
 use super::sign::{Tc3Request, tc3_sign};
 use super::transport::{Endpoint, exchange};
-use super::{Attachment, CloudError, Eni, EniIp, MacAddr, Protocol, TaskRef, TaskStatus};
+use super::{Attachment, CloudError, Eni, EniIp, TaskStatus};
+use crate::net::MacAddr;
+use crate::task::{Protocol, TaskRef};
 
 /// `X-TC-Version` of the VPC API.
 pub const VERSION: &str = "2017-03-12";

@@ -15,9 +15,10 @@ use super::intent::{Outcome, Phase};
 use super::reasons::{Refusal, RefusalKind, WaitReason};
 use super::{Engine, Router};
 use crate::cloud::release::{IpOutcome, ReleaseOutcome, ReleasePolicy, release_batch_observed};
-use crate::cloud::{Cloud, CloudError, Eni, MAX_IPS_PER_CALL, TaskRef, TaskStatus};
+use crate::cloud::{Cloud, CloudError, Eni, MAX_IPS_PER_CALL, TaskStatus};
 use crate::inventory::Inventory;
 use crate::journal::{IntentKey, RecordState};
+use crate::task::TaskRef;
 
 /// The shortest interval between inventory refreshes triggered by link changes.
 const INVENTORY_REFRESH_MIN: Duration = Duration::from_secs(10);

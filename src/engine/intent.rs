@@ -53,7 +53,7 @@ pub struct Intent {
     pub link: u32,
     pub link_name: String,
     pub prefix: u8,
-    pub mac: Option<crate::cloud::MacAddr>,
+    pub mac: Option<crate::net::MacAddr>,
     pub eni_id: Option<String>,
     pub remover: Option<Remover>,
     #[serde(skip)]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::cloud::retry::Backoff;
+use crate::backoff::Backoff;
 use crate::net::Cidr;
 
 /// Engine settings, from `[release]` and friends.

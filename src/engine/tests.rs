@@ -13,13 +13,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::cloud::{
-    Attachment, CloudError, Eni, EniIp, ErrorClass, MAX_IPS_PER_CALL, MacAddr, Protocol, TaskRef,
-    TaskStatus,
-};
+use crate::cloud::{Attachment, CloudError, Eni, EniIp, ErrorClass, MAX_IPS_PER_CALL, TaskStatus};
 use crate::host::{Addr, HostEvent, Identity, Link, Remover};
 use crate::net::Cidr;
+use crate::net::MacAddr;
 use crate::pause::PauseRequest;
+use crate::task::{Protocol, TaskRef};
 
 const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const GRACE: Duration = Duration::from_secs(30);

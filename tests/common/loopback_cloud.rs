@@ -9,9 +9,8 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use enisync::cloud::credentials::{
-    CredentialProvider, CredentialSources, Secret, ServerClock, SystemClock,
-};
+use enisync::cloud::clock::{ServerClock, SystemClock};
+use enisync::cloud::credentials::{CredentialProvider, CredentialSources, Secret};
 use enisync_fakecloud::{FakeCloud, FakeEni, FakeInstance, FakeServer};
 
 pub const INSTANCE: &str = "ins-1";

@@ -34,8 +34,8 @@
 //! - **Unknown removers** (clause 2): a removal whose remover the daemon cannot
 //!   identify, and every removal a resync found, is held, not released. The oracle
 //!   cannot see which removals those were; the chaos run has no overruns, and every
-//!   demanded removal is a one-shot `ip addr del`, which the daemon identifies through
-//!   process events nearly always but not every time (docs/security-notes-remover.md):
+//!   demanded removal is a one-shot `ip addr del`, which the daemon names from process
+//!   events and the kernel's exit records (docs/security.md, "Who removed an address (clause 2)"):
 //!   a miss shows here as "not released", and is a failure of identification.
 //! - **Twice** (exactly once in effect): between two assignments of an IP (the initial
 //!   one and each re-assignment the test makes) at most one successful unassign task.

@@ -16,10 +16,10 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::clock::ServerClock;
 use super::metadata::{MetadataClient, MetadataError};
 // Transitional: callers outside `cloud::clock` (the client's tests, the integration tests)
 // still name the clocks here.
-pub use super::clock::{ClockCorrection, ServerClock, SystemClock};
 
 /// CAM role keys are refreshed when fewer than this many seconds remain; it matches the
 /// five-minute signature window, as in the official SDKs.

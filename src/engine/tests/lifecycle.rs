@@ -83,7 +83,7 @@ async fn an_ip_back_after_its_release_raises_the_alarm() {
 #[test]
 fn backoff_is_jittered_and_capped() {
     for attempt in 0..40 {
-        let backoff = crate::cloud::retry::Backoff {
+        let backoff = crate::backoff::Backoff {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(2),
         };

@@ -511,7 +511,7 @@ impl World {
     /// Registers an ENI after checking it: valid MAC and CIDR, unique id, exactly one
     /// primary IP, every IP inside the subnet and owned by nobody else.
     pub fn add_eni(&mut self, mut eni: FakeEni) -> Result<(), String> {
-        let mac = enisync::cloud::MacAddr::parse(&eni.mac)
+        let mac = enisync::net::MacAddr::parse(&eni.mac)
             .ok_or_else(|| format!("{}: bad MAC {:?}", eni.id, eni.mac))?;
         eni.mac = mac.to_string().to_uppercase();
         let cidr: Cidr = eni
