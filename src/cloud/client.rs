@@ -12,7 +12,7 @@
 //! (the legacy API has no usable listing); the legacy protocol covers the release and its
 //! task only.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -24,8 +24,8 @@ use super::legacy::LegacyApi;
 use super::retry::{RateLimits, Rates, TokenBucket};
 use super::sign::LegacySignMethod;
 use super::transport::{Endpoint, EndpointError};
-use super::v3::{DESCRIBE_ENIS, TASK_RESULT, UNASSIGN, V3Api};
-use super::{Cloud, CloudError, Eni, ErrorClass, MAX_IPS_PER_CALL, TaskStatus};
+use super::v3::{DESCRIBE_ENIS, TASK_RESULT, V3Api};
+use super::{Cloud, CloudError, Eni, ErrorClass, Family, MAX_IPS_PER_CALL, TaskStatus};
 use crate::backoff::Backoff;
 use crate::task::{Protocol, TaskRef};
 
@@ -411,11 +411,13 @@ impl Cloud for TencentCloud {
         &self,
         eni_id: &str,
         vpc_id: &str,
-        ips: &[Ipv4Addr],
+        ips: &[IpAddr],
     ) -> Result<TaskRef, CloudError> {
+        let family = ips.first().map_or(Family::Ipv4, |ip| Family::of(*ip));
+        let action = family.unassign_action();
         if ips.is_empty() || ips.len() > MAX_IPS_PER_CALL {
             return Err(CloudError::local(
-                UNASSIGN,
+                action,
                 "Client.BatchSize",
                 format!(
                     "{} IPs in one call; between 1 and {MAX_IPS_PER_CALL} are allowed",
@@ -423,16 +425,52 @@ impl Cloud for TencentCloud {
                 ),
             ));
         }
+        // The two families are different actions: a mixed batch is the engine's bug,
+        // refused without a request.
+        let v4: Vec<Ipv4Addr> = ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let v6: Vec<Ipv6Addr> = ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        if !v4.is_empty() && !v6.is_empty() {
+            return Err(CloudError::local(
+                action,
+                "Client.MixedFamilies",
+                "IPv4 and IPv6 addresses in one call",
+            ));
+        }
         // Whatever happens next, the ENI's IPs may change.
         self.invalidate_enis();
-        let protocol = self.protocol;
+        // IPv6 always goes over API 3.0, also with `api = "legacy"`: the legacy API has
+        // no IPv6 call (docs/cloud-api.md, "IPv6").
+        let protocol = match family {
+            Family::Ipv4 => self.protocol,
+            Family::Ipv6 => Protocol::V3,
+        };
+        let bucket = match family {
+            Family::Ipv4 => &self.limits.unassign,
+            Family::Ipv6 => &self.limits.unassign_ipv6,
+        };
+        let (v4, v6) = (&v4, &v6);
         // One send: a transient failure goes back to the engine, which checks the host
         // (and the cloud) again before the next one (see the module documentation).
         let result = self
-            .call_with(UNASSIGN, &self.limits.unassign, 1, |keys, now| async move {
-                match protocol {
-                    Protocol::V3 => self.v3.unassign(&keys, now, eni_id, ips).await,
-                    Protocol::Legacy => self.legacy.unassign(&keys, now, vpc_id, eni_id, ips).await,
+            .call_with(action, bucket, 1, |keys, now| async move {
+                match (family, protocol) {
+                    (Family::Ipv6, _) => self.v3.unassign_ipv6(&keys, now, eni_id, v6).await,
+                    (Family::Ipv4, Protocol::V3) => self.v3.unassign(&keys, now, eni_id, v4).await,
+                    (Family::Ipv4, Protocol::Legacy) => {
+                        self.legacy.unassign(&keys, now, vpc_id, eni_id, v4).await
+                    }
                 }
             })
             .await;
@@ -441,10 +479,13 @@ impl Cloud for TencentCloud {
                 eni_id,
                 ?ips,
                 ?protocol,
+                action,
                 task_id = %task.task_id,
                 "unassign sent"
             ),
-            Err(error) => tracing::warn!(eni_id, ?ips, ?protocol, %error, "unassign failed"),
+            Err(error) => {
+                tracing::warn!(eni_id, ?ips, ?protocol, action, %error, "unassign failed");
+            }
         }
         result
     }
@@ -534,6 +575,7 @@ mod tests {
             },
             rates: Rates {
                 unassign: 1000.0,
+                unassign_ipv6: 1000.0,
                 describe: 1000.0,
                 task_result: 1000.0,
             },
@@ -574,8 +616,8 @@ mod tests {
     const TOKEN_FAILURE: &str = r#"{"Response":{"Error":{"Code":"AuthFailure.TokenFailure","Message":"bad"},"RequestId":"r"}}"#;
     const UNASSIGNED: &str = r#"{"Response":{"RequestId":"task-1"}}"#;
 
-    fn ip(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 0, 0, last)
+    fn ip(last: u8) -> IpAddr {
+        Ipv4Addr::new(10, 0, 0, last).into()
     }
 
     #[tokio::test]

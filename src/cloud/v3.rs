@@ -4,7 +4,7 @@
 //! caller's ([`super::client`]). Every reply, whatever it holds, becomes either a value or
 //! a classified [`CloudError`]; nothing here panics on a reply.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -29,6 +29,7 @@ const CONTENT_TYPE: &str = "application/json";
 pub const PAGE_SIZE: u64 = 100;
 
 pub(crate) const UNASSIGN: &str = "UnassignPrivateIpAddresses";
+pub(crate) const UNASSIGN_IPV6: &str = "UnassignIpv6Addresses";
 pub(crate) const DESCRIBE_ENIS: &str = "DescribeNetworkInterfaces";
 pub(crate) const TASK_RESULT: &str = "DescribeVpcTaskResult";
 
@@ -56,6 +57,26 @@ impl V3Api {
     pub fn with_clock(mut self, clock: std::sync::Arc<ServerClock>) -> Self {
         self.clock = Some(clock);
         self
+    }
+
+    /// Starts an IPv6 unassign (`UnassignIpv6Addresses`, docs/cloud-api.md "IPv6"); the
+    /// task to poll is the call's `RequestId`, as for IPv4.
+    pub async fn unassign_ipv6(
+        &self,
+        creds: &Credentials,
+        timestamp: i64,
+        eni_id: &str,
+        ips: &[Ipv6Addr],
+    ) -> Result<TaskRef, CloudError> {
+        let addresses: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({ "Address": ip.to_string() }))
+            .collect();
+        let body = json!({ "NetworkInterfaceId": eni_id, "Ipv6Addresses": addresses });
+        parse_unassign_as(
+            UNASSIGN_IPV6,
+            &self.call(UNASSIGN_IPV6, &body, creds, timestamp).await?,
+        )
     }
 
     /// Starts an unassign; the task to poll is the call's `RequestId`.
@@ -145,7 +166,13 @@ impl V3Api {
 
 /// The answer to `UnassignPrivateIpAddresses`: the task to poll is its `RequestId`.
 pub(crate) fn parse_unassign(body: &[u8]) -> Result<TaskRef, CloudError> {
-    let response: RequestOnly = parse_response(UNASSIGN, body)?;
+    parse_unassign_as(UNASSIGN, body)
+}
+
+/// The answer to an async unassign of either family (`action`): the task is its
+/// `RequestId`.
+pub(crate) fn parse_unassign_as(action: &'static str, body: &[u8]) -> Result<TaskRef, CloudError> {
+    let response: RequestOnly = parse_response(action, body)?;
     Ok(TaskRef {
         request_id: Some(response.request_id.clone()),
         task_id: response.request_id,
@@ -252,6 +279,26 @@ struct NetworkInterface {
     attachment: Option<NetworkInterfaceAttachment>,
     #[serde(default)]
     private_ip_address_set: Vec<PrivateIpAddress>,
+    /// May be null or absent on ENIs without IPv6.
+    #[serde(default)]
+    ipv6_address_set: Option<Vec<Ipv6Address>>,
+}
+
+/// One entry of `Ipv6AddressSet`. `Address` parses as an [`Ipv6Addr`]: any spelling
+/// (leading zeros, `::`, upper case) gives the same 128-bit value, and a string that is
+/// not an IPv6 address makes the whole answer malformed (a classified error).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Ipv6Address {
+    address: Ipv6Addr,
+    #[serde(default)]
+    primary: bool,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    address_id: Option<String>,
+    #[serde(default)]
+    public_ip_address: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,12 +342,26 @@ impl NetworkInterface {
                 .private_ip_address_set
                 .into_iter()
                 .map(|ip| EniIp {
-                    addr: ip.private_ip_address,
+                    addr: IpAddr::V4(ip.private_ip_address),
                     primary: ip.primary,
                     state: ip.state,
                     // The API reports "no EIP" as an empty AddressId.
                     eip: ip.address_id.filter(|id| !id.is_empty()),
                 })
+                .chain(self.ipv6_address_set.into_iter().flatten().map(|ip| {
+                    // Public access bound: an AddressId, or (should the id be missing)
+                    // a public address; either one means "bound".
+                    let eip = ip
+                        .address_id
+                        .filter(|id| !id.is_empty())
+                        .or(ip.public_ip_address.filter(|p| !p.is_empty()));
+                    EniIp {
+                        addr: IpAddr::V6(ip.address),
+                        primary: ip.primary,
+                        state: ip.state,
+                        eip,
+                    }
+                }))
                 .collect(),
         }
     }

@@ -29,6 +29,9 @@ pub(super) fn d_10m() -> Duration {
 pub(super) fn d_rate() -> f64 {
     5.0
 }
+pub(super) fn d_rate_ipv6() -> f64 {
+    crate::cloud::retry::DEFAULT_IPV6_UNASSIGN_RATE
+}
 pub(super) fn d_metadata() -> String {
     DEFAULT_METADATA_ENDPOINT.into()
 }

@@ -9,7 +9,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tokio::time::Instant;
 
@@ -18,7 +18,7 @@ use crate::cloud::Eni;
 /// A send-time listing, and the batch it was made for.
 #[derive(Debug)]
 pub(super) struct CheckedBatch {
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
     pub enis: Vec<Eni>,
     /// When the listing came.
     pub at: Instant,

@@ -52,6 +52,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why an IPv6 removal has no remover: `inet6_ifa_notify` (net/ipv6/addrconf.c) fills
+/// every RTM_NEWADDR/RTM_DELADDR of IPv6 with port id 0, for `ip -6 addr del` as for the
+/// kernel's own removals, so the port names nobody.
+pub const IPV6_NO_SENDER: &str =
+    "IPv6 address notifications carry no sender (the kernel sends them all with port 0)";
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -455,7 +461,12 @@ impl Watcher {
                         .links
                         .get(&addr.link)
                         .is_some_and(Link::is_physical);
-                    let remover = if physical {
+                    let remover = if addr.ip.is_ipv6() {
+                        // The kernel sends every IPv6 address notification with port 0,
+                        // whoever asked (docs/design.md, "IPv6"): neither the kernel nor
+                        // a process can be named, so the removal is unknown and held.
+                        Remover::unknown(0, IPV6_NO_SENDER.into())
+                    } else if physical {
                         self.remover_in_burst(port_id)
                     } else if port_id == 0 {
                         Remover::kernel()
