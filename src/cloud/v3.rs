@@ -480,6 +480,55 @@ mod tests {
         assert_eq!(body["Offset"], 0);
     }
 
+    /// `Ipv6AddressSet`: any spelling of an address is the same 128-bit value, public
+    /// access (`AddressId`) is an EIP, a null set is none, and an address that does not
+    /// parse makes the answer malformed (a classified error, never a panic).
+    #[test]
+    fn ipv6_address_set_parses_to_128_bit_values() {
+        let page = |set: &str| {
+            format!(
+                r#"{{"Response":{{"TotalCount":1,"RequestId":"r","NetworkInterfaceSet":[{{
+                "NetworkInterfaceId":"eni-1","MacAddress":"20:90:6F:F5:34:C7","VpcId":"vpc-1",
+                "SubnetId":"subnet-1","PrivateIpAddressSet":[],"Ipv6AddressSet":{set}}}]}}}}"#
+            )
+        };
+        let (enis, _) = parse_eni_page(
+            page(
+                r#"[{"Address":"2402:4E00:0001:0000:0000:0000:0000:0011","Primary":false,
+                   "State":"AVAILABLE","AddressId":"","PublicIpAddress":"","AddressType":"GUA"},
+                  {"Address":"2402:4e00:1::10","Primary":true,"State":"AVAILABLE"},
+                  {"Address":"2402:4e00:1::12","AddressId":"eip-v6","State":"AVAILABLE"}]"#,
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let eni = &enis[0];
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let entry = eni.ip(v6("2402:4e00:1::11")).expect("found by value");
+        assert!(!entry.primary && entry.eip.is_none() && entry.state == "AVAILABLE");
+        assert!(eni.ip(v6("2402:4e00:1::10")).unwrap().primary);
+        assert_eq!(
+            eni.ip(v6("2402:4e00:1::12")).unwrap().eip.as_deref(),
+            Some("eip-v6")
+        );
+        assert!(
+            parse_eni_page(page("null").as_bytes()).unwrap().0[0]
+                .ips
+                .is_empty()
+        );
+        for bad in [
+            r#"[{"Address":"2402:4e00:1::g"}]"#,
+            r#"[{"Address":"10.0.0.1"}]"#,
+            r#"[{"Address":"fe80::1%eth0"}]"#,
+            r#"[{"Address":42}]"#,
+            r#"[{}]"#,
+        ] {
+            let err = parse_eni_page(page(bad).as_bytes()).unwrap_err();
+            assert_eq!(err.code, "Response.Malformed", "{bad}");
+            assert_eq!(err.class, ErrorClass::RetryLater, "{bad}");
+        }
+    }
+
     #[test]
     fn errors_are_classified_and_keep_the_request_id() {
         let err = parse_response::<RequestOnly>(
