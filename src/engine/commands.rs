@@ -262,9 +262,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     eni_id: Some(record.eni_id.clone()),
                     vpc_id: Some(record.vpc_id.clone()),
                     primary_ip: primary,
+                    // Link-local, SLAAC and other never-candidate IPv6 addresses are
+                    // not aux IPs (docs/design.md, "IPv6").
                     aux_ips: self
                         .view
                         .addrs_on(link.index)
+                        .filter(|a| a.candidate().is_ok())
                         .map(|a| a.ip)
                         .filter(|ip| Some(*ip) != primary)
                         .collect(),
