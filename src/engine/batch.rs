@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::info;
 
 use super::calls::CloudReport;
 use super::intent::Phase;
@@ -200,6 +201,32 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         self.send_checked(now).await;
     }
 
+    /// An operator's pause stopped `ips` of `eni_id` on their way to an unassign (their
+    /// check was in flight, their checked batch waited, or the call spawned before the
+    /// pause had not sent them yet). They go back to `Pending`, due as they were: not
+    /// dropped, not cancelled, no attempt counted. After `resume` they go through the
+    /// whole rule again, the send-time check included (a listing from before the pause
+    /// is not used). No audit record of their own: the `paused` record is the decision,
+    /// and `status` shows them pending, as any release that came due while paused.
+    pub(super) fn stopped_by_pause(&mut self, eni_id: &str, ips: &[Ipv4Addr], now: Instant) {
+        let mut stopped = Vec::new();
+        for ip in ips {
+            if let Some(i) = self.intents.get_mut(ip)
+                && matches!(
+                    i.phase,
+                    Phase::Checking | Phase::Sending | Phase::Releasing { .. }
+                )
+            {
+                i.phase = Phase::Pending;
+                i.due = i.due.min(now);
+                stopped.push(*ip);
+            }
+        }
+        if !stopped.is_empty() {
+            info!(eni = %eni_id, ips = ?stopped, "paused: the unassign of these releases was not sent; pending until resume");
+        }
+    }
+
     /// When a waiting checked batch goes out at the latest, unless more removals come.
     /// Only a burst waits: the ENI's two latest removals less than `BURST_QUIET`
     /// apart. A lone removal goes as soon as its check is back.
@@ -240,8 +267,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         candidates < MAX_IPS_PER_CALL
     }
 
-    /// Sends every checked batch that is full or whose burst is over.
+    /// Sends every checked batch that is full or whose burst is over. Under a pause
+    /// none goes: every checked batch goes back to pending (see `stopped_by_pause`).
     pub(super) async fn send_checked(&mut self, now: Instant) {
+        if self.pause.in_force().is_some() {
+            for (eni_id, batch) in self.slots.take_all_checked() {
+                self.stopped_by_pause(&eni_id, &batch.ips, now);
+            }
+            return;
+        }
         let ready: Vec<String> = self
             .slots
             .checked()

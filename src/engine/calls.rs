@@ -18,6 +18,7 @@ use crate::cloud::release::{IpOutcome, ReleaseOutcome, ReleasePolicy, release_ba
 use crate::cloud::{Cloud, CloudError, Eni, MAX_IPS_PER_CALL, TaskRef, TaskStatus};
 use crate::inventory::Inventory;
 use crate::journal::{IntentKey, RecordState};
+use crate::pause::SendGate;
 
 /// The shortest interval between inventory refreshes triggered by link changes.
 const INVENTORY_REFRESH_MIN: Duration = Duration::from_secs(10);
@@ -198,6 +199,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                         );
                     }
                 }
+                IpOutcome::NotSent => {
+                    if self.unfollow(followed) {
+                        self.stopped_by_pause(&eni_id, &[ip], now);
+                    }
+                }
                 IpOutcome::Refused { reason, code } => {
                     if self.unfollow(followed) {
                         self.counters.refused += 1;
@@ -286,16 +292,21 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 }
 
-/// One unassign to make: the ENI, its VPC, the IPs and their intents' generations.
+/// One unassign to make: the ENI, its VPC, the IPs and their intents' generations, and
+/// the pause gate it was decided under.
 pub(super) struct Call {
     pub eni_id: String,
     pub vpc_id: String,
     pub ips: Vec<Ipv4Addr>,
     pub generations: Arc<HashMap<Ipv4Addr, u64>>,
+    pub gate: SendGate,
 }
 
 /// Sends the unassign for `ips` in chunks of ten, one after the other (the ENI's slot
-/// stays `Sending` until the last), through the cloud module's release procedure.
+/// stays `Sending` until the last), through the cloud module's release procedure. Every
+/// unassign (a later chunk, the retry after a failed task) asks the gate right before it
+/// goes: after a pause nothing more is sent (`IpOutcome::NotSent`), while a task already
+/// accepted is still followed to its end.
 pub(super) async fn release_task<C: Cloud>(
     cloud: Arc<C>,
     tx: mpsc::UnboundedSender<CloudReport>,
@@ -307,6 +318,7 @@ pub(super) async fn release_task<C: Cloud>(
         vpc_id,
         ips,
         generations,
+        gate,
     } = call;
     for chunk in ips.chunks(MAX_IPS_PER_CALL) {
         let sent_tx = tx.clone();
@@ -318,6 +330,7 @@ pub(super) async fn release_task<C: Cloud>(
             &vpc_id,
             chunk,
             policy,
+            || gate.is_open(),
             move |ips, task| {
                 let _ = sent_tx.send(CloudReport::Sent {
                     ips: ips.to_vec(),

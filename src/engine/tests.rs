@@ -47,6 +47,9 @@ struct MemState {
     /// Unassigns whose task is not yet followed to its end, now and at most.
     open_calls: u32,
     max_open_calls: u32,
+    /// How long a listing takes (the send-time check in flight), and how many were made.
+    list_delay: Duration,
+    listings: u32,
 }
 
 impl MemCloud {
@@ -103,6 +106,14 @@ impl MemCloud {
 
 impl Cloud for MemCloud {
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        let delay = {
+            let mut s = self.state.lock().expect("lock");
+            s.listings += 1;
+            s.list_delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         Ok(self
             .state
             .lock()
@@ -360,6 +371,20 @@ impl Harness {
         self.events
             .send(HostEvent::AddrAdded(addr))
             .expect("engine runs");
+    }
+
+    /// `enisync pause` (or `resume`), answered.
+    async fn pause(&self, pause: bool) {
+        let (tx, rx) = oneshot::channel();
+        let request = PauseRequest {
+            pause,
+            by_uid: Some(0),
+        };
+        self.commands
+            .send(Command::Pause(request, tx))
+            .await
+            .expect("engine runs");
+        rx.await.expect("reply").expect("pause applied");
     }
 
     async fn snapshot(&self) -> Snapshot {
