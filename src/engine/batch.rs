@@ -29,23 +29,28 @@ const BURST_QUIET: Duration = Duration::from_millis(1);
 impl<C: Cloud, R: Router> Engine<C, R> {
     /// The next instant the loop must look at the intents. Intents of an ENI with a
     /// slot are left out: the end of its call wakes the loop, or its coalescing wait
-    /// stands for them.
+    /// stands for them. Under a pause, work the pause blocks (due releases, coalescing,
+    /// checked batches) sets no timer: the resume wakes the loop, and a timer for it
+    /// would only spin. A parked release's retry time still does (unparking is not
+    /// releasing).
     pub(super) fn next_wakeup(&self) -> Option<Instant> {
+        let paused = self.pause.in_force().is_some();
         let due = self
             .intents
             .values()
             .filter(|i| match i.phase {
                 Phase::Pending | Phase::Waiting { .. } => {
-                    !i.eni_id.as_ref().is_some_and(|e| self.slots.is_taken(e))
+                    !paused && !i.eni_id.as_ref().is_some_and(|e| self.slots.is_taken(e))
                 }
                 Phase::Parked { .. } => true,
                 _ => false,
             })
             .map(|i| i.due);
-        let coalescing = self.slots.coalescing_until();
+        let coalescing = self.slots.coalescing_until().filter(|_| !paused);
         let checked = self
             .slots
             .checked()
+            .filter(|_| !paused)
             .map(|(eni, batch)| self.checked_deadline(eni, batch));
         due.chain(coalescing).chain(checked).min()
     }
@@ -55,6 +60,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// out at once. Removals that come due while the ENI is busy join the next batch.
     pub(super) fn dispatch_due(&mut self, now: Instant) {
         if self.pause.in_force().is_some() {
+            // A coalescing wait is a batch on its way to its check: the pause ends it,
+            // and the resume decides again.
+            self.slots.clear_coalescing();
             return;
         }
         // Decided again below for every ENI that still has releases coming due.

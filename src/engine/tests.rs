@@ -220,6 +220,8 @@ struct Harness {
     router: RecordingRouter,
     events: mpsc::UnboundedSender<HostEvent>,
     commands: mpsc::Sender<Command>,
+    /// Turns of the engine loop (its `tick`): each is a wakeup.
+    turns: Arc<std::sync::atomic::AtomicU64>,
     _shutdown: tokio_util::sync::DropGuard,
 }
 
@@ -340,18 +342,23 @@ fn spawn_engine(cloud: Arc<MemCloud>, settings: Settings, start: Start) -> Harne
     let (events, events_rx) = mpsc::unbounded_channel();
     let (commands, commands_rx) = mpsc::channel(8);
     let shutdown = CancellationToken::new();
+    let turns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = Arc::clone(&turns);
     tokio::spawn(engine.run(
         events_rx,
         commands_rx,
         shutdown.clone(),
         Box::pin(futures_util::stream::pending()),
-        || {},
+        move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        },
     ));
     Harness {
         cloud,
         router,
         events,
         commands,
+        turns,
         _shutdown: shutdown.drop_guard(),
     }
 }
@@ -385,6 +392,11 @@ impl Harness {
             .await
             .expect("engine runs");
         rx.await.expect("reply").expect("pause applied");
+    }
+
+    /// Turns of the engine loop so far.
+    fn turns(&self) -> u64 {
+        self.turns.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn snapshot(&self) -> Snapshot {

@@ -268,3 +268,24 @@ async fn a_pause_stops_the_retry_of_a_failed_task() {
     assert_eq!(h.cloud.calls(), vec![vec![ip(11)], vec![ip(11)]]);
     assert_eq!(h.snapshot().await.counters.released, 1);
 }
+
+/// A paused engine with a release due does not spin: what the pause blocks sets no
+/// timer, so the loop turns only for what wakes it (here: the removal, the pause, the
+/// snapshots), not once a millisecond.
+#[tokio::test(start_paused = true)]
+async fn a_paused_engine_with_a_due_release_does_not_spin() {
+    let h = start(&[11], |_| {});
+    h.pause(true).await;
+    h.remove(11, by("ip"));
+    sleep(GRACE * 3).await;
+    let turns = h.turns();
+    assert!(
+        turns <= 10,
+        "{turns} turns in {} s of a paused engine",
+        (GRACE * 3).as_secs()
+    );
+    assert!(h.cloud.calls().is_empty());
+    h.pause(false).await;
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]], "released after resume");
+}
