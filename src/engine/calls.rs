@@ -81,6 +81,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     ) {
         for ip in ips {
             let generation = self.generation_in(generations, *ip);
+            self.first_sends.remove(&(*ip, generation));
             if let Some(i) = self.intent_at(*ip, generation) {
                 i.phase = Phase::Releasing {
                     task_id: task.task_id.clone(),
@@ -168,6 +169,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             // The call was for this intent: one a newer intent has since taken the place
             // of is followed in `following`, and its outcome is its own.
             let followed = self.following.remove(&(ip, generation));
+            // Carried to the cloud by no unassign of this call (only a `NotSent` can say
+            // so: every other outcome follows a send).
+            let never_sent = self.first_sends.remove(&(ip, generation));
             match result {
                 IpOutcome::Released => {
                     self.counters.released += 1;
@@ -200,7 +204,24 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     }
                 }
                 IpOutcome::NotSent => {
+                    // Nothing went out for it: "gone because of us" would be a wrong
+                    // belief (the journal said it may have gone out), so it is unsent
+                    // again, as it was before this call.
+                    let mut followed = followed;
+                    if never_sent && let Some(old) = followed.as_mut() {
+                        old.sent = false;
+                    }
                     if self.unfollow(followed) {
+                        let unsent = never_sent
+                            && self
+                                .intents
+                                .get_mut(&ip)
+                                .filter(|i| i.generation == generation)
+                                .map(|i| i.sent = false)
+                                .is_some();
+                        if unsent {
+                            self.journal_observed_as(ip, false, false);
+                        }
                         self.stopped_by_pause(&eni_id, &[ip], now);
                     }
                 }

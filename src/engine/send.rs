@@ -139,6 +139,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         for ip in &send {
             if let Some(i) = self.intents.get_mut(ip) {
                 i.phase = Phase::Sending;
+                if !i.sent {
+                    self.first_sends.insert((*ip, i.generation));
+                }
                 // From here the cloud may take the call even if its answer is lost: an
                 // IP it stops listing is then gone because of us.
                 i.sent = true;

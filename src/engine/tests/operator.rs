@@ -289,3 +289,33 @@ async fn a_paused_engine_with_a_due_release_does_not_spin() {
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.cloud.calls(), vec![vec![ip(11)]], "released after resume");
 }
+
+/// A call of twenty goes out as two unassigns of ten, one after the other: a pause
+/// between them stops the second. Its IPs stay pending and unsent (nothing went out
+/// for them), and go after `resume`.
+#[tokio::test(start_paused = true)]
+async fn a_pause_stops_the_later_chunks_of_a_call() {
+    let aux: Vec<u8> = (11..31).collect();
+    let h = start(&aux, |s| s.burst_limit = 32);
+    for last in &aux {
+        h.remove(*last, by("ip"));
+    }
+    // The first ten are out at the end of the grace period; their task takes 50 ms.
+    sleep(GRACE + Duration::from_millis(10)).await;
+    assert_eq!(h.cloud.calls().len(), 1);
+    h.pause(true).await;
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.cloud.calls().len(), 1, "no second unassign while paused");
+    let snapshot = h.snapshot().await;
+    assert_eq!(snapshot.intents.len(), 10, "{snapshot:?}");
+    for intent in &snapshot.intents {
+        assert_eq!(intent.phase, Phase::Pending);
+        assert!(!intent.sent, "never sent: {intent:?}");
+    }
+    assert_eq!(snapshot.counters.released, 10);
+
+    h.pause(false).await;
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.cloud.calls().len(), 2);
+    assert_eq!(h.snapshot().await.counters.released, 20);
+}
