@@ -18,6 +18,7 @@ use crate::cloud::release::{IpOutcome, ReleaseOutcome, ReleasePolicy, release_ba
 use crate::cloud::{Cloud, CloudError, Eni, MAX_IPS_PER_CALL, TaskStatus};
 use crate::inventory::Inventory;
 use crate::journal::{IntentKey, RecordState};
+use crate::pause::SendGate;
 use crate::task::TaskRef;
 
 /// The shortest interval between inventory refreshes triggered by link changes.
@@ -81,6 +82,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     ) {
         for ip in ips {
             let generation = self.generation_in(generations, *ip);
+            self.first_sends.remove(&(*ip, generation));
             if let Some(i) = self.intent_at(*ip, generation) {
                 i.phase = Phase::Releasing {
                     task_id: task.task_id.clone(),
@@ -168,6 +170,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             // The call was for this intent: one a newer intent has since taken the place
             // of is followed in `following`, and its outcome is its own.
             let followed = self.following.remove(&(ip, generation));
+            // Carried to the cloud by no unassign of this call (only a `NotSent` can say
+            // so: every other outcome follows a send).
+            let never_sent = self.first_sends.remove(&(ip, generation));
             match result {
                 IpOutcome::Released => {
                     self.counters.released += 1;
@@ -197,6 +202,28 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                                 after_error,
                             },
                         );
+                    }
+                }
+                IpOutcome::NotSent => {
+                    // Nothing went out for it: "gone because of us" would be a wrong
+                    // belief (the journal said it may have gone out), so it is unsent
+                    // again, as it was before this call.
+                    let mut followed = followed;
+                    if never_sent && let Some(old) = followed.as_mut() {
+                        old.sent = false;
+                    }
+                    if self.unfollow(followed) {
+                        let unsent = never_sent
+                            && self
+                                .intents
+                                .get_mut(&ip)
+                                .filter(|i| i.generation == generation)
+                                .map(|i| i.sent = false)
+                                .is_some();
+                        if unsent {
+                            self.journal_observed_as(ip, false, false);
+                        }
+                        self.stopped_by_pause(&eni_id, &[ip], now);
                     }
                 }
                 IpOutcome::Refused { reason, code } => {
@@ -287,16 +314,21 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 }
 
-/// One unassign to make: the ENI, its VPC, the IPs and their intents' generations.
+/// One unassign to make: the ENI, its VPC, the IPs and their intents' generations, and
+/// the pause gate it was decided under.
 pub(super) struct Call {
     pub eni_id: String,
     pub vpc_id: String,
     pub ips: Vec<Ipv4Addr>,
     pub generations: Arc<HashMap<Ipv4Addr, u64>>,
+    pub gate: SendGate,
 }
 
 /// Sends the unassign for `ips` in chunks of ten, one after the other (the ENI's slot
-/// stays `Sending` until the last), through the cloud module's release procedure.
+/// stays `Sending` until the last), through the cloud module's release procedure. Every
+/// unassign (a later chunk, the retry after a failed task) asks the gate right before it
+/// goes: after a pause nothing more is sent (`IpOutcome::NotSent`), while a task already
+/// accepted is still followed to its end.
 pub(super) async fn release_task<C: Cloud>(
     cloud: Arc<C>,
     tx: mpsc::UnboundedSender<CloudReport>,
@@ -308,6 +340,7 @@ pub(super) async fn release_task<C: Cloud>(
         vpc_id,
         ips,
         generations,
+        gate,
     } = call;
     for chunk in ips.chunks(MAX_IPS_PER_CALL) {
         let sent_tx = tx.clone();
@@ -319,6 +352,7 @@ pub(super) async fn release_task<C: Cloud>(
             &vpc_id,
             chunk,
             policy,
+            || gate.is_open(),
             move |ips, task| {
                 let _ = sent_tx.send(CloudReport::Sent {
                     ips: ips.to_vec(),
