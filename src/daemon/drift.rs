@@ -2,7 +2,8 @@
 //! metadata service every `drift.interval`, hands the read to `drift::Tracker`, sets the
 //! gauges, and answers `enisync drift`. Read-only: it never releases, assigns or deletes.
 //!
-//! Budget: one listing per period, plus at most one per [`DRIFT_FRESH_READ_MIN`] asked for
+//! Budget: one listing per period (the first read, at start, takes the start-up listing
+//! and makes none), plus at most one per [`DRIFT_FRESH_READ_MIN`] asked for
 //! by `enisync drift`, however many callers ask (queries are answered one at a time, by
 //! this one task; a query within that time gets the last read, saying so). A scrape of
 //! `/metrics` never reads.
@@ -39,10 +40,17 @@ pub(super) struct DriftTask<C: Cloud> {
     pub exclude: watch::Receiver<Vec<Cidr>>,
     pub interval: Duration,
     pub instance_id: String,
+    /// The start-up listing: the first read uses it instead of a listing of its own
+    /// (one call fewer, and no race with anything else that lists at start).
+    pub startup_listing: Option<Vec<crate::cloud::Eni>>,
 }
 
 impl<C: Cloud> DriftTask<C> {
-    pub(super) async fn run(self, mut queries: mpsc::Receiver<Query>, shutdown: CancellationToken) {
+    pub(super) async fn run(
+        mut self,
+        mut queries: mpsc::Receiver<Query>,
+        shutdown: CancellationToken,
+    ) {
         let mut tracker = Tracker::default();
         let mut last_read: Option<Instant> = None;
         let mut next = Instant::now();
@@ -70,13 +78,17 @@ impl<C: Cloud> DriftTask<C> {
         }
     }
 
-    async fn read_into(&self, tracker: &mut Tracker) {
+    async fn read_into(&mut self, tracker: &mut Tracker) {
         let exclude = self.exclude.borrow().clone();
+        let listing = match self.startup_listing.take() {
+            Some(enis) => Ok(enis),
+            None => self.cloud.list_enis().await,
+        };
         let read = Read {
             at_unix: unix_now(),
             instance_id: self.instance_id.clone(),
             host: read_host().await,
-            api: match self.cloud.list_enis().await {
+            api: match listing {
                 // An instance always has its primary ENI: an empty listing is a read
                 // that went wrong, never "no IPs".
                 Ok(enis) if enis.is_empty() => SourceRead::Failed(

@@ -242,6 +242,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         return Ok(());
     };
     info!(enis = inventory.by_mac.len(), instance = %inventory.instance_id, "inventory loaded");
+    let startup_listing: Vec<_> = inventory
+        .by_mac
+        .values()
+        .filter_map(|r| r.cloud.clone())
+        .collect();
     // A reload while waiting gave new `[release]` settings: the engine starts with them.
     let Starting {
         settings, pause, ..
@@ -305,6 +310,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         exclude: drift_exclude_rx,
         interval: config.drift.interval,
         instance_id: facts.instance_id.clone(),
+        startup_listing: Some(startup_listing),
     };
     tokio::spawn(drift_task.run(drift_rx, shutdown.clone()));
     let _ = drift_queries.set(drift_tx);
