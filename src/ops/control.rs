@@ -288,14 +288,16 @@ async fn ask_drift(drift: &DriftQueries) -> Answer {
         );
     };
     let (tx, rx) = oneshot::channel();
-    // Queued, never refused: the drift task answers one query at a time and reads at
-    // most once per `DRIFT_FRESH_READ_MIN`, whoever asks.
-    if queries.send(tx).await.is_err() {
-        return Answer::error("the drift task has stopped");
-    }
-    match tokio::time::timeout(DRIFT_ANSWER, rx).await {
-        Ok(Ok(report)) => Answer::data(report),
-        Ok(Err(_)) => Answer::error("the drift task has stopped"),
+    // Queued: the drift task answers one query at a time and reads at most once per
+    // `DRIFT_FRESH_READ_MIN`, whoever asks. The whole wait is bounded.
+    let answer = tokio::time::timeout(DRIFT_ANSWER, async {
+        queries.send(tx).await.ok()?;
+        rx.await.ok()
+    })
+    .await;
+    match answer {
+        Ok(Some(report)) => Answer::data(report),
+        Ok(None) => Answer::error("the drift task has stopped"),
         Err(_) => Answer::error(
             "the drift read did not finish within 12 s (a slow API or metadata service); ask again",
         ),
