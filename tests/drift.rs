@@ -11,7 +11,7 @@ mod sandbox;
 use std::time::Duration;
 
 use enisync_fakecloud::{Fault, Surface};
-use sandbox::{ENI1, Layout, MAC1, Sandbox};
+use sandbox::{ENI1, Layout, MAC1, SECRET_ID, SECRET_KEY, Sandbox};
 use serde_json::Value;
 
 const SOON: Duration = Duration::from_secs(20);
@@ -299,6 +299,14 @@ fn each_category_is_reported_confirmed_by_two_reads_counted_and_kept_through_a_f
     let out = sb.cli(&["drift"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("STALE: api"), "{table}");
+    // The failed read's errors name codes and paths, never a key.
+    let json = doc.to_string();
+    for text in [&json, &table.to_string(), &metrics] {
+        assert!(
+            !text.contains(SECRET_KEY) && !text.contains(SECRET_ID),
+            "a secret in\n{text}"
+        );
+    }
 
     // Read-only: nothing was released, and the stale rule is still there.
     assert!(sb.unassigns().is_empty(), "{:?}", sb.unassigns());
