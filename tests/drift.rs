@@ -356,3 +356,32 @@ fn fresh_reads_are_rate_limited_whatever_the_callers_do() {
     }
     assert_eq!(sb.fake.calls_of("DescribeNetworkInterfaces").len(), 1);
 }
+
+#[test]
+fn a_reload_of_release_exclude_filters_leak_candidates_at_the_next_read() {
+    let mut sb = Sandbox::new("driftexcl", Layout::default());
+    sb.ip("addr del 10.0.1.14/24 dev eth1");
+    sb.start();
+    sb.wait_log("drift read", SOON);
+    let doc = drift_json(&sb);
+    let leaks: Vec<&Value> = findings(&doc, "leak_candidate");
+    assert_eq!(leaks.len(), 1, "{doc:#}");
+    assert_eq!(leaks[0]["ip"], "10.0.1.14");
+    // A warm pool: excluded by a reload, without a restart.
+    sb.edit_config(|t| t.replace("[release]\n", "[release]\nexclude = [\"10.0.1.0/28\"]\n"));
+    sb.signal("HUP");
+    sb.wait_log("settings reloaded", SOON);
+    std::thread::sleep(NEXT_FRESH);
+    let doc = drift_json(&sb);
+    assert_eq!(doc["freshness"]["kind"], "fresh", "{doc:#}");
+    assert!(findings(&doc, "leak_candidate").is_empty(), "{doc:#}");
+    let (_, metrics) = sb.http_get(METRICS_PORT, "/metrics");
+    assert_eq!(
+        gauge(
+            &metrics,
+            "enisync_drift_findings{category=\"leak_candidate\"}"
+        ),
+        Some(0),
+        "{metrics}"
+    );
+}

@@ -383,6 +383,10 @@ mod tests {
             serde_json::from_str::<Request>(r#"{"cmd":"release_held"}"#).expect("parse"),
             Request::ReleaseHeld
         );
+        assert_eq!(
+            serde_json::to_string(&Request::Drift).expect("json"),
+            r#"{"cmd":"drift"}"#
+        );
     }
 
     #[test]
