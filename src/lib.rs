@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod cloud;
 pub mod config;
 pub mod daemon;
+pub mod drift;
 pub mod engine;
 pub mod host;
 pub mod inventory;

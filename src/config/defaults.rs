@@ -26,6 +26,13 @@ pub(super) fn d_5m() -> Duration {
 pub(super) fn d_10m() -> Duration {
     Duration::from_secs(600)
 }
+/// `drift.interval`: a fleet of 1000 nodes reads the listing under 2 times a second.
+pub(super) fn d_drift_interval() -> Duration {
+    Duration::from_secs(600)
+}
+/// The shortest time between two reads that `enisync drift` asks for: whoever can reach
+/// the control socket, however often, spends at most one listing per this time.
+pub const DRIFT_FRESH_READ_MIN: Duration = Duration::from_secs(10);
 pub(super) fn d_rate() -> f64 {
     5.0
 }

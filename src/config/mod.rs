@@ -27,8 +27,8 @@ mod defaults;
 mod parse;
 mod validate;
 
-pub use defaults::default_ignore_removers;
 use defaults::*;
+pub use defaults::{DRIFT_FRESH_READ_MIN, default_ignore_removers};
 pub use parse::parse_duration;
 use parse::{de_cidrs, de_duration, is_plain_http, parse_error};
 pub use validate::check_log_level;
@@ -81,6 +81,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub control: ControlConfig,
+    #[serde(default)]
+    pub drift: DriftConfig,
     /// Static ENI mappings for hosts that cannot reach the metadata service.
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<StaticInterface>,
@@ -393,6 +395,25 @@ pub struct ControlConfig {
 impl Default for ControlConfig {
     fn default() -> Self {
         Self { socket: d_socket() }
+    }
+}
+
+/// `[drift]`: the read-only drift report (`enisync drift`, the `enisync_drift_*` gauges).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    /// How often the host, `DescribeNetworkInterfaces` and the metadata service are read
+    /// and compared. Each read spends one listing of the API's budget, which the whole
+    /// account shares: bounded by `check-config` (1 minute to a day).
+    #[serde(default = "d_drift_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            interval: d_drift_interval(),
+        }
     }
 }
 

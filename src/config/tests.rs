@@ -207,6 +207,23 @@ fn every_duration_has_an_upper_bound_and_the_default_is_inside_it() {
 }
 
 #[test]
+fn the_drift_period_is_bounded_because_each_read_spends_the_api_budget() {
+    assert_eq!(
+        parse("").expect("defaults").drift.interval,
+        Duration::from_secs(600)
+    );
+    for (text, words) in [
+        ("30s", "too short"),
+        ("0s", "longer than 0"),
+        ("1441m", "too long"),
+    ] {
+        let e = err(&format!("[drift]\ninterval = \"{text}\"\n"));
+        assert!(e.contains("`drift.interval`") && e.contains(words), "{e}");
+    }
+    parse("[drift]\ninterval = \"1m\"\n").expect("one minute is the floor");
+}
+
+#[test]
 fn log_level_is_parsed_strictly_and_keeps_the_audit_records() {
     for good in [
         "info",
