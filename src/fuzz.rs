@@ -28,7 +28,7 @@ use crate::cloud::classify::{TencentCode, classify};
 use crate::cloud::{CloudError, ErrorClass, legacy, metadata, v3};
 use crate::config::{Config, ConfigError};
 use crate::host::netlink::parse_datagram;
-use crate::host::procs::{TaskStatsRecord, encode_for_test, parse_taskstats};
+use crate::host::netlink::{TaskStatsRecord, encode_for_test, parse_taskstats};
 use crate::journal;
 
 /// Cases per target in CI: together well under a minute of a debug build on two cores.

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::super::netlink::{Received, TaskStatsRecord, TaskStatsSocket};
 use super::events::Seen;
-use super::taskstats::{Received, TaskStatsRecord, TaskStatsSocket};
 use super::{MAX_REMEMBERED, REMEMBER_EXITED, clock_ns, initial_namespace_candidates};
 
 /// How far the start a record implies may fall before the connector's fork event
