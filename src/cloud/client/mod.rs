@@ -43,7 +43,9 @@ mod unassign;
 
 use listing::DescribeCache;
 pub use listing::MAX_DESCRIBE_PAGES;
-pub use settings::CloudSettings;
+pub use settings::{
+    CloudSettings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TASK_TIMEOUT, DEFAULT_TOTAL_TIMEOUT,
+};
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]

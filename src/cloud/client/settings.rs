@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// `cloud.connect_timeout`'s default (the config's default is this one).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// `cloud.timeout`'s default: the whole request.
+pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// `cloud.task_timeout`'s default: how long a task is followed before it is
+/// re-described instead.
+pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Everything the client needs, as plain values; the config layer fills it in.
 #[derive(Debug, Clone)]
 pub struct CloudSettings {
@@ -18,9 +26,9 @@ pub struct CloudSettings {
     pub legacy_endpoint: String,
     /// Default `HmacSHA256`.
     pub legacy_sign_method: LegacySignMethod,
-    /// Default 3 s.
+    /// Default [`DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
-    /// Whole request, default 10 s.
+    /// Whole request, default [`DEFAULT_TOTAL_TIMEOUT`].
     pub total_timeout: Duration,
     /// A PEM file of extra CA certificates to trust besides the system's (a TLS-inspecting
     /// proxy, a private endpoint).
@@ -34,7 +42,8 @@ pub struct CloudSettings {
     /// First wait before polling a task; doubled up to `task_poll_cap`.
     pub task_poll_start: Duration,
     pub task_poll_cap: Duration,
-    /// How long [`Cloud::wait_task`] follows a task before returning `Running`.
+    /// How long [`Cloud::wait_task`] follows a task before returning `Running`; default
+    /// [`DEFAULT_TASK_TIMEOUT`].
     pub task_cap: Duration,
     /// How long a `list_enis` answer is reused (invalidated by an unassign and when a
     /// task ends).
@@ -53,8 +62,8 @@ impl CloudSettings {
             v3_endpoint: super::super::DEFAULT_V3_ENDPOINT.to_owned(),
             legacy_endpoint: super::super::DEFAULT_LEGACY_ENDPOINT.to_owned(),
             legacy_sign_method: LegacySignMethod::HmacSha256,
-            connect_timeout: Duration::from_secs(3),
-            total_timeout: Duration::from_secs(10),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            total_timeout: DEFAULT_TOTAL_TIMEOUT,
             extra_ca_file: None,
             rates: Rates::default(),
             backoff: Backoff {
@@ -64,7 +73,7 @@ impl CloudSettings {
             max_attempts: 4,
             task_poll_start: Duration::from_millis(500),
             task_poll_cap: Duration::from_secs(5),
-            task_cap: Duration::from_secs(600),
+            task_cap: DEFAULT_TASK_TIMEOUT,
             describe_cache_ttl: Duration::from_secs(2),
             allow_plain_http: false,
         }

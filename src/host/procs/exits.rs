@@ -90,7 +90,7 @@ impl TaskStats {
             }
             _ => true,
         };
-        let mut socket = TaskStatsSocket::open(4 * 1024 * 1024, try_here, &elsewhere)?;
+        let mut socket = TaskStatsSocket::open(super::SOCKET_RCVBUF, try_here, &elsewhere)?;
         // SAFETY: eventfd(2) has no memory preconditions; a non-negative result is a
         // new descriptor that nothing else owns, handed to the OwnedFd.
         let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };

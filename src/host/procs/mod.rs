@@ -52,6 +52,14 @@ pub use exits::{Exit, TaskStats};
 pub use identify::Identifier;
 pub use proc_fs::{Stat, parse_netlink_table, parse_stat, read_stat};
 
+/// Receive buffer of the connector's and the taskstats socket, bytes: both get a burst
+/// per fork storm, and a full socket drops what it cannot queue.
+const SOCKET_RCVBUF: usize = 4 * 1024 * 1024;
+
+/// How long the start-up checks wait for the connector's, or the taskstats socket's,
+/// report of a probe process.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The longest chain walked (a remover and its ancestors).
 const MAX_DEPTH: usize = 64;
 

@@ -22,7 +22,8 @@ const STREAM_BATCH_DELAY: Duration = Duration::from_millis(1);
 
 /// The receive buffer below which streams are read as they come, without the delay:
 /// a millisecond of the fastest stream one process can make (~100 notifications of
-/// ~1 KiB of buffer each) with a tenfold margin. The default buffer is 4 MiB.
+/// ~1 KiB of buffer each) with a tenfold margin. The default buffer is 4 MiB
+/// ([`DEFAULT_RECV_BUFFER`]).
 const STREAM_BATCH_MIN_RCVBUF: usize = 1024 * 1024;
 
 impl Watcher {

@@ -84,11 +84,16 @@ pub struct WatchOptions {
     pub reconnect_max: Duration,
 }
 
+/// `netlink.receive_buffer`'s default, bytes (the config's default is this one).
+pub const DEFAULT_RECV_BUFFER: usize = 4 * 1024 * 1024;
+/// `netlink.resync_interval`'s default.
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
 impl Default for WatchOptions {
     fn default() -> Self {
         Self {
-            recv_buffer: 4 * 1024 * 1024,
-            resync_interval: Duration::from_secs(300),
+            recv_buffer: DEFAULT_RECV_BUFFER,
+            resync_interval: DEFAULT_RESYNC_INTERVAL,
             routing_debounce: Duration::from_millis(200),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
