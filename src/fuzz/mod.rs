@@ -1,4 +1,4 @@
-//! Fuzzing on stable (issue #11 item 10): every parser that reads bytes from outside the
+//! Fuzzing on stable: every parser that reads bytes from outside the
 //! process (the config file, the journal, netlink datagrams, taskstats exit records, the
 //! API's and the metadata service's answers) is fed generated input for a bounded number
 //! of cases, with a fixed seed, under `cargo test` (so CI runs it).
