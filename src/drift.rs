@@ -423,7 +423,7 @@ impl Tracker {
             entry.error = error;
             if state == "ok" {
                 entry.last_good_unix = Some(read.at_unix);
-                entry.last_good = Some(crate::pause::rfc3339(read.at_unix));
+                entry.last_good = Some(crate::wallclock::rfc3339(read.at_unix));
             }
         }
         for category in Category::ALL {
@@ -503,7 +503,7 @@ impl Tracker {
                     confirmed: is_confirmed,
                     reads: seen.reads,
                     first_seen_unix: seen.first_unix,
-                    first_seen: crate::pause::rfc3339(seen.first_unix),
+                    first_seen: crate::wallclock::rfc3339(seen.first_unix),
                     seen_for_secs: now_unix.saturating_sub(seen.first_unix),
                     finding: finding.clone(),
                 });
@@ -515,7 +515,7 @@ impl Tracker {
                 computed_unix: state.and_then(|s| s.computed_unix),
                 computed: state
                     .and_then(|s| s.computed_unix)
-                    .map(crate::pause::rfc3339),
+                    .map(crate::wallclock::rfc3339),
                 stale: !stale_sources.is_empty(),
                 unread_sources: stale_sources,
             });
@@ -523,7 +523,7 @@ impl Tracker {
         Report {
             reads: self.reads,
             read_unix: self.last_read_unix,
-            read: self.last_read_unix.map(crate::pause::rfc3339),
+            read: self.last_read_unix.map(crate::wallclock::rfc3339),
             freshness: fresh,
             sources: Source::ALL
                 .iter()

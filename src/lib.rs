@@ -19,6 +19,7 @@ pub mod pause;
 pub mod service_user;
 pub mod state_dir;
 pub mod task;
+pub mod wallclock;
 
 #[cfg(test)]
 mod fuzz;

@@ -17,6 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::wallclock::rfc3339;
+
 /// The file name inside `state.dir`.
 pub const PAUSE_FILE: &str = "paused";
 
@@ -254,19 +256,6 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
-pub fn rfc3339(unix: u64) -> String {
-    let secs = i64::try_from(unix).unwrap_or(i64::MAX);
-    let date = crate::cloud::sign::utc_date(secs);
-    let of_day = secs.rem_euclid(86_400);
-    format!(
-        "{date}T{:02}:{:02}:{:02}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,11 +339,5 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep me");
         assert_eq!(PauseFile::new(&dir).load().and_then(|p| p.by_uid), Some(7));
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn rfc3339_of_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_796_137_445), "2026-12-01T15:04:05Z");
     }
 }

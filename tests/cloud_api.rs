@@ -1,5 +1,5 @@
 //! The cloud client against the fake Tencent Cloud (a real HTTP server on loopback):
-//! issue #2's acceptance. Every test binds its own fake to `127.0.0.1:0` and uses
+//! the client's acceptance tests. Every test binds its own fake to `127.0.0.1:0` and uses
 //! sub-second backoffs and task durations.
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.

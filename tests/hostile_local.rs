@@ -1,4 +1,4 @@
-//! Hostile local input (issue #11, items 1, 3, 7 and 8): a flood on the metrics
+//! Hostile local input: a flood on the metrics
 //! listener, a state directory others can write or that holds links, a forged netlink
 //! notification, and a journal append that fails half-way on a full disk. Each runs the
 //! real thing: the daemon in a sandbox namespace, or the journal on a small tmpfs.

@@ -80,12 +80,16 @@ pub struct Rates {
 impl Default for Rates {
     fn default() -> Self {
         Self {
-            unassign: 5.0,
+            unassign: DEFAULT_UNASSIGN_RATE,
             describe: 5.0,
             task_result: 10.0,
         }
     }
 }
+
+/// `cloud.max_calls_per_second`'s default: `UnassignPrivateIpAddresses` per second
+/// (the config's default is this one).
+pub const DEFAULT_UNASSIGN_RATE: f64 = 5.0;
 
 /// One bucket per action.
 #[derive(Debug)]

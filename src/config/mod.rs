@@ -110,12 +110,12 @@ pub struct CloudConfig {
     pub secret_key: Option<Secret>,
     /// Extra CA certificate (PEM) to trust, e.g. a TLS-intercepting proxy's.
     pub ca_file: Option<PathBuf>,
-    #[serde(default = "d_3s", deserialize_with = "de_duration")]
+    #[serde(default = "d_cloud_connect", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
-    #[serde(default = "d_10s", deserialize_with = "de_duration")]
+    #[serde(default = "d_cloud_total", deserialize_with = "de_duration")]
     pub timeout: Duration,
     /// A task still RUNNING after this is re-described instead of polled forever.
-    #[serde(default = "d_10m", deserialize_with = "de_duration")]
+    #[serde(default = "d_task_timeout", deserialize_with = "de_duration")]
     pub task_timeout: Duration,
     /// Client-side rate limit for mutating calls, per second (the documented 100/s is
     /// per account and shared by the fleet).
@@ -139,9 +139,9 @@ impl Default for CloudConfig {
             secret_id: None,
             secret_key: None,
             ca_file: None,
-            connect_timeout: d_3s(),
-            timeout: d_10s(),
-            task_timeout: d_10m(),
+            connect_timeout: d_cloud_connect(),
+            timeout: d_cloud_total(),
+            task_timeout: d_task_timeout(),
             max_calls_per_second: d_rate(),
             allow_plain_http: false,
         }
@@ -184,7 +184,7 @@ impl CloudConfig {
 pub struct MetadataConfig {
     #[serde(default = "d_metadata")]
     pub endpoint: String,
-    #[serde(default = "d_3s", deserialize_with = "de_duration")]
+    #[serde(default = "d_metadata_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
 }
 
@@ -192,7 +192,7 @@ impl Default for MetadataConfig {
     fn default() -> Self {
         Self {
             endpoint: d_metadata(),
-            timeout: d_3s(),
+            timeout: d_metadata_timeout(),
         }
     }
 }
@@ -347,7 +347,7 @@ pub struct NetlinkConfig {
     #[serde(default = "d_rcvbuf")]
     pub receive_buffer: usize,
     /// Full re-dump as a safety net.
-    #[serde(default = "d_5m", deserialize_with = "de_duration")]
+    #[serde(default = "d_resync", deserialize_with = "de_duration")]
     pub resync_interval: Duration,
 }
 
@@ -355,7 +355,7 @@ impl Default for NetlinkConfig {
     fn default() -> Self {
         Self {
             receive_buffer: d_rcvbuf(),
-            resync_interval: d_5m(),
+            resync_interval: d_resync(),
         }
     }
 }

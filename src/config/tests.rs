@@ -151,7 +151,7 @@ fn validation_names_keys() {
     );
 }
 
-/// Issue #11 item 4: a dropped "s" in an API endpoint is refused (naming the key
+/// A dropped "s" in an API endpoint is refused (naming the key
 /// that would allow it), unless plain HTTP is opted into; metadata needs no opt-in.
 #[test]
 fn a_plain_http_api_endpoint_needs_the_opt_in() {

@@ -661,7 +661,7 @@ impl World {
 
 /// RFC 3339 UTC (`2021-03-12T23:00:47Z`) of a Unix timestamp.
 pub(crate) fn rfc3339(secs: i64) -> String {
-    let date = enisync::cloud::sign::utc_date(secs);
+    let date = enisync::wallclock::utc_date(secs);
     let tod = secs.rem_euclid(86_400);
     format!(
         "{date}T{:02}:{:02}:{:02}Z",
