@@ -36,7 +36,7 @@ mod settings;
 mod sink;
 mod slot;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -79,6 +79,10 @@ pub struct Engine<C: Cloud, R: Router> {
     /// and left again meanwhile: a newer intent took their place in `intents`, and they
     /// are followed here to their end (journal key: address and generation).
     following: BTreeMap<(IpAddr, u64), Intent>,
+    /// Intents (address, generation) marked `sent` for a call that has not yet carried
+    /// them to the cloud and that were not marked before it: if the pause stops that
+    /// call first (`IpOutcome::NotSent`), they go back to unsent.
+    first_sends: HashSet<(IpAddr, u64)>,
     /// The latest generation given to an intent of each address.
     generations: HashMap<IpAddr, u64>,
     /// Clause 6.
@@ -151,6 +155,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             statics: start.statics,
             intents: BTreeMap::new(),
             following: BTreeMap::new(),
+            first_sends: HashSet::new(),
             generations: HashMap::new(),
             burst: BurstGuard::default(),
             slots: EniSlots::default(),

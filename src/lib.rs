@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod cloud;
 pub mod config;
 pub mod daemon;
+pub mod drift;
 pub mod engine;
 pub mod host;
 pub mod inventory;
@@ -18,6 +19,7 @@ pub mod pause;
 pub mod service_user;
 pub mod state_dir;
 pub mod task;
+pub mod wallclock;
 
 #[cfg(test)]
 mod fuzz;

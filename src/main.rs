@@ -50,6 +50,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Read-only: where the host, the metadata service and the cloud's listing disagree
+    /// (leak candidates, addresses the cloud does not bind, stale rules, metadata
+    /// mismatches). enisync never acts on it.
+    Drift {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop releasing (route repair goes on) until `resume`.
     Pause {
         #[command(flatten)]
@@ -135,6 +144,11 @@ fn main() -> ExitCode {
             &target,
             &control::Request::Plan,
             (!json).then_some(status::render_plan as fn(&serde_json::Value) -> String),
+        ),
+        Cmd::Drift { target, json } => control_command(
+            &target,
+            &control::Request::Drift,
+            (!json).then_some(status::render_drift as fn(&serde_json::Value) -> String),
         ),
         Cmd::Pause { target } => control_command(&target, &control::Request::Pause, None),
         Cmd::Resume { target } => control_command(&target, &control::Request::Resume, None),

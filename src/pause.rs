@@ -11,9 +11,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::wallclock::rfc3339;
 
 /// The file name inside `state.dir`.
 pub const PAUSE_FILE: &str = "paused";
@@ -129,28 +133,70 @@ pub struct PauseRequest {
 pub struct Pause {
     file: Option<PauseFile>,
     in_force: Option<Paused>,
+    /// Counts the changes between paused and not paused (odd: paused), for the calls
+    /// that run off the engine's loop: see [`SendGate`].
+    changes: Arc<AtomicU64>,
+}
+
+/// What an unassign spawned off the engine's loop asks right before it is sent: whether
+/// no pause has come since the engine decided to send it. A pause, even one already
+/// resumed, closes the gate for good: what it stopped goes through the send-time check
+/// again. The engine's own loop asks [`Pause::in_force`].
+#[derive(Debug, Clone)]
+pub struct SendGate {
+    changes: Arc<AtomicU64>,
+    opened_at: u64,
+}
+
+impl SendGate {
+    /// Whether the call may go out now.
+    pub fn is_open(&self) -> bool {
+        self.changes.load(Ordering::SeqCst) == self.opened_at
+    }
 }
 
 impl Pause {
+    fn with(file: Option<PauseFile>, in_force: Option<Paused>) -> Self {
+        let changes = Arc::new(AtomicU64::new(u64::from(in_force.is_some())));
+        Self {
+            file,
+            in_force,
+            changes,
+        }
+    }
+
     /// The pause kept in `file`, read once.
     pub fn load(file: PauseFile) -> Self {
         let in_force = file.load();
-        Self {
-            file: Some(file),
-            in_force,
-        }
+        Self::with(Some(file), in_force)
     }
 
     /// A pause that lives in memory only (unit tests of the engine).
     pub fn in_memory() -> Self {
-        Self {
-            file: None,
-            in_force: None,
-        }
+        Self::with(None, None)
     }
 
     pub fn in_force(&self) -> Option<&Paused> {
         self.in_force.as_ref()
+    }
+
+    /// The gate for an unassign the engine decides to send now (not paused): it stays
+    /// open until the next pause.
+    pub fn send_gate(&self) -> SendGate {
+        SendGate {
+            changes: Arc::clone(&self.changes),
+            opened_at: self.changes.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Keeps `changes` odd exactly while paused. Called before the pause or resume is
+    /// answered, so that no call passes the gate after a pause was acknowledged.
+    fn sync_gate(&self) {
+        let paused = self.in_force.is_some();
+        let count = self.changes.load(Ordering::SeqCst);
+        if (count % 2 == 1) != paused {
+            self.changes.store(count + 1, Ordering::SeqCst);
+        }
     }
 
     /// Pauses or resumes, on disk first, and writes the audit record. A pause always
@@ -176,6 +222,7 @@ impl Pause {
                 by_uid: request.by_uid,
                 note: None,
             }));
+            self.sync_gate();
             tracing::info!(target: "audit", decision = "paused", by_uid = %uid, "releases paused by an operator; routing repair goes on");
             written.map(|_| ())
         } else {
@@ -189,6 +236,7 @@ impl Pause {
             }
             tracing::info!(target: "audit", decision = "resumed", by_uid = %uid, "releases resumed by an operator");
             self.in_force = None;
+            self.sync_gate();
             Ok(())
         }
     }
@@ -206,19 +254,6 @@ fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
-pub fn rfc3339(unix: u64) -> String {
-    let secs = i64::try_from(unix).unwrap_or(i64::MAX);
-    let date = crate::cloud::sign::utc_date(secs);
-    let of_day = secs.rem_euclid(86_400);
-    format!(
-        "{date}T{:02}:{:02}:{:02}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
 }
 
 #[cfg(test)]
@@ -304,11 +339,5 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep me");
         assert_eq!(PauseFile::new(&dir).load().and_then(|p| p.by_uid), Some(7));
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn rfc3339_of_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_796_137_445), "2026-12-01T15:04:05Z");
     }
 }

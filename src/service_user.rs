@@ -82,7 +82,7 @@ pub fn check(
     };
     let target = match std::fs::metadata(state_dir) {
         Ok(_) => Some(state_dir.to_path_buf()),
-        Err(_) if state_dir == Path::new("/var/lib/enisync") => None,
+        Err(_) if state_dir == Path::new(crate::state_dir::DEFAULT_STATE_DIR) => None,
         Err(_) => state_dir
             .ancestors()
             .find(|p| p.exists())

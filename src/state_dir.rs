@@ -19,6 +19,10 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// `state.dir`'s default, the packaged unit's `StateDirectory=` (the config's default
+/// is this one).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/enisync";
+
 /// Why a state directory is refused. Each names the path and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StateDirError {

@@ -1,4 +1,4 @@
-//! Chaos (issue 4, item 8): a seeded random run against the real daemon in a sandbox
+//! Chaos: a seeded random run against the real daemon in a sandbox
 //! namespace with the fake cloud, judged by `common/oracle.rs` (the trigger rule and
 //! nothing else).
 //!

@@ -110,7 +110,7 @@ fn check_config_refuses_what_run_would_refuse_naming_the_key() {
             "cloud.max_calls_per_second",
             "at most 100",
         ),
-        // Issue #11 item 4: a dropped "s" would send tokens and signatures in clear.
+        // A dropped "s" would send tokens and signatures in clear.
         (
             "[cloud]\nendpoint = \"http://vpc.ap-guangzhou.tencentcloudapi.com\"\n",
             "cloud.endpoint",

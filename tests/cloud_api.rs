@@ -1,5 +1,5 @@
 //! The cloud client against the fake Tencent Cloud (a real HTTP server on loopback):
-//! issue #2's acceptance. Every test binds its own fake to `127.0.0.1:0` and uses
+//! the client's acceptance tests. Every test binds its own fake to `127.0.0.1:0` and uses
 //! sub-second backoffs and task durations.
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
@@ -578,6 +578,9 @@ async fn no_secret_key_or_token_appears_in_any_log_line() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // A callsite first reached by a parallel test while this dispatcher was being
+    // registered can keep a cached "never" interest: rebuild it with this one known.
+    tracing::callsite::rebuild_interest_cache();
 
     let fake = fake();
     let server = serve(&fake);

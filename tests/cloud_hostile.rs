@@ -1,4 +1,4 @@
-//! Hostile and broken answers from the cloud side (issue #11, items 4, 5 and 9), against
+//! Hostile and broken answers from the cloud side, against
 //! the fake cloud over HTTP on loopback: an endless or huge body, a redirect, a listing
 //! that never ends, the legacy busy code; and the plain-HTTP opt-in's warning at start
 //! (that one in a sandbox namespace, as root).

@@ -484,9 +484,9 @@ fn n_absent_at_start_is_not_released() {
     assert!(sb.ips_in_cloud().contains(&aux(13)));
 }
 
-/// (o) An IPv6 address the cloud does not list on the ENI is never released (issue #14:
-/// only an address in the ENI's `Ipv6AddressSet` is a candidate). Before IPv6 releases
-/// this test said "IPv6 is ignored"; the IPv6 behaviour is in `tests/e2e_ipv6.rs`.
+/// (o) An IPv6 address the cloud does not list on the ENI is never released (only an
+/// address in the ENI's `Ipv6AddressSet` is a candidate). Before IPv6 releases this
+/// test said "IPv6 is ignored"; the IPv6 behaviour is in `tests/e2e_ipv6.rs`.
 #[test]
 fn o_ipv6_not_listed_by_the_cloud_is_not_released() {
     let mut sb = Sandbox::new("o", Layout::default());

@@ -1,4 +1,4 @@
-//! End to end for IPv6 releases (issue #14): the real `enisync` binary, the real kernel
+//! End to end for IPv6 releases: the real `enisync` binary, the real kernel
 //! in a network namespace, the fake Tencent Cloud over HTTP with ENI1's
 //! `Ipv6AddressSet` spelled with leading zeros (so only a 128-bit comparison matches
 //! the host's addresses). Each test names the acceptance item it proves; the rule is in

@@ -143,6 +143,8 @@ fn metric_families_status_json_and_audit_decisions_are_golden() {
     sb.wait_for("two cancellations", SOON, || {
         sb.count_log("release cancelled") >= 2
     });
+    // The drift gauges have samples from the first drift read on (none before it).
+    sb.wait_log("drift read", SOON);
     let (status, text) = sb.http_get(METRICS_PORT, "/metrics");
     assert_eq!(status, 200);
     assert_golden("metric_families.txt", &metric_families(&text));

@@ -231,7 +231,7 @@ fn link_moved_to_another_namespace_is_link_removed() {
     });
 }
 
-/// IPv6 addresses are followed (issue #14): an addition with its scope and flags, and a
+/// IPv6 addresses are followed: an addition with its scope and flags, and a
 /// removal by `ip -6 addr del` with no sender (the kernel sends IPv6 address
 /// notifications with port 0), so nobody is named and the engine holds it.
 #[test]

@@ -1,4 +1,4 @@
-//! Hostile local input (issue #11, items 1, 3, 7 and 8): a flood on the metrics
+//! Hostile local input: a flood on the metrics
 //! listener, a state directory others can write or that holds links, a forged netlink
 //! notification, and a journal append that fails half-way on a full disk. Each runs the
 //! real thing: the daemon in a sandbox namespace, or the journal on a small tmpfs.
@@ -65,8 +65,8 @@ fn fd_count(pid: u32) -> u64 {
 fn probe_healthz(addr: SocketAddr) -> (u16, Duration) {
     let started = Instant::now();
     let status = (|| {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut s = TcpStream::connect_timeout(&addr, HEALTHZ_BOUND).ok()?;
+        s.set_read_timeout(Some(HEALTHZ_BOUND)).ok()?;
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .ok()?;
         let mut text = String::new();

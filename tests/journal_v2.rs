@@ -1,4 +1,4 @@
-//! Journal schema 2 (issue 12): a schema-1 journal written by the binary before it is
+//! Journal schema 2: a schema-1 journal written by the binary before it is
 //! migrated on start, and a `kill -9` in the middle of the migration leaves the old file
 //! whole, migrated by the next start. No root needed: the journal is a file.
 

@@ -1,4 +1,4 @@
-//! keepalived (issue 4, item 9): two "instances" (network namespaces `a` and `b`), each
+//! keepalived: two "instances" (network namespaces `a` and `b`), each
 //! with its own enisync and its own ENI in ONE fake cloud, joined by a bridge that lives
 //! in a third namespace, where the fake listens (10.0.1.1) and answers metadata by the
 //! caller's source address. keepalived (Debian package) runs in each instance in unicast
@@ -666,7 +666,7 @@ fn takeover(recipe: Recipe, tag: &str) {
         ),
     }
     // a's enisync saw keepalived remove the VIP and named it: keepalived's netlink
-    // port is not its pid (issue 11), and an unknown remover would be held.
+    // port is not its pid, and an unknown remover would be held.
     let a_log = duo.a.log.lock().expect("log").join("\n");
     let vip_line = a_log
         .lines()

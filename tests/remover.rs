@@ -1,4 +1,4 @@
-//! Who removed an address (issue 11, item 2 and clause 2's "also required" points): the
+//! Who removed an address (clause 2 and its "also required" points): the
 //! real daemon in a sandbox namespace, with real process trees.
 //!
 //! - A script named `dhclient-script`, run by a process named `dhclient`, runs

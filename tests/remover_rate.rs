@@ -1,4 +1,4 @@
-//! How often a plain one-shot `ip addr del` is identified by name (issue 11, item 2):
+//! How often a plain one-shot `ip addr del` is identified by name:
 //! 1 000 removals, each by its own `ip` process, read by the watcher with the daemon's
 //! identification (process events, taskstats exit records and `/proc`), inside a
 //! network namespace and in the initial namespace (on a veth pair of its own, whose MACs

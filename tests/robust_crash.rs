@@ -1,5 +1,4 @@
-//! Crashes, graceful stops, journal replay and alarms against the real daemon (issue 4,
-//! items 1, 4, 5 and 6).
+//! Crashes, graceful stops, journal replay and alarms against the real daemon.
 //!
 //! Crash cycles: `kill -9` at a chosen point of a release (after the intent is written,
 //! after the call reached the cloud, while its task runs, during the route fix), then a

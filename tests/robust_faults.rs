@@ -1,4 +1,4 @@
-//! Cloud faults against the real daemon (issue 4, item 3): the real `enisync` binary in a
+//! Cloud faults against the real daemon: the real `enisync` binary in a
 //! sandbox namespace, the fake Tencent Cloud injecting one kind of trouble per test.
 //!
 //! Every test ends with the same proof: the aux IP that was removed is gone from the

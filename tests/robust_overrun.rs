@@ -1,4 +1,4 @@
-//! Overrun recovery under load (issue 4, item 2): the real daemon with a deliberately
+//! Overrun recovery under load: the real daemon with a deliberately
 //! small netlink receive buffer, thousands of address changes from one `ip -batch`; the
 //! watcher overruns, resyncs, and still nothing is lost: every aux IP that stayed
 //! removed is either released or held, the held ones are released by `release --held`,
@@ -6,7 +6,7 @@
 //!
 //! Removals found by a resync carry no remover (nobody knows who asked): clause 2 holds
 //! them as unknown (`held_unknown_remover`) until an operator confirms, since a network
-//! manager's flush that overran the socket looks exactly like this (issue 11).
+//! manager's flush that overran the socket looks exactly like this.
 
 #[path = "common/sandbox.rs"]
 mod sandbox;

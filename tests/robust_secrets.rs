@@ -1,4 +1,4 @@
-//! Secrets never leak (issue 4, item 7): a canary key and token, given through each
+//! Secrets never leak: a canary key and token, given through each
 //! credential source (config file, environment, systemd credentials, the CAM role of
 //! the fake metadata service), never appear in the daemon's log at debug level (every
 //! crate) while it releases, reloads, and meets auth errors; nor in `check-config`

@@ -158,7 +158,7 @@ mod tests {
     use ErrorClass::*;
 
     /// Every API 3.0 code `docs/cloud-api.md` lists for the three actions and the common
-    /// table (and the primary-IP codes it mentions), each with the class issue #2 assigns.
+    /// table (and the primary-IP codes it mentions), each with the class it is given there.
     const V3_TABLE: &[(&str, ErrorClass)] = &[
         // UnassignPrivateIpAddresses
         ("InvalidParameterValue.DuplicatePara", Refused),

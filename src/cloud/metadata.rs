@@ -17,6 +17,9 @@ use crate::net::MacAddr;
 pub const MAX_METADATA_BODY: usize = 64 << 10;
 
 /// Where the metadata service is and how patient to be with it.
+/// `metadata.timeout`'s default: one whole request (the config's default is this one).
+pub const DEFAULT_METADATA_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone)]
 pub struct MetadataSettings {
     /// Base URL ending in `meta-data/`.
@@ -35,7 +38,7 @@ impl Default for MetadataSettings {
         Self {
             base_url: super::DEFAULT_METADATA_ENDPOINT.to_owned(),
             connect_timeout: Duration::from_secs(1),
-            total_timeout: Duration::from_secs(3),
+            total_timeout: DEFAULT_METADATA_TIMEOUT,
             attempts: 3,
             backoff: Duration::from_millis(100),
         }

@@ -43,6 +43,9 @@ pub enum IpOutcome {
         reason: String,
         code: Option<String>,
     },
+    /// Not sent: the caller's gate was closed at the moment the unassign would have gone
+    /// out (an operator's pause). Nothing was asked of the cloud for it by this call.
+    NotSent,
 }
 
 impl IpOutcome {
@@ -88,18 +91,21 @@ pub async fn release_batch(
     ips: &[IpAddr],
     policy: ReleasePolicy,
 ) -> ReleaseOutcome {
-    release_batch_observed(cloud, eni_id, vpc_id, ips, policy, |_, _| {}).await
+    release_batch_observed(cloud, eni_id, vpc_id, ips, policy, || true, |_, _| {}).await
 }
 
-/// [`release_batch`], telling `on_sent` about every task the cloud accepted (with the
-/// IPs it carries) before following it, so the engine can journal it: a task that was
-/// sent is followed to its end even across a restart.
+/// [`release_batch`], asking `may_send` right before every unassign (when it says no,
+/// the IPs not yet done are [`IpOutcome::NotSent`] and nothing more is asked of the
+/// cloud), and telling `on_sent` about every task the cloud accepted (with the IPs it
+/// carries) before following it, so the engine can journal it: a task that was sent is
+/// followed to its end even across a restart.
 pub async fn release_batch_observed(
     cloud: &impl Cloud,
     eni_id: &str,
     vpc_id: &str,
     ips: &[IpAddr],
     policy: ReleasePolicy,
+    may_send: impl Fn() -> bool + Send,
     mut on_sent: impl FnMut(&[IpAddr], &TaskRef) + Send,
 ) -> ReleaseOutcome {
     let mut out = ReleaseOutcome::default();
@@ -108,6 +114,10 @@ pub async fn release_batch_observed(
     remaining.dedup();
     let mut failures = 0;
     while !remaining.is_empty() {
+        if !may_send() {
+            out.set(&remaining, &IpOutcome::NotSent);
+            return out;
+        }
         let task = match cloud.unassign(eni_id, vpc_id, &remaining).await {
             Ok(task) => task,
             Err(error) => {
@@ -514,6 +524,43 @@ mod tests {
         });
         let out = release_batch(&cloud, "eni-1", "vpc-1", &[ip(2)], policy()).await;
         assert_eq!(out.common(), Some(&IpOutcome::AlreadyGone));
+    }
+
+    #[tokio::test]
+    async fn a_closed_gate_sends_nothing_more_and_the_accepted_task_is_followed() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let cloud = FakeCloud::with_ips(&[ip(2), ip(3)]);
+        let out = release_batch_observed(
+            &cloud,
+            "eni-1",
+            "vpc-1",
+            &[ip(2), ip(3)],
+            policy(),
+            || false,
+            |_, _| {},
+        )
+        .await;
+        assert_eq!(out.common(), Some(&IpOutcome::NotSent));
+        assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+
+        // Closed once the first call is out: its failed task is followed and confirmed,
+        // and the retry is not sent.
+        cloud.script(|s| s.tasks.push_back(Ok(TaskStatus::Failed)));
+        let open = AtomicBool::new(true);
+        let out = release_batch_observed(
+            &cloud,
+            "eni-1",
+            "vpc-1",
+            &[ip(2), ip(3)],
+            policy(),
+            || open.load(Ordering::SeqCst),
+            |_, _| open.store(false, Ordering::SeqCst),
+        )
+        .await;
+        assert_eq!(out.common(), Some(&IpOutcome::NotSent));
+        assert_eq!(cloud.calls(), ["unassign eni-1 2", "wait", "describe"]);
+        assert_eq!(out.tasks.len(), 1);
     }
 
     #[tokio::test]

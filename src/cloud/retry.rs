@@ -66,11 +66,6 @@ impl TokenBucket {
     }
 }
 
-/// The default client-side rate of `UnassignIpv6Addresses` (`cloud.max_ipv6_calls_per_second`):
-/// its documented limit is 20/s per account, a fifth of the IPv4 call's, so a fifth of
-/// the IPv4 default here.
-pub const DEFAULT_IPV6_UNASSIGN_RATE: f64 = 1.0;
-
 /// Client-side rates, in calls per second, per action.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rates {
@@ -89,13 +84,22 @@ pub struct Rates {
 impl Default for Rates {
     fn default() -> Self {
         Self {
-            unassign: 5.0,
+            unassign: DEFAULT_UNASSIGN_RATE,
             unassign_ipv6: DEFAULT_IPV6_UNASSIGN_RATE,
             describe: 5.0,
             task_result: 10.0,
         }
     }
 }
+
+/// `cloud.max_calls_per_second`'s default: `UnassignPrivateIpAddresses` per second
+/// (the config's default is this one).
+pub const DEFAULT_UNASSIGN_RATE: f64 = 5.0;
+
+/// The default client-side rate of `UnassignIpv6Addresses` (`cloud.max_ipv6_calls_per_second`):
+/// its documented limit is 20/s per account, a fifth of the IPv4 call's, so a fifth of
+/// the IPv4 default here.
+pub const DEFAULT_IPV6_UNASSIGN_RATE: f64 = 1.0;
 
 /// One bucket per action.
 #[derive(Debug)]

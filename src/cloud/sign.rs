@@ -14,6 +14,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
+use crate::wallclock::utc_date;
+
 /// The algorithm name that opens a TC3 `Authorization` header.
 pub const TC3_ALGORITHM: &str = "TC3-HMAC-SHA256";
 /// Only these two headers are signed; both SDKs do the same.
@@ -206,27 +208,6 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// `YYYY-MM-DD` of a Unix timestamp in UTC. The TC3 scope uses the UTC date; local time
-/// breaks signatures around midnight.
-pub fn utc_date(timestamp: i64) -> String {
-    let (year, month, day) = civil_date(timestamp.div_euclid(86_400));
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
-/// (year, month 1-12, day 1-31) of a count of days since 1970-01-01 (Howard Hinnant's
-/// civil-from-days algorithm, exact for the proleptic Gregorian calendar).
-pub fn civil_date(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;
@@ -351,15 +332,6 @@ mod tests {
             sig.signature,
             "72e494ea809ad7a8c8f7a4507b9bddcbaa8e581f516e8da2f66e2c5a96525168"
         );
-    }
-
-    #[test]
-    fn utc_date_straddles_midnight_and_leap_years() {
-        assert_eq!(utc_date(1_700_006_399), "2023-11-14");
-        assert_eq!(utc_date(1_700_006_400), "2023-11-15");
-        assert_eq!(utc_date(0), "1970-01-01");
-        assert_eq!(utc_date(951_782_400), "2000-02-29");
-        assert_eq!(utc_date(4_107_542_400), "2100-03-01");
     }
 
     #[test]

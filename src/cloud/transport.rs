@@ -3,6 +3,7 @@
 
 use super::CloudError;
 use super::clock::ServerClock;
+use crate::wallclock::days_from_civil;
 
 /// The largest API answer body read (API 3.0 and legacy). A real
 /// `DescribeNetworkInterfaces` page for one instance is a few tens of KiB (at most
@@ -198,17 +199,6 @@ pub(crate) fn parse_http_date(text: &str) -> Option<i64> {
         return None;
     }
     Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 fn transport_error(action: &'static str, e: &reqwest::Error) -> CloudError {

@@ -1,12 +1,24 @@
 //! The default of every key, one function each (serde's `default = "..."` names them).
+//! A default that the module using the key also needs (the cloud client's timeouts and
+//! rate, the metadata timeout, the watcher's buffer and resync) is that module's
+//! constant, named here, so the two cannot drift apart.
 
 use super::*;
 
-pub(super) fn d_3s() -> Duration {
-    Duration::from_secs(3)
+pub(super) fn d_cloud_connect() -> Duration {
+    crate::cloud::client::DEFAULT_CONNECT_TIMEOUT
 }
-pub(super) fn d_10s() -> Duration {
-    Duration::from_secs(10)
+pub(super) fn d_cloud_total() -> Duration {
+    crate::cloud::client::DEFAULT_TOTAL_TIMEOUT
+}
+pub(super) fn d_task_timeout() -> Duration {
+    crate::cloud::client::DEFAULT_TASK_TIMEOUT
+}
+pub(super) fn d_metadata_timeout() -> Duration {
+    crate::cloud::metadata::DEFAULT_METADATA_TIMEOUT
+}
+pub(super) fn d_resync() -> Duration {
+    crate::host::watch::DEFAULT_RESYNC_INTERVAL
 }
 pub(super) fn d_30s() -> Duration {
     Duration::from_secs(30)
@@ -20,14 +32,18 @@ pub(super) fn d_20ms() -> Duration {
 pub(super) fn d_3m() -> Duration {
     Duration::from_secs(180)
 }
-pub(super) fn d_5m() -> Duration {
-    Duration::from_secs(300)
-}
 pub(super) fn d_10m() -> Duration {
     Duration::from_secs(600)
 }
+/// `drift.interval`: a fleet of 1000 nodes reads the listing under 2 times a second.
+pub(super) fn d_drift_interval() -> Duration {
+    Duration::from_secs(600)
+}
+/// The shortest time between two reads that `enisync drift` asks for: whoever can reach
+/// the control socket, however often, spends at most one listing per this time.
+pub const DRIFT_FRESH_READ_MIN: Duration = Duration::from_secs(10);
 pub(super) fn d_rate() -> f64 {
-    5.0
+    crate::cloud::retry::DEFAULT_UNASSIGN_RATE
 }
 pub(super) fn d_rate_ipv6() -> f64 {
     crate::cloud::retry::DEFAULT_IPV6_UNASSIGN_RATE
@@ -92,7 +108,7 @@ pub(super) fn d_rule_priority() -> u32 {
     DEFAULT_RULE_PRIORITY
 }
 pub(super) fn d_state_dir() -> PathBuf {
-    PathBuf::from("/var/lib/enisync")
+    PathBuf::from(crate::state_dir::DEFAULT_STATE_DIR)
 }
 pub(super) fn d_log_level() -> String {
     "info".into()
@@ -113,5 +129,5 @@ pub(super) fn d_host_limit() -> usize {
     1000
 }
 pub(super) fn d_rcvbuf() -> usize {
-    4 << 20
+    crate::host::watch::DEFAULT_RECV_BUFFER
 }

@@ -27,8 +27,8 @@ mod defaults;
 mod parse;
 mod validate;
 
-pub use defaults::default_ignore_removers;
 use defaults::*;
+pub use defaults::{DRIFT_FRESH_READ_MIN, default_ignore_removers};
 pub use parse::parse_duration;
 use parse::{de_cidrs, de_duration, is_plain_http, parse_error};
 pub use validate::check_log_level;
@@ -81,6 +81,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub control: ControlConfig,
+    #[serde(default)]
+    pub drift: DriftConfig,
     /// Static ENI mappings for hosts that cannot reach the metadata service.
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<StaticInterface>,
@@ -108,12 +110,12 @@ pub struct CloudConfig {
     pub secret_key: Option<Secret>,
     /// Extra CA certificate (PEM) to trust, e.g. a TLS-intercepting proxy's.
     pub ca_file: Option<PathBuf>,
-    #[serde(default = "d_3s", deserialize_with = "de_duration")]
+    #[serde(default = "d_cloud_connect", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
-    #[serde(default = "d_10s", deserialize_with = "de_duration")]
+    #[serde(default = "d_cloud_total", deserialize_with = "de_duration")]
     pub timeout: Duration,
     /// A task still RUNNING after this is re-described instead of polled forever.
-    #[serde(default = "d_10m", deserialize_with = "de_duration")]
+    #[serde(default = "d_task_timeout", deserialize_with = "de_duration")]
     pub task_timeout: Duration,
     /// Client-side rate limit for mutating calls, per second (the documented 100/s is
     /// per account and shared by the fleet).
@@ -140,9 +142,9 @@ impl Default for CloudConfig {
             secret_id: None,
             secret_key: None,
             ca_file: None,
-            connect_timeout: d_3s(),
-            timeout: d_10s(),
-            task_timeout: d_10m(),
+            connect_timeout: d_cloud_connect(),
+            timeout: d_cloud_total(),
+            task_timeout: d_task_timeout(),
             max_calls_per_second: d_rate(),
             max_ipv6_calls_per_second: d_rate_ipv6(),
             allow_plain_http: false,
@@ -186,7 +188,7 @@ impl CloudConfig {
 pub struct MetadataConfig {
     #[serde(default = "d_metadata")]
     pub endpoint: String,
-    #[serde(default = "d_3s", deserialize_with = "de_duration")]
+    #[serde(default = "d_metadata_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
 }
 
@@ -194,7 +196,7 @@ impl Default for MetadataConfig {
     fn default() -> Self {
         Self {
             endpoint: d_metadata(),
-            timeout: d_3s(),
+            timeout: d_metadata_timeout(),
         }
     }
 }
@@ -349,7 +351,7 @@ pub struct NetlinkConfig {
     #[serde(default = "d_rcvbuf")]
     pub receive_buffer: usize,
     /// Full re-dump as a safety net.
-    #[serde(default = "d_5m", deserialize_with = "de_duration")]
+    #[serde(default = "d_resync", deserialize_with = "de_duration")]
     pub resync_interval: Duration,
 }
 
@@ -357,7 +359,7 @@ impl Default for NetlinkConfig {
     fn default() -> Self {
         Self {
             receive_buffer: d_rcvbuf(),
-            resync_interval: d_5m(),
+            resync_interval: d_resync(),
         }
     }
 }
@@ -397,6 +399,25 @@ pub struct ControlConfig {
 impl Default for ControlConfig {
     fn default() -> Self {
         Self { socket: d_socket() }
+    }
+}
+
+/// `[drift]`: the read-only drift report (`enisync drift`, the `enisync_drift_*` gauges).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    /// How often the host, `DescribeNetworkInterfaces` and the metadata service are read
+    /// and compared. Each read spends one listing of the API's budget, which the whole
+    /// account shares: bounded by `check-config` (1 minute to a day).
+    #[serde(default = "d_drift_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            interval: d_drift_interval(),
+        }
     }
 }
 

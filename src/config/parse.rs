@@ -44,7 +44,7 @@ pub(super) fn parse_error(text: &str, path: &Path, err: &toml::de::Error) -> Con
     };
     // The whole lines the error's span covers: an inline table
     // (`cloud = { secret_key = 123 }`) names the key `cloud`, yet its message may quote
-    // the secret (found by the config fuzzer, src/fuzz.rs).
+    // the secret (found by the config fuzzer, src/fuzz/config.rs).
     let span_lines = span
         .as_ref()
         .and_then(|s| {

@@ -151,7 +151,7 @@ fn validation_names_keys() {
     );
 }
 
-/// Issue #11 item 4: a dropped "s" in an API endpoint is refused (naming the key
+/// A dropped "s" in an API endpoint is refused (naming the key
 /// that would allow it), unless plain HTTP is opted into; metadata needs no opt-in.
 #[test]
 fn a_plain_http_api_endpoint_needs_the_opt_in() {
@@ -204,6 +204,23 @@ fn every_duration_has_an_upper_bound_and_the_default_is_inside_it() {
         "{e}"
     );
     parse("[release]\ngrace = \"0s\"\n").expect("a grace of 0 releases at once");
+}
+
+#[test]
+fn the_drift_period_is_bounded_because_each_read_spends_the_api_budget() {
+    assert_eq!(
+        parse("").expect("defaults").drift.interval,
+        Duration::from_secs(600)
+    );
+    for (text, words) in [
+        ("30s", "too short"),
+        ("0s", "longer than 0"),
+        ("1441m", "too long"),
+    ] {
+        let e = err(&format!("[drift]\ninterval = \"{text}\"\n"));
+        assert!(e.contains("`drift.interval`") && e.contains(words), "{e}");
+    }
+    parse("[drift]\ninterval = \"1m\"\n").expect("one minute is the floor");
 }
 
 #[test]

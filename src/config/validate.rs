@@ -241,6 +241,8 @@ impl Config {
 pub(super) struct DurationRange {
     /// Zero allowed (a grace of 0 releases at once; a timeout of 0 would fail every call).
     zero: bool,
+    /// The shortest value above zero (a period that spends the API's budget).
+    min: Duration,
     max: Duration,
 }
 
@@ -248,17 +250,31 @@ impl DurationRange {
     const fn up_to(max_secs: u64, zero: bool) -> Self {
         Self {
             zero,
+            min: Duration::ZERO,
+            max: Duration::from_secs(max_secs),
+        }
+    }
+
+    const fn between(min_secs: u64, max_secs: u64) -> Self {
+        Self {
+            zero: false,
+            min: Duration::from_secs(min_secs),
             max: Duration::from_secs(max_secs),
         }
     }
 
     pub(super) fn contains(&self, value: &Duration) -> bool {
-        (self.zero || !value.is_zero()) && *value <= self.max
+        (self.zero || !value.is_zero()) && *value >= self.min && *value <= self.max
     }
 
     pub(super) fn explain(&self, value: Duration) -> String {
         let max = format!("{}m", self.max.as_secs() / 60);
-        if value.is_zero() && !self.zero {
+        if value < self.min && !value.is_zero() {
+            format!(
+                "{value:?} is too short: at least {}m (each read spends the account's API budget)",
+                self.min.as_secs() / 60
+            )
+        } else if value.is_zero() && !self.zero {
             format!("must be longer than 0 (and at most {max})")
         } else {
             format!("{value:?} is too long: at most {max}")
@@ -277,7 +293,7 @@ pub(super) const MAX_IPV6_CALLS_PER_SECOND: f64 = 20.0;
 
 impl Config {
     /// Every duration key with its allowed range: the one table `validate` checks.
-    pub(super) fn durations(&self) -> [(&'static str, Duration, DurationRange); 10] {
+    pub(super) fn durations(&self) -> [(&'static str, Duration, DurationRange); 11] {
         use DurationRange as R;
         [
             (
@@ -326,6 +342,11 @@ impl Config {
                 self.netlink.resync_interval,
                 R::up_to(DAY, false),
             ),
+            (
+                "drift.interval",
+                self.drift.interval,
+                R::between(MINUTE, DAY),
+            ),
         ]
     }
 
@@ -355,6 +376,7 @@ impl Config {
         differs("netlink", self.netlink != new.netlink);
         differs("metrics", self.metrics != new.metrics);
         differs("control.socket", self.control != new.control);
+        differs("drift.interval", self.drift != new.drift);
         differs("interface", self.interfaces != new.interfaces);
         keys
     }

@@ -41,6 +41,7 @@ use crate::ops::metrics::{self, Health, Metrics};
 use crate::ops::{control, heartbeat};
 use crate::pause::{Pause, PauseFile};
 
+mod drift;
 mod setup;
 mod startup;
 
@@ -108,11 +109,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     // of the start must be handled, never take the default action of ending the process.
     let shutdown = CancellationToken::new();
     let (commands_tx, mut commands_rx) = mpsc::channel(16);
+    let (drift_exclude, drift_exclude_rx) =
+        tokio::sync::watch::channel(config.release.exclude.clone());
     spawn_signal_handler(
         config_path,
         config.clone(),
         shutdown.clone(),
         commands_tx.clone(),
+        drift_exclude,
     )?;
     warn_if_few_descriptors();
     warn_plain_http(&config);
@@ -187,9 +191,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         path: config.control.socket.clone(),
         source,
     })?;
+    let drift_queries = control::DriftQueries::default();
     tokio::spawn(control::serve(
         control,
         commands_tx.clone(),
+        Arc::clone(&drift_queries),
         shutdown.clone(),
     ));
 
@@ -217,6 +223,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         (Some(id), Some(key)) => Some((id.clone(), key.clone())),
         _ => None,
     };
+    // The drift report reads the metadata service unless the config names the instance.
+    let drift_metadata = config.cloud.instance_id.is_none().then(|| metadata.clone());
     let credentials = Arc::new(CredentialProvider::new(
         CredentialSources::from_process(config_keys, Some(metadata)),
         clock,
@@ -234,6 +242,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         return Ok(());
     };
     info!(enis = inventory.by_mac.len(), instance = %inventory.instance_id, "inventory loaded");
+    let startup_listing: Vec<_> = inventory
+        .by_mac
+        .values()
+        .filter_map(|r| r.cloud.clone())
+        .collect();
     // A reload while waiting gave new `[release]` settings: the engine starts with them.
     let Starting {
         settings, pause, ..
@@ -288,6 +301,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             pause,
         },
     );
+    let (drift_tx, drift_rx) = mpsc::channel(16);
+    let drift_task = drift::DriftTask {
+        cloud: Arc::clone(&cloud),
+        metadata: drift_metadata,
+        engine: commands_tx.clone(),
+        metrics: Arc::clone(&metrics),
+        exclude: drift_exclude_rx,
+        interval: config.drift.interval,
+        instance_id: facts.instance_id.clone(),
+        startup_listing: Some(startup_listing),
+    };
+    tokio::spawn(drift_task.run(drift_rx, shutdown.clone()));
+    let _ = drift_queries.set(drift_tx);
     health.engine_started(commands_tx.clone());
     health.set_ready(true);
     let mode = if dry_run { "dry run" } else { "armed" };

@@ -160,6 +160,7 @@ pub(super) fn spawn_signal_handler(
     running: Config,
     shutdown: CancellationToken,
     commands: mpsc::Sender<Command>,
+    drift_exclude: tokio::sync::watch::Sender<Vec<crate::net::Cidr>>,
 ) -> Result<(), DaemonError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals =
@@ -181,6 +182,7 @@ pub(super) fn spawn_signal_handler(
                                 needs_restart.join(", ")
                             );
                         }
+                        drift_exclude.send_replace(config.release.exclude.clone());
                         let _ = commands
                             .send(Command::Reload(Box::new(engine_settings(&config))))
                             .await;

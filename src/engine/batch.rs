@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::info;
 
 use super::calls::CloudReport;
 use super::intent::Phase;
@@ -28,23 +29,28 @@ const BURST_QUIET: Duration = Duration::from_millis(1);
 impl<C: Cloud, R: Router> Engine<C, R> {
     /// The next instant the loop must look at the intents. Intents of an ENI with a
     /// slot are left out: the end of its call wakes the loop, or its coalescing wait
-    /// stands for them.
+    /// stands for them. Under a pause, work the pause blocks (due releases, coalescing,
+    /// checked batches) sets no timer: the resume wakes the loop, and a timer for it
+    /// would only spin. A parked release's retry time still does (unparking is not
+    /// releasing).
     pub(super) fn next_wakeup(&self) -> Option<Instant> {
+        let paused = self.pause.in_force().is_some();
         let due = self
             .intents
             .values()
             .filter(|i| match i.phase {
                 Phase::Pending | Phase::Waiting { .. } => {
-                    !i.eni_id.as_ref().is_some_and(|e| self.slots.is_taken(e))
+                    !paused && !i.eni_id.as_ref().is_some_and(|e| self.slots.is_taken(e))
                 }
                 Phase::Parked { .. } => true,
                 _ => false,
             })
             .map(|i| i.due);
-        let coalescing = self.slots.coalescing_until();
+        let coalescing = self.slots.coalescing_until().filter(|_| !paused);
         let checked = self
             .slots
             .checked()
+            .filter(|_| !paused)
             .map(|(eni, batch)| self.checked_deadline(eni, batch));
         due.chain(coalescing).chain(checked).min()
     }
@@ -54,6 +60,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// out at once. Removals that come due while the ENI is busy join the next batch.
     pub(super) fn dispatch_due(&mut self, now: Instant) {
         if self.pause.in_force().is_some() {
+            // A coalescing wait is a batch on its way to its check: the pause ends it,
+            // and the resume decides again.
+            self.slots.clear_coalescing();
             return;
         }
         // Decided again below for every ENI that still has releases coming due.
@@ -200,6 +209,32 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         self.send_checked(now).await;
     }
 
+    /// An operator's pause stopped `ips` of `eni_id` on their way to an unassign (their
+    /// check was in flight, their checked batch waited, or the call spawned before the
+    /// pause had not sent them yet). They go back to `Pending`, due as they were: not
+    /// dropped, not cancelled, no attempt counted. After `resume` they go through the
+    /// whole rule again, the send-time check included (a listing from before the pause
+    /// is not used). No audit record of their own: the `paused` record is the decision,
+    /// and `status` shows them pending, as any release that came due while paused.
+    pub(super) fn stopped_by_pause(&mut self, eni_id: &str, ips: &[IpAddr], now: Instant) {
+        let mut stopped = Vec::new();
+        for ip in ips {
+            if let Some(i) = self.intents.get_mut(ip)
+                && matches!(
+                    i.phase,
+                    Phase::Checking | Phase::Sending | Phase::Releasing { .. }
+                )
+            {
+                i.phase = Phase::Pending;
+                i.due = i.due.min(now);
+                stopped.push(*ip);
+            }
+        }
+        if !stopped.is_empty() {
+            info!(eni = %eni_id, ips = ?stopped, "paused: the unassign of these releases was not sent; pending until resume");
+        }
+    }
+
     /// When a waiting checked batch goes out at the latest, unless more removals come.
     /// Only a burst waits: the ENI's two latest removals less than `BURST_QUIET`
     /// apart. A lone removal goes as soon as its check is back.
@@ -240,8 +275,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         candidates < MAX_IPS_PER_CALL
     }
 
-    /// Sends every checked batch that is full or whose burst is over.
+    /// Sends every checked batch that is full or whose burst is over. Under a pause
+    /// none goes: every checked batch goes back to pending (see `stopped_by_pause`).
     pub(super) async fn send_checked(&mut self, now: Instant) {
+        if self.pause.in_force().is_some() {
+            for (eni_id, batch) in self.slots.take_all_checked() {
+                self.stopped_by_pause(&eni_id, &batch.ips, now);
+            }
+            return;
+        }
         let ready: Vec<String> = self
             .slots
             .checked()

@@ -20,6 +20,7 @@ use crate::cloud::release::{
 use crate::cloud::{Cloud, CloudError, Eni, Family, TaskStatus};
 use crate::inventory::Inventory;
 use crate::journal::{IntentKey, RecordState};
+use crate::pause::SendGate;
 use crate::task::TaskRef;
 
 /// The shortest interval between inventory refreshes triggered by link changes.
@@ -83,6 +84,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     ) {
         for ip in ips {
             let generation = self.generation_in(generations, *ip);
+            self.first_sends.remove(&(*ip, generation));
             if let Some(i) = self.intent_at(*ip, generation) {
                 i.phase = Phase::Releasing {
                     task_id: task.task_id.clone(),
@@ -171,6 +173,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             // The call was for this intent: one a newer intent has since taken the place
             // of is followed in `following`, and its outcome is its own.
             let followed = self.following.remove(&(ip, generation));
+            // Carried to the cloud by no unassign of this call (only a `NotSent` can say
+            // so: every other outcome follows a send).
+            let never_sent = self.first_sends.remove(&(ip, generation));
             match result {
                 IpOutcome::Released => {
                     self.counters.released += 1;
@@ -200,6 +205,28 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                                 after_error,
                             },
                         );
+                    }
+                }
+                IpOutcome::NotSent => {
+                    // Nothing went out for it: "gone because of us" would be a wrong
+                    // belief (the journal said it may have gone out), so it is unsent
+                    // again, as it was before this call.
+                    let mut followed = followed;
+                    if never_sent && let Some(old) = followed.as_mut() {
+                        old.sent = false;
+                    }
+                    if self.unfollow(followed) {
+                        let unsent = never_sent
+                            && self
+                                .intents
+                                .get_mut(&ip)
+                                .filter(|i| i.generation == generation)
+                                .map(|i| i.sent = false)
+                                .is_some();
+                        if unsent {
+                            self.journal_observed_as(ip, false, false);
+                        }
+                        self.stopped_by_pause(&eni_id, &[ip], now);
                     }
                 }
                 IpOutcome::Refused { reason, code } => {
@@ -290,17 +317,22 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 }
 
-/// One unassign to make: the ENI, its VPC, the IPs and their intents' generations.
+/// One unassign to make: the ENI, its VPC, the IPs and their intents' generations, and
+/// the pause gate it was decided under.
 pub(super) struct Call {
     pub eni_id: String,
     pub vpc_id: String,
     pub ips: Vec<IpAddr>,
     pub generations: Arc<HashMap<IpAddr, u64>>,
+    pub gate: SendGate,
 }
 
 /// Sends the unassign for `ips` in chunks of ten of one family (IPv4 and IPv6 are
 /// different actions), one after the other (the ENI's slot stays `Sending` until the
-/// last, whatever the family), through the cloud module's release procedure.
+/// last, whatever the family), through the cloud module's release procedure. Every
+/// unassign (a later chunk, the retry after a failed task) asks the gate right before it
+/// goes: after a pause nothing more is sent (`IpOutcome::NotSent`), while a task already
+/// accepted is still followed to its end.
 pub(super) async fn release_task<C: Cloud>(
     cloud: Arc<C>,
     tx: mpsc::UnboundedSender<CloudReport>,
@@ -312,6 +344,7 @@ pub(super) async fn release_task<C: Cloud>(
         vpc_id,
         ips,
         generations,
+        gate,
     } = call;
     for chunk in family_batches(&ips) {
         let sent_tx = tx.clone();
@@ -323,6 +356,7 @@ pub(super) async fn release_task<C: Cloud>(
             &vpc_id,
             &chunk,
             policy,
+            || gate.is_open(),
             move |ips, task| {
                 let _ = sent_tx.send(CloudReport::Sent {
                     ips: ips.to_vec(),

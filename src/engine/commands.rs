@@ -87,7 +87,7 @@ impl Snapshot {
 
     fn set_pause(&mut self, paused: Option<&Paused>) {
         self.paused = paused.is_some();
-        self.paused_since = paused.map(|p| crate::pause::rfc3339(p.since_unix));
+        self.paused_since = paused.map(|p| crate::wallclock::rfc3339(p.since_unix));
         self.paused_by_uid = paused.and_then(|p| p.by_uid);
         self.paused_note = paused.and_then(|p| p.note.clone());
     }

@@ -132,7 +132,7 @@ impl Outcome {
             },
             Self::AlreadyGone => OutcomeRecord::AlreadyGone,
             Self::Cancelled(c) => OutcomeRecord::Cancelled {
-                reason: c.key().to_owned(),
+                reason: c.into(),
                 detail: c.detail().map(str::to_owned),
             },
             Self::DryRun => OutcomeRecord::DryRun,

@@ -9,7 +9,7 @@ use super::intent::{Intent, Outcome, Phase};
 use super::reasons::{Cancel, HeldReason};
 use super::{Engine, Router};
 use crate::cloud::Cloud;
-use crate::journal::{IntentKey, Record, RecordState};
+use crate::journal::{CancelKey, IntentKey, Record, RecordState};
 
 impl<C: Cloud, R: Router> Engine<C, R> {
     /// Re-journals an intent's observation, with its held flag.
@@ -140,5 +140,86 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 RecordState::Finished { .. } => {}
             }
         }
+    }
+}
+
+/// The journal's record of a cancel reason: one arm per reason, so a new [`Cancel`]
+/// does not compile without its record (the journal, a lower layer, cannot name the
+/// engine's type).
+impl From<&Cancel> for CancelKey {
+    fn from(cancel: &Cancel) -> Self {
+        match cancel {
+            Cancel::KernelRemoval => Self::KernelRemoval,
+            Cancel::IgnoredRemover(_) => Self::IgnoredRemover,
+            Cancel::Collateral => Self::Collateral,
+            Cancel::Readded => Self::Readded,
+            Cancel::PresentElsewhere => Self::PresentElsewhere,
+            Cancel::LinkDown => Self::LinkDown,
+            Cancel::LinkGone => Self::LinkGone,
+            Cancel::MacChanged => Self::MacChanged,
+            Cancel::NotPhysical => Self::NotPhysical,
+            Cancel::NotSelectedInterface => Self::NotSelectedInterface,
+            Cancel::NotAnEni => Self::NotAnEni,
+            Cancel::NotCandidate(_) => Self::NotCandidate,
+            Cancel::OutsideInclude => Self::OutsideInclude,
+            Cancel::Excluded => Self::Excluded,
+            Cancel::PrimaryIp => Self::PrimaryIp,
+            Cancel::NotListedOnEni => Self::NotListedOnEni,
+            Cancel::EipBound(_) => Self::EipBound,
+            Cancel::EniNotAttached(_) => Self::EniNotAttached,
+            Cancel::Operator => Self::Operator,
+            Cancel::EarlierBoot => Self::EarlierBoot,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The other way, for the tests: a reason of each recorded key (`None` for the keys
+    /// only migration or a newer binary writes), so a new [`CancelKey`] does not compile
+    /// without its reason either.
+    fn cancel_of(key: &CancelKey) -> Option<Cancel> {
+        Some(match key {
+            CancelKey::KernelRemoval => Cancel::KernelRemoval,
+            CancelKey::IgnoredRemover => Cancel::IgnoredRemover(String::new()),
+            CancelKey::Collateral => Cancel::Collateral,
+            CancelKey::Readded => Cancel::Readded,
+            CancelKey::PresentElsewhere => Cancel::PresentElsewhere,
+            CancelKey::LinkDown => Cancel::LinkDown,
+            CancelKey::LinkGone => Cancel::LinkGone,
+            CancelKey::MacChanged => Cancel::MacChanged,
+            CancelKey::NotPhysical => Cancel::NotPhysical,
+            CancelKey::NotSelectedInterface => Cancel::NotSelectedInterface,
+            CancelKey::NotAnEni => Cancel::NotAnEni,
+            CancelKey::NotCandidate => Cancel::NotCandidate(crate::host::NotCandidate::NotGlobal),
+            CancelKey::OutsideInclude => Cancel::OutsideInclude,
+            CancelKey::Excluded => Cancel::Excluded,
+            CancelKey::PrimaryIp => Cancel::PrimaryIp,
+            CancelKey::NotListedOnEni => Cancel::NotListedOnEni,
+            CancelKey::EipBound => Cancel::EipBound(String::new()),
+            CancelKey::EniNotAttached => Cancel::EniNotAttached(String::new()),
+            CancelKey::Operator => Cancel::Operator,
+            CancelKey::EarlierBoot => Cancel::EarlierBoot,
+            CancelKey::Schema1 | CancelKey::Unknown(_) => return None,
+        })
+    }
+
+    /// Every reason's record is its key (the text on disk, the metrics label), and
+    /// reads back as the same record.
+    #[test]
+    fn every_cancel_reason_is_recorded_by_its_key() {
+        let mut mapped = 0;
+        for key in CancelKey::KNOWN {
+            let Some(cancel) = cancel_of(&key) else {
+                continue;
+            };
+            mapped += 1;
+            assert_eq!(CancelKey::from(&cancel), key);
+            assert_eq!(key.as_str(), cancel.key());
+            assert_eq!(CancelKey::from(cancel.key().to_owned()), key);
+        }
+        assert_eq!(mapped, CancelKey::KNOWN.len() - 1, "all but schema_1");
     }
 }

@@ -36,6 +36,13 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         enis: &[Eni],
         now: Instant,
     ) {
+        // The last look at the pause before anything is decided or sent for this batch
+        // (`send_checked` stops batches under a pause before they get here).
+        if self.pause.in_force().is_some() {
+            self.stopped_by_pause(&eni_id, &ips, now);
+            self.slots.set_idle(&eni_id);
+            return;
+        }
         let eni = enis.iter().find(|e| e.id == eni_id);
         // Removals of this ENI that came due while the describe was in flight join the
         // batch: the listing that just arrived is as fresh for them as for the rest (a
@@ -136,6 +143,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         for ip in &send {
             if let Some(i) = self.intents.get_mut(ip) {
                 i.phase = Phase::Sending;
+                if !i.sent {
+                    self.first_sends.insert((*ip, i.generation));
+                }
                 // From here the cloud may take the call even if its answer is lost: an
                 // IP it stops listing is then gone because of us.
                 i.sent = true;
@@ -160,6 +170,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 vpc_id,
                 ips: send,
                 generations,
+                gate: self.pause.send_gate(),
             },
             policy,
         ));

@@ -7,6 +7,11 @@
 //!  │                              │                     └─(describe failed)─► Idle      └─(nothing to send)─► Idle
 //!  └──────────(due, nothing coming)──────────────────────►┘
 //! ```
+//!
+//! An operator's pause stops every path to an unassign at its last step: a coalescing
+//! wait ends, a listing that comes (or a checked batch that waits) goes back to idle
+//! with its releases pending, and a call spawned before the pause sends nothing more
+//! (`pause::SendGate`); a task the cloud already accepted is still followed to its end.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -126,6 +131,18 @@ impl EniSlots {
             }
             None => None,
         }
+    }
+
+    /// Takes every checked batch back, its ENI idle again (an operator's pause stopped
+    /// them before their unassign).
+    pub fn take_all_checked(&mut self) -> Vec<(String, CheckedBatch)> {
+        let enis: Vec<String> = self.checked().map(|(eni, _)| eni.to_owned()).collect();
+        enis.into_iter()
+            .filter_map(|eni| match self.slots.remove(&eni) {
+                Some(EniSlot::Checked(batch)) => Some((eni, batch)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Ends every coalescing wait: `Engine::dispatch_due` decides them again on each

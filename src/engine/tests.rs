@@ -46,6 +46,9 @@ struct MemState {
     /// Unassigns whose task is not yet followed to its end, now and at most.
     open_calls: u32,
     max_open_calls: u32,
+    /// How long a listing takes (the send-time check in flight), and how many were made.
+    list_delay: Duration,
+    listings: u32,
 }
 
 impl MemCloud {
@@ -102,6 +105,14 @@ impl MemCloud {
 
 impl Cloud for MemCloud {
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        let delay = {
+            let mut s = self.state.lock().expect("lock");
+            s.listings += 1;
+            s.list_delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         Ok(self
             .state
             .lock()
@@ -208,6 +219,8 @@ struct Harness {
     router: RecordingRouter,
     events: mpsc::UnboundedSender<HostEvent>,
     commands: mpsc::Sender<Command>,
+    /// Turns of the engine loop (its `tick`): each is a wakeup.
+    turns: Arc<std::sync::atomic::AtomicU64>,
     _shutdown: tokio_util::sync::DropGuard,
 }
 
@@ -329,18 +342,23 @@ fn spawn_engine(cloud: Arc<MemCloud>, settings: Settings, start: Start) -> Harne
     let (events, events_rx) = mpsc::unbounded_channel();
     let (commands, commands_rx) = mpsc::channel(8);
     let shutdown = CancellationToken::new();
+    let turns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = Arc::clone(&turns);
     tokio::spawn(engine.run(
         events_rx,
         commands_rx,
         shutdown.clone(),
         Box::pin(futures_util::stream::pending()),
-        || {},
+        move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        },
     ));
     Harness {
         cloud,
         router,
         events,
         commands,
+        turns,
         _shutdown: shutdown.drop_guard(),
     }
 }
@@ -360,6 +378,25 @@ impl Harness {
         self.events
             .send(HostEvent::AddrAdded(addr))
             .expect("engine runs");
+    }
+
+    /// `enisync pause` (or `resume`), answered.
+    async fn pause(&self, pause: bool) {
+        let (tx, rx) = oneshot::channel();
+        let request = PauseRequest {
+            pause,
+            by_uid: Some(0),
+        };
+        self.commands
+            .send(Command::Pause(request, tx))
+            .await
+            .expect("engine runs");
+        rx.await.expect("reply").expect("pause applied");
+    }
+
+    /// Turns of the engine loop so far.
+    fn turns(&self) -> u64 {
+        self.turns.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn snapshot(&self) -> Snapshot {

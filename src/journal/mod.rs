@@ -50,7 +50,7 @@ use file::*;
 #[cfg(test)]
 pub(crate) use file::{encode_line, read_lines};
 pub use records::{
-    IntentKey, IntentKind, OutcomeRecord, Record, RecordState, RemoverRecord, Replay,
+    CancelKey, IntentKey, IntentKind, OutcomeRecord, Record, RecordState, RemoverRecord, Replay,
 };
 
 /// The schema version this binary writes and understands.

@@ -116,6 +116,118 @@ impl From<RemoverRecord> for Remover {
     }
 }
 
+/// Why an intent was cancelled, as the journal keeps it: the engine's reason key (the
+/// metrics label), written as that text (`"reason":"link_down"`), so the encoding is the
+/// one of the plain string it replaces. The engine converts its `Cancel` into this
+/// (`engine/persist.rs`, one arm per reason: a reason without its record does not
+/// compile).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum CancelKey {
+    KernelRemoval,
+    IgnoredRemover,
+    Collateral,
+    Readded,
+    PresentElsewhere,
+    LinkDown,
+    LinkGone,
+    MacChanged,
+    NotPhysical,
+    NotSelectedInterface,
+    NotAnEni,
+    NotCandidate,
+    OutsideInclude,
+    Excluded,
+    PrimaryIp,
+    NotListedOnEni,
+    EipBound,
+    EniNotAttached,
+    Operator,
+    EarlierBoot,
+    Schema1,
+    /// A key this binary does not know (written by a newer one), kept as it was read.
+    Unknown(String),
+}
+
+impl CancelKey {
+    /// Every key this binary writes or migrates (not `Unknown`).
+    pub const KNOWN: [Self; 21] = [
+        Self::KernelRemoval,
+        Self::IgnoredRemover,
+        Self::Collateral,
+        Self::Readded,
+        Self::PresentElsewhere,
+        Self::LinkDown,
+        Self::LinkGone,
+        Self::MacChanged,
+        Self::NotPhysical,
+        Self::NotSelectedInterface,
+        Self::NotAnEni,
+        Self::NotCandidate,
+        Self::OutsideInclude,
+        Self::Excluded,
+        Self::PrimaryIp,
+        Self::NotListedOnEni,
+        Self::EipBound,
+        Self::EniNotAttached,
+        Self::Operator,
+        Self::EarlierBoot,
+        Self::Schema1,
+    ];
+
+    /// The text on disk.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::KernelRemoval => "kernel_removal",
+            Self::IgnoredRemover => "ignored_remover",
+            Self::Collateral => "collateral",
+            Self::Readded => "readded",
+            Self::PresentElsewhere => "present_elsewhere",
+            Self::LinkDown => "link_down",
+            Self::LinkGone => "link_gone",
+            Self::MacChanged => "mac_changed",
+            Self::NotPhysical => "not_physical",
+            Self::NotSelectedInterface => "not_selected_interface",
+            Self::NotAnEni => "not_an_eni",
+            Self::NotCandidate => "not_candidate",
+            Self::OutsideInclude => "outside_include",
+            Self::Excluded => "excluded",
+            Self::PrimaryIp => "primary_ip",
+            Self::NotListedOnEni => "not_listed_on_eni",
+            Self::EipBound => "eip_bound",
+            Self::EniNotAttached => "eni_not_attached",
+            Self::Operator => "operator",
+            Self::EarlierBoot => "earlier_boot",
+            Self::Schema1 => "schema_1",
+            Self::Unknown(key) => key,
+        }
+    }
+}
+
+impl From<String> for CancelKey {
+    fn from(key: String) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|known| known.as_str() == key)
+            .unwrap_or(Self::Unknown(key))
+    }
+}
+
+impl From<CancelKey> for String {
+    fn from(key: CancelKey) -> Self {
+        match key {
+            CancelKey::Unknown(key) => key,
+            known => known.as_str().to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for CancelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How an intent ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -129,7 +241,7 @@ pub enum OutcomeRecord {
     /// A clause failed: `reason` is the engine's stable reason key (the metrics label),
     /// `detail` the variant's data (a process name, an EIP id), if any.
     Cancelled {
-        reason: String,
+        reason: CancelKey,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },

@@ -339,7 +339,7 @@ fn schema_1_removers_parse_back_from_their_text() {
 }
 
 /// IPv6 intents need no new schema: the key is an `IpAddr`, written and replayed as
-/// such, held flag and unknown remover included (issue #14).
+/// such, held flag and unknown remover included.
 #[test]
 fn an_ipv6_intent_is_replayed_with_its_held_unknown_remover() {
     let dir = tmpdir("ipv6");
@@ -378,4 +378,47 @@ fn an_ipv6_intent_is_replayed_with_its_held_unknown_remover() {
         "port 0 of an IPv6 removal is not the kernel"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A cancelled record as the journal has written it since schema 2 (the reason a plain
+/// key string) still reads, as its typed key, and is written back byte for byte; a key
+/// this binary does not know (a newer binary's) reads too and is kept as it was.
+#[test]
+fn cancelled_records_of_todays_format_read_and_write_back_unchanged() {
+    let lines = [
+        (
+            r#"{"v":2,"addr":"10.0.0.2","generation":3,"kind":"release","boot_id":"boot1","at_ms":5,"state":{"state":"finished","outcome":{"kind":"cancelled","reason":"ignored_remover","detail":"dhclient"}}}"#,
+            CancelKey::IgnoredRemover,
+        ),
+        (
+            r#"{"v":2,"addr":"10.0.0.3","generation":1,"kind":"release","boot_id":"boot1","at_ms":6,"state":{"state":"finished","outcome":{"kind":"cancelled","reason":"link_down"}}}"#,
+            CancelKey::LinkDown,
+        ),
+        (
+            r#"{"v":2,"addr":"10.0.0.4","generation":0,"kind":"release","boot_id":"boot0","at_ms":7,"state":{"state":"finished","outcome":{"kind":"cancelled","reason":"schema_1","detail":"its link went down"}}}"#,
+            CancelKey::Schema1,
+        ),
+        (
+            r#"{"v":2,"addr":"10.0.0.5","generation":2,"kind":"release","boot_id":"boot1","at_ms":8,"state":{"state":"finished","outcome":{"kind":"cancelled","reason":"a_reason_from_a_newer_binary"}}}"#,
+            CancelKey::Unknown("a_reason_from_a_newer_binary".into()),
+        ),
+    ];
+    for (json, key) in lines {
+        let line = format!("{:016x} {json}", fnv1a64(json.as_bytes()));
+        let Some(Decoded::Record(rec, false)) = decode_line(&line) else {
+            panic!("does not read: {line}");
+        };
+        let RecordState::Finished {
+            outcome: OutcomeRecord::Cancelled { reason, .. },
+        } = &rec.state
+        else {
+            panic!("not a cancelled record: {rec:?}");
+        };
+        assert_eq!(reason, &key);
+        assert_eq!(
+            encode_line(&rec),
+            format!("{line}\n"),
+            "written back unchanged"
+        );
+    }
 }

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{MIGRATED_GENERATION, OutcomeRecord, RemoverRecord, SCHEMA_VERSION};
+use super::{CancelKey, MIGRATED_GENERATION, OutcomeRecord, RemoverRecord, SCHEMA_VERSION};
 use crate::task::TaskRef;
 
 /// A schema-1 record: keyed by IPv4 address alone.
@@ -112,7 +112,7 @@ fn parse_outcome(text: &str) -> OutcomeRecord {
         "already_gone" => OutcomeRecord::AlreadyGone,
         "dry_run" => OutcomeRecord::DryRun,
         other => OutcomeRecord::Cancelled {
-            reason: "schema_1".into(),
+            reason: CancelKey::Schema1,
             detail: Some(
                 other
                     .strip_prefix("cancelled: ")

@@ -43,8 +43,20 @@ pub enum Request {
     Pause,
     Resume,
     ReleaseHeld,
-    Cancel { ip: IpAddr },
+    Cancel {
+        ip: IpAddr,
+    },
+    /// The drift report (read-only).
+    Drift,
 }
+
+/// Where `drift` requests go: the daemon's drift task, once it runs (it starts with the
+/// engine). Until then `drift` answers that enisync is starting.
+pub type DriftQueries = Arc<std::sync::OnceLock<mpsc::Sender<crate::drift::Query>>>;
+
+/// How long a `drift` request waits for its answer: a fresh read is one listing and a
+/// few metadata reads. Below the CLI's 15 s read timeout.
+const DRIFT_ANSWER: Duration = Duration::from_secs(12);
 
 /// The answer: `{"ok": true, "data": …}` or `{"ok": false, "error": "…"}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +182,7 @@ fn bind_privately(path: &Path) -> std::io::Result<UnixListener> {
 pub async fn serve(
     listener: UnixListener,
     engine: mpsc::Sender<Command>,
+    drift: DriftQueries,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
@@ -194,6 +207,7 @@ pub async fn serve(
             continue;
         };
         let engine = engine.clone();
+        let drift = Arc::clone(&drift);
         // Who is asking: the kernel's word (SO_PEERCRED), recorded with every operator
         // action. Only root and the service user can reach the socket at all.
         let uid = stream.peer_cred().ok().map(|c| c.uid());
@@ -205,7 +219,7 @@ pub async fn serve(
             let answer = match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await
             {
                 Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                    Ok(request) => handle(request, uid, &engine).await,
+                    Ok(request) => handle(request, uid, &engine, &drift).await,
                     Err(e) => Answer::error(format!("bad request: {e}")),
                 },
                 Ok(Err(e)) => Answer::error(format!("reading the request: {e}")),
@@ -219,7 +233,12 @@ pub async fn serve(
     }
 }
 
-async fn handle(request: Request, uid: Option<u32>, engine: &mpsc::Sender<Command>) -> Answer {
+async fn handle(
+    request: Request,
+    uid: Option<u32>,
+    engine: &mpsc::Sender<Command>,
+    drift: &DriftQueries,
+) -> Answer {
     let by_uid = uid.map_or_else(|| "unknown".to_string(), |u| u.to_string());
     match request {
         Request::Status => ask(engine, Command::Snapshot)
@@ -257,6 +276,31 @@ async fn handle(request: Request, uid: Option<u32>, engine: &mpsc::Sender<Comman
             )),
             Err(e) => Answer::error(e),
         },
+        Request::Drift => ask_drift(drift).await,
+    }
+}
+
+async fn ask_drift(drift: &DriftQueries) -> Answer {
+    let Some(queries) = drift.get() else {
+        return Answer::error(
+            "enisync is still starting (waiting for the metadata service or the ENI listing): \
+             the drift report starts with the engine",
+        );
+    };
+    let (tx, rx) = oneshot::channel();
+    // Queued: the drift task answers one query at a time and reads at most once per
+    // `DRIFT_FRESH_READ_MIN`, whoever asks. The whole wait is bounded.
+    let answer = tokio::time::timeout(DRIFT_ANSWER, async {
+        queries.send(tx).await.ok()?;
+        rx.await.ok()
+    })
+    .await;
+    match answer {
+        Ok(Some(report)) => Answer::data(report),
+        Ok(None) => Answer::error("the drift task has stopped"),
+        Err(_) => Answer::error(
+            "the drift read did not finish within 12 s (a slow API or metadata service); ask again",
+        ),
     }
 }
 
@@ -339,6 +383,10 @@ mod tests {
             serde_json::from_str::<Request>(r#"{"cmd":"release_held"}"#).expect("parse"),
             Request::ReleaseHeld
         );
+        assert_eq!(
+            serde_json::to_string(&Request::Drift).expect("json"),
+            r#"{"cmd":"drift"}"#
+        );
     }
 
     #[test]
@@ -419,7 +467,7 @@ mod tests {
         let listener = bind(&path).expect("bind");
         let (tx, mut rx) = mpsc::channel(64);
         let stop = CancellationToken::new();
-        tokio::spawn(serve(listener, tx, stop.clone()));
+        tokio::spawn(serve(listener, tx, DriftQueries::default(), stop.clone()));
         // An engine whose status is 2 MiB: more than the socket buffers hold, so a
         // client that does not read leaves the write pending.
         tokio::spawn(async move {

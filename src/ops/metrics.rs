@@ -43,6 +43,18 @@ pub struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabels {
+    /// `leak_candidate`, `unbound_on_host`, `stale_rule`, `metadata_mismatch`.
+    pub category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `host`, `api`, `metadata`.
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -70,6 +82,13 @@ pub struct Metrics {
     pub credential_refreshes: Counter,
     pub alarms: Counter,
     pub host_limit_waits: Counter,
+    /// The drift report's confirmed findings, per category, from the last read that
+    /// computed them (never from a scrape).
+    pub drift_findings: Family<CategoryLabels, Gauge>,
+    /// 1 when the last drift read of a source succeeded, 0 when it failed.
+    pub drift_read_ok: Family<SourceLabels, Gauge>,
+    /// When a source was last read successfully (Unix seconds).
+    pub drift_last_good_read: Family<SourceLabels, Gauge>,
 }
 
 fn call_histogram() -> Histogram {
@@ -103,6 +122,9 @@ impl Metrics {
             credential_refreshes: Counter::default(),
             alarms: Counter::default(),
             host_limit_waits: Counter::default(),
+            drift_findings: Family::default(),
+            drift_read_ok: Family::default(),
+            drift_last_good_read: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -186,6 +208,23 @@ impl Metrics {
             "Releases delayed by the per-host release limit",
             m.host_limit_waits.clone(),
         );
+        registry.register(
+            "drift_findings",
+            "Confirmed drift findings (two consecutive reads) by category, as of the last read \
+             that had every source they need; read-only, never acted on",
+            m.drift_findings.clone(),
+        );
+        registry.register(
+            "drift_read_ok",
+            "1 if the last drift read of the source (host, api, metadata) succeeded, 0 if it \
+             failed: then the findings that need it keep their last values",
+            m.drift_read_ok.clone(),
+        );
+        registry.register(
+            "drift_last_good_read_timestamp_seconds",
+            "When the source was last read successfully for the drift report (Unix seconds)",
+            m.drift_last_good_read.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -218,6 +257,31 @@ impl Metrics {
                 action: action.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// The drift gauges after a read (`daemon/drift.rs`): set per read, so a scrape
+    /// costs no read.
+    pub fn drift(&self, values: &crate::drift::GaugeValues) {
+        for (category, n) in &values.confirmed {
+            self.drift_findings
+                .get_or_create(&CategoryLabels {
+                    category: category.key().into(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        for (source, ok, last_good) in &values.sources {
+            let labels = SourceLabels {
+                source: source.key().into(),
+            };
+            self.drift_read_ok
+                .get_or_create(&labels)
+                .set(i64::from(*ok));
+            if let Some(at) = last_good {
+                self.drift_last_good_read
+                    .get_or_create(&labels)
+                    .set(i64::try_from(*at).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// Raises a counter fed from a monotonic source to `value`.

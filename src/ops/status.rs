@@ -305,6 +305,159 @@ pub fn render_plan(doc: &Value) -> String {
     out
 }
 
+/// A duration in whole seconds, shortly: `45s`, `12m`, `3h`, `2d`.
+fn age(secs: &Value) -> String {
+    match secs.as_u64() {
+        None => "-".into(),
+        Some(s) if s < 120 => format!("{s}s"),
+        Some(s) if s < 2 * 3600 => format!("{}m", s / 60),
+        Some(s) if s < 2 * 86_400 => format!("{}h", s / 3600),
+        Some(s) => format!("{}d", s / 86_400),
+    }
+}
+
+/// One finding in words.
+fn finding(f: &Value) -> String {
+    let (ip, mac, eni) = (s(&f["ip"]), s(&f["mac"]), s(&f["eni_id"]));
+    let elsewhere = |key: &str| match &f[key] {
+        Value::Null => "no ENI of this instance".to_string(),
+        other => s(other),
+    };
+    match f["kind"].as_str().unwrap_or("") {
+        "leak_candidate" => format!("{ip} bound to {eni} ({mac}), on no link"),
+        "unbound_on_host" => format!(
+            "{ip} on {} ({eni}): the cloud binds it to {}",
+            s(&f["link"]),
+            elsewhere("bound_to")
+        ),
+        "stale_rule" => format!(
+            "from {ip}/32 lookup {} pref {} proto {}: {ip} is on no link",
+            s(&f["table"]),
+            s(&f["priority"]),
+            s(&f["protocol"])
+        ),
+        "mac_only_in_metadata" => {
+            format!("the metadata lists MAC {mac}; the listing has no ENI with it")
+        }
+        "mac_only_in_api" => {
+            format!("the listing has {eni} ({mac}); the metadata does not list the MAC")
+        }
+        "primary_differs" => format!(
+            "{eni} ({mac}): primary {} in the metadata, {} in the listing",
+            s(&f["metadata"]),
+            s(&f["api"])
+        ),
+        "metadata_ip_elsewhere" => format!(
+            "the metadata lists {ip} under {mac}; the listing binds it to {}",
+            elsewhere("api_eni")
+        ),
+        "api_ip_not_in_metadata" => {
+            format!("the listing binds {ip} to {eni} ({mac}); the metadata does not list it")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The `drift` table.
+pub fn render_drift(doc: &Value) -> String {
+    let doc = &escaped(doc);
+    let mut out = String::from("drift report: read-only, enisync never acts on it\n");
+    let how = match doc["freshness"]["kind"].as_str() {
+        Some("fresh") => "read now for this request".to_string(),
+        Some("rate_limited") => format!(
+            "the last read: a fresh one is made at most once per {}s",
+            s(&doc["freshness"]["min_secs"])
+        ),
+        _ => "the last periodic read".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "data read {} ({how}); {} reads since start",
+        s(&doc["read"]),
+        s(&doc["reads"])
+    );
+    out.push_str("\nSOURCES\n");
+    let rows: Vec<Vec<String>> = doc["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|src| {
+            vec![
+                s(&src["source"]),
+                s(&src["state"]),
+                s(&src["last_good"]),
+                s(&src["error"]),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        &["SOURCE", "STATE", "LAST GOOD READ", "ERROR"],
+        &rows,
+    );
+    out.push_str(
+        "\nCOUNTS (the gauges count confirmed findings only: seen in two consecutive reads)\n",
+    );
+    let rows: Vec<Vec<String>> = doc["categories"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let note = if c["stale"].as_bool() == Some(true) {
+                format!(
+                    "STALE: {} not read in the last read; values as of then",
+                    s(&c["unread_sources"])
+                )
+            } else {
+                String::new()
+            };
+            vec![
+                s(&c["category"]),
+                s(&c["confirmed"]),
+                s(&c["unconfirmed"]),
+                s(&c["computed"]),
+                note,
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        &["CATEGORY", "CONFIRMED", "UNCONFIRMED", "AS OF", "NOTE"],
+        &rows,
+    );
+    out.push_str("\nFINDINGS\n");
+    let rows: Vec<Vec<String>> = doc["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            vec![
+                s(&f["category"]),
+                if f["confirmed"].as_bool() == Some(true) {
+                    "confirmed".into()
+                } else {
+                    "unconfirmed".into()
+                },
+                age(&f["seen_for_secs"]),
+                finding(f),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        out.push_str("none\n");
+    } else {
+        table(
+            &mut out,
+            &["CATEGORY", "STATE", "SEEN FOR", "FINDING"],
+            &rows,
+        );
+    }
+    out.push_str(
+        "\nTo act on a finding, by hand: README, \"Drift report\" (confirm an IP is unused first).\n",
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -422,5 +575,106 @@ ROUTING CHANGES
 after release: delete rule 3500: from 10.0.1.12/32 lookup 3501
 ";
         assert_eq!(render_plan(&doc), expected);
+    }
+
+    /// A drift report built by the real types (`drift::Tracker`), so the table follows
+    /// the document the daemon sends.
+    fn drift_doc(link: &str, eni: &str) -> Value {
+        use std::net::{IpAddr, Ipv4Addr};
+
+        use crate::drift::{Freshness, HostSide, Read, SourceRead, Tracker};
+        use crate::host::{Addr, Link};
+        use crate::net::MacAddr;
+
+        let mac = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let ip = |n| IpAddr::V4(Ipv4Addr::new(10, 0, 1, n));
+        let read = |at| Read {
+            at_unix: at,
+            instance_id: "ins-1".into(),
+            host: SourceRead::Ok(HostSide {
+                links: vec![Link {
+                    index: 3,
+                    name: link.into(),
+                    mac: Some(mac),
+                    up: true,
+                    parent: None,
+                    kind: None,
+                }],
+                addrs: [10, 50]
+                    .map(|n| Addr {
+                        link: 3,
+                        ip: ip(n),
+                        prefix: 24,
+                        secondary: n != 10,
+                        v6: None,
+                    })
+                    .to_vec(),
+                rules: Vec::new(),
+            }),
+            api: SourceRead::Ok(vec![crate::cloud::Eni {
+                id: eni.into(),
+                mac,
+                vpc_id: "vpc-1".into(),
+                subnet_id: "subnet-1".into(),
+                state: "AVAILABLE".into(),
+                primary: false,
+                attachment: None,
+                ips: [(10, true), (14, false)]
+                    .map(|(n, primary)| crate::cloud::EniIp {
+                        addr: ip(n),
+                        primary,
+                        state: "AVAILABLE".into(),
+                        eip: None,
+                    })
+                    .to_vec(),
+            }]),
+            metadata: SourceRead::Failed("metadata network/interfaces/macs/: HTTP 500".into()),
+            exclude: Vec::new(),
+            releasing: Default::default(),
+        };
+        let mut t = Tracker::default();
+        t.observe(&read(1_764_600_000));
+        t.observe(&read(1_764_600_600));
+        serde_json::to_value(t.report(1_764_600_660, Freshness::Fresh)).expect("json")
+    }
+
+    #[test]
+    fn drift_table_golden() {
+        let expected = "\
+drift report: read-only, enisync never acts on it
+data read 2025-12-01T14:50:00Z (read now for this request); 2 reads since start
+
+SOURCES
+SOURCE    STATE   LAST GOOD READ        ERROR
+host      ok      2025-12-01T14:50:00Z  -
+api       ok      2025-12-01T14:50:00Z  -
+metadata  failed  -                     metadata network/interfaces/macs/: HTTP 500
+
+COUNTS (the gauges count confirmed findings only: seen in two consecutive reads)
+CATEGORY           CONFIRMED  UNCONFIRMED  AS OF                 NOTE
+leak_candidate     1          0            2025-12-01T14:50:00Z
+unbound_on_host    1          0            2025-12-01T14:50:00Z
+stale_rule         0          0            2025-12-01T14:50:00Z
+metadata_mismatch  0          0            -                     STALE: metadata not read in the last read; values as of then
+
+FINDINGS
+CATEGORY         STATE      SEEN FOR  FINDING
+leak_candidate   confirmed  11m       10.0.1.14 bound to eni-1 (52:54:00:12:34:56), on no link
+unbound_on_host  confirmed  11m       10.0.1.50 on eth1 (eni-1): the cloud binds it to no ENI of this instance
+
+To act on a finding, by hand: README, \"Drift report\" (confirm an IP is unused first).
+";
+        assert_eq!(render_drift(&drift_doc("eth1", "eni-1")), expected);
+    }
+
+    #[test]
+    fn control_characters_in_drift_names_from_the_host_and_the_cloud_are_escaped() {
+        let table = render_drift(&drift_doc("eth\u{1b}[2J", "eni-\u{202e}1"));
+        assert!(
+            !table.contains('\u{1b}') && !table.contains('\u{202e}'),
+            "{table}"
+        );
+        assert!(table.contains("eth\\x1b[2J"), "{table}");
+        assert!(table.contains("eni-\\u{202e}1"), "{table}");
     }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The operator's path under a real systemd (issue #10, item 2).
+# The operator's path under a real systemd.
 #
 # Boots Debian bookworm with `systemd-nspawn -b` (own network namespace), installs the
 # freshly built .deb with `dpkg -i`, and walks what an operator does, against the fake

@@ -93,7 +93,7 @@ fn backoff_is_jittered_and_capped() {
     }
 }
 
-/// Issue 12, the forgotten task: an IP whose release is in flight comes back and leaves
+/// The forgotten task: an IP whose release is in flight comes back and leaves
 /// again, and the daemon restarts before the task ends. The accepted task is still
 /// followed to SUCCESS after the restart: its `released` record, its route cleanup.
 #[tokio::test(start_paused = true)]

@@ -214,3 +214,113 @@ async fn addresses_added_off_the_enis_do_not_reconcile_routing() {
     sleep(Duration::from_millis(10)).await;
     assert_eq!(h.router.reconciles.load(Ordering::SeqCst), before + 1);
 }
+
+/// A pause stops a batch whose send-time check is already in flight: once `pause` is
+/// answered no unassign goes out, the release stays pending (not dropped, not
+/// cancelled), and after `resume` it goes through a fresh send-time check.
+#[tokio::test(start_paused = true)]
+async fn a_pause_stops_a_batch_whose_check_is_in_flight() {
+    let h = start(&[11], |_| {});
+    h.cloud.set(|s| s.list_delay = Duration::from_secs(2));
+    h.remove(11, by("ip"));
+    // The grace period is over: the send-time listing is out, and takes 2 s.
+    sleep(GRACE + Duration::from_millis(500)).await;
+    assert_eq!(h.cloud.state.lock().expect("lock").listings, 1);
+    h.pause(true).await;
+    sleep(Duration::from_secs(10)).await;
+    assert!(
+        h.cloud.calls().is_empty(),
+        "no unassign after the pause was answered: {:?}",
+        h.cloud.calls()
+    );
+    let snapshot = h.snapshot().await;
+    assert_eq!(snapshot.intents.len(), 1, "still pending: {snapshot:?}");
+    assert_eq!(snapshot.intents[0].phase, Phase::Pending);
+    assert!(snapshot.recent.is_empty(), "not finished or cancelled");
+    assert_eq!(snapshot.counters.cancelled, 0);
+
+    h.pause(false).await;
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]], "released after resume");
+    assert_eq!(
+        h.cloud.state.lock().expect("lock").listings,
+        2,
+        "with a send-time check made after the resume"
+    );
+}
+
+/// A pause also stops the unassigns the release procedure would send on its own once
+/// a call is out (here the retry after a task that failed); the accepted task is still
+/// followed to its end.
+#[tokio::test(start_paused = true)]
+async fn a_pause_stops_the_retry_of_a_failed_task() {
+    let h = start(&[11], |_| {});
+    h.cloud.set(|s| s.fail_tasks = 1);
+    h.remove(11, by("ip"));
+    // The first unassign is out at the end of the grace period; its task fails 50 ms
+    // later, and the procedure would then unassign again.
+    sleep(GRACE + Duration::from_millis(10)).await;
+    assert_eq!(h.cloud.calls().len(), 1);
+    h.pause(true).await;
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.cloud.calls().len(), 1, "no retry while paused");
+    let snapshot = h.snapshot().await;
+    assert_eq!(snapshot.intents.len(), 1, "still pending: {snapshot:?}");
+    assert_eq!(snapshot.intents[0].phase, Phase::Pending);
+
+    h.pause(false).await;
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)], vec![ip(11)]]);
+    assert_eq!(h.snapshot().await.counters.released, 1);
+}
+
+/// A paused engine with a release due does not spin: what the pause blocks sets no
+/// timer, so the loop turns only for what wakes it (here: the removal, the pause, the
+/// snapshots), not once a millisecond.
+#[tokio::test(start_paused = true)]
+async fn a_paused_engine_with_a_due_release_does_not_spin() {
+    let h = start(&[11], |_| {});
+    h.pause(true).await;
+    h.remove(11, by("ip"));
+    sleep(GRACE * 3).await;
+    let turns = h.turns();
+    assert!(
+        turns <= 10,
+        "{turns} turns in {} s of a paused engine",
+        (GRACE * 3).as_secs()
+    );
+    assert!(h.cloud.calls().is_empty());
+    h.pause(false).await;
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]], "released after resume");
+}
+
+/// A call of twenty goes out as two unassigns of ten, one after the other: a pause
+/// between them stops the second. Its IPs stay pending and unsent (nothing went out
+/// for them), and go after `resume`.
+#[tokio::test(start_paused = true)]
+async fn a_pause_stops_the_later_chunks_of_a_call() {
+    let aux: Vec<u8> = (11..31).collect();
+    let h = start(&aux, |s| s.burst_limit = 32);
+    for last in &aux {
+        h.remove(*last, by("ip"));
+    }
+    // The first ten are out at the end of the grace period; their task takes 50 ms.
+    sleep(GRACE + Duration::from_millis(10)).await;
+    assert_eq!(h.cloud.calls().len(), 1);
+    h.pause(true).await;
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.cloud.calls().len(), 1, "no second unassign while paused");
+    let snapshot = h.snapshot().await;
+    assert_eq!(snapshot.intents.len(), 10, "{snapshot:?}");
+    for intent in &snapshot.intents {
+        assert_eq!(intent.phase, Phase::Pending);
+        assert!(!intent.sent, "never sent: {intent:?}");
+    }
+    assert_eq!(snapshot.counters.released, 10);
+
+    h.pause(false).await;
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.cloud.calls().len(), 2);
+    assert_eq!(h.snapshot().await.counters.released, 20);
+}

@@ -8,7 +8,9 @@
 //!
 //! The files: this one holds the request socket; `events.rs` the event socket and its
 //! datagrams; `messages.rs` the conversions between netlink messages and host types;
-//! `proc_events.rs` the kernel's process events connector (remover identification).
+//! `proc_events.rs` the kernel's process events connector and `taskstats.rs` the
+//! kernel's per-task exit records (generic netlink), both for remover identification,
+//! which decides what to make of them (`host/procs/`).
 //!
 //! Dumps do not use strict checking: the kernel then ignores the header's table and
 //! protocol and returns every IPv4 route and rule, and we filter in user space.
@@ -43,6 +45,7 @@ use crate::net::MacAddr;
 mod events;
 mod messages;
 mod proc_events;
+mod taskstats;
 
 #[cfg(test)]
 pub(crate) use events::parse_datagram;
@@ -50,6 +53,9 @@ pub use events::{EventSocket, Notification};
 use messages::*;
 pub(super) use proc_events::enter_netns;
 pub use proc_events::{ProcEvent, ProcEventSocket, parse_proc_events};
+#[cfg(test)]
+pub(crate) use taskstats::encode_for_test;
+pub use taskstats::{Received, TaskStatsRecord, TaskStatsSocket, parse_taskstats};
 
 const EEXIST: i32 = libc::EEXIST;
 const ENOENT: i32 = libc::ENOENT;

@@ -168,3 +168,59 @@ fn an_ipv6_address_carries_its_scope_and_32_bit_flags() {
     assert_eq!(addr.v6.expect("facts").flags, 0x80);
     assert_eq!(addr.candidate(), Err(crate::host::NotCandidate::NotGlobal));
 }
+
+// ===== taskstats exit records =====
+
+/// A record as a version-13 kernel sends it for a single-threaded process.
+fn record(pid: u32, comm: &str, ppid: u32, etime_us: u64) -> TaskStatsRecord {
+    TaskStatsRecord {
+        version: 13,
+        pid,
+        tgid: Some(pid),
+        comm: comm.into(),
+        ppid,
+        uid: 0,
+        flags: 0,
+        btime: 1_700_000_000,
+        etime_us,
+    }
+}
+
+#[test]
+fn a_taskstats_record_is_parsed_by_offset_whatever_its_version() {
+    let r = record(4242, "ip", 17, 1234);
+    // Version 13 as the header here defines it (416 bytes), and a longer, newer one.
+    for len in [416, 480] {
+        let parsed = parse_taskstats(&encode_for_test(27, &r, len), 27);
+        assert_eq!(parsed, vec![r.clone()], "{len}");
+    }
+    // Another family's message is not ours.
+    assert!(parse_taskstats(&encode_for_test(27, &r, 416), 28).is_empty());
+    // Version 11: no ac_tgid (a thread cannot be told from a process).
+    let old = TaskStatsRecord {
+        version: 11,
+        tgid: None,
+        ..r.clone()
+    };
+    assert_eq!(
+        parse_taskstats(&encode_for_test(27, &old, 360), 27),
+        vec![old]
+    );
+    // Claims version 12 but stops before ac_tgid: read as without it.
+    let short = TaskStatsRecord {
+        version: 12,
+        ..r.clone()
+    };
+    let parsed = parse_taskstats(&encode_for_test(27, &short, 300), 27);
+    assert_eq!(parsed.first().map(|p| p.tgid), Some(None));
+    // Too short for ac_etime, or version 1 (no accounting fields): skipped.
+    assert!(parse_taskstats(&encode_for_test(27, &r, 150), 27).is_empty());
+    let v1 = TaskStatsRecord { version: 1, ..r };
+    assert!(parse_taskstats(&encode_for_test(27, &v1, 416), 27).is_empty());
+    // Every truncation of a valid datagram parses without a panic, and never yields
+    // more than the one record.
+    let full = encode_for_test(27, &record(7, "x", 1, 1), 416);
+    for cut in 0..full.len() {
+        assert!(parse_taskstats(&full[..cut], 27).len() <= 1);
+    }
+}

@@ -81,7 +81,7 @@ impl ProcessEvents {
     pub fn start() -> io::Result<Arc<Self>> {
         let proc_root = PathBuf::from("/proc");
         let elsewhere = initial_namespace_candidates(&proc_root);
-        let mut socket = ProcEventSocket::open(4 * 1024 * 1024, &elsewhere)?;
+        let mut socket = ProcEventSocket::open(super::SOCKET_RCVBUF, &elsewhere)?;
         let events = Arc::new(Self {
             memory: Mutex::default(),
             changed: Condvar::new(),

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::super::netlink::{Received, TaskStatsRecord, TaskStatsSocket};
 use super::events::Seen;
-use super::taskstats::{Received, TaskStatsRecord, TaskStatsSocket};
 use super::{MAX_REMEMBERED, REMEMBER_EXITED, clock_ns, initial_namespace_candidates};
 
 /// How far the start a record implies may fall before the connector's fork event
@@ -90,7 +90,7 @@ impl TaskStats {
             }
             _ => true,
         };
-        let mut socket = TaskStatsSocket::open(4 * 1024 * 1024, try_here, &elsewhere)?;
+        let mut socket = TaskStatsSocket::open(super::SOCKET_RCVBUF, try_here, &elsewhere)?;
         // SAFETY: eventfd(2) has no memory preconditions; a non-negative result is a
         // new descriptor that nothing else owns, handed to the OwnedFd.
         let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };

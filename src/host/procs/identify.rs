@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::super::{Identity, Remover};
 use super::events::{ProcessEvents, Seen};
@@ -87,7 +86,7 @@ impl Identifier {
             Err(e) => return Err(format!("reading /proc/1/stat: {e}")),
         }
         if let Some(events) = &self.events {
-            events.probe(Duration::from_secs(2))?;
+            events.probe(super::PROBE_TIMEOUT)?;
         }
         Ok(())
     }
@@ -98,7 +97,7 @@ impl Identifier {
         let Some(exits) = &self.exits else {
             return Ok(());
         };
-        let result = exits.probe(Duration::from_secs(2));
+        let result = exits.probe(super::PROBE_TIMEOUT);
         if result.is_err() {
             self.exits = None;
         }

@@ -13,7 +13,8 @@
 //!    with the name read at exec. A short-lived remover (`ip addr del`) has usually
 //!    closed its socket and exited by the time its notification is read; what the
 //!    connector saw of it is used then ("exited").
-//! 3. **Taskstats exit records** ([`TaskStats`], `taskstats.rs`): the kernel sends one
+//! 3. **Taskstats exit records** ([`TaskStats`]; the socket and the record parser are in
+//!    `host/netlink/taskstats.rs`): the kernel sends one
 //!    for every exiting task, carrying its `comm`, parent and elapsed time. They name
 //!    a remover that exec'd and exited before the connector's reader could read its
 //!    name; each record is joined to what the connector saw of the same pid (same
@@ -32,8 +33,9 @@
 //! the child (reparenting) ends the chain as unknown. PID 1 is never part of a chain.
 
 //!
-//! Layout: `proc_fs` reads `/proc`, `events` follows the connector, `taskstats` and
-//! `exits` follow exit records, `identify` puts them together.
+//! Layout: `proc_fs` reads `/proc`, `events` follows the connector, `exits` follows exit
+//! records (read through `host::netlink`'s taskstats socket), `identify` puts them
+//! together. Every socket is in `host::netlink`; this module decides what to believe.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,7 +44,6 @@ mod events;
 mod exits;
 mod identify;
 mod proc_fs;
-mod taskstats;
 #[cfg(test)]
 mod tests;
 
@@ -50,9 +51,14 @@ pub use events::{ProcessEvents, Seen};
 pub use exits::{Exit, TaskStats};
 pub use identify::Identifier;
 pub use proc_fs::{Stat, parse_netlink_table, parse_stat, read_stat};
-#[cfg(test)]
-pub(crate) use taskstats::encode_for_test;
-pub use taskstats::{TaskStatsRecord, parse_taskstats};
+
+/// Receive buffer of the connector's and the taskstats socket, bytes: both get a burst
+/// per fork storm, and a full socket drops what it cannot queue.
+const SOCKET_RCVBUF: usize = 4 * 1024 * 1024;
+
+/// How long the start-up checks wait for the connector's, or the taskstats socket's,
+/// report of a probe process.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest chain walked (a remover and its ancestors).
 const MAX_DEPTH: usize = 64;

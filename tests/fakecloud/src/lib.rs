@@ -462,6 +462,22 @@ impl FakeCloud {
         world.cam_fetches = 0;
     }
 
+    /// Makes the metadata service answer `path` (below `meta-data/`, e.g.
+    /// `network/interfaces/macs/52:54:00:12:34:56/primary-local-ipv4`) with `body`, or
+    /// 404 with `None`, whatever the ENIs say: a metadata service that disagrees with
+    /// `DescribeNetworkInterfaces`. A listing's body is its lines (`10.0.1.10/\n…`).
+    pub fn set_metadata_override(&self, path: &str, body: Option<&str>) {
+        self.lock().metadata_overrides.insert(
+            path.trim_end_matches('/').to_string(),
+            body.map(str::to_string),
+        );
+    }
+
+    /// Drops every metadata override: the service agrees with the ENIs again.
+    pub fn clear_metadata_overrides(&self) {
+        self.lock().metadata_overrides.clear();
+    }
+
     /// How many CAM role documents (`cam/security-credentials/<role>`) were served.
     pub fn metadata_credential_fetches(&self) -> u64 {
         self.lock().cam_fetches

@@ -111,6 +111,9 @@ fn lookup(world: &mut World, instance_id: &str, rel: &str) -> Option<String> {
     } else {
         trimmed.split('/').collect()
     };
+    if let Some(body) = world.metadata_overrides.get(trimmed) {
+        return body.clone();
+    }
     let inst = world.instances.get(instance_id)?.clone();
     match parts.as_slice() {
         [] => Some(listing([

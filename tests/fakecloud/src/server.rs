@@ -474,7 +474,7 @@ pub(crate) fn http_date(unix: i64) -> String {
     ];
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
-    let (year, month, day) = enisync::cloud::sign::civil_date(days);
+    let (year, month, day) = enisync::wallclock::civil_date(days);
     format!(
         "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
         DAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)],

@@ -449,6 +449,9 @@ pub(crate) struct World {
     pub clock_offset_ms: i64,
     pub task_duration: Duration,
     pub signature_window_s: i64,
+    /// Metadata answers that disagree with the ENIs (a stale or lagging metadata
+    /// service): path below `meta-data/` (no trailing `/`) → body, or `None` for 404.
+    pub metadata_overrides: BTreeMap<String, Option<String>>,
     rng: u64,
     next_legacy_task: u64,
     next_call: u64,
@@ -475,6 +478,7 @@ impl Default for World {
             clock_offset_ms: 0,
             task_duration: Duration::from_millis(200),
             signature_window_s: 300,
+            metadata_overrides: BTreeMap::new(),
             rng: seed,
             next_legacy_task: 10_000,
             next_call: 0,
@@ -729,7 +733,7 @@ impl World {
 
 /// RFC 3339 UTC (`2021-03-12T23:00:47Z`) of a Unix timestamp.
 pub(crate) fn rfc3339(secs: i64) -> String {
-    let date = enisync::cloud::sign::utc_date(secs);
+    let date = enisync::wallclock::utc_date(secs);
     let tod = secs.rem_euclid(86_400);
     format!(
         "{date}T{:02}:{:02}:{:02}Z",

@@ -559,7 +559,7 @@ async fn assign_and_migrate_follow_the_task_model() {
     assert_eq!(code(&r), "UnsupportedOperation.ResourceMismatch");
 }
 
-/// IPv6 (issue #14): `Ipv6AddressSet` lists an ENI's IPv6 addresses in the spelling
+/// IPv6: `Ipv6AddressSet` lists an ENI's IPv6 addresses in the spelling
 /// given; `UnassignIpv6Addresses` is signed and checked like every call, answers its
 /// documented errors, and starts a task that `DescribeVpcTaskResult` follows.
 #[tokio::test]

@@ -5,13 +5,18 @@
 //! *what it was called* when it did, which the connector's reader could not read in
 //! time for a remover that exec'd and exited within a millisecond.
 //!
+//! This file is only the socket and the parser: open and register
+//! ([`TaskStatsSocket::open`]), read without blocking ([`TaskStatsSocket::recv`]: parsed
+//! [`TaskStatsRecord`]s, an overrun, or nothing), wait. Which record to believe for which
+//! process is remover identification's business (`host/procs/exits.rs`).
+//!
 //! Facts this file relies on, checked on the kernel it was written on (6.18, with
 //! `linux/taskstats.h` of 6.1, version 13):
 //! - in another network namespace the family answers and the registration succeeds,
 //!   but no record ever arrives (the kernel sends them to our port in the initial
 //!   namespace): [`TaskStatsSocket::open`] checks that a thread's exit is reported
 //!   (within half a second), and otherwise opens the socket from a thread moved into
-//!   the initial namespace, as for the connector;
+//!   the initial namespace, as for the connector (`proc_events.rs`);
 //! - registering without `CAP_NET_ADMIN` fails with `EPERM`, from another user
 //!   namespace with `EPERM`, from another PID namespace with `EINVAL`; a non-root user
 //!   holding only `CAP_NET_ADMIN` (the packaged unit) registers and receives records;
@@ -157,7 +162,7 @@ impl TaskStatsSocket {
             let there = std::thread::Builder::new()
                 .name("enisync-ts-open".into())
                 .spawn(move || {
-                    super::super::netlink::enter_netns(&path)?;
+                    super::enter_netns(&path)?;
                     Self::open_here(rcvbuf)
                 })?
                 .join()
