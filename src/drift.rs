@@ -10,15 +10,15 @@
 //! [`Report`] and exports the gauges. This module imports only plain types (`net`,
 //! `host`'s plain types, `cloud::Eni`), so it sits beside `inventory` in the layering.
 //!
-//! Addresses are [`IpAddr`]: the host and the listing carry IPv4 today, and IPv6 slots in
-//! without a new finding type.
+//! Addresses are [`IpAddr`], but only IPv4 is compared today (see `compared`); IPv6
+//! can slot in without a new finding type.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::cloud::Eni;
+use crate::cloud::{Eni, EniIp};
 use crate::host::{Addr, Link, Rule};
 use crate::net::{Cidr, MacAddr};
 
@@ -227,8 +227,17 @@ fn excluded(exclude: &[Cidr], ip: IpAddr) -> bool {
     }
 }
 
-fn v4(ip: Ipv4Addr) -> IpAddr {
-    IpAddr::V4(ip)
+/// Whether the comparison looks at `ip`: IPv4 only. The metadata read lists IPv4 only,
+/// and which host IPv6 addresses the cloud should bind (never the link-local, SLAAC or
+/// privacy ones) is the engine's candidate rule, not decided here: the host's IPv6
+/// addresses, `Ipv6AddressSet` entries and IPv6 rules are in no category.
+fn compared(ip: IpAddr) -> bool {
+    ip.is_ipv4()
+}
+
+/// The listing's entries of `eni` that the comparison looks at.
+fn entries(eni: &Eni) -> impl Iterator<Item = &EniIp> {
+    eni.ips.iter().filter(|i| compared(i.addr))
 }
 
 /// The ENIs of the listing attached to this instance (the filter should guarantee it; a
@@ -248,10 +257,10 @@ pub fn compare(read: &Read, category: Category) -> Option<BTreeSet<Finding>> {
     match category {
         Category::LeakCandidate => {
             let (host, api) = (read.host.ok()?, read.api.ok()?);
-            let on_host: BTreeSet<IpAddr> = host.addrs.iter().map(|a| v4(a.ip)).collect();
+            let on_host: BTreeSet<IpAddr> = host.addrs.iter().map(|a| a.ip).collect();
             for eni in ours(api, &read.instance_id) {
-                for entry in eni.ips.iter().filter(|i| !i.primary) {
-                    let ip = v4(entry.addr);
+                for entry in entries(eni).filter(|i| !i.primary) {
+                    let ip = entry.addr;
                     if on_host.contains(&ip)
                         || excluded(&read.exclude, ip)
                         || read.releasing.contains(&ip)
@@ -271,15 +280,15 @@ pub fn compare(read: &Read, category: Category) -> Option<BTreeSet<Finding>> {
             let enis: Vec<&Eni> = ours(api, &read.instance_id).collect();
             let bound: HashMap<IpAddr, &str> = enis
                 .iter()
-                .flat_map(|e| e.ips.iter().map(|i| (v4(i.addr), e.id.as_str())))
+                .flat_map(|e| e.ips.iter().map(|i| (i.addr, e.id.as_str())))
                 .collect();
             for link in host.links.iter().filter(|l| l.is_physical()) {
                 let Some(eni) = enis.iter().find(|e| Some(e.mac) == link.mac) else {
                     continue;
                 };
                 for addr in host.addrs.iter().filter(|a| a.link == link.index) {
-                    let ip = v4(addr.ip);
-                    if host_local(ip) || eni.ip(addr.ip).is_some() {
+                    let ip = addr.ip;
+                    if !compared(ip) || host_local(ip) || eni.ip(ip).is_some() {
                         continue;
                     }
                     out.insert(Finding::UnboundOnHost {
@@ -293,12 +302,12 @@ pub fn compare(read: &Read, category: Category) -> Option<BTreeSet<Finding>> {
         }
         Category::StaleRule => {
             let host = read.host.ok()?;
-            let on_host: BTreeSet<Ipv4Addr> = host.addrs.iter().map(|a| a.ip).collect();
+            let on_host: BTreeSet<IpAddr> = host.addrs.iter().map(|a| a.ip).collect();
             for rule in &host.rules {
                 match rule.source {
-                    Some((ip, 32)) if !on_host.contains(&ip) => {
+                    Some((ip, 32)) if compared(ip) && !on_host.contains(&ip) => {
                         out.insert(Finding::StaleRule {
-                            ip: v4(ip),
+                            ip,
                             priority: rule.priority,
                             table: rule.table,
                             protocol: rule.protocol,
@@ -313,14 +322,14 @@ pub fn compare(read: &Read, category: Category) -> Option<BTreeSet<Finding>> {
             let enis: Vec<&Eni> = ours(api, &read.instance_id).collect();
             let bound: HashMap<IpAddr, &str> = enis
                 .iter()
-                .flat_map(|e| e.ips.iter().map(|i| (v4(i.addr), e.id.as_str())))
+                .flat_map(|e| e.ips.iter().map(|i| (i.addr, e.id.as_str())))
                 .collect();
             for m in meta {
                 let Some(eni) = enis.iter().find(|e| e.mac == m.mac) else {
                     out.insert(Finding::MacOnlyInMetadata { mac: m.mac });
                     continue;
                 };
-                let api_primary = eni.ips.iter().find(|i| i.primary).map(|i| v4(i.addr));
+                let api_primary = entries(eni).find(|i| i.primary).map(|i| i.addr);
                 if m.primary != api_primary {
                     out.insert(Finding::PrimaryDiffers {
                         mac: m.mac,
@@ -329,7 +338,7 @@ pub fn compare(read: &Read, category: Category) -> Option<BTreeSet<Finding>> {
                         api: api_primary,
                     });
                 }
-                let api_ips: BTreeSet<IpAddr> = eni.ips.iter().map(|i| v4(i.addr)).collect();
+                let api_ips: BTreeSet<IpAddr> = entries(eni).map(|i| i.addr).collect();
                 for ip in &m.ips {
                     if !api_ips.contains(ip) {
                         out.insert(Finding::MetadataIpElsewhere {

@@ -38,7 +38,7 @@ mod slot;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,22 +74,22 @@ pub struct Engine<C: Cloud, R: Router> {
     inventory: Inventory,
     static_meta: HashMap<crate::net::MacAddr, crate::inventory::MetaFacts>,
     statics: Vec<crate::config::StaticInterface>,
-    intents: BTreeMap<Ipv4Addr, Intent>,
+    intents: BTreeMap<IpAddr, Intent>,
     /// Intents whose unassign is out (sending or releasing) and whose address came back
     /// and left again meanwhile: a newer intent took their place in `intents`, and they
     /// are followed here to their end (journal key: address and generation).
-    following: BTreeMap<(Ipv4Addr, u64), Intent>,
+    following: BTreeMap<(IpAddr, u64), Intent>,
     /// Intents (address, generation) marked `sent` for a call that has not yet carried
     /// them to the cloud and that were not marked before it: if the pause stops that
     /// call first (`IpOutcome::NotSent`), they go back to unsent.
-    first_sends: HashSet<(Ipv4Addr, u64)>,
+    first_sends: HashSet<(IpAddr, u64)>,
     /// The latest generation given to an intent of each address.
-    generations: HashMap<Ipv4Addr, u64>,
+    generations: HashMap<IpAddr, u64>,
     /// Clause 6.
     burst: BurstGuard,
     /// What the engine is doing with each ENI: calls for one ENI are serialised there.
     slots: EniSlots,
-    released: HashMap<Ipv4Addr, Instant>,
+    released: HashMap<IpAddr, Instant>,
     recent: VecDeque<Finished>,
     alarms: VecDeque<String>,
     /// Recent failures (cloud errors, refusals), newest first, for `status`.

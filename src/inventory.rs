@@ -6,7 +6,7 @@
 //! static `[[interface]]` overrides for hosts that cannot reach either.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Serialize;
 
@@ -73,7 +73,10 @@ impl Inventory {
                 mac: eni.mac,
                 device_index: eni.attachment.as_ref().map(|a| a.device_index),
                 primary_eni: eni.primary,
-                primary_ip: eni.ips.iter().find(|ip| ip.primary).map(|ip| ip.addr),
+                primary_ip: eni.ips.iter().find_map(|ip| match ip.addr {
+                    IpAddr::V4(v4) if ip.primary => Some(v4),
+                    _ => None,
+                }),
                 meta: meta.get(&eni.mac).cloned().unwrap_or_default(),
                 cloud: Some(eni),
             };
@@ -109,8 +112,14 @@ impl Inventory {
         self.by_mac.values().find(|r| r.eni_id == eni_id)
     }
 
-    /// Whether `ip` is the primary IP of any ENI we know.
-    pub fn is_primary_ip(&self, ip: Ipv4Addr) -> bool {
-        self.by_mac.values().any(|r| r.primary_ip == Some(ip))
+    /// Whether `ip` is the primary IP of any ENI we know: its primary IPv4 address, or
+    /// an IPv6 address the cloud marks `Primary`.
+    pub fn is_primary_ip(&self, ip: IpAddr) -> bool {
+        self.by_mac.values().any(|r| {
+            r.primary_ip.map(IpAddr::V4) == Some(ip)
+                || r.cloud
+                    .as_ref()
+                    .is_some_and(|eni| eni.ip(ip).is_some_and(|entry| entry.primary))
+        })
     }
 }

@@ -81,7 +81,7 @@ enum Cmd {
     Cancel {
         #[command(flatten)]
         target: Target,
-        ip: std::net::Ipv4Addr,
+        ip: std::net::IpAddr,
     },
 }
 

@@ -8,7 +8,7 @@
 mod loopback_cloud;
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ fn settings(server: &FakeServer, protocol: Protocol) -> CloudSettings {
         total_timeout: Duration::from_millis(500),
         rates: Rates {
             unassign: 100.0,
+            unassign_ipv6: 100.0,
             describe: 100.0,
             task_result: 100.0,
         },
@@ -72,7 +73,7 @@ fn client(server: &FakeServer, protocol: Protocol) -> TencentCloud {
 /// times; returns the last outcome and how many rounds it took.
 async fn release_until_settled(
     cloud: &TencentCloud,
-    ips: &[Ipv4Addr],
+    ips: &[IpAddr],
     rounds: usize,
 ) -> (enisync::cloud::release::ReleaseOutcome, usize) {
     let mut n = 0;
@@ -97,7 +98,7 @@ async fn api3_unassign_runs_to_task_success_and_the_ip_is_gone() {
     let server = serve(&fake);
     let cloud = client(&server, Protocol::V3);
 
-    let out = release_batch(&cloud, ENI, VPC, &[ip(11), ip(12)], policy()).await;
+    let out = release_batch(&cloud, ENI, VPC, &[ip(11).into(), ip(12).into()], policy()).await;
 
     assert_eq!(out.common(), Some(&IpOutcome::Released), "{out:?}");
     let ips = fake.ips_of(ENI);
@@ -135,7 +136,7 @@ async fn legacy_unassign_runs_to_task_success_with_both_sign_methods() {
             config_keys(SECRET_ID, SECRET_KEY),
         )
         .unwrap();
-        let out = release_batch(&cloud, ENI, VPC, &[target], policy()).await;
+        let out = release_batch(&cloud, ENI, VPC, &[target.into()], policy()).await;
         assert_eq!(
             out.common(),
             Some(&IpOutcome::Released),
@@ -168,7 +169,7 @@ async fn list_enis_uses_api3_even_with_the_legacy_protocol() {
     assert_eq!(enis.len(), 1);
     assert_eq!(enis[0].id, ENI);
     assert_eq!(enis[0].ips.len(), 31);
-    assert!(enis[0].ip(ip(10)).unwrap().primary);
+    assert!(enis[0].ip(ip(10).into()).unwrap().primary);
     let describe = fake.calls_of("DescribeNetworkInterfaces");
     assert_eq!(describe[0].surface, Surface::V3);
 }
@@ -178,7 +179,7 @@ async fn twenty_three_ips_become_three_calls() {
     let fake = fake();
     let server = serve(&fake);
     let cloud = client(&server, Protocol::V3);
-    let ips: Vec<_> = (11..34).map(ip).collect();
+    let ips: Vec<IpAddr> = (11..34).map(|n| ip(n).into()).collect();
 
     let out = release_in_batches(&cloud, ENI, VPC, &ips, policy()).await;
 
@@ -194,7 +195,10 @@ async fn twenty_three_ips_become_three_calls() {
         .collect();
     assert_eq!(sizes, [10, 10, 3]);
     let left = fake.ips_of(ENI);
-    assert!(ips.iter().all(|ip| !left.contains(ip)));
+    assert!(
+        ips.iter()
+            .all(|ip| !left.iter().any(|l| IpAddr::V4(*l) == *ip))
+    );
     assert_eq!(left.len(), 31 - 23);
 }
 
@@ -206,7 +210,7 @@ async fn an_ip_not_on_the_eni_is_already_gone_on_both_protocols() {
     let server = serve(&fake);
     for protocol in [Protocol::V3, Protocol::Legacy] {
         let cloud = client(&server, protocol);
-        let out = release_batch(&cloud, ENI, VPC, &[ip(99)], policy()).await;
+        let out = release_batch(&cloud, ENI, VPC, &[ip(99).into()], policy()).await;
         assert_eq!(
             out.common(),
             Some(&IpOutcome::AlreadyGone),
@@ -228,7 +232,7 @@ async fn a_primary_ip_is_refused_with_its_code_on_both_protocols() {
         (Protocol::Legacy, "InvalidPrivateip.IsPrimary"),
     ] {
         let cloud = client(&server, protocol);
-        let out = release_batch(&cloud, ENI, VPC, &[ip(10)], policy()).await;
+        let out = release_batch(&cloud, ENI, VPC, &[ip(10).into()], policy()).await;
         let Some(IpOutcome::Refused { reason, .. }) = out.common() else {
             panic!("{protocol:?}: {out:?}")
         };
@@ -247,7 +251,7 @@ async fn permission_errors_are_refused_without_retries() {
         &client(&server, Protocol::V3),
         ENI,
         VPC,
-        &[ip(11)],
+        &[ip(11).into()],
         policy(),
     )
     .await;
@@ -268,7 +272,7 @@ async fn persistent_server_errors_end_as_retry_later_after_one_send() {
         &client(&server, Protocol::V3),
         ENI,
         VPC,
-        &[ip(11)],
+        &[ip(11).into()],
         policy(),
     )
     .await;
@@ -299,7 +303,7 @@ async fn malformed_bodies_timeouts_and_a_busy_eni_are_retried_to_success() {
         fake.clear_calls();
         fake.inject(UNASSIGN, fault.clone(), 1);
         let target = ip(11 + u8::try_from(fake.tasks().len()).unwrap());
-        let (out, rounds) = release_until_settled(&cloud, &[target], 5).await;
+        let (out, rounds) = release_until_settled(&cloud, &[target.into()], 5).await;
         assert_eq!(
             out.common(),
             Some(&IpOutcome::Released),
@@ -317,12 +321,12 @@ async fn a_failed_task_is_retried_and_one_that_always_fails_is_refused() {
     let cloud = client(&server, Protocol::V3);
 
     fake.fail_next_task(UNASSIGN);
-    let out = release_batch(&cloud, ENI, VPC, &[ip(11)], policy()).await;
+    let out = release_batch(&cloud, ENI, VPC, &[ip(11).into()], policy()).await;
     assert_eq!(out.common(), Some(&IpOutcome::Released), "{out:?}");
     assert_eq!(out.tasks.len(), 2);
 
     fake.inject(UNASSIGN, Fault::TaskFails, 10);
-    let out = release_batch(&cloud, ENI, VPC, &[ip(12)], policy()).await;
+    let out = release_batch(&cloud, ENI, VPC, &[ip(12).into()], policy()).await;
     assert_eq!(
         out.common(),
         Some(&IpOutcome::Refused {
@@ -346,7 +350,7 @@ async fn a_task_still_running_at_the_cap_is_retry_later() {
         config_keys(SECRET_ID, SECRET_KEY),
     )
     .unwrap();
-    let out = release_batch(&cloud, ENI, VPC, &[ip(11)], policy()).await;
+    let out = release_batch(&cloud, ENI, VPC, &[ip(11).into()], policy()).await;
     assert!(
         matches!(out.common(), Some(IpOutcome::RetryLater { .. })),
         "{out:?}"
@@ -360,12 +364,12 @@ async fn a_rejected_token_refreshes_and_retries_once() {
     let server = serve(&fake);
     let cloud = client(&server, Protocol::V3);
     fake.inject(UNASSIGN, Fault::error("AuthFailure.TokenFailure"), 1);
-    let out = release_batch(&cloud, ENI, VPC, &[ip(11)], policy()).await;
+    let out = release_batch(&cloud, ENI, VPC, &[ip(11).into()], policy()).await;
     assert_eq!(out.common(), Some(&IpOutcome::Released), "{out:?}");
     assert_eq!(fake.calls_of(UNASSIGN).len(), 2);
 
     fake.inject(UNASSIGN, Fault::error("AuthFailure.TokenFailure"), 5);
-    let out = release_batch(&cloud, ENI, VPC, &[ip(12)], policy()).await;
+    let out = release_batch(&cloud, ENI, VPC, &[ip(12).into()], policy()).await;
     assert!(
         matches!(out.common(), Some(IpOutcome::Refused { .. })),
         "{out:?}"
@@ -389,7 +393,8 @@ async fn throttling_recovers_without_losing_the_release() {
         fake.inject(UNASSIGN, Fault::Throttle, 2);
         fake.inject(UNASSIGN, Fault::ActionLimited, 1);
         fake.inject(TASK_RESULT, Fault::Throttle, 3);
-        let (out, rounds) = release_until_settled(&client(&server, protocol), &[target], 8).await;
+        let (out, rounds) =
+            release_until_settled(&client(&server, protocol), &[target.into()], 8).await;
         assert_eq!(
             out.common(),
             Some(&IpOutcome::Released),
@@ -416,6 +421,7 @@ async fn the_client_side_rate_limit_spaces_calls() {
         CloudSettings {
             rates: Rates {
                 unassign: 100.0,
+                unassign_ipv6: 100.0,
                 describe: 10.0,
                 task_result: 100.0,
             },
@@ -467,7 +473,7 @@ async fn cam_role_keys_rotate_and_are_fetched_once_per_rotation() {
         }
         for target in 0..2 {
             let target = ip(11 + u8::try_from(round * 2 + target).unwrap());
-            let out = release_batch(&cloud, ENI, VPC, &[target], policy()).await;
+            let out = release_batch(&cloud, ENI, VPC, &[target.into()], policy()).await;
             assert_eq!(
                 out.common(),
                 Some(&IpOutcome::Released),
@@ -518,7 +524,10 @@ async fn a_request_signed_with_a_wrong_key_is_rejected() {
             config_keys(SECRET_ID, "not-the-right-key"),
         )
         .unwrap();
-        let error = cloud.unassign(ENI, VPC, &[ip(11)]).await.unwrap_err();
+        let error = cloud
+            .unassign(ENI, VPC, &[ip(11).into()])
+            .await
+            .unwrap_err();
         assert_eq!(error.class, ErrorClass::Refused, "{protocol:?}: {error}");
         assert!(
             error.code.contains("AuthFailure.SignatureFailure"),
@@ -530,7 +539,7 @@ async fn a_request_signed_with_a_wrong_key_is_rejected() {
         config_keys("AKIDunknown", SECRET_KEY),
     )
     .unwrap()
-    .unassign(ENI, VPC, &[ip(11)])
+    .unassign(ENI, VPC, &[ip(11).into()])
     .await
     .unwrap_err();
     assert_eq!(error.code, "AuthFailure.SecretIdNotFound");
@@ -588,7 +597,8 @@ async fn no_secret_key_or_token_appears_in_any_log_line() {
         } else {
             ip(12)
         };
-        let (out, _) = release_until_settled(&cloud, &[target, ip(10), ip(99)], 5).await;
+        let (out, _) =
+            release_until_settled(&cloud, &[target.into(), ip(10).into(), ip(99).into()], 5).await;
         texts.push(format!("{out:?} {cloud:?}"));
     }
     let wrong = TencentCloud::new(
@@ -596,7 +606,10 @@ async fn no_secret_key_or_token_appears_in_any_log_line() {
         config_keys(SECRET_ID, "wrong-key-also-secret"),
     )
     .unwrap();
-    let error = wrong.unassign(ENI, VPC, &[ip(13)]).await.unwrap_err();
+    let error = wrong
+        .unassign(ENI, VPC, &[ip(13).into()])
+        .await
+        .unwrap_err();
     texts.push(format!("{error} {error:?} {wrong:?}"));
 
     // CAM role keys with session tokens, on both protocols, across a rotation.
@@ -611,7 +624,7 @@ async fn no_secret_key_or_token_appears_in_any_log_line() {
         clock.set_offset(round * 4000);
         fake.inject(UNASSIGN, Fault::error("AuthFailure.TokenFailure"), 1);
         let target = ip(20 + u8::try_from(round).unwrap());
-        let out = release_batch(&cam, ENI, VPC, &[target], policy()).await;
+        let out = release_batch(&cam, ENI, VPC, &[target.into()], policy()).await;
         assert_eq!(out.common(), Some(&IpOutcome::Released), "{out:?}");
         cam_keys.push(fake.cam_key(INSTANCE).unwrap());
         texts.push(format!("{out:?} {cam:?}"));

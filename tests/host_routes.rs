@@ -170,7 +170,7 @@ fn cleanup_deletes_stale_from_rules_only_for_ips_absent_everywhere() {
 
         let router = router();
         let report = router
-            .cleanup(&[ip4("10.0.1.20"), ip4("10.0.1.21")])
+            .cleanup(&[ip4("10.0.1.20").into(), ip4("10.0.1.21").into()])
             .await
             .expect("dumps work");
         assert!(report.errors.is_empty(), "{:?}", report.errors);

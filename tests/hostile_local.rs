@@ -376,7 +376,8 @@ fn a_link_at_intents_tmp_never_truncates_its_target() {
 }
 
 /// The port of the daemon's event socket in its namespace: the NETLINK_ROUTE socket
-/// bound to the link, IPv4 address, route and rule groups (mask 0xd1).
+/// bound to the link, IPv4 address, route and rule groups and the IPv6 address and rule
+/// groups (mask 0x401d1).
 fn event_socket_port(pid: u32) -> u32 {
     let table = std::fs::read_to_string(format!("/proc/{pid}/net/netlink")).expect("netlink");
     let ports: Vec<u32> = table
@@ -384,7 +385,7 @@ fn event_socket_port(pid: u32) -> u32 {
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(1) == Some(&"0") && f.get(3) == Some(&"000000d1"))
+            (f.get(1) == Some(&"0") && f.get(3) == Some(&"000401d1"))
                 .then(|| f.get(2)?.parse().ok())
                 .flatten()
         })

@@ -39,14 +39,15 @@ pub const DEFAULT_LEGACY_ENDPOINT: &str = "https://vpc.api.qcloud.com/v2/index.p
 /// The instance metadata service, plain HTTP from inside the instance.
 pub const DEFAULT_METADATA_ENDPOINT: &str = "http://metadata.tencentyun.com/latest/meta-data/";
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::net::MacAddr;
 use crate::task::TaskRef;
 
-/// Tencent accepts at most ten IPs per `UnassignPrivateIpAddresses`, on both protocols.
+/// Tencent accepts at most ten IPs per `UnassignPrivateIpAddresses`, on both protocols,
+/// and ten per `UnassignIpv6Addresses`.
 /// Larger sets are split by the engine; the client refuses to send more.
 pub const MAX_IPS_PER_CALL: usize = 10;
 
@@ -67,8 +68,9 @@ pub struct Eni {
 }
 
 impl Eni {
-    /// The IP entry for `ip`, if the cloud lists it on this ENI.
-    pub fn ip(&self, ip: Ipv4Addr) -> Option<&EniIp> {
+    /// The IP entry for `ip`, if the cloud lists it on this ENI. IPv6 addresses compare
+    /// as 128-bit values (parsed from `Ipv6AddressSet`), never as strings.
+    pub fn ip(&self, ip: IpAddr) -> Option<&EniIp> {
         self.ips.iter().find(|entry| entry.addr == ip)
     }
 }
@@ -80,15 +82,51 @@ pub struct Attachment {
     pub device_index: u32,
 }
 
-/// One private IP of an ENI.
+/// One private IP of an ENI: an entry of `PrivateIpAddressSet` (IPv4) or of
+/// `Ipv6AddressSet` (IPv6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EniIp {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub primary: bool,
     /// `PENDING`, `MIGRATING`, `DELETING`, `AVAILABLE`.
     pub state: String,
-    /// The `AddressId` of a bound EIP; unassigning silently unbinds it.
+    /// The `AddressId` of a bound EIP (IPv4) or of the public access bound to an IPv6
+    /// address; unassigning silently unbinds it.
     pub eip: Option<String>,
+}
+
+/// An address family: IPv4 and IPv6 releases are different actions, so never share a
+/// call; each has its own rate budget (docs/cloud-api.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self::Ipv4,
+            IpAddr::V6(_) => Self::Ipv6,
+        }
+    }
+
+    /// The release action of this family.
+    pub fn unassign_action(self) -> &'static str {
+        match self {
+            Self::Ipv4 => v3::UNASSIGN,
+            Self::Ipv6 => v3::UNASSIGN_IPV6,
+        }
+    }
+
+    /// The label value (`family="ipv6"`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
 }
 
 /// How a finished task ended.
@@ -161,12 +199,13 @@ pub trait Cloud: Send + Sync + 'static {
     /// usable listing).
     fn list_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
 
-    /// Starts `UnassignPrivateIpAddresses` for at most [`MAX_IPS_PER_CALL`] IPs of one ENI.
+    /// Starts `UnassignPrivateIpAddresses` (IPv4) or `UnassignIpv6Addresses` (IPv6) for
+    /// at most [`MAX_IPS_PER_CALL`] IPs of one ENI, all of one family.
     fn unassign(
         &self,
         eni_id: &str,
         vpc_id: &str,
-        ips: &[Ipv4Addr],
+        ips: &[IpAddr],
     ) -> impl Future<Output = Result<TaskRef, CloudError>> + Send;
 
     /// Polls the task until it leaves RUNNING or the cap passes (then `Running`).

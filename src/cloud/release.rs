@@ -7,7 +7,7 @@
 //! ENI is never reported as released.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::{Cloud, CloudError, ErrorClass, MAX_IPS_PER_CALL, TaskStatus};
 use crate::task::TaskRef;
@@ -59,7 +59,7 @@ impl IpOutcome {
 /// started (for the journal and the audit log).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReleaseOutcome {
-    pub ips: BTreeMap<Ipv4Addr, IpOutcome>,
+    pub ips: BTreeMap<IpAddr, IpOutcome>,
     pub tasks: Vec<TaskRef>,
 }
 
@@ -71,7 +71,7 @@ impl ReleaseOutcome {
         outcomes.all(|o| o == first).then_some(first)
     }
 
-    fn set(&mut self, ips: &[Ipv4Addr], outcome: &IpOutcome) {
+    fn set(&mut self, ips: &[IpAddr], outcome: &IpOutcome) {
         for ip in ips {
             self.ips.insert(*ip, outcome.clone());
         }
@@ -88,7 +88,7 @@ pub async fn release_batch(
     cloud: &impl Cloud,
     eni_id: &str,
     vpc_id: &str,
-    ips: &[Ipv4Addr],
+    ips: &[IpAddr],
     policy: ReleasePolicy,
 ) -> ReleaseOutcome {
     release_batch_observed(cloud, eni_id, vpc_id, ips, policy, || true, |_, _| {}).await
@@ -103,13 +103,13 @@ pub async fn release_batch_observed(
     cloud: &impl Cloud,
     eni_id: &str,
     vpc_id: &str,
-    ips: &[Ipv4Addr],
+    ips: &[IpAddr],
     policy: ReleasePolicy,
     may_send: impl Fn() -> bool + Send,
-    mut on_sent: impl FnMut(&[Ipv4Addr], &TaskRef) + Send,
+    mut on_sent: impl FnMut(&[IpAddr], &TaskRef) + Send,
 ) -> ReleaseOutcome {
     let mut out = ReleaseOutcome::default();
-    let mut remaining: Vec<Ipv4Addr> = ips.to_vec();
+    let mut remaining: Vec<IpAddr> = ips.to_vec();
     remaining.sort_unstable();
     remaining.dedup();
     let mut failures = 0;
@@ -180,19 +180,29 @@ pub async fn release_batch_observed(
 }
 
 /// Releases any number of IPs of one ENI, [`MAX_IPS_PER_CALL`] per call, one batch after
-/// the other (the engine serialises the calls for one ENI anyway).
+/// the other (the engine serialises the calls for one ENI anyway). IPv4 and IPv6 are
+/// different actions: a batch holds one family only.
 pub async fn release_in_batches(
     cloud: &impl Cloud,
     eni_id: &str,
     vpc_id: &str,
-    ips: &[Ipv4Addr],
+    ips: &[IpAddr],
     policy: ReleasePolicy,
 ) -> ReleaseOutcome {
     let mut out = ReleaseOutcome::default();
-    for batch in ips.chunks(MAX_IPS_PER_CALL) {
-        out.merge(release_batch(cloud, eni_id, vpc_id, batch, policy).await);
+    for batch in family_batches(ips) {
+        out.merge(release_batch(cloud, eni_id, vpc_id, &batch, policy).await);
     }
     out
+}
+
+/// `ips` cut into calls: by family first, then at most [`MAX_IPS_PER_CALL`] each.
+pub fn family_batches(ips: &[IpAddr]) -> Vec<Vec<IpAddr>> {
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = ips.iter().partition(|ip| ip.is_ipv4());
+    v4.chunks(MAX_IPS_PER_CALL)
+        .chain(v6.chunks(MAX_IPS_PER_CALL))
+        .map(<[IpAddr]>::to_vec)
+        .collect()
 }
 
 /// Turns a classified error for `ips` into outcomes; "already gone" only after a describe
@@ -200,7 +210,7 @@ pub async fn release_in_batches(
 async fn settle_error(
     cloud: &impl Cloud,
     eni_id: &str,
-    ips: &[Ipv4Addr],
+    ips: &[IpAddr],
     error: &CloudError,
     out: &mut ReleaseOutcome,
 ) {
@@ -243,9 +253,9 @@ async fn settle_error(
 async fn still_listed(
     cloud: &impl Cloud,
     eni_id: &str,
-    ips: &[Ipv4Addr],
+    ips: &[IpAddr],
     out: &mut ReleaseOutcome,
-) -> Option<Vec<Ipv4Addr>> {
+) -> Option<Vec<IpAddr>> {
     match cloud.list_enis().await {
         Ok(enis) => {
             let eni = enis.iter().find(|eni| eni.id == eni_id);
@@ -290,7 +300,7 @@ mod tests {
 
     #[derive(Default)]
     struct State {
-        ips: Vec<Ipv4Addr>,
+        ips: Vec<IpAddr>,
         /// Answers for successive unassigns; when empty, success.
         unassign: VecDeque<Result<(), &'static str>>,
         /// Task results for successive waits; when empty, success.
@@ -298,9 +308,9 @@ mod tests {
         /// When set, describes fail with this code.
         describe_error: Option<&'static str>,
         /// Which IPs a failed task still removes.
-        removed_by_failed_task: Vec<Ipv4Addr>,
+        removed_by_failed_task: Vec<IpAddr>,
         calls: Vec<String>,
-        pending: Vec<Ipv4Addr>,
+        pending: Vec<IpAddr>,
     }
 
     fn err(action: &'static str, code: &str) -> CloudError {
@@ -308,7 +318,7 @@ mod tests {
     }
 
     impl FakeCloud {
-        fn with_ips(ips: &[Ipv4Addr]) -> Self {
+        fn with_ips(ips: &[IpAddr]) -> Self {
             let cloud = Self::default();
             cloud.state.lock().unwrap().ips = ips.to_vec();
             cloud
@@ -323,7 +333,7 @@ mod tests {
             self.state.lock().unwrap().calls.clone()
         }
 
-        fn ips(&self) -> Vec<Ipv4Addr> {
+        fn ips(&self) -> Vec<IpAddr> {
             self.state.lock().unwrap().ips.clone()
         }
     }
@@ -360,7 +370,7 @@ mod tests {
             &self,
             eni_id: &str,
             _vpc_id: &str,
-            ips: &[Ipv4Addr],
+            ips: &[IpAddr],
         ) -> Result<TaskRef, CloudError> {
             let mut s = self.state.lock().unwrap();
             s.calls.push(format!("unassign {eni_id} {}", ips.len()));
@@ -380,7 +390,7 @@ mod tests {
             let mut s = self.state.lock().unwrap();
             s.calls.push("wait".into());
             let result = s.tasks.pop_front().unwrap_or(Ok(TaskStatus::Success));
-            let removed: Vec<Ipv4Addr> = match result {
+            let removed: Vec<IpAddr> = match result {
                 Ok(TaskStatus::Success) => std::mem::take(&mut s.pending),
                 Ok(TaskStatus::Failed) => s.removed_by_failed_task.clone(),
                 _ => Vec::new(),
@@ -390,8 +400,8 @@ mod tests {
         }
     }
 
-    fn ip(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 0, 0, last)
+    fn ip(last: u8) -> IpAddr {
+        std::net::Ipv4Addr::new(10, 0, 0, last).into()
     }
 
     fn policy() -> ReleasePolicy {

@@ -45,6 +45,9 @@ pub const DRIFT_FRESH_READ_MIN: Duration = Duration::from_secs(10);
 pub(super) fn d_rate() -> f64 {
     crate::cloud::retry::DEFAULT_UNASSIGN_RATE
 }
+pub(super) fn d_rate_ipv6() -> f64 {
+    crate::cloud::retry::DEFAULT_IPV6_UNASSIGN_RATE
+}
 pub(super) fn d_metadata() -> String {
     DEFAULT_METADATA_ENDPOINT.into()
 }

@@ -121,6 +121,9 @@ pub struct CloudConfig {
     /// per account and shared by the fleet).
     #[serde(default = "d_rate")]
     pub max_calls_per_second: f64,
+    /// The same for `UnassignIpv6Addresses`, its own budget (documented 20/s per account).
+    #[serde(default = "d_rate_ipv6")]
+    pub max_ipv6_calls_per_second: f64,
     /// Accept a plain `http://` `endpoint` or `v3_endpoint` (keys and signatures in
     /// clear): a test or a demo against a fake. Every start with it logs a warning.
     #[serde(default)]
@@ -143,6 +146,7 @@ impl Default for CloudConfig {
             timeout: d_cloud_total(),
             task_timeout: d_task_timeout(),
             max_calls_per_second: d_rate(),
+            max_ipv6_calls_per_second: d_rate_ipv6(),
             allow_plain_http: false,
         }
     }

@@ -92,6 +92,17 @@ impl Config {
                 ),
             ));
         }
+        if !(self.cloud.max_ipv6_calls_per_second > 0.0
+            && self.cloud.max_ipv6_calls_per_second <= MAX_IPV6_CALLS_PER_SECOND)
+        {
+            return Err(invalid(
+                "cloud.max_ipv6_calls_per_second",
+                format!(
+                    "must be a number above 0 and at most {MAX_IPV6_CALLS_PER_SECOND} \
+                     (UnassignIpv6Addresses' documented limit, shared by every node)"
+                ),
+            ));
+        }
         for (key, value, range) in self.durations() {
             if !range.contains(&value) {
                 return Err(invalid(key, range.explain(value)));
@@ -277,6 +288,8 @@ pub(super) const DAY: u64 = 24 * HOUR;
 /// The documented account-wide limit of `UnassignPrivateIpAddresses`; a node asking for
 /// more than the whole account has is a typo.
 pub(super) const MAX_CALLS_PER_SECOND: f64 = 100.0;
+/// `UnassignIpv6Addresses`: 20 requests/s per account (docs/cloud-api.md, "IPv6").
+pub(super) const MAX_IPV6_CALLS_PER_SECOND: f64 = 20.0;
 
 impl Config {
     /// Every duration key with its allowed range: the one table `validate` checks.

@@ -134,7 +134,7 @@ impl<C: Cloud> DriftTask<C> {
             return BTreeSet::new();
         }
         match tokio::time::timeout(ENGINE_ANSWER, rx).await {
-            Ok(Ok(snapshot)) => snapshot.intents.iter().map(|i| IpAddr::V4(i.ip)).collect(),
+            Ok(Ok(snapshot)) => snapshot.intents.iter().map(|i| i.ip).collect(),
             _ => BTreeSet::new(),
         }
     }

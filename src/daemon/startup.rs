@@ -295,6 +295,7 @@ pub(super) fn cloud_settings(config: &Config, facts: &InstanceFacts) -> CloudSet
     s.allow_plain_http = c.allow_plain_http;
     s.rates = Rates {
         unassign: c.max_calls_per_second,
+        unassign_ipv6: c.max_ipv6_calls_per_second,
         ..Rates::default()
     };
     s

@@ -1,5 +1,7 @@
 //! The comparison, category by category, and the two-read rule.
 
+use std::net::Ipv4Addr;
+
 use super::*;
 use crate::cloud::{Attachment, EniIp};
 
@@ -10,9 +12,13 @@ fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 1, last)
 }
 
+fn v4(ip: Ipv4Addr) -> IpAddr {
+    IpAddr::V4(ip)
+}
+
 fn eni(id: &str, mac: MacAddr, primary: u8, aux: &[u8]) -> Eni {
     let entry = |last: u8, primary: bool| EniIp {
-        addr: ip(last),
+        addr: v4(ip(last)),
         primary,
         state: "AVAILABLE".into(),
         eip: None,
@@ -48,9 +54,10 @@ fn link(index: u32, name: &str, mac: MacAddr) -> Link {
 fn addr(link: u32, last: u8) -> Addr {
     Addr {
         link,
-        ip: ip(last),
+        ip: v4(ip(last)),
         prefix: 24,
         secondary: last != 10,
+        v6: None,
     }
 }
 
@@ -191,6 +198,56 @@ fn metadata_and_listing_disagreements_are_each_named() {
     );
 }
 
+/// IPv6 is not compared: the host's IPv6 addresses (a global one the cloud does not
+/// bind, the kernel's link-local), `Ipv6AddressSet` entries absent from the host (one
+/// marked primary), an IPv6 `/128` rule and an IPv6 `/32` rule change no finding.
+#[test]
+fn ipv6_addresses_rules_and_listing_entries_change_no_finding() {
+    let v6 = |s: &str| -> IpAddr { s.parse().expect("ipv6") };
+    let mut r = read(0);
+    let SourceRead::Ok(host) = &mut r.host else {
+        unreachable!()
+    };
+    for (text, global) in [
+        ("2402:4e00:1::99", true),
+        ("fe80::5054:ff:fe12:3456", false),
+    ] {
+        host.addrs.push(Addr {
+            link: 3,
+            ip: v6(text),
+            prefix: 64,
+            secondary: false,
+            v6: Some(crate::host::V6Facts {
+                global,
+                flags: crate::host::ifa_flags::PERMANENT,
+            }),
+        });
+    }
+    for (text, len) in [("2402:4e00:1::12", 128), ("2402:4e00::", 32)] {
+        let mut rule = Rule::lookup_from(ip(12), 3501, 3500, 212);
+        rule.source = Some((v6(text), len));
+        host.rules.push(rule);
+    }
+    let SourceRead::Ok(api) = &mut r.api else {
+        unreachable!()
+    };
+    for (text, primary) in [("2402:4e00:1::1", true), ("2402:4e00:1::11", false)] {
+        api[0].ips.push(EniIp {
+            addr: v6(text),
+            primary,
+            state: "AVAILABLE".into(),
+            eip: None,
+        });
+    }
+    for category in Category::ALL {
+        assert_eq!(
+            compare(&r, category),
+            compare(&read(0), category),
+            "{category:?}"
+        );
+    }
+}
+
 #[test]
 fn an_eni_attached_elsewhere_is_not_reported() {
     let mut r = read(0);
@@ -231,7 +288,7 @@ fn a_finding_counts_only_after_two_consecutive_reads() {
     let SourceRead::Ok(api) = &mut gone.api else {
         unreachable!()
     };
-    api[0].ips.retain(|i| i.addr != ip(12));
+    api[0].ips.retain(|i| i.addr != v4(ip(12)));
     t.observe(&gone);
     assert_eq!(t.gauges().confirmed[0], (Category::LeakCandidate, 0));
     t.observe(&read(900));

@@ -2,7 +2,7 @@
 //! `decision` and `reason` values are pinned by `src/engine/tests/golden.rs`), the
 //! alarms, and the recent errors `status` shows.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -16,7 +16,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// A removal the rule refused at once.
     pub(super) fn audit_skip(
         &self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         link: Option<&Link>,
         remover: Option<&Remover>,
         cancel: &Cancel,
@@ -31,7 +31,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// The audit record of a release the rule allows: each clause and what held it.
-    pub(super) fn audit_allowed(&self, ip: Ipv4Addr, eni: Option<&Eni>, now: Instant) {
+    pub(super) fn audit_allowed(&self, ip: IpAddr, eni: Option<&Eni>, now: Instant) {
         let Some(i) = self.intents.get(&ip) else {
             return;
         };
@@ -62,7 +62,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// An address whose release is out or done is back on the host.
-    pub(super) fn alarm(&mut self, ip: Ipv4Addr, what: &str) {
+    pub(super) fn alarm(&mut self, ip: IpAddr, what: &str) {
         self.counters.alarms += 1;
         if let Some(sink) = &self.metrics {
             sink.alarm_raised();

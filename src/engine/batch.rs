@@ -3,7 +3,7 @@
 //! next wakeup. The per-ENI state lives in `slot`.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,7 +68,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         // Decided again below for every ENI that still has releases coming due.
         self.slots.clear_coalescing();
         // Local checks at the end of the grace period.
-        let due: Vec<Ipv4Addr> = self
+        let due: Vec<IpAddr> = self
             .intents
             .values()
             .filter(|i| i.phase.is_waiting_for_due() && i.due <= now)
@@ -77,7 +77,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         for ip in due {
             self.recheck_locally(ip);
         }
-        let mut by_eni: BTreeMap<String, Vec<(Ipv4Addr, Instant)>> = BTreeMap::new();
+        let mut by_eni: BTreeMap<String, Vec<(IpAddr, Instant)>> = BTreeMap::new();
         let mut unmapped = Vec::new();
         for intent in self.intents.values() {
             if !intent.phase.is_waiting_for_due() {
@@ -126,7 +126,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 self.slots.coalesce(eni, next.min(cap));
                 continue;
             }
-            let ips: Vec<Ipv4Addr> = intents
+            let ips: Vec<IpAddr> = intents
                 .iter()
                 .filter(|(_, due)| *due <= now)
                 .map(|(ip, _)| *ip)
@@ -140,7 +140,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
 
     /// Clauses 4 and 5 once more; an intent that fails them is cancelled. Whether it
     /// passed.
-    pub(super) fn recheck_locally(&mut self, ip: Ipv4Addr) -> bool {
+    pub(super) fn recheck_locally(&mut self, ip: IpAddr) -> bool {
         let Some(intent) = self.intents.get(&ip) else {
             return true;
         };
@@ -154,7 +154,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// The send-time listing for `ips` of `eni_id` is asked for.
-    fn start_check(&mut self, eni_id: String, ips: Vec<Ipv4Addr>) {
+    fn start_check(&mut self, eni_id: String, ips: Vec<IpAddr>) {
         for ip in &ips {
             if let Some(i) = self.intents.get_mut(ip) {
                 i.phase = Phase::Checking;
@@ -183,7 +183,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     pub(super) async fn on_checked(
         &mut self,
         eni_id: String,
-        ips: Vec<Ipv4Addr>,
+        ips: Vec<IpAddr>,
         result: Result<Vec<Eni>, CloudError>,
         now: Instant,
     ) {
@@ -216,7 +216,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// whole rule again, the send-time check included (a listing from before the pause
     /// is not used). No audit record of their own: the `paused` record is the decision,
     /// and `status` shows them pending, as any release that came due while paused.
-    pub(super) fn stopped_by_pause(&mut self, eni_id: &str, ips: &[Ipv4Addr], now: Instant) {
+    pub(super) fn stopped_by_pause(&mut self, eni_id: &str, ips: &[IpAddr], now: Instant) {
         let mut stopped = Vec::new();
         for ip in ips {
             if let Some(i) = self.intents.get_mut(ip)

@@ -3,7 +3,7 @@
 //! task followed after a restart.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +14,10 @@ use tracing::{info, warn};
 use super::intent::{Outcome, Phase};
 use super::reasons::{Refusal, RefusalKind, WaitReason};
 use super::{Engine, Router};
-use crate::cloud::release::{IpOutcome, ReleaseOutcome, ReleasePolicy, release_batch_observed};
-use crate::cloud::{Cloud, CloudError, Eni, MAX_IPS_PER_CALL, TaskStatus};
+use crate::cloud::release::{
+    IpOutcome, ReleaseOutcome, ReleasePolicy, family_batches, release_batch_observed,
+};
+use crate::cloud::{Cloud, CloudError, Eni, Family, TaskStatus};
 use crate::inventory::Inventory;
 use crate::journal::{IntentKey, RecordState};
 use crate::pause::SendGate;
@@ -30,20 +32,20 @@ pub(super) enum CloudReport {
     Inventory(Result<Vec<Eni>, CloudError>),
     Checked {
         eni_id: String,
-        ips: Vec<Ipv4Addr>,
+        ips: Vec<IpAddr>,
         result: Result<Vec<Eni>, CloudError>,
     },
     Sent {
-        ips: Vec<Ipv4Addr>,
+        ips: Vec<IpAddr>,
         eni_id: String,
         task: TaskRef,
         /// The generation of each IP's intent in the call: the report is for that one.
-        generations: Arc<HashMap<Ipv4Addr, u64>>,
+        generations: Arc<HashMap<IpAddr, u64>>,
     },
     Done {
         eni_id: String,
         outcome: ReleaseOutcome,
-        generations: Arc<HashMap<Ipv4Addr, u64>>,
+        generations: Arc<HashMap<IpAddr, u64>>,
     },
     /// A chunk finished and the ENI has nothing more in flight.
     EniIdle(String),
@@ -75,10 +77,10 @@ impl<C: Cloud, R: Router> Engine<C, R> {
 
     fn on_sent(
         &mut self,
-        ips: &[Ipv4Addr],
+        ips: &[IpAddr],
         eni_id: String,
         task: &TaskRef,
-        generations: &HashMap<Ipv4Addr, u64>,
+        generations: &HashMap<IpAddr, u64>,
     ) {
         for ip in ips {
             let generation = self.generation_in(generations, *ip);
@@ -104,7 +106,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             ips = ?ips,
             request_id = task.request_id.as_deref().unwrap_or(""),
             task_id = %task.task_id,
-            "UnassignPrivateIpAddresses accepted; following the task"
+            "{} accepted; following the task",
+            ips.first().map_or(Family::Ipv4, |ip| Family::of(*ip)).unassign_action()
         );
     }
 
@@ -147,14 +150,14 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         &mut self,
         eni_id: String,
         outcome: ReleaseOutcome,
-        generations: &HashMap<Ipv4Addr, u64>,
+        generations: &HashMap<IpAddr, u64>,
         now: Instant,
     ) {
         let task = outcome.tasks.last();
         let task_id = task.map(|t| t.task_id.clone()).unwrap_or_default();
         let request_id = task.and_then(|t| t.request_id.clone()).unwrap_or_default();
         let mut done = Vec::new();
-        let keys: Vec<(Ipv4Addr, u64)> = outcome
+        let keys: Vec<(IpAddr, u64)> = outcome
             .ips
             .keys()
             .map(|ip| (*ip, self.generation_in(generations, *ip)))
@@ -238,7 +241,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         if done.is_empty() {
             return;
         }
-        let ips: Vec<Ipv4Addr> = done.iter().map(|(ip, _, _)| *ip).collect();
+        let ips: Vec<IpAddr> = done.iter().map(|(ip, _, _)| *ip).collect();
         // One record per IP, so that each carries its IP as a field of its own: under
         // journald `journalctl -u enisync IP=<ip>` is the history of one address.
         for ip in &ips {
@@ -272,10 +275,10 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// Fixes the routing of `gone` (released), then journals them as finished.
     pub(super) async fn route_fix_then_journal(
         &mut self,
-        gone: &[(Ipv4Addr, u64)],
+        gone: &[(IpAddr, u64)],
         outcome: &Outcome,
     ) {
-        let ips: Vec<Ipv4Addr> = gone.iter().map(|(ip, _)| *ip).collect();
+        let ips: Vec<IpAddr> = gone.iter().map(|(ip, _)| *ip).collect();
         self.router
             .after_release(&ips, &self.view, &self.inventory)
             .await;
@@ -294,7 +297,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     pub(super) fn follow_journaled(
         &mut self,
         eni_id: String,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         generation: u64,
         task: TaskRef,
     ) {
@@ -319,13 +322,14 @@ impl<C: Cloud, R: Router> Engine<C, R> {
 pub(super) struct Call {
     pub eni_id: String,
     pub vpc_id: String,
-    pub ips: Vec<Ipv4Addr>,
-    pub generations: Arc<HashMap<Ipv4Addr, u64>>,
+    pub ips: Vec<IpAddr>,
+    pub generations: Arc<HashMap<IpAddr, u64>>,
     pub gate: SendGate,
 }
 
-/// Sends the unassign for `ips` in chunks of ten, one after the other (the ENI's slot
-/// stays `Sending` until the last), through the cloud module's release procedure. Every
+/// Sends the unassign for `ips` in chunks of ten of one family (IPv4 and IPv6 are
+/// different actions), one after the other (the ENI's slot stays `Sending` until the
+/// last, whatever the family), through the cloud module's release procedure. Every
 /// unassign (a later chunk, the retry after a failed task) asks the gate right before it
 /// goes: after a pause nothing more is sent (`IpOutcome::NotSent`), while a task already
 /// accepted is still followed to its end.
@@ -342,7 +346,7 @@ pub(super) async fn release_task<C: Cloud>(
         generations,
         gate,
     } = call;
-    for chunk in ips.chunks(MAX_IPS_PER_CALL) {
+    for chunk in family_batches(&ips) {
         let sent_tx = tx.clone();
         let sent_eni = eni_id.clone();
         let sent_generations = Arc::clone(&generations);
@@ -350,7 +354,7 @@ pub(super) async fn release_task<C: Cloud>(
             &*cloud,
             &eni_id,
             &vpc_id,
-            chunk,
+            &chunk,
             policy,
             || gate.is_open(),
             move |ips, task| {
@@ -374,11 +378,7 @@ pub(super) async fn release_task<C: Cloud>(
 
 /// After a restart: a journaled task is followed to its end. Anything but SUCCESS goes
 /// back through the send-time checks, where "no longer listed" counts as done.
-async fn follow_journaled_task<C: Cloud>(
-    cloud: &C,
-    ip: Ipv4Addr,
-    task: &TaskRef,
-) -> ReleaseOutcome {
+async fn follow_journaled_task<C: Cloud>(cloud: &C, ip: IpAddr, task: &TaskRef) -> ReleaseOutcome {
     let outcome = match cloud.wait_task(task).await {
         Ok(TaskStatus::Success) => IpOutcome::Released,
         Ok(status) => IpOutcome::RetryLater {

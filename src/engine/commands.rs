@@ -1,7 +1,7 @@
 //! Operator and daemon commands, and what they read: the `status` snapshot and the
 //! `plan`.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -23,7 +23,7 @@ pub enum Command {
     Plan(oneshot::Sender<PlanView>),
     /// Confirm every held burst.
     ReleaseHeld(oneshot::Sender<usize>),
-    Cancel(Ipv4Addr, oneshot::Sender<bool>),
+    Cancel(IpAddr, oneshot::Sender<bool>),
     /// New settings after a reload; parked releases are tried again.
     Reload(Box<Settings>),
     /// Refresh the inventory now.
@@ -102,11 +102,11 @@ pub struct LinkStatus {
     pub up: bool,
     pub eni_id: Option<String>,
     pub vpc_id: Option<String>,
-    pub primary_ip: Option<Ipv4Addr>,
+    pub primary_ip: Option<IpAddr>,
     /// Aux IPs present on the link now.
-    pub aux_ips: Vec<Ipv4Addr>,
+    pub aux_ips: Vec<IpAddr>,
     /// Secondary IPs the cloud lists on the ENI (as of the last describe).
-    pub cloud_ips: Vec<Ipv4Addr>,
+    pub cloud_ips: Vec<IpAddr>,
 }
 
 /// What `plan` shows: what would be released now, and the routing changes.
@@ -117,7 +117,7 @@ pub struct PlanView {
     pub would_release: Vec<PlannedRelease>,
     /// Releases still in their grace period or waiting.
     pub not_yet: Vec<PlannedRelease>,
-    pub held: Vec<Ipv4Addr>,
+    pub held: Vec<IpAddr>,
     pub routing: Vec<String>,
     pub paused: bool,
     pub dry_run: bool,
@@ -125,7 +125,7 @@ pub struct PlanView {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedRelease {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub eni_id: Option<String>,
     pub link: String,
     pub due_in_ms: u64,
@@ -171,7 +171,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 other => not_yet.push(planned(format!("in flight: {other:?}"))),
             }
         }
-        let ips: Vec<Ipv4Addr> = would_release.iter().map(|p| p.ip).collect();
+        let ips: Vec<IpAddr> = would_release.iter().map(|p| p.ip).collect();
         let routing = self.router.plan(&ips, &self.view, &self.inventory).await;
         PlanView {
             would_release,
@@ -189,7 +189,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 let _ = reply.send(self.snapshot(now));
             }
             Command::ReleaseHeld(reply) => {
-                let held: Vec<Ipv4Addr> = self
+                let held: Vec<IpAddr> = self
                     .intents
                     .values()
                     .filter(|i| i.phase == Phase::Held)
@@ -253,7 +253,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             .values()
             .filter_map(|link| {
                 let record = link.mac.and_then(|m| self.inventory.by_mac(m))?;
-                let primary = record.primary_ip;
+                let primary = record.primary_ip.map(IpAddr::V4);
                 Some(LinkStatus {
                     name: link.name.clone(),
                     index: link.index,
@@ -262,9 +262,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     eni_id: Some(record.eni_id.clone()),
                     vpc_id: Some(record.vpc_id.clone()),
                     primary_ip: primary,
+                    // Link-local, SLAAC and other never-candidate IPv6 addresses are
+                    // not aux IPs (docs/design.md, "IPv6").
                     aux_ips: self
                         .view
                         .addrs_on(link.index)
+                        .filter(|a| a.candidate().is_ok())
                         .map(|a| a.ip)
                         .filter(|ip| Some(*ip) != primary)
                         .collect(),

@@ -1,6 +1,6 @@
 //! Host events: what a removal, an addition or a link change does to the intents.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -57,7 +57,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         &mut self,
         addr: Addr,
         remover: Option<Remover>,
-        subnet_primary: Option<Ipv4Addr>,
+        subnet_primary: Option<IpAddr>,
         now: Instant,
     ) {
         let swept = rule::swept_with_primary(
@@ -151,7 +151,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// Clause 6: too many aux IPs leaving at once are held for an operator.
-    fn count_for_burst(&mut self, ip: Ipv4Addr, now: Instant) {
+    fn count_for_burst(&mut self, ip: IpAddr, now: Instant) {
         let (limit, window) = (self.settings.burst_limit, self.settings.burst_window);
         let Some(burst) = self.burst.record(ip, now, limit, window) else {
             return;

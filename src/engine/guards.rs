@@ -2,7 +2,7 @@
 //! an operator) and the per-host release limit. Each owns its window of recent events.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -10,7 +10,7 @@ use tokio::time::Instant;
 /// Clause 6: the candidate removals of the last `burst_window`.
 #[derive(Debug, Default)]
 pub(super) struct BurstGuard {
-    recent: VecDeque<(Instant, Ipv4Addr)>,
+    recent: VecDeque<(Instant, IpAddr)>,
 }
 
 impl BurstGuard {
@@ -18,11 +18,11 @@ impl BurstGuard {
     /// addresses of the window are returned: they are a burst.
     pub fn record(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         now: Instant,
         limit: usize,
         window: Duration,
-    ) -> Option<Vec<Ipv4Addr>> {
+    ) -> Option<Vec<IpAddr>> {
         self.recent.push_back((now, ip));
         while let Some((t, _)) = self.recent.front() {
             if now.duration_since(*t) > window {
@@ -52,11 +52,11 @@ impl HostLimit {
     /// window frees its first slot (when its oldest release ages out).
     pub fn admit(
         &mut self,
-        mut ips: Vec<Ipv4Addr>,
+        mut ips: Vec<IpAddr>,
         now: Instant,
         limit: usize,
         window: Duration,
-    ) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>, Instant) {
+    ) -> (Vec<IpAddr>, Vec<IpAddr>, Instant) {
         if limit == 0 {
             return (ips, Vec::new(), now);
         }

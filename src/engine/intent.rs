@@ -1,7 +1,7 @@
 //! Intents: one per removal that may become a release, keyed by address and generation,
 //! and the phases they go through (see the diagram in `src/engine.rs`).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::Serialize;
 use tokio::time::Instant;
@@ -46,7 +46,7 @@ impl Phase {
 /// One pending release.
 #[derive(Debug, Clone, Serialize)]
 pub struct Intent {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// With `ip`, the intent's journal key: grows with each new intent for `ip`.
     #[serde(skip)]
     pub generation: u64,
@@ -80,14 +80,14 @@ pub struct Intent {
     #[serde(skip)]
     pub(super) secondary: bool,
     #[serde(skip)]
-    pub(super) subnet_primary: Option<Ipv4Addr>,
+    pub(super) subnet_primary: Option<IpAddr>,
 }
 
 impl Intent {
     /// An intent of `ip` observed (or recovered from the journal) `now`, with nothing
     /// else known yet: callers fill in what they know. The defaults (prefix 32, no
     /// subnet primary) are what clause 3 cannot use.
-    pub(super) fn new(ip: Ipv4Addr, generation: u64, now: Instant, phase: Phase) -> Self {
+    pub(super) fn new(ip: IpAddr, generation: u64, now: Instant, phase: Phase) -> Self {
         Self {
             ip,
             generation,
@@ -143,7 +143,7 @@ impl Outcome {
 /// A finished decision, kept for `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finished {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub eni_id: Option<String>,
     pub outcome: Outcome,
 }

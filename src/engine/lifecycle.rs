@@ -3,7 +3,7 @@
 //! address.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -18,7 +18,7 @@ use crate::journal::{IntentKey, OutcomeRecord, RecordState};
 
 impl<C: Cloud, R: Router> Engine<C, R> {
     /// Postpones a release by the retry backoff.
-    pub(super) fn wait(&mut self, ip: Ipv4Addr, now: Instant, why: WaitReason) {
+    pub(super) fn wait(&mut self, ip: IpAddr, now: Instant, why: WaitReason) {
         if why.is_failure() {
             self.record_error(format!("{ip}: {why}"));
         }
@@ -32,7 +32,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// The cloud refused: parked until a reload or its retry time.
-    pub(super) fn park(&mut self, ip: Ipv4Addr, now: Instant, why: Refusal) {
+    pub(super) fn park(&mut self, ip: IpAddr, now: Instant, why: Refusal) {
         self.count_release(ReleaseCount::Refused(why.kind));
         if self.intents.contains_key(&ip) {
             self.record_error(format!("{ip}: refused: {why}"));
@@ -61,7 +61,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     pub(super) fn cancel_where(&mut self, pred: impl Fn(&Intent) -> bool, cancel: &Cancel) {
-        let ips: Vec<Ipv4Addr> = self
+        let ips: Vec<IpAddr> = self
             .intents
             .values()
             .filter(|i| pred(i) && !i.phase.is_in_flight())
@@ -72,7 +72,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
     }
 
-    pub(super) fn cancel(&mut self, ip: Ipv4Addr, cancel: Cancel) {
+    pub(super) fn cancel(&mut self, ip: IpAddr, cancel: Cancel) {
         if let Some(i) = self.intents.get(&ip) {
             if i.phase.is_in_flight() {
                 return; // the call is out; its result decides
@@ -91,7 +91,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
     }
 
-    pub(super) fn finish(&mut self, ip: Ipv4Addr, outcome: Outcome) {
+    pub(super) fn finish(&mut self, ip: IpAddr, outcome: Outcome) {
         let generation = self.intents.get(&ip).map_or(0, |i| i.generation);
         self.journal(
             IntentKey::release(ip, generation),
@@ -105,13 +105,13 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// [`Self::finish`] without the journal record: for releases whose routing is still
     /// to be fixed, journaled as finished only once it is (a crash in between replays the
     /// journaled task, which ends in the same route fix).
-    pub(super) fn finish_unjournaled(&mut self, ip: Ipv4Addr, outcome: Outcome) {
+    pub(super) fn finish_unjournaled(&mut self, ip: IpAddr, outcome: Outcome) {
         let intent = self.intents.remove(&ip);
         self.record_finished(ip, intent, outcome);
     }
 
     /// Metrics and `status` for an intent that ended (already out of the maps).
-    fn record_finished(&mut self, ip: Ipv4Addr, intent: Option<Intent>, outcome: Outcome) {
+    fn record_finished(&mut self, ip: IpAddr, intent: Option<Intent>, outcome: Outcome) {
         self.count_release(ReleaseCount::Ended(&outcome));
         self.recent.push_front(Finished {
             ip,
@@ -125,7 +125,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// its place, else the one in `intents` (if it is that generation). Not journaled.
     pub(super) fn finish_intent(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         generation: u64,
         followed: Option<Intent>,
         outcome: Outcome,
@@ -177,7 +177,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// Before intent `generation` of `ip` goes into `intents`: the intent there now, if
     /// any, makes room. One whose unassign is out is followed to its end in `following`;
     /// any other is journaled as superseded (it was never sent).
-    pub(super) fn make_room(&mut self, ip: Ipv4Addr, generation: u64) {
+    pub(super) fn make_room(&mut self, ip: IpAddr, generation: u64) {
         let Some(old) = self.intents.remove(&ip) else {
             return;
         };
@@ -201,14 +201,14 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// The next generation for a new intent of `ip`.
-    pub(super) fn next_generation(&mut self, ip: Ipv4Addr) -> u64 {
+    pub(super) fn next_generation(&mut self, ip: IpAddr) -> u64 {
         let generation = self.generations.entry(ip).or_default();
         *generation += 1;
         *generation
     }
 
     /// The generation a call's report names for `ip` (the current intent's if absent).
-    pub(super) fn generation_in(&self, generations: &HashMap<Ipv4Addr, u64>, ip: Ipv4Addr) -> u64 {
+    pub(super) fn generation_in(&self, generations: &HashMap<IpAddr, u64>, ip: IpAddr) -> u64 {
         generations
             .get(&ip)
             .copied()
@@ -217,7 +217,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// Intent `generation` of `ip`, wherever it is.
-    pub(super) fn intent_at(&mut self, ip: Ipv4Addr, generation: u64) -> Option<&mut Intent> {
+    pub(super) fn intent_at(&mut self, ip: IpAddr, generation: u64) -> Option<&mut Intent> {
         if self
             .intents
             .get(&ip)
@@ -229,7 +229,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
     }
 
-    pub(super) fn intent_ref(&self, ip: Ipv4Addr, generation: u64) -> Option<&Intent> {
+    pub(super) fn intent_ref(&self, ip: IpAddr, generation: u64) -> Option<&Intent> {
         self.intents
             .get(&ip)
             .filter(|i| i.generation == generation)

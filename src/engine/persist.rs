@@ -1,6 +1,6 @@
 //! Persistence: the intents' journal records, and recovery from the journal at start.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -13,12 +13,12 @@ use crate::journal::{CancelKey, IntentKey, Record, RecordState};
 
 impl<C: Cloud, R: Router> Engine<C, R> {
     /// Re-journals an intent's observation, with its held flag.
-    pub(super) fn journal_observed(&mut self, ip: Ipv4Addr, held: bool) {
+    pub(super) fn journal_observed(&mut self, ip: IpAddr, held: bool) {
         self.journal_observed_as(ip, held, false);
     }
 
     /// Re-journals an intent's observation; `sending`: its unassign is about to go out.
-    pub(super) fn journal_observed_as(&mut self, ip: Ipv4Addr, held: bool, sending: bool) {
+    pub(super) fn journal_observed_as(&mut self, ip: IpAddr, held: bool, sending: bool) {
         let Some(i) = self.intents.get(&ip) else {
             return;
         };
@@ -50,19 +50,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     pub(super) fn recover(&mut self, records: Vec<Record>, now: Instant) {
         // Generations go on above every one in the journal.
         for rec in &records {
-            if let std::net::IpAddr::V4(ip) = rec.addr {
-                let latest = self.generations.entry(ip).or_default();
-                *latest = (*latest).max(rec.generation);
-            }
+            let latest = self.generations.entry(rec.addr).or_default();
+            *latest = (*latest).max(rec.generation);
         }
         // In key order: for one address, the older intent first (an in-flight one is
         // then moved to `following` by the newer one's `make_room`).
         for rec in records {
             let key = rec.key();
-            let std::net::IpAddr::V4(ip) = rec.addr else {
-                warn!(intent = %key, "journaled intent for an IPv6 address: kept, not acted on");
-                continue;
-            };
+            // IPv4 and IPv6 intents replay alike: the key is an `IpAddr`.
+            let ip = rec.addr;
             let cancelled = |cancel: Cancel| RecordState::Finished {
                 outcome: Outcome::Cancelled(cancel).record(),
             };
@@ -164,6 +160,7 @@ impl From<&Cancel> for CancelKey {
             Cancel::NotPhysical => Self::NotPhysical,
             Cancel::NotSelectedInterface => Self::NotSelectedInterface,
             Cancel::NotAnEni => Self::NotAnEni,
+            Cancel::NotCandidate(_) => Self::NotCandidate,
             Cancel::OutsideInclude => Self::OutsideInclude,
             Cancel::Excluded => Self::Excluded,
             Cancel::PrimaryIp => Self::PrimaryIp,
@@ -196,6 +193,7 @@ mod tests {
             CancelKey::NotPhysical => Cancel::NotPhysical,
             CancelKey::NotSelectedInterface => Cancel::NotSelectedInterface,
             CancelKey::NotAnEni => Cancel::NotAnEni,
+            CancelKey::NotCandidate => Cancel::NotCandidate(crate::host::NotCandidate::NotGlobal),
             CancelKey::OutsideInclude => Cancel::OutsideInclude,
             CancelKey::Excluded => Cancel::Excluded,
             CancelKey::PrimaryIp => Cancel::PrimaryIp,

@@ -28,6 +28,9 @@ pub enum Cancel {
     NotPhysical,
     NotSelectedInterface,
     NotAnEni,
+    /// IPv6: an address that can never be a candidate (link-local, SLAAC, privacy,
+    /// tentative, DAD-failed; docs/design.md, "IPv6"), whoever removed it.
+    NotCandidate(crate::host::NotCandidate),
     /// Config filters.
     OutsideInclude,
     Excluded,
@@ -58,6 +61,7 @@ impl Cancel {
             Self::NotPhysical => "not_physical",
             Self::NotSelectedInterface => "not_selected_interface",
             Self::NotAnEni => "not_an_eni",
+            Self::NotCandidate(_) => "not_candidate",
             Self::OutsideInclude => "outside_include",
             Self::Excluded => "excluded",
             Self::PrimaryIp => "primary_ip",
@@ -74,6 +78,7 @@ impl Cancel {
     pub fn detail(&self) -> Option<&str> {
         match self {
             Self::IgnoredRemover(d) | Self::EipBound(d) | Self::EniNotAttached(d) => Some(d),
+            Self::NotCandidate(why) => Some(why.key()),
             _ => None,
         }
     }
@@ -93,7 +98,11 @@ impl Cancel {
             | Self::NotSelectedInterface
             | Self::NotAnEni => 5,
             Self::NotListedOnEni | Self::EipBound(_) | Self::EniNotAttached(_) => 7,
-            Self::OutsideInclude | Self::Excluded | Self::PrimaryIp | Self::Operator => 0,
+            Self::NotCandidate(_)
+            | Self::OutsideInclude
+            | Self::Excluded
+            | Self::PrimaryIp
+            | Self::Operator => 0,
         }
     }
 
@@ -124,6 +133,7 @@ impl fmt::Display for Cancel {
             }
             Self::NotSelectedInterface => f.write_str("link outside release.interfaces"),
             Self::NotAnEni => f.write_str("the link's MAC is not an ENI of this instance"),
+            Self::NotCandidate(why) => write!(f, "not a candidate: {}", why.key()),
             Self::OutsideInclude => f.write_str("IP outside release.include"),
             Self::Excluded => f.write_str("IP inside release.exclude"),
             Self::PrimaryIp => f.write_str("a primary IP is never released"),

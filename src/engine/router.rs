@@ -1,6 +1,6 @@
 //! Policy routing, as the engine drives it.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::host::HostView;
 use crate::inventory::Inventory;
@@ -12,7 +12,7 @@ pub trait Router: Send + 'static {
     /// mode, bring every ENI's table in line with the IPs present now.
     fn after_release(
         &mut self,
-        released: &[Ipv4Addr],
+        released: &[IpAddr],
         view: &HostView,
         inventory: &Inventory,
     ) -> impl Future<Output = ()> + Send;
@@ -28,7 +28,7 @@ pub trait Router: Send + 'static {
     /// line per change; nothing is changed.
     fn plan(
         &mut self,
-        releasing: &[Ipv4Addr],
+        releasing: &[IpAddr],
         view: &HostView,
         inventory: &Inventory,
     ) -> impl Future<Output = Vec<String>> + Send;

@@ -5,7 +5,7 @@
 //! call, [`at_send`] on the send-time listing. Clause 3 seen from the primary's side is
 //! [`swept_with_primary`], clause 6 is `guards::BurstGuard`.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -39,6 +39,10 @@ pub(super) fn at_removal(
     };
     remover_not_excluded(world.settings, remover)?;
     link_selected(world.settings, link)?;
+    // IPv6: link-local, SLAAC, privacy, tentative and DAD-failed addresses never count,
+    // whoever removed them (docs/design.md, "IPv6"). After the link selection, so the
+    // link-local churn of container veths stays a debug record.
+    addr.candidate().map_err(Cancel::NotCandidate)?;
     address_selected(world.settings, addr.ip)?;
     link_up(link)?;
     never_a_primary(world.inventory, addr.ip)?;
@@ -117,7 +121,7 @@ pub(super) fn swept_with_primary<'a>(
     removed: &Addr,
     remover: Option<&Remover>,
     now: Instant,
-) -> Vec<Ipv4Addr> {
+) -> Vec<IpAddr> {
     if removed.secondary {
         return Vec::new();
     }
@@ -136,19 +140,23 @@ pub(super) fn swept_with_primary<'a>(
 
 /// Clause 3 needs the kernel-primary address of `addr`'s subnet on its link as it was
 /// before the removal.
-pub(super) fn subnet_primary(view: &HostView, addr: &Addr) -> Option<Ipv4Addr> {
+/// IPv4 only: IPv6 has no primary/secondary sweep.
+pub(super) fn subnet_primary(view: &HostView, addr: &Addr) -> Option<IpAddr> {
+    let IpAddr::V4(ip) = addr.ip else {
+        return None;
+    };
     let mask = prefix_mask(addr.prefix);
     view.addrs_on(addr.link)
         .find(|a| {
             !a.secondary
                 && a.prefix == addr.prefix
-                && u32::from(a.ip) & mask == u32::from(addr.ip) & mask
+                && matches!(a.ip, IpAddr::V4(other) if u32::from(other) & mask == u32::from(ip) & mask)
         })
         .map(|a| a.ip)
 }
 
 /// Clause 4: on no link, with any prefix.
-fn absent_everywhere(view: &HostView, ip: Ipv4Addr) -> bool {
+fn absent_everywhere(view: &HostView, ip: IpAddr) -> bool {
     !view.has_ip(ip)
 }
 
@@ -168,12 +176,14 @@ fn link_selected(settings: &Settings, link: &Link) -> Result<(), Cancel> {
     Ok(())
 }
 
-/// The config filters: inside `include` (when set), outside `exclude`.
-fn address_selected(settings: &Settings, ip: Ipv4Addr) -> Result<(), Cancel> {
-    if !settings.include.is_empty() && !settings.include.iter().any(|c| c.contains(ip)) {
+/// The config filters: inside `include` (when set), outside `exclude`. They hold IPv4
+/// CIDRs only, so with `include` set no IPv6 address is selected.
+fn address_selected(settings: &Settings, ip: IpAddr) -> Result<(), Cancel> {
+    let within = |c: &crate::net::Cidr| matches!(ip, IpAddr::V4(v4) if c.contains(v4));
+    if !settings.include.is_empty() && !settings.include.iter().any(within) {
         return Err(Cancel::OutsideInclude);
     }
-    if settings.exclude.iter().any(|c| c.contains(ip)) {
+    if settings.exclude.iter().any(within) {
         return Err(Cancel::Excluded);
     }
     Ok(())
@@ -189,7 +199,7 @@ fn link_up(link: &Link) -> Result<(), Cancel> {
 }
 
 /// A primary IP is never released.
-fn never_a_primary(inventory: &Inventory, ip: Ipv4Addr) -> Result<(), Cancel> {
+fn never_a_primary(inventory: &Inventory, ip: IpAddr) -> Result<(), Cancel> {
     if inventory.is_primary_ip(ip) {
         Err(Cancel::PrimaryIp)
     } else {
@@ -225,7 +235,7 @@ pub(super) fn at_send(
     settings: &Settings,
     inventory: &Inventory,
     eni: Option<&Eni>,
-    ip: Ipv4Addr,
+    ip: IpAddr,
 ) -> CloudVerdict {
     let Some(eni) = eni else {
         return CloudVerdict::NotListed(WaitReason::EniNotListed);

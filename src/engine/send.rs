@@ -1,7 +1,7 @@
 //! The send: clause 7 on the send-time listing, clauses 4 and 5 once more, the per-host
 //! limit, whole calls of ten, then the unassign (or, in a dry run, its audit record).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use super::intent::{Outcome, Phase};
 use super::reasons::{Cancel, WaitReason};
 use super::rule::{self, CloudVerdict, NotListed};
 use super::{Engine, Router};
-use crate::cloud::release::ReleasePolicy;
+use crate::cloud::release::{ReleasePolicy, family_batches};
 use crate::cloud::{Cloud, Eni, MAX_IPS_PER_CALL};
 
 /// What the send-time check decided for one IP.
@@ -32,7 +32,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     pub(super) async fn send_batch(
         &mut self,
         eni_id: String,
-        ips: Vec<Ipv4Addr>,
+        ips: Vec<IpAddr>,
         enis: &[Eni],
         now: Instant,
     ) {
@@ -48,7 +48,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         // batch: the listing that just arrived is as fresh for them as for the rest (a
         // burst keeps arriving for a few milliseconds after its first removal is due).
         let mut ips = ips;
-        let joining: Vec<Ipv4Addr> = self
+        let joining: Vec<IpAddr> = self
             .intents
             .values()
             .filter(|i| {
@@ -90,7 +90,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         if !gone.is_empty() {
             // Released by an earlier call of ours (its answer lost, or before a restart):
             // its stale routing goes as after any release.
-            let gone_ips: Vec<Ipv4Addr> = gone.iter().map(|(ip, _)| *ip).collect();
+            let gone_ips: Vec<IpAddr> = gone.iter().map(|(ip, _)| *ip).collect();
             for ip in &gone_ips {
                 info!(target: "audit", decision = "released", ip = %ip, eni = %eni_id, ips = ?gone_ips, "IPs no longer listed after our unassign: returned to the VPC: {ip}");
             }
@@ -119,17 +119,21 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             self.audit_allowed(*ip, eni, now);
         }
         if self.settings.dry_run {
-            for chunk in send.chunks(MAX_IPS_PER_CALL) {
+            for chunk in family_batches(&send) {
                 self.counters.dry_run_calls += 1;
+                let (action, field) = match chunk.first() {
+                    Some(IpAddr::V6(_)) => ("UnassignIpv6Addresses", "Ipv6Addresses"),
+                    _ => ("UnassignPrivateIpAddresses", "PrivateIpAddresses"),
+                };
                 info!(
                     target: "audit",
                     decision = "dry_run",
                     eni = %eni_id,
                     vpc = %vpc_id,
                     ips = ?chunk,
-                    "dry run: would call UnassignPrivateIpAddresses(NetworkInterfaceId={eni_id}, PrivateIpAddresses={chunk:?})"
+                    "dry run: would call {action}(NetworkInterfaceId={eni_id}, {field}={chunk:?})"
                 );
-                for ip in chunk {
+                for ip in &chunk {
                     self.finish(*ip, Outcome::DryRun);
                 }
             }
@@ -173,7 +177,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// Clause 7 for `ip` on the listing of its ENI, with the time it has gone unlisted.
-    fn send_verdict(&mut self, eni: Option<&Eni>, ip: Ipv4Addr, now: Instant) -> SendVerdict {
+    fn send_verdict(&mut self, eni: Option<&Eni>, ip: IpAddr, now: Instant) -> SendVerdict {
         let recheck = self.settings.not_listed_recheck;
         let verdict = rule::at_send(&self.settings, &self.inventory, eni, ip);
         let Some(intent) = self.intents.get_mut(&ip) else {
@@ -206,7 +210,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
 
     /// The per-host limit: at most `host_limit` IPs per `host_limit_window`. The rest
     /// wait for the window to move on.
-    fn within_host_limit(&mut self, send: Vec<Ipv4Addr>, now: Instant) -> Vec<Ipv4Addr> {
+    fn within_host_limit(&mut self, send: Vec<IpAddr>, now: Instant) -> Vec<IpAddr> {
         let (limit, window) = (self.settings.host_limit, self.settings.host_limit_window);
         let (send, over, free_at) = self.host_limit.admit(send, now, limit, window);
         if !over.is_empty() {

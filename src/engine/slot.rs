@@ -14,7 +14,7 @@
 //! (`pause::SendGate`); a task the cloud already accepted is still followed to its end.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tokio::time::Instant;
 
@@ -23,7 +23,7 @@ use crate::cloud::Eni;
 /// A send-time listing, and the batch it was made for.
 #[derive(Debug)]
 pub(super) struct CheckedBatch {
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
     pub enis: Vec<Eni>,
     /// When the listing came.
     pub at: Instant,

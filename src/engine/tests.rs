@@ -5,7 +5,7 @@
 //! kernel-level versions live in `tests/e2e.rs`.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,8 +23,8 @@ use crate::task::{Protocol, TaskRef};
 const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const GRACE: Duration = Duration::from_secs(30);
 
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 1, last)
+fn ip(last: u8) -> IpAddr {
+    Ipv4Addr::new(10, 0, 1, last).into()
 }
 
 /// An in-memory cloud: one ENI with a primary IP and aux IPs; every call recorded.
@@ -36,7 +36,7 @@ struct MemCloud {
 #[derive(Default)]
 struct MemState {
     eni: Option<Eni>,
-    unassigns: Vec<Vec<Ipv4Addr>>,
+    unassigns: Vec<Vec<IpAddr>>,
     refuse_next: u32,
     /// The class and code of the next refusals (default: `Refused`,
     /// `UnauthorizedOperation`). An `AlreadyGone` answer also drops the IPs from the
@@ -82,7 +82,7 @@ impl MemCloud {
         Arc::new(cloud)
     }
 
-    fn calls(&self) -> Vec<Vec<Ipv4Addr>> {
+    fn calls(&self) -> Vec<Vec<IpAddr>> {
         self.state.lock().expect("lock").unassigns.clone()
     }
 
@@ -90,7 +90,7 @@ impl MemCloud {
         f(&mut self.state.lock().expect("lock"));
     }
 
-    fn set_ip(&self, addr: Ipv4Addr, f: impl FnOnce(&mut EniIp)) {
+    fn set_ip(&self, addr: IpAddr, f: impl FnOnce(&mut EniIp)) {
         self.set(|s| {
             if let Some(e) = s
                 .eni
@@ -127,7 +127,7 @@ impl Cloud for MemCloud {
         &self,
         eni_id: &str,
         _vpc: &str,
-        ips: &[Ipv4Addr],
+        ips: &[IpAddr],
     ) -> Result<TaskRef, CloudError> {
         assert!(
             ips.len() <= MAX_IPS_PER_CALL,
@@ -186,14 +186,14 @@ impl Cloud for MemCloud {
 
 #[derive(Clone, Default)]
 struct RecordingRouter {
-    released: Arc<Mutex<Vec<Ipv4Addr>>>,
+    released: Arc<Mutex<Vec<IpAddr>>>,
     reconciles: Arc<std::sync::atomic::AtomicUsize>,
     /// Every `set_dry_run` the engine made, in order.
     dry_runs: Arc<Mutex<Vec<bool>>>,
 }
 
 impl Router for RecordingRouter {
-    async fn after_release(&mut self, released: &[Ipv4Addr], _: &HostView, _: &Inventory) {
+    async fn after_release(&mut self, released: &[IpAddr], _: &HostView, _: &Inventory) {
         self.released
             .lock()
             .expect("lock")
@@ -203,7 +203,7 @@ impl Router for RecordingRouter {
         self.reconciles
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
-    async fn plan(&mut self, releasing: &[Ipv4Addr], _: &HostView, _: &Inventory) -> Vec<String> {
+    async fn plan(&mut self, releasing: &[IpAddr], _: &HostView, _: &Inventory) -> Vec<String> {
         releasing
             .iter()
             .map(|ip| format!("delete rule from {ip}"))
@@ -241,6 +241,7 @@ fn addr(last: u8, secondary: bool) -> Addr {
         ip: ip(last),
         prefix: 24,
         secondary,
+        v6: None,
     }
 }
 

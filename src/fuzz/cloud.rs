@@ -41,6 +41,10 @@ const WORDS: &[&str] = &[
     "10.0.1.11",
     "10.0.1.256",
     "::1",
+    "2402:4e00:1::11",
+    "2402:4E00:0001:0000:0000:0000:0000:0011",
+    "fe80::1%eth0",
+    "2402::g",
     "52:54:00:12:34:56",
     "52:54:00:12:34",
     "zz:zz:zz:zz:zz:zz",
@@ -77,6 +81,10 @@ const V3_NAMES: &[&str] = &[
     "PrivateIpAddressSet",
     "PrivateIpAddress",
     "AddressId",
+    "Ipv6AddressSet",
+    "Address",
+    "AddressType",
+    "PublicIpAddress",
     "Status",
 ];
 
@@ -94,7 +102,8 @@ fn api_body(names: &'static [&'static str]) -> impl Strategy<Value = Vec<u8>> {
         (json_value(names), proptest::sample::select(names)).prop_map(|(v, name)| {
             let mut good = json!({"Response": {"RequestId": "r", "TotalCount": 1, "Status": "SUCCESS",
                 "NetworkInterfaceSet": [{"NetworkInterfaceId": "eni-1", "MacAddress": "52:54:00:12:34:56",
-                "VpcId": "vpc-1", "SubnetId": "s", "PrivateIpAddressSet": [{"PrivateIpAddress": "10.0.1.11"}]}],
+                "VpcId": "vpc-1", "SubnetId": "s", "PrivateIpAddressSet": [{"PrivateIpAddress": "10.0.1.11"}],
+                "Ipv6AddressSet": [{"Address": "2402:4e00:1::11"}]}],
                 "code": 0, "data": {"taskId": 7, "status": 2}}});
             good["Response"][name] = v;
             good.to_string().into_bytes()

@@ -35,6 +35,7 @@ fn config_text() -> impl Strategy<Value = String> {
         "connect_timeout",
         "task_timeout",
         "max_calls_per_second",
+        "max_ipv6_calls_per_second",
         "grace",
         "dry_run",
         "interfaces",

@@ -1,4 +1,4 @@
-//! The host side: what the kernel says about links and IPv4 addresses, in plain types.
+//! The host side: what the kernel says about links and IPv4/IPv6 addresses, in plain types.
 //!
 //! `watch` turns netlink into [`HostEvent`]s and keeps a [`HostView`] mirror; `routes`
 //! plans and applies policy routing, and `routing_adapter` is the engine's `Router` over
@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -52,15 +52,108 @@ impl Link {
     }
 }
 
-/// One IPv4 address on a link.
+/// One IPv4 or IPv6 address on a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Addr {
     pub link: u32,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub prefix: u8,
     /// `IFA_F_SECONDARY`: not the first address of its subnet on this link, so it is
-    /// swept away with the subnet's primary when `promote_secondaries` is off.
+    /// swept away with the subnet's primary when `promote_secondaries` is off. Always
+    /// false for IPv6, which has no such sweep (and whose bit 0x01 means `temporary`).
     pub secondary: bool,
+    /// IPv6 only: the scope and flags that decide whether the address can ever be a
+    /// release candidate (docs/design.md, "IPv6").
+    pub v6: Option<V6Facts>,
+}
+
+/// The kernel's facts about one IPv6 address: its scope and its 32-bit flags
+/// (`IFA_FLAGS`, or the header's low 8 bits when the attribute is absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct V6Facts {
+    /// `ifa_scope` is `RT_SCOPE_UNIVERSE` (global); link-local addresses are `link`.
+    pub global: bool,
+    pub flags: u32,
+}
+
+/// Why an IPv6 address on the host can never be a release candidate. Only a global,
+/// permanent, settled address that the operator (not autoconfiguration) put there is
+/// one; everything else is present for clause 4 but never released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotCandidate {
+    /// Link-local or any scope other than global.
+    NotGlobal,
+    /// Without `IFA_F_PERMANENT`: created by SLAAC (or with lifetimes).
+    NotPermanent,
+    /// `IFA_F_TEMPORARY`: a privacy address.
+    Temporary,
+    /// `IFA_F_MANAGETEMPADDR`: the SLAAC address privacy addresses are made from.
+    Mngtmpaddr,
+    /// `IFA_F_TENTATIVE` or `IFA_F_OPTIMISTIC`: duplicate address detection not done.
+    Tentative,
+    /// `IFA_F_DADFAILED`: another node holds it.
+    DadFailed,
+}
+
+impl NotCandidate {
+    /// The stable key (audit `reason`, metric label).
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::NotGlobal => "not_global",
+            Self::NotPermanent => "not_permanent",
+            Self::Temporary => "temporary",
+            Self::Mngtmpaddr => "mngtmpaddr",
+            Self::Tentative => "tentative",
+            Self::DadFailed => "dad_failed",
+        }
+    }
+}
+
+/// `IFA_F_*` (linux/if_addr.h).
+pub mod ifa_flags {
+    pub const TEMPORARY: u32 = 0x01;
+    pub const OPTIMISTIC: u32 = 0x04;
+    pub const DADFAILED: u32 = 0x08;
+    pub const TENTATIVE: u32 = 0x40;
+    pub const PERMANENT: u32 = 0x80;
+    pub const MANAGETEMPADDR: u32 = 0x100;
+}
+
+impl V6Facts {
+    /// `Ok` when the address can be a release candidate, else why not.
+    pub fn candidate(self) -> Result<(), NotCandidate> {
+        use ifa_flags::*;
+        let has = |bit: u32| self.flags & bit != 0;
+        if !self.global {
+            Err(NotCandidate::NotGlobal)
+        } else if has(DADFAILED) {
+            Err(NotCandidate::DadFailed)
+        } else if has(TENTATIVE) || has(OPTIMISTIC) {
+            Err(NotCandidate::Tentative)
+        } else if has(TEMPORARY) {
+            Err(NotCandidate::Temporary)
+        } else if has(MANAGETEMPADDR) {
+            Err(NotCandidate::Mngtmpaddr)
+        } else if !has(PERMANENT) {
+            Err(NotCandidate::NotPermanent)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Addr {
+    /// Whether the address can be a release candidate: every IPv4 address can (the
+    /// rule decides), an IPv6 address only as [`V6Facts::candidate`] says.
+    pub fn candidate(&self) -> Result<(), NotCandidate> {
+        match (self.ip, self.v6) {
+            (IpAddr::V4(_), _) => Ok(()),
+            (IpAddr::V6(_), Some(facts)) => facts.candidate(),
+            // An IPv6 address without its facts is unknown, never allowed.
+            (IpAddr::V6(_), None) => Err(NotCandidate::NotPermanent),
+        }
+    }
 }
 
 /// Who removed an address, from the netlink header of the RTM_DELADDR, resolved by
@@ -137,8 +230,10 @@ impl Remover {
         }
     }
 
+    /// The kernel on its own. Port 0 alone does not say so: IPv6 address notifications
+    /// all carry port 0, and their remover is unknown, not the kernel.
     pub fn is_kernel(&self) -> bool {
-        self.port_id == 0
+        self.identity == Identity::Kernel
     }
 
     /// Why the remover is not identified, if it is not.
@@ -198,7 +293,7 @@ pub struct HostView {
 
 impl HostView {
     /// Whether `ip` is present on any link, with any prefix.
-    pub fn has_ip(&self, ip: Ipv4Addr) -> bool {
+    pub fn has_ip(&self, ip: IpAddr) -> bool {
         self.addrs
             .range((ip, 0, 0)..=(ip, u32::MAX, u8::MAX))
             .next()
@@ -268,7 +363,7 @@ impl HostView {
 }
 
 /// An address's identity in the mirror: (ip, link, prefix).
-pub type AddrKey = (Ipv4Addr, u32, u8);
+pub type AddrKey = (IpAddr, u32, u8);
 
 impl Addr {
     /// The mirror's key. The kernel identifies an IPv4 address by link, address and
@@ -293,7 +388,7 @@ pub enum Scope {
     Other(u8),
 }
 
-/// One IPv4 policy rule, as dumped or as wanted.
+/// One IPv4 or IPv6 policy rule, as dumped or as wanted.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub priority: u32,
@@ -301,7 +396,7 @@ pub struct Rule {
     /// appear there; the header then says 252).
     pub table: u32,
     /// `from <ip>/<len>`; `None` means `from all`.
-    pub source: Option<(Ipv4Addr, u8)>,
+    pub source: Option<(IpAddr, u8)>,
     /// Any other selector present: destination, iif, oif, fwmark, tos, uid range,
     /// ports, IP protocol, l3mdev, tunnel id, or the `not` (invert) flag. A rule with
     /// such a selector is never a plain `from <ip>/32` rule.
@@ -322,7 +417,7 @@ impl Rule {
         Self {
             priority,
             table,
-            source: Some((ip, 32)),
+            source: Some((IpAddr::V4(ip), 32)),
             other_selectors: false,
             lookup: true,
             protocol,
@@ -330,10 +425,15 @@ impl Rule {
         }
     }
 
-    /// The host IP when this rule's only selector is `from <ip>/32`.
-    pub fn sole_source_host(&self) -> Option<Ipv4Addr> {
+    /// The host IP when this rule's only selector is `from <ip>/32` (IPv4) or
+    /// `from <ip>/128` (IPv6).
+    pub fn sole_source_host(&self) -> Option<IpAddr> {
         match self.source {
-            Some((ip, 32)) if !self.other_selectors => Some(ip),
+            Some((ip @ IpAddr::V4(_), 32)) | Some((ip @ IpAddr::V6(_), 128))
+                if !self.other_selectors =>
+            {
+                Some(ip)
+            }
             _ => None,
         }
     }
@@ -494,30 +594,4 @@ impl fmt::Display for Ctx {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(link: u32, last: u8, prefix: u8) -> Addr {
-        Addr {
-            link,
-            ip: Ipv4Addr::new(10, 0, 1, last),
-            prefix,
-            secondary: false,
-        }
-    }
-
-    #[test]
-    fn has_ip_finds_an_ip_on_any_link_with_any_prefix() {
-        let mut view = HostView::default();
-        for a in [addr(1, 5, 24), addr(7, 9, 32), addr(u32::MAX, 200, u8::MAX)] {
-            view.addrs.insert(a.key(), a);
-        }
-        for last in [5, 9, 200] {
-            assert!(view.has_ip(Ipv4Addr::new(10, 0, 1, last)), "{last}");
-        }
-        for last in [4, 6, 8, 10, 199, 201] {
-            assert!(!view.has_ip(Ipv4Addr::new(10, 0, 1, last)), "{last}");
-        }
-        assert_eq!(view.addrs_on(7).count(), 1);
-    }
-}
+mod tests;

@@ -7,7 +7,7 @@
 //! The one host file that imports the engine: it implements the engine's trait, and the
 //! engine imports only the plain host types of `host/mod.rs` (docs/design.md, "Layering").
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use prometheus_client::metrics::counter::Counter;
 use tracing::{info, warn};
@@ -69,7 +69,7 @@ impl crate::engine::Router for RoutingAdapter {
 
     async fn plan(
         &mut self,
-        releasing: &[Ipv4Addr],
+        releasing: &[IpAddr],
         view: &HostView,
         inventory: &Inventory,
     ) -> Vec<String> {
@@ -94,12 +94,7 @@ impl crate::engine::Router for RoutingAdapter {
         lines
     }
 
-    async fn after_release(
-        &mut self,
-        released: &[Ipv4Addr],
-        view: &HostView,
-        inventory: &Inventory,
-    ) {
+    async fn after_release(&mut self, released: &[IpAddr], view: &HostView, inventory: &Inventory) {
         let Some(router) = &self.router else { return };
         if self.dry_run {
             // Nothing was released in a dry run, so nothing is stale; say what would go.
@@ -184,16 +179,23 @@ pub fn managed_enis(view: &HostView, inventory: &Inventory) -> Vec<ManagedEni> {
         if record.primary_eni {
             continue; // the primary ENI's routing belongs to the main table
         }
-        let addrs: Vec<_> = view.addrs_on(link.index).collect();
-        let Some(first) = addrs
+        // Manage mode is IPv4 only (README, "IPv6"): IPv6 addresses get no table or rule.
+        let addrs: Vec<(Ipv4Addr, u8, bool)> = view
+            .addrs_on(link.index)
+            .filter_map(|a| match a.ip {
+                IpAddr::V4(ip) => Some((ip, a.prefix, a.secondary)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let Some(&(first_ip, first_prefix, _)) = addrs
             .iter()
-            .find(|a| Some(a.ip) == record.primary_ip)
-            .or_else(|| addrs.iter().find(|a| !a.secondary))
+            .find(|a| Some(a.0) == record.primary_ip)
+            .or_else(|| addrs.iter().find(|a| !a.2))
         else {
             continue;
         };
-        let prefix = record.meta.subnet_prefix.unwrap_or(first.prefix);
-        let network = Ipv4Addr::from(u32::from(first.ip) & prefix_mask(prefix));
+        let prefix = record.meta.subnet_prefix.unwrap_or(first_prefix);
+        let network = Ipv4Addr::from(u32::from(first_ip) & prefix_mask(prefix));
         // Tencent's subnet gateway is the subnet's first address, when the metadata
         // service does not name it.
         let gateway = record
@@ -205,7 +207,7 @@ pub fn managed_enis(view: &HostView, inventory: &Inventory) -> Vec<ManagedEni> {
             device_index,
             gateway,
             subnet: (network, prefix),
-            ips: addrs.iter().map(|a| a.ip).collect(),
+            ips: addrs.iter().map(|a| a.0).collect(),
         });
     }
     out

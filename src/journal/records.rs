@@ -135,6 +135,7 @@ pub enum CancelKey {
     NotPhysical,
     NotSelectedInterface,
     NotAnEni,
+    NotCandidate,
     OutsideInclude,
     Excluded,
     PrimaryIp,
@@ -150,7 +151,7 @@ pub enum CancelKey {
 
 impl CancelKey {
     /// Every key this binary writes or migrates (not `Unknown`).
-    pub const KNOWN: [Self; 20] = [
+    pub const KNOWN: [Self; 21] = [
         Self::KernelRemoval,
         Self::IgnoredRemover,
         Self::Collateral,
@@ -162,6 +163,7 @@ impl CancelKey {
         Self::NotPhysical,
         Self::NotSelectedInterface,
         Self::NotAnEni,
+        Self::NotCandidate,
         Self::OutsideInclude,
         Self::Excluded,
         Self::PrimaryIp,
@@ -187,6 +189,7 @@ impl CancelKey {
             Self::NotPhysical => "not_physical",
             Self::NotSelectedInterface => "not_selected_interface",
             Self::NotAnEni => "not_an_eni",
+            Self::NotCandidate => "not_candidate",
             Self::OutsideInclude => "outside_include",
             Self::Excluded => "excluded",
             Self::PrimaryIp => "primary_ip",

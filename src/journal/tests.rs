@@ -338,6 +338,48 @@ fn schema_1_removers_parse_back_from_their_text() {
     assert_eq!(parse("ip (port x)"), None);
 }
 
+/// IPv6 intents need no new schema: the key is an `IpAddr`, written and replayed as
+/// such, held flag and unknown remover included.
+#[test]
+fn an_ipv6_intent_is_replayed_with_its_held_unknown_remover() {
+    let dir = tmpdir("ipv6");
+    let v6: std::net::Ipv6Addr = "2402:4e00:1::11".parse().expect("ipv6");
+    let held = RecordState::Observed {
+        link: "eth1".into(),
+        mac: None,
+        eni_id: Some("eni-1".into()),
+        remover: Some(RemoverRecord {
+            port_id: 0,
+            unknown: Some("IPv6 address notifications carry no sender".into()),
+            ..Default::default()
+        }),
+        held: true,
+        sending: false,
+    };
+    {
+        let (mut j, _) = Journal::open(&dir).expect("open");
+        j.append(IntentKey::release(v6, 3), "boot1", held.clone())
+            .expect("append");
+    }
+    let (_, r) = Journal::open(&dir).expect("reopen");
+    assert_eq!(r.live.len(), 1);
+    let rec = &r.live[0];
+    assert_eq!(rec.addr, std::net::IpAddr::V6(v6));
+    assert_eq!(rec.generation, 3);
+    assert_eq!(rec.state, held);
+    let remover: crate::host::Remover = match &rec.state {
+        RecordState::Observed {
+            remover: Some(r), ..
+        } => r.clone().into(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        !remover.is_kernel(),
+        "port 0 of an IPv6 removal is not the kernel"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A cancelled record as the journal has written it since schema 2 (the reason a plain
 /// key string) still reads, as its typed key, and is written back byte for byte; a key
 /// this binary does not know (a newer binary's) reads too and is kept as it was.

@@ -8,7 +8,7 @@
 //! deadline to send its request and to take its answer.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ pub enum Request {
     Resume,
     ReleaseHeld,
     Cancel {
-        ip: Ipv4Addr,
+        ip: IpAddr,
     },
     /// The drift report (read-only).
     Drift,
@@ -374,7 +374,7 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_string(&Request::Cancel {
-                ip: Ipv4Addr::new(10, 0, 1, 5)
+                ip: std::net::Ipv4Addr::new(10, 0, 1, 5).into()
             })
             .expect("json"),
             r#"{"cmd":"cancel","ip":"10.0.1.5"}"#

@@ -8,7 +8,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use enisync_fakecloud::{Call, FakeCloud, FakeEni, FakeInstance, FakeServer};
+use enisync_fakecloud::{Call, FakeCloud, FakeEni, FakeInstance, FakeIpv6, FakeServer};
 
 /// The sandbox daemon's `log.level`; tests that raise it replace this exact text.
 pub const LOG_LEVEL: &str = "info,enisync=debug,audit=debug";
@@ -35,6 +35,24 @@ pub const ENI1_PRIMARY: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
 
 pub fn aux(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 1, n)
+}
+
+/// An IPv6 aux address of eth1 / ENI1: `2402:4e00:1::<n>` (hex), prefix /64.
+pub fn aux6(n: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2402, 0x4e00, 1, 0, 0, 0, 0, n)
+}
+
+/// ENI1's primary IPv6 address, on eth1 and listed `Primary` when `aux6` is not empty.
+pub const ENI1_PRIMARY6: u16 = 0x10;
+
+/// The spelling the fake cloud lists `ip` in: every group with leading zeros, no `::`,
+/// so that only a 128-bit comparison matches it with the host's.
+pub fn spelled_long(ip: Ipv6Addr) -> String {
+    ip.segments()
+        .iter()
+        .map(|s| format!("{s:04x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -58,6 +76,10 @@ pub fn sh(cmd: &mut Command) -> String {
 pub struct Layout {
     /// Aux IPs (last octet) configured on eth1 and assigned in the cloud.
     pub aux: Vec<u8>,
+    /// IPv6 aux addresses ([`aux6`]) configured on eth1 (permanent, `nodad`) and listed
+    /// in the cloud's `Ipv6AddressSet` of ENI1 (spelled long); when not empty, ENI1's
+    /// primary IPv6 address [`ENI1_PRIMARY6`] is there too.
+    pub aux6: Vec<u16>,
     /// Extra `[section]` TOML appended to the config (after the generated sections,
     /// so it may only add sections the generator does not write).
     pub extra_config: String,
@@ -81,6 +103,7 @@ impl Default for Layout {
     fn default() -> Self {
         Self {
             aux: (11..=15).collect(),
+            aux6: Vec::new(),
             extra_config: String::new(),
             release: vec![],
             cloud: vec![],
@@ -90,6 +113,29 @@ impl Default for Layout {
             log_format: None,
             config_keys: true,
         }
+    }
+}
+
+/// ENI1's `Ipv6AddressSet` for a layout: its primary and the aux addresses, spelled
+/// long.
+trait Ipv6Entries {
+    fn ipv6_entries(self, aux: &[u16]) -> Self;
+}
+
+impl Ipv6Entries for FakeEni {
+    fn ipv6_entries(mut self, aux: &[u16]) -> Self {
+        if aux.is_empty() {
+            return self;
+        }
+        let mut primary = FakeIpv6::new(aux6(ENI1_PRIMARY6));
+        primary.primary = true;
+        self = self.ipv6_entry(primary);
+        for a in aux {
+            let mut entry = FakeIpv6::new(aux6(*a));
+            entry.spelling = Some(spelled_long(entry.addr));
+            self = self.ipv6_entry(entry);
+        }
+        self
     }
 }
 
@@ -143,6 +189,11 @@ impl Sandbox {
         for a in &layout.aux {
             script += &format!("addr add 10.0.1.{a}/24 dev eth1\n");
         }
+        if !layout.aux6.is_empty() {
+            for a in std::iter::once(&ENI1_PRIMARY6).chain(&layout.aux6) {
+                script += &format!("addr add {}/64 dev eth1 nodad\n", aux6(*a));
+            }
+        }
         let sandbox_ns = ns.clone();
         let batch = sb_dir.join("setup.batch");
         std::fs::write(&batch, script).expect("write batch");
@@ -178,7 +229,8 @@ impl Sandbox {
                 ENI1_PRIMARY,
             )
             .attached(INSTANCE, 1)
-            .secondaries(layout.aux.iter().map(|a| aux(*a))),
+            .secondaries(layout.aux.iter().map(|a| aux(*a)))
+            .ipv6_entries(&layout.aux6),
         )
         .expect("eni1");
         let listener = listener_in(&ns);
@@ -591,6 +643,32 @@ impl Sandbox {
 
     pub fn ips_in_cloud(&self) -> Vec<Ipv4Addr> {
         self.fake.ips_of(ENI1)
+    }
+
+    pub fn ipv6_in_cloud(&self) -> Vec<Ipv6Addr> {
+        self.fake.ipv6_of(ENI1)
+    }
+
+    /// `UnassignIpv6Addresses` calls the fake cloud received.
+    pub fn unassigns6(&self) -> Vec<Call> {
+        self.fake.calls_of("UnassignIpv6Addresses")
+    }
+
+    /// Waits until `n` IPv6 unassign calls arrived.
+    pub fn wait_unassigns6(&self, n: usize, timeout: Duration) -> Vec<Call> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let calls = self.unassigns6();
+            if calls.len() >= n {
+                return calls;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "expected {n} UnassignIpv6Addresses calls within {timeout:?}, got {:?}; log:\n{}",
+            self.unassigns6(),
+            self.log_text()
+        );
     }
 }
 

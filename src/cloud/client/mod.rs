@@ -17,7 +17,7 @@
 //! `listing.rs` the paged, cached `DescribeNetworkInterfaces`; `unassign.rs` the
 //! release call; `tasks.rs` following a task to its end.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -29,8 +29,8 @@ use super::legacy::LegacyApi;
 use super::retry::{RateLimits, Rates, TokenBucket};
 use super::sign::LegacySignMethod;
 use super::transport::{Endpoint, EndpointError};
-use super::v3::{DESCRIBE_ENIS, TASK_RESULT, UNASSIGN, V3Api};
-use super::{Cloud, CloudError, Eni, ErrorClass, MAX_IPS_PER_CALL, TaskStatus};
+use super::v3::{DESCRIBE_ENIS, TASK_RESULT, V3Api};
+use super::{Cloud, CloudError, Eni, ErrorClass, Family, MAX_IPS_PER_CALL, TaskStatus};
 use crate::backoff::Backoff;
 use crate::task::{Protocol, TaskRef};
 
@@ -277,7 +277,7 @@ impl Cloud for TencentCloud {
         &self,
         eni_id: &str,
         vpc_id: &str,
-        ips: &[Ipv4Addr],
+        ips: &[IpAddr],
     ) -> Result<TaskRef, CloudError> {
         self.send_unassign(eni_id, vpc_id, ips).await
     }

@@ -28,6 +28,7 @@ fn settings(base: &str) -> CloudSettings {
         },
         rates: Rates {
             unassign: 1000.0,
+            unassign_ipv6: 1000.0,
             describe: 1000.0,
             task_result: 1000.0,
         },
@@ -70,8 +71,8 @@ const TOKEN_FAILURE: &str =
     r#"{"Response":{"Error":{"Code":"AuthFailure.TokenFailure","Message":"bad"},"RequestId":"r"}}"#;
 const UNASSIGNED: &str = r#"{"Response":{"RequestId":"task-1"}}"#;
 
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 0, last)
+fn ip(last: u8) -> IpAddr {
+    Ipv4Addr::new(10, 0, 0, last).into()
 }
 
 #[tokio::test]
@@ -256,4 +257,80 @@ async fn legacy_protocol_releases_over_legacy_and_lists_over_v3() {
     c.list_enis().await.unwrap();
     let paths: Vec<_> = server.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(paths, ["/v2/index.php", "/v2/index.php", "/"]);
+}
+
+/// IPv6 (docs/cloud-api.md, "IPv6"): `UnassignIpv6Addresses` over API 3.0 also with
+/// `api = "legacy"`, its task polled over API 3.0; a mixed batch is refused without
+/// a request; and the IPv6 bucket is its own (an IPv6 call waits for an IPv6 token
+/// only).
+#[tokio::test]
+async fn ipv6_goes_over_api_3_with_its_own_bucket_and_never_mixed() {
+    let server = TestServer::start(|req: &Recorded| match req.path.as_str() {
+        "/v2/index.php" => (
+            200,
+            r#"{"code":0,"codeDesc":"Success","data":{"taskId":7}}"#.to_owned(),
+        ),
+        _ => {
+            let action = req.headers.get("x-tc-action").cloned().unwrap_or_default();
+            let reply = if action == "DescribeVpcTaskResult" {
+                r#"{"Response":{"Status":"SUCCESS","RequestId":"p"}}"#
+            } else {
+                r#"{"Response":{"RequestId":"task-v6"}}"#
+            };
+            (200, reply.to_owned())
+        }
+    })
+    .await;
+    let c = cloud(&server, |s| {
+        s.protocol = Protocol::Legacy;
+        s.rates.unassign_ipv6 = 2.0;
+    });
+    let v6: IpAddr = "2402:4e00:1::11".parse().unwrap();
+    let task = c.unassign("eni-1", "vpc-1", &[v6]).await.unwrap();
+    assert_eq!(
+        (task.task_id.as_str(), task.protocol),
+        ("task-v6", Protocol::V3)
+    );
+    assert_eq!(c.wait_task(&task).await.unwrap(), TaskStatus::Success);
+    let requests = server.requests();
+    assert_eq!(requests[0].path, "/");
+    assert_eq!(requests[0].headers["x-tc-action"], "UnassignIpv6Addresses");
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"NetworkInterfaceId": "eni-1",
+            "Ipv6Addresses": [{"Address": "2402:4e00:1::11"}]})
+    );
+    assert_eq!(requests[1].headers["x-tc-action"], "DescribeVpcTaskResult");
+
+    let before = server.requests().len();
+    let err = c
+        .unassign("eni-1", "vpc-1", &[ip(2), v6])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "Client.MixedFamilies");
+    assert_eq!(
+        server.requests().len(),
+        before,
+        "no request for a mixed batch"
+    );
+
+    // The IPv6 bucket (2/s, burst 2) is spent by two calls; IPv4 calls still go at
+    // once, since theirs is another bucket.
+    c.unassign("eni-1", "vpc-1", &[v6]).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..3 {
+        c.unassign("eni-1", "vpc-1", &[ip(2)]).await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "IPv4 not slowed"
+    );
+    let started = Instant::now();
+    c.unassign("eni-1", "vpc-1", &[v6]).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the third IPv6 call waited for its own bucket: {:?}",
+        started.elapsed()
+    );
 }

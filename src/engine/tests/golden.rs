@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use tracing_subscriber::layer::SubscriberExt;
 
 use super::*;
+use crate::host::NotCandidate;
 use crate::ops::metrics::Metrics;
 
 /// Compares `actual` with `tests/data/golden/<name>`.
@@ -45,6 +46,12 @@ fn cancel_reasons_are_golden() {
         Cancel::NotPhysical,
         Cancel::NotSelectedInterface,
         Cancel::NotAnEni,
+        Cancel::NotCandidate(NotCandidate::NotGlobal),
+        Cancel::NotCandidate(NotCandidate::NotPermanent),
+        Cancel::NotCandidate(NotCandidate::Temporary),
+        Cancel::NotCandidate(NotCandidate::Mngtmpaddr),
+        Cancel::NotCandidate(NotCandidate::Tentative),
+        Cancel::NotCandidate(NotCandidate::DadFailed),
         Cancel::OutsideInclude,
         Cancel::Excluded,
         Cancel::PrimaryIp,
@@ -68,6 +75,7 @@ fn cancel_reasons_are_golden() {
             | Cancel::NotPhysical
             | Cancel::NotSelectedInterface
             | Cancel::NotAnEni
+            | Cancel::NotCandidate(_)
             | Cancel::OutsideInclude
             | Cancel::Excluded
             | Cancel::PrimaryIp

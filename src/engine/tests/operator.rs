@@ -129,13 +129,18 @@ async fn a_stuck_loop_stops_the_ticks() {
 
     struct HangingRouter(Arc<AtomicBool>);
     impl Router for HangingRouter {
-        async fn after_release(&mut self, _: &[Ipv4Addr], _: &HostView, _: &Inventory) {}
+        async fn after_release(&mut self, _: &[std::net::IpAddr], _: &HostView, _: &Inventory) {}
         async fn reconcile(&mut self, _: &HostView, _: &Inventory) {
             if self.0.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
         }
-        async fn plan(&mut self, _: &[Ipv4Addr], _: &HostView, _: &Inventory) -> Vec<String> {
+        async fn plan(
+            &mut self,
+            _: &[std::net::IpAddr],
+            _: &HostView,
+            _: &Inventory,
+        ) -> Vec<String> {
             Vec::new()
         }
         fn set_dry_run(&mut self, _: bool) {}

@@ -153,7 +153,7 @@ async fn clause6_a_burst_is_held_until_an_operator_confirms() {
     assert_eq!(calls[0].len(), 10);
 }
 
-fn held_unknown(snap: &Snapshot) -> Vec<Ipv4Addr> {
+fn held_unknown(snap: &Snapshot) -> Vec<std::net::IpAddr> {
     snap.intents
         .iter()
         .filter(|i| {

@@ -90,6 +90,8 @@ impl EventSocket {
             libc::RTNLGRP_IPV4_IFADDR,
             libc::RTNLGRP_IPV4_ROUTE,
             libc::RTNLGRP_IPV4_RULE,
+            libc::RTNLGRP_IPV6_IFADDR,
+            libc::RTNLGRP_IPV6_RULE,
         ];
         let mask = groups.iter().fold(0u32, |mask, g| mask | 1 << (g - 1));
         socket

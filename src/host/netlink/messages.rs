@@ -77,9 +77,14 @@ pub(super) fn link_from_msg(msg: &LinkMessage) -> Link {
 }
 
 pub(super) fn addr_from_msg(msg: &AddressMessage) -> Option<Addr> {
-    if msg.header.family != AddressFamily::Inet {
-        return None;
+    match msg.header.family {
+        AddressFamily::Inet => addr4_from_msg(msg),
+        AddressFamily::Inet6 => addr6_from_msg(msg),
+        _ => None,
     }
+}
+
+fn addr4_from_msg(msg: &AddressMessage) -> Option<Addr> {
     // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on
     // point-to-point links and equal to IFA_LOCAL otherwise.
     let mut local = None;
@@ -94,9 +99,39 @@ pub(super) fn addr_from_msg(msg: &AddressMessage) -> Option<Addr> {
     let ip = local.or(address)?;
     Some(Addr {
         link: msg.header.index,
-        ip,
+        ip: IpAddr::V4(ip),
         prefix: msg.header.prefix_len,
         secondary: msg.header.flags.contains(AddressHeaderFlags::Secondary),
+        v6: None,
+    })
+}
+
+/// IPv6: the address is IFA_ADDRESS (IFA_LOCAL only on point-to-point links, where it
+/// is ours); the flags are IFA_FLAGS (32 bits) when present, else the header's low 8
+/// bits. Bit 0x01 is `temporary` on IPv6, not `secondary` (docs/design.md, "IPv6").
+fn addr6_from_msg(msg: &AddressMessage) -> Option<Addr> {
+    let mut local = None;
+    let mut address = None;
+    let mut flags = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(IpAddr::V6(ip)) => local = Some(*ip),
+            AddressAttribute::Address(IpAddr::V6(ip)) => address = Some(*ip),
+            AddressAttribute::Flags(f) => flags = Some(f.bits()),
+            _ => {}
+        }
+    }
+    let ip = local.or(address)?;
+    let flags = flags.unwrap_or_else(|| u32::from(msg.header.flags.bits()));
+    Some(Addr {
+        link: msg.header.index,
+        ip: IpAddr::V6(ip),
+        prefix: msg.header.prefix_len,
+        secondary: false,
+        v6: Some(V6Facts {
+            global: msg.header.scope == AddressScope::Universe,
+            flags,
+        }),
     })
 }
 
@@ -108,7 +143,10 @@ pub(super) fn v4(addr: &RouteAddress) -> Option<Ipv4Addr> {
 }
 
 pub(super) fn rule_from_msg(msg: RuleMessage) -> Option<Rule> {
-    if msg.header.family != AddressFamily::Inet {
+    if !matches!(
+        msg.header.family,
+        AddressFamily::Inet | AddressFamily::Inet6
+    ) {
         return None;
     }
     let mut table = u32::from(msg.header.table);
@@ -122,7 +160,7 @@ pub(super) fn rule_from_msg(msg: RuleMessage) -> Option<Rule> {
         match attr {
             RuleAttribute::Table(t) => table = *t,
             RuleAttribute::Priority(p) => priority = *p,
-            RuleAttribute::Source(IpAddr::V4(ip)) => source = Some((*ip, msg.header.src_len)),
+            RuleAttribute::Source(ip) => source = Some((*ip, msg.header.src_len)),
             RuleAttribute::Protocol(p) => protocol = u8::from(*p),
             RuleAttribute::Destination(_)
             | RuleAttribute::Iifname(_)
@@ -150,7 +188,10 @@ pub(super) fn rule_from_msg(msg: RuleMessage) -> Option<Rule> {
 
 pub(super) fn rule_to_msg(rule: &Rule) -> RuleMessage {
     let mut msg = RuleMessage::default();
-    msg.header.family = AddressFamily::Inet;
+    msg.header.family = match rule.source {
+        Some((IpAddr::V6(_), _)) => AddressFamily::Inet6,
+        _ => AddressFamily::Inet,
+    };
     msg.header.action = if rule.lookup {
         RuleAction::ToTable
     } else {
@@ -164,7 +205,7 @@ pub(super) fn rule_to_msg(rule: &Rule) -> RuleMessage {
     msg.attributes.push(RuleAttribute::Priority(rule.priority));
     if let Some((ip, len)) = rule.source {
         msg.header.src_len = len;
-        msg.attributes.push(RuleAttribute::Source(IpAddr::V4(ip)));
+        msg.attributes.push(RuleAttribute::Source(ip));
     }
     msg.attributes
         .push(RuleAttribute::Protocol(RouteProtocol::from(rule.protocol)));

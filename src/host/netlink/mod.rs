@@ -21,7 +21,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use futures_util::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use netlink_packet_route::link::{
     InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
 };
@@ -37,7 +39,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
-use super::{Addr, HostError, Link, Route, Rule, Scope};
+use super::{Addr, HostError, Link, Route, Rule, Scope, V6Facts};
 use crate::net::MacAddr;
 
 mod events;
@@ -146,29 +148,39 @@ impl Netlink {
         Ok(msgs.iter().map(link_from_msg).collect())
     }
 
-    /// All IPv4 addresses. The request's family makes the kernel dump IPv4 only.
+    /// All IPv4 and IPv6 addresses: one dump per family (the request's family makes the
+    /// kernel dump that family only).
     pub async fn addrs(&self) -> Result<Vec<Addr>, HostError> {
-        let mut req = self.handle.address().get();
-        req.message_mut().header.family = AddressFamily::Inet;
-        let msgs: Vec<AddressMessage> = req
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| request_error("dump addresses", None, None, e))?;
-        Ok(msgs.iter().filter_map(addr_from_msg).collect())
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut req = self.handle.address().get();
+            req.message_mut().header.family = family;
+            let msgs: Vec<AddressMessage> = req
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| request_error("dump addresses", None, None, e))?;
+            out.extend(msgs.iter().filter_map(addr_from_msg));
+        }
+        Ok(out)
     }
 
-    /// All IPv4 policy rules.
+    /// All IPv4 and IPv6 policy rules (IPv6 ones only matter to the cleanup of
+    /// `from <ip>/128` rules after a release).
     pub async fn rules(&self) -> Result<Vec<Rule>, HostError> {
-        let msgs: Vec<RuleMessage> = self
-            .handle
-            .rule()
-            .get(IpVersion::V4)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| request_error("dump rules", None, None, e))?;
-        Ok(msgs.into_iter().filter_map(rule_from_msg).collect())
+        let mut out = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let msgs: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| request_error("dump rules", None, None, e))?;
+            out.extend(msgs.into_iter().filter_map(rule_from_msg));
+        }
+        Ok(out)
     }
 
     /// All IPv4 routes of every table.
@@ -198,7 +210,8 @@ impl Netlink {
             // rtnetlink defaults to FR_ACT_UNSPEC, which makes every matching lookup
             // fail with EINVAL; iproute2 sets "to table" implicitly, we must too.
             .action(RuleAction::ToTable);
-        if let Some((ip, len)) = rule.source {
+        // Manage mode adds IPv4 rules only (README, "IPv6").
+        if let Some((IpAddr::V4(ip), len)) = rule.source {
             req = req.source_prefix(ip, len);
         }
         // No builder method exists for FRA_PROTOCOL.

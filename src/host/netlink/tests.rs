@@ -35,11 +35,11 @@ fn a_datagram_with_several_messages_yields_each_in_order() {
     parse_datagram(&datagram, &mut out);
     assert_eq!(out.len(), 2, "{out:?}");
     assert!(
-        matches!(&out[0], Notification::NewAddr { addr, .. } if addr.ip == Ipv4Addr::new(10, 0, 1, 5))
+        matches!(&out[0], Notification::NewAddr { addr, .. } if addr.ip == IpAddr::V4(Ipv4Addr::new(10, 0, 1, 5)))
     );
     assert!(
         matches!(&out[1], Notification::DelAddr { addr, port_id: 4242 }
-        if addr.ip == Ipv4Addr::new(10, 0, 1, 6))
+        if addr.ip == IpAddr::V4(Ipv4Addr::new(10, 0, 1, 6)))
     );
 }
 
@@ -127,7 +127,46 @@ fn rule_round_trip() {
     let back = rule_from_msg(rule_to_msg(&rule)).expect("ipv4 rule");
     assert!(back.same_effect(&rule));
     assert_eq!(back.protocol, 212);
-    assert_eq!(back.sole_source_host(), Some(Ipv4Addr::new(10, 0, 1, 5)));
+    assert_eq!(
+        back.sole_source_host(),
+        Some(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 5)))
+    );
+}
+
+/// IPv6 addresses: the 32-bit `IFA_FLAGS` wins over the header's 8 bits (where
+/// `mngtmpaddr` does not fit), bit 0x01 is `temporary` and never `secondary`, and the
+/// scope says global or not.
+#[test]
+fn an_ipv6_address_carries_its_scope_and_32_bit_flags() {
+    use netlink_packet_route::address::AddressFlags;
+    let ip: std::net::Ipv6Addr = "2402:4e00:1::11".parse().expect("ipv6");
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet6;
+    msg.header.prefix_len = 64;
+    msg.header.index = 2;
+    msg.header.scope = AddressScope::Universe;
+    msg.header.flags = AddressHeaderFlags::Secondary | AddressHeaderFlags::Permanent;
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V6(ip)));
+    msg.attributes.push(AddressAttribute::Flags(
+        AddressFlags::Permanent | AddressFlags::Managetempaddr | AddressFlags::Secondary,
+    ));
+    let addr = messages::addr_from_msg(&msg).expect("parsed");
+    assert_eq!(addr.ip, IpAddr::V6(ip));
+    assert!(!addr.secondary);
+    let facts = addr.v6.expect("facts");
+    assert!(facts.global);
+    assert_eq!(facts.flags, 0x80 | 0x100 | 0x01);
+    assert_eq!(addr.candidate(), Err(crate::host::NotCandidate::Temporary));
+
+    // Without IFA_FLAGS, the header's bits; a link-local scope is not global.
+    msg.attributes
+        .retain(|a| !matches!(a, AddressAttribute::Flags(_)));
+    msg.header.flags = AddressHeaderFlags::Permanent;
+    msg.header.scope = AddressScope::Link;
+    let addr = messages::addr_from_msg(&msg).expect("parsed");
+    assert_eq!(addr.v6.expect("facts").flags, 0x80);
+    assert_eq!(addr.candidate(), Err(crate::host::NotCandidate::NotGlobal));
 }
 
 // ===== taskstats exit records =====

@@ -19,7 +19,7 @@
 //! periodically.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use super::netlink::Netlink;
@@ -253,16 +253,17 @@ pub fn plan_manage(rules: &[Rule], routes: &[Route], want: &Desired) -> Plan {
 }
 
 /// What to delete after IPs were released: for each released IP absent from every
-/// link (`is_present` says), every IPv4 rule whose only selector is `from <ip>/32`,
+/// link (`is_present` says), every rule whose only selector is `from <ip>/32` (IPv4) or
+/// `from <ip>/128` (IPv6),
 /// whoever created it (stale by definition), and every route of ours that uses the IP
 /// as preferred source or as a /32 destination. IPs still present are left alone.
 pub fn plan_cleanup(
     rules: &[Rule],
     routes: &[Route],
-    released: &[Ipv4Addr],
-    is_present: impl Fn(Ipv4Addr) -> bool,
+    released: &[IpAddr],
+    is_present: impl Fn(IpAddr) -> bool,
 ) -> Plan {
-    let gone: BTreeSet<Ipv4Addr> = released
+    let gone: BTreeSet<IpAddr> = released
         .iter()
         .copied()
         .filter(|ip| !is_present(*ip))
@@ -274,8 +275,10 @@ pub fn plan_cleanup(
         }
     }
     for route in routes.iter().filter(|r| r.protocol == RTPROT_ENISYNC) {
-        let uses = route.prefsrc.is_some_and(|ip| gone.contains(&ip))
-            || (route.prefix == 32 && gone.contains(&route.dst));
+        let uses = route
+            .prefsrc
+            .is_some_and(|ip| gone.contains(&IpAddr::V4(ip)))
+            || (route.prefix == 32 && gone.contains(&IpAddr::V4(route.dst)));
         if uses {
             plan.del_routes.push(route.clone());
         }
@@ -397,9 +400,8 @@ impl PolicyRouting {
     }
 
     /// What [`PolicyRouting::cleanup`] would change now, without changing it (dry run).
-    pub async fn plan_cleanup(&self, released: &[Ipv4Addr]) -> Result<Plan, HostError> {
-        let present: BTreeSet<Ipv4Addr> =
-            self.nl.addrs().await?.into_iter().map(|a| a.ip).collect();
+    pub async fn plan_cleanup(&self, released: &[IpAddr]) -> Result<Plan, HostError> {
+        let present: BTreeSet<IpAddr> = self.nl.addrs().await?.into_iter().map(|a| a.ip).collect();
         let rules = self.nl.rules().await?;
         let routes = self.nl.routes().await?;
         Ok(plan_cleanup(&rules, &routes, released, |ip| {
@@ -409,7 +411,7 @@ impl PolicyRouting {
 
     /// Deletes the stale rules (and our routes) of released IPs that are absent from
     /// every link, checked against a fresh address dump.
-    pub async fn cleanup(&self, released: &[Ipv4Addr]) -> Result<ApplyReport, HostError> {
+    pub async fn cleanup(&self, released: &[IpAddr]) -> Result<ApplyReport, HostError> {
         let plan = self.plan_cleanup(released).await?;
         Ok(apply(&self.nl, plan).await)
     }

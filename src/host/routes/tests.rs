@@ -75,7 +75,7 @@ fn unwanted_ours_go_and_foreign_stay() {
     fewer.ips.pop();
     let plan = plan_manage(&rules, &routes, &desired(&cfg, &[fewer]));
     assert_eq!(plan.del_rules.len(), 1);
-    assert_eq!(plan.del_rules[0].source, Some((ip("10.0.1.11"), 32)));
+    assert_eq!(plan.del_rules[0].source, Some((ip("10.0.1.11").into(), 32)));
     assert!(plan.add_rules.is_empty() && plan.add_routes.is_empty() && plan.del_routes.is_empty());
 
     // No ENI managed any more: all of ours go, gateway route before link route.
@@ -120,7 +120,7 @@ fn cleanup_only_for_absent_ips_and_only_plain_from_rules() {
         foreign_rule("10.0.1.51", 200),
         with_iif,
         Rule {
-            source: Some((ip("10.0.1.0"), 24)),
+            source: Some((ip("10.0.1.0").into(), 24)),
             ..foreign_rule("10.0.1.0", 200)
         },
     ];
@@ -128,12 +128,12 @@ fn cleanup_only_for_absent_ips_and_only_plain_from_rules() {
     route.prefsrc = Some(ip("10.0.1.50"));
     let mut foreign_route = route.clone();
     foreign_route.protocol = 4;
-    let released = [ip("10.0.1.50"), ip("10.0.1.51")];
+    let released = [ip("10.0.1.50").into(), ip("10.0.1.51").into()];
     let plan = plan_cleanup(&rules, &[route, foreign_route], &released, |x| {
-        x == ip("10.0.1.51")
+        x == IpAddr::from(ip("10.0.1.51"))
     });
     assert_eq!(plan.del_rules.len(), 1);
-    assert_eq!(plan.del_rules[0].source, Some((ip("10.0.1.50"), 32)));
+    assert_eq!(plan.del_rules[0].source, Some((ip("10.0.1.50").into(), 32)));
     assert!(!plan.del_rules[0].other_selectors);
     assert_eq!(plan.del_routes.len(), 1);
     assert_eq!(plan.del_routes[0].protocol, RTPROT_ENISYNC);
@@ -234,4 +234,24 @@ fn networkd_setting_default_main_and_dropins() {
     );
     assert!(read().manage_foreign_rules, "invalid values are ignored");
     std::fs::remove_dir_all(&root).expect("cleanup");
+}
+
+/// IPv6: after a release, a rule whose only selector is `from <ip>/128` goes, like an
+/// IPv4 `/32` one; a `/64` rule and a rule of an address still present stay.
+#[test]
+fn cleanup_removes_plain_from_128_rules_of_released_ipv6_addresses() {
+    let v6 = |s: &str| -> IpAddr { s.parse().expect("ipv6") };
+    let rule = |src: &str, len: u8| Rule {
+        source: Some((v6(src), len)),
+        ..foreign_rule("10.0.1.1", 200)
+    };
+    let rules = vec![
+        rule("2402:4e00:1::11", 128),
+        rule("2402:4e00:1::12", 128),
+        rule("2402:4e00:1::", 64),
+    ];
+    let released = [v6("2402:4e00:1::11"), v6("2402:4e00:1::12")];
+    let plan = plan_cleanup(&rules, &[], &released, |x| x == v6("2402:4e00:1::12"));
+    assert_eq!(plan.del_rules.len(), 1);
+    assert_eq!(plan.del_rules[0].source, Some((v6("2402:4e00:1::11"), 128)));
 }

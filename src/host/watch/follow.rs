@@ -191,7 +191,12 @@ impl Watcher {
                         .links
                         .get(&addr.link)
                         .is_some_and(Link::is_physical);
-                    let remover = if physical {
+                    let remover = if addr.ip.is_ipv6() {
+                        // The kernel sends every IPv6 address notification with port 0,
+                        // whoever asked (docs/design.md, "IPv6"): neither the kernel nor
+                        // a process can be named, so the removal is unknown and held.
+                        Remover::unknown(0, IPV6_NO_SENDER.into())
+                    } else if physical {
                         self.remover_in_burst(port_id)
                     } else if port_id == 0 {
                         Remover::kernel()

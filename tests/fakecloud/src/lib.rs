@@ -58,7 +58,8 @@ pub use ops::MAX_IPS_PER_CALL;
 pub use scenario::{EniSpec, IpSpec, KeySpec, Scenario};
 pub use server::FakeServer;
 pub use state::{
-    Cidr, FakeAttachment, FakeEni, FakeInstance, FakeIp, FakeTask, FakeTaskStatus, ip_state,
+    Cidr, FakeAttachment, FakeEni, FakeInstance, FakeIp, FakeIpv6, FakeTask, FakeTaskStatus,
+    ip_state,
 };
 pub use tls::TlsConfig;
 pub use v3::VERSION as API_VERSION;
@@ -341,6 +342,22 @@ impl FakeCloud {
         Ok(())
     }
 
+    /// Gives `eni_id` another `Ipv6AddressSet` entry at once (no task).
+    pub fn add_ipv6(&self, eni_id: &str, entry: FakeIpv6) -> Result<(), String> {
+        let mut world = self.lock();
+        world.settle();
+        if let Some(owner) = world.enis.values().find(|e| e.ipv6(entry.addr).is_some()) {
+            return Err(format!("{}: already on {}", entry.addr, owner.id));
+        }
+        world
+            .enis
+            .get_mut(eni_id)
+            .ok_or_else(|| format!("{eni_id}: no such ENI"))?
+            .ipv6
+            .push(entry);
+        Ok(())
+    }
+
     /// Moves a secondary IP to `dst_eni` at once (no task), as another instance's
     /// `MigratePrivateIpAddress` would: the keepalived takeover, done behind the
     /// client's back.
@@ -491,6 +508,13 @@ impl FakeCloud {
     pub fn ips_of(&self, eni_id: &str) -> Vec<Ipv4Addr> {
         self.eni(eni_id)
             .map(|eni| eni.ips.iter().map(|ip| ip.addr).collect())
+            .unwrap_or_default()
+    }
+
+    /// The IPv6 addresses of an ENI (empty for an unknown ENI).
+    pub fn ipv6_of(&self, eni_id: &str) -> Vec<std::net::Ipv6Addr> {
+        self.eni(eni_id)
+            .map(|eni| eni.ipv6.iter().map(|ip| ip.addr).collect())
             .unwrap_or_default()
     }
 

@@ -1,7 +1,7 @@
 //! The cloud's operations, independent of the protocol that asks for them. API 3.0 and
 //! the legacy API both call these; each answers failures in its own envelope.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use crate::calls::Surface;
@@ -151,6 +151,95 @@ impl World {
             },
             Vec::new(),
         ))
+    }
+
+    /// `UnassignIpv6Addresses` (docs/cloud-api.md, "IPv6"): API 3.0 only. Errors: an
+    /// unknown ENI or address `ResourceNotFound`, the primary IPv6 address
+    /// `UnauthorizedOperation.PrimaryIp`, a busy ENI
+    /// `UnsupportedOperation.MutexOperationTaskRunning`, a bad list
+    /// `InvalidParameterValue.{Malformed,LimitExceeded,DuplicatePara}`.
+    pub fn op_unassign_ipv6(
+        &mut self,
+        ctx: Ctx<'_>,
+        eni_id: &str,
+        addrs: &[String],
+    ) -> Result<Started, OpError> {
+        if addrs.is_empty() {
+            return Err(OpError::missing("Ipv6Addresses"));
+        }
+        if addrs.len() > MAX_IPS_PER_CALL {
+            return Err(OpError::new(
+                "InvalidParameterValue.LimitExceeded",
+                format!(
+                    "{} addresses given, at most {MAX_IPS_PER_CALL} per call",
+                    addrs.len()
+                ),
+            ));
+        }
+        let mut ips: Vec<Ipv6Addr> = Vec::with_capacity(addrs.len());
+        for text in addrs {
+            let ip: Ipv6Addr = text.trim().parse().map_err(|_| OpError::malformed(text))?;
+            if ips.contains(&ip) {
+                return Err(OpError::new(
+                    "InvalidParameterValue.DuplicatePara",
+                    format!("{ip} given twice"),
+                ));
+            }
+            ips.push(ip);
+        }
+        let eni = self
+            .visible_eni(ctx.region, eni_id)
+            .ok_or_else(|| OpError::eni_not_found(eni_id))?;
+        let mut prev = Vec::with_capacity(ips.len());
+        for &ip in &ips {
+            match eni.ipv6(ip) {
+                None => {
+                    return Err(OpError::new(
+                        "ResourceNotFound",
+                        format!("IPv6 address {ip} is not assigned to {eni_id}"),
+                    ));
+                }
+                Some(entry) if entry.primary => {
+                    return Err(OpError::new(
+                        "UnauthorizedOperation.PrimaryIp",
+                        format!("{ip} is the primary IPv6 address of its network interface"),
+                    ));
+                }
+                Some(entry) => prev.push((ip, entry.state.clone())),
+            }
+        }
+        self.check_free(eni_id)?;
+        self.check_eni_state(eni_id)?;
+        for (ip, state) in &prev {
+            if state != ip_state::AVAILABLE {
+                return Err(OpError::invalid_state(format!("{ip} is {state}")));
+            }
+        }
+        if let Some(eni) = self.enis.get_mut(eni_id) {
+            for entry in eni.ipv6.iter_mut().filter(|e| ips.contains(&e.addr)) {
+                entry.state = ip_state::DELETING.to_string();
+            }
+        }
+        let started = self.start_task(
+            ctx,
+            "UnassignIpv6Addresses",
+            vec![eni_id.to_string()],
+            Vec::new(),
+            Effect::UnassignIpv6 {
+                eni: eni_id.to_string(),
+                ips: prev,
+            },
+            Vec::new(),
+        );
+        if let Some(task) = self
+            .tasks
+            .iter_mut()
+            .rev()
+            .find(|t| t.view.request_id == started.request_id)
+        {
+            task.view.ipv6 = ips;
+        }
+        Ok(started)
     }
 
     /// `AssignPrivateIpAddresses` with specific IPs and/or a count to pick.
@@ -356,6 +445,7 @@ impl World {
                 action: action.to_string(),
                 enis,
                 ips,
+                ipv6: Vec::new(),
                 status: FakeTaskStatus::Running,
                 output: String::new(),
             },

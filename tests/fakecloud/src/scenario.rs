@@ -82,6 +82,9 @@ pub struct EniSpec {
     pub primary_ip: Ipv4Addr,
     #[serde(default)]
     pub secondary_ips: Vec<IpSpec>,
+    /// `Ipv6AddressSet`: AVAILABLE, non-primary addresses without public access.
+    #[serde(default)]
+    pub ipv6_ips: Vec<std::net::Ipv6Addr>,
 }
 
 /// A secondary IP: just the address, or the address with state and EIP.
@@ -183,6 +186,11 @@ impl EniSpec {
                 },
             });
         }
+        eni.ipv6.extend(
+            self.ipv6_ips
+                .iter()
+                .map(|ip| crate::state::FakeIpv6::new(*ip)),
+        );
         Ok(eni)
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -110,6 +110,37 @@ impl FakeIp {
     }
 }
 
+/// One entry of an ENI's `Ipv6AddressSet`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FakeIpv6 {
+    pub addr: Ipv6Addr,
+    /// The ENI's primary IPv6 address: `UnassignIpv6Addresses` refuses it.
+    pub primary: bool,
+    /// One of [`ip_state`].
+    pub state: String,
+    /// `AddressId` of the bound public access (`eip-…`), if any.
+    pub address_id: Option<String>,
+    /// `GUA` or `ULA`.
+    pub address_type: String,
+    /// How the listing spells the address (e.g. with leading zeros); `None`: the
+    /// canonical form. Clients must compare 128-bit values, not strings.
+    pub spelling: Option<String>,
+}
+
+impl FakeIpv6 {
+    /// An AVAILABLE, non-primary GUA without public access.
+    pub fn new(addr: Ipv6Addr) -> Self {
+        Self {
+            addr,
+            primary: false,
+            state: ip_state::AVAILABLE.to_string(),
+            address_id: None,
+            address_type: "GUA".to_string(),
+            spelling: None,
+        }
+    }
+}
+
 /// An ENI and its IPs. Built with [`FakeEni::new`] and the builder methods, registered
 /// with [`crate::FakeCloud::add_eni`], read back with [`crate::FakeCloud::eni`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +163,9 @@ pub struct FakeEni {
     pub state: String,
     /// The primary IP first, then the secondaries in assignment order.
     pub ips: Vec<FakeIp>,
+    /// `Ipv6AddressSet`.
+    #[serde(default)]
+    pub ipv6: Vec<FakeIpv6>,
 }
 
 impl FakeEni {
@@ -155,7 +189,25 @@ impl FakeEni {
             attachment: None,
             state: "AVAILABLE".to_string(),
             ips: vec![FakeIp::new(primary_ip, true)],
+            ipv6: Vec::new(),
         }
+    }
+
+    /// Adds AVAILABLE, non-primary IPv6 addresses.
+    pub fn ipv6_addrs(mut self, ips: impl IntoIterator<Item = Ipv6Addr>) -> Self {
+        self.ipv6.extend(ips.into_iter().map(FakeIpv6::new));
+        self
+    }
+
+    /// Adds one IPv6 entry as given.
+    pub fn ipv6_entry(mut self, entry: FakeIpv6) -> Self {
+        self.ipv6.push(entry);
+        self
+    }
+
+    /// The IPv6 entry for `ip`, if this ENI holds it.
+    pub fn ipv6(&self, ip: Ipv6Addr) -> Option<&FakeIpv6> {
+        self.ipv6.iter().find(|entry| entry.addr == ip)
     }
 
     /// Attaches the ENI to `instance_id` at `device_index`.
@@ -339,6 +391,8 @@ pub struct FakeTask {
     /// The ENIs it locks (source first for a migrate).
     pub enis: Vec<String>,
     pub ips: Vec<Ipv4Addr>,
+    /// The IPv6 addresses of an `UnassignIpv6Addresses`.
+    pub ipv6: Vec<Ipv6Addr>,
     pub status: FakeTaskStatus,
     /// `DescribeVpcTaskResult.Output`.
     pub output: String,
@@ -351,6 +405,11 @@ pub(crate) enum Effect {
     Unassign {
         eni: String,
         ips: Vec<(Ipv4Addr, String)>,
+    },
+    /// IPv6 addresses (with their state before the task) go away on success.
+    UnassignIpv6 {
+        eni: String,
+        ips: Vec<(Ipv6Addr, String)>,
     },
     /// IPs (added PENDING) become AVAILABLE on success, vanish on failure.
     Assign { eni: String, ips: Vec<Ipv4Addr> },
@@ -603,6 +662,19 @@ impl World {
                         } else {
                             // Unbinding the EIP goes with the IP.
                             eni.ips.retain(|entry| entry.addr != ip);
+                        }
+                    }
+                }
+            }
+            Effect::UnassignIpv6 { eni, ips } => {
+                if let Some(eni) = self.enis.get_mut(&eni) {
+                    for (ip, prev) in ips {
+                        if fail {
+                            if let Some(entry) = eni.ipv6.iter_mut().find(|e| e.addr == ip) {
+                                entry.state = prev;
+                            }
+                        } else {
+                            eni.ipv6.retain(|entry| entry.addr != ip);
                         }
                     }
                 }

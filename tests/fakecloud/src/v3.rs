@@ -7,7 +7,7 @@ use crate::calls::{Call, Surface};
 use crate::faults::Fault;
 use crate::ops::{Ctx, OpError};
 use crate::server::{RawRequest, Reply};
-use crate::state::{FakeEni, FakeIp, World};
+use crate::state::{FakeEni, FakeIp, FakeIpv6, World};
 
 /// The only API version the fake speaks.
 pub const VERSION: &str = "2017-03-12";
@@ -195,6 +195,12 @@ fn dispatch(
             let eni = required_str(body, "NetworkInterfaceId")?;
             let ips = ip_specs(body, "PrivateIpAddresses")?;
             let started = world.op_unassign(ctx, eni, &ips)?;
+            call.task = Some(started.request_id);
+        }
+        "UnassignIpv6Addresses" => {
+            let eni = required_str(body, "NetworkInterfaceId")?;
+            let addrs = ipv6_specs(body)?;
+            let started = world.op_unassign_ipv6(ctx, eni, &addrs)?;
             call.task = Some(started.request_id);
         }
         "AssignPrivateIpAddresses" => {
@@ -427,7 +433,7 @@ pub(crate) fn eni_json(world: &World, eni: &FakeEni) -> Value {
         "Attachment": attachment,
         "Zone": zone,
         "CreatedTime": "2024-01-01 00:00:00",
-        "Ipv6AddressSet": [],
+        "Ipv6AddressSet": eni.ipv6.iter().map(ipv6_json).collect::<Vec<_>>(),
         "TagSet": [],
         "EniType": u8::from(eni.primary),
         "Business": "cvm",
@@ -451,6 +457,46 @@ fn ip_json(ip: &FakeIp) -> Value {
         "State": ip.state,
         "QosLevel": "DEFAULT",
     })
+}
+
+/// An `Ipv6AddressSet` entry (the `Ipv6Address` model). No public access is an empty
+/// `AddressId`, as for IPv4.
+fn ipv6_json(ip: &FakeIpv6) -> Value {
+    json!({
+        "Address": ip.spelling.clone().unwrap_or_else(|| ip.addr.to_string()),
+        "Primary": ip.primary,
+        "AddressId": ip.address_id.clone().unwrap_or_default(),
+        "Description": "",
+        "IsWanIpBlocked": false,
+        "State": ip.state,
+        "PublicIpAddress": "",
+        "AddressType": ip.address_type,
+    })
+}
+
+/// `Ipv6Addresses: [{"Address": "…"}, …]` → the addresses as text.
+fn ipv6_specs(body: &Map<String, Value>) -> Result<Vec<String>, Failure> {
+    let items = match body.get("Ipv6Addresses") {
+        None | Some(Value::Null) => {
+            return Err(fail("MissingParameter", "missing Ipv6Addresses"));
+        }
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(fail("InvalidParameter", "Ipv6Addresses must be a list")),
+    };
+    items
+        .iter()
+        .map(|item| {
+            item.get("Address")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    fail(
+                        "InvalidParameter",
+                        "every Ipv6Addresses entry needs a string Address",
+                    )
+                })
+        })
+        .collect()
 }
 
 fn required_str<'a>(body: &'a Map<String, Value>, name: &str) -> Result<&'a str, Failure> {
@@ -530,6 +576,13 @@ fn call_eni(params: &Value) -> Option<String> {
 fn call_ips(params: &Value) -> Vec<String> {
     if let Some(ip) = params.get("PrivateIpAddress").and_then(Value::as_str) {
         return vec![ip.to_string()];
+    }
+    if let Some(items) = params.get("Ipv6Addresses").and_then(Value::as_array) {
+        return items
+            .iter()
+            .filter_map(|i| i.get("Address").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect();
     }
     params
         .get("PrivateIpAddresses")

@@ -558,3 +558,102 @@ async fn assign_and_migrate_follow_the_task_model() {
         .await;
     assert_eq!(code(&r), "UnsupportedOperation.ResourceMismatch");
 }
+
+/// IPv6: `Ipv6AddressSet` lists an ENI's IPv6 addresses in the spelling
+/// given; `UnassignIpv6Addresses` is signed and checked like every call, answers its
+/// documented errors, and starts a task that `DescribeVpcTaskResult` follows.
+#[tokio::test]
+async fn ipv6_addresses_are_listed_and_unassigned_with_their_errors() {
+    use enisync_fakecloud::FakeIpv6;
+    let cloud = standard_cloud();
+    let v6 = |s: &str| -> std::net::Ipv6Addr { s.parse().expect("ipv6") };
+    let mut primary = FakeIpv6::new(v6("2402:4e00:1::10"));
+    primary.primary = true;
+    cloud.add_ipv6(ENI_A, primary).expect("primary");
+    let mut long = FakeIpv6::new(v6("2402:4e00:1::11"));
+    long.spelling = Some("2402:4e00:0001:0000:0000:0000:0000:0011".into());
+    cloud.add_ipv6(ENI_A, long).expect("aux");
+    cloud
+        .add_ipv6(ENI_A, FakeIpv6::new(v6("2402:4e00:1::12")))
+        .expect("aux");
+    let env = env_with(cloud);
+
+    let r = env
+        .v3(
+            "DescribeNetworkInterfaces",
+            json!({"NetworkInterfaceIds": [ENI_A]}),
+        )
+        .await;
+    let set = r["NetworkInterfaceSet"][0]["Ipv6AddressSet"]
+        .as_array()
+        .expect("set")
+        .clone();
+    assert_eq!(set.len(), 3, "{r}");
+    assert_eq!(set[0]["Primary"], true);
+    assert_eq!(set[1]["Address"], "2402:4e00:0001:0000:0000:0000:0000:0011");
+    assert_eq!(set[1]["AddressType"], "GUA");
+    assert_eq!(set[1]["AddressId"], "");
+
+    let body = |eni: &str, addrs: &[&str]| {
+        json!({"NetworkInterfaceId": eni,
+            "Ipv6Addresses": addrs.iter().map(|a| json!({"Address": a})).collect::<Vec<_>>()})
+    };
+    let mut wrong_key = V3::new("UnassignIpv6Addresses", &body(ENI_A, &["2402:4e00:1::11"]));
+    wrong_key.creds.key = "not-the-key".to_string();
+    assert_eq!(
+        code(&env.v3_req(&wrong_key).await),
+        "AuthFailure.SignatureFailure"
+    );
+    for (eni, addrs, want) in [
+        (
+            ENI_A,
+            vec!["2402:4e00:1::10"],
+            "UnauthorizedOperation.PrimaryIp",
+        ),
+        (ENI_A, vec!["2402:4e00:1::99"], "ResourceNotFound"),
+        ("eni-nothere", vec!["2402:4e00:1::11"], "ResourceNotFound"),
+        (
+            ENI_A,
+            vec!["2402:4e00:1::g"],
+            "InvalidParameterValue.Malformed",
+        ),
+        (
+            ENI_A,
+            vec!["2402:4e00:1::11", "2402:4e00:1:0::11"],
+            "InvalidParameterValue.DuplicatePara",
+        ),
+        (
+            ENI_A,
+            vec!["2402:4e00:1::11"; 11],
+            "InvalidParameterValue.LimitExceeded",
+        ),
+        (ENI_A, vec![], "MissingParameter"),
+    ] {
+        let r = env.v3("UnassignIpv6Addresses", body(eni, &addrs)).await;
+        assert_eq!(code(&r), want, "{addrs:?}: {r}");
+    }
+
+    // The long spelling is the same address: unassigned by its canonical form.
+    let r = env
+        .v3("UnassignIpv6Addresses", body(ENI_A, &["2402:4e00:1::11"]))
+        .await;
+    assert_eq!(code(&r), "Success", "{r}");
+    let task = r["RequestId"].as_str().expect("request id").to_string();
+    let busy = env
+        .v3("UnassignIpv6Addresses", body(ENI_A, &["2402:4e00:1::12"]))
+        .await;
+    assert_eq!(
+        code(&busy),
+        "UnsupportedOperation.MutexOperationTaskRunning",
+        "{busy}"
+    );
+    assert_eq!(env.wait_v3_task(&task).await["Status"], "SUCCESS");
+    let left: Vec<_> = env.cloud.ipv6_of(ENI_A);
+    assert_eq!(left, vec![v6("2402:4e00:1::10"), v6("2402:4e00:1::12")]);
+    let calls = env.cloud.calls_of("UnassignIpv6Addresses");
+    assert_eq!(calls.last().expect("call").ips, vec!["2402:4e00:1::12"]);
+    assert_eq!(
+        env.cloud.task(&task).expect("task").ipv6,
+        vec![v6("2402:4e00:1::11")]
+    );
+}
