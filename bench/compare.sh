@@ -20,10 +20,12 @@ unset CARGO_TARGET_DIR  # each tree builds in its own target/
 OUT="$ROOT/target/compare"
 mkdir -p "$OUT"
 
-tree_for() { # side rev
-  local dir="$OUT/tree-$1"
+tree_for() { # side rev: reuses the tree (and its release build) when it is at that rev
+  local dir="$OUT/tree-$1" want
+  want=$(git -C "$ROOT" rev-parse "$2^{commit}")
+  if [ -d "$dir" ] && [ "$(git -C "$dir" rev-parse HEAD)" = "$want" ]; then echo "$dir"; return; fi
   if [ -d "$dir" ]; then git -C "$ROOT" worktree remove --force "$dir"; fi
-  git -C "$ROOT" worktree add --detach -q "$dir" "$2"
+  git -C "$ROOT" worktree add --detach -q "$dir" "$want"
   echo "$dir"
 }
 B_TREE="$(tree_for before "$BEFORE")"
