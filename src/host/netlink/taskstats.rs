@@ -222,8 +222,10 @@ impl TaskStatsSocket {
         let tid = std::thread::Builder::new()
             .name("enisync-tscheck".into())
             .spawn(|| {
-                // SAFETY: gettid(2) has no preconditions.
-                let tid = unsafe { libc::gettid() };
+                // The raw system call, not glibc's `gettid()` wrapper: that appeared in
+                // glibc 2.30, above the packages' glibc floor (2.28), and would not link.
+                // SAFETY: gettid(2) takes no arguments and has no preconditions.
+                let tid = unsafe { libc::syscall(libc::SYS_gettid) };
                 u32::try_from(tid).unwrap_or(0)
             })?
             .join()
