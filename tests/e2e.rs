@@ -345,7 +345,17 @@ fn j_manage_mode_keeps_owned_routing_and_leaves_foreign_alone() {
     sb.ip("rule add from 10.0.9.9/32 lookup 300 pref 200");
     sb.ip("route add 10.9.0.0/16 via 10.0.0.1 table 300");
     sb.start();
-    let rules = sb.ip("rule show");
+    // "enisync ready" comes before the engine's first turn, which installs the owned
+    // rules one by one: wait for that turn (bounded) rather than race it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let rules = loop {
+        let rules = sb.ip("rule show");
+        let all = (10..=15).all(|n| rules.contains(&format!("from 10.0.1.{n} lookup 3501")));
+        if all || std::time::Instant::now() >= deadline {
+            break rules;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     for n in 10..=15 {
         assert!(
             rules.contains(&format!("from 10.0.1.{n} lookup 3501")),
