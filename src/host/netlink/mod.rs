@@ -51,7 +51,6 @@ mod taskstats;
 pub(crate) use events::parse_datagram;
 pub use events::{EventSocket, Notification};
 use messages::*;
-pub(super) use proc_events::enter_netns;
 pub use proc_events::{ProcEvent, ProcEventSocket, parse_proc_events};
 #[cfg(test)]
 pub(crate) use taskstats::encode_for_test;

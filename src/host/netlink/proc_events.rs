@@ -67,37 +67,16 @@ impl ProcEventSocket {
     /// Subscribes in this network namespace, else in the first of `elsewhere`
     /// (`/proc/<pid>/ns/net` files) that accepts. The error names every failure.
     pub fn open(rcvbuf: usize, elsewhere: &[std::path::PathBuf]) -> io::Result<Self> {
-        let here = match Self::open_here(rcvbuf) {
-            Ok(socket) => {
-                return Ok(Self {
-                    namespace: "this network namespace".into(),
-                    ..socket
-                });
-            }
-            Err(e) => e,
-        };
-        let mut failures = vec![format!("{here} (in this network namespace)")];
-        for ns in elsewhere {
-            let path = ns.clone();
-            let there = std::thread::Builder::new()
-                .name("enisync-cn-open".into())
-                .spawn(move || {
-                    enter_netns(&path)?;
-                    Self::open_here(rcvbuf)
-                })?
-                .join()
-                .map_err(|_| io::Error::other("the connector thread panicked"))?;
-            match there {
-                Ok(socket) => {
-                    return Ok(Self {
-                        namespace: ns.display().to_string(),
-                        ..socket
-                    });
-                }
-                Err(e) => failures.push(format!("{e} (in {})", ns.display())),
-            }
-        }
-        Err(io::Error::new(here.kind(), failures.join("; ")))
+        let (socket, namespace) = open_in_a_namespace(
+            Self::open_here(rcvbuf),
+            elsewhere,
+            "enisync-cn-open",
+            move || Self::open_here(rcvbuf),
+        )?;
+        Ok(Self {
+            namespace,
+            ..socket
+        })
     }
 
     fn open_here(rcvbuf: usize) -> io::Result<Self> {
@@ -148,8 +127,42 @@ impl ProcEventSocket {
     }
 }
 
+/// Where a socket of the initial network namespace is opened: `here` is the attempt in
+/// this namespace; when it failed, `open` runs on a short-lived thread moved into each
+/// of `elsewhere` (`/proc/<pid>/ns/net` files) in turn until one accepts. Returns the
+/// socket and where it was opened; the error names every failure.
+pub(super) fn open_in_a_namespace<T: Send + 'static>(
+    here: io::Result<T>,
+    elsewhere: &[std::path::PathBuf],
+    thread_name: &str,
+    open: impl Fn() -> io::Result<T> + Send + Clone + 'static,
+) -> io::Result<(T, String)> {
+    let here = match here {
+        Ok(socket) => return Ok((socket, "this network namespace".into())),
+        Err(e) => e,
+    };
+    let mut failures = vec![format!("{here} (in this network namespace)")];
+    for ns in elsewhere {
+        let path = ns.clone();
+        let open = open.clone();
+        let there = std::thread::Builder::new()
+            .name(thread_name.into())
+            .spawn(move || {
+                enter_netns(&path)?;
+                open()
+            })?
+            .join()
+            .map_err(|_| io::Error::other(format!("the thread {thread_name} panicked")))?;
+        match there {
+            Ok(socket) => return Ok((socket, ns.display().to_string())),
+            Err(e) => failures.push(format!("{e} (in {})", ns.display())),
+        }
+    }
+    Err(io::Error::new(here.kind(), failures.join("; ")))
+}
+
 /// Moves the calling thread into the network namespace of `ns` (a `/proc/<pid>/ns/net`).
-pub(in crate::host) fn enter_netns(ns: &std::path::Path) -> io::Result<()> {
+fn enter_netns(ns: &std::path::Path) -> io::Result<()> {
     let ns = std::fs::File::open(ns)?;
     // SAFETY: `ns` is an open namespace file for the whole call; setns(2) only changes
     // the network namespace of the calling thread, a thread of our own that ends right

@@ -141,43 +141,23 @@ impl TaskStatsSocket {
         elsewhere: &[std::path::PathBuf],
     ) -> io::Result<Self> {
         let here = if try_here {
-            match Self::open_here(rcvbuf) {
-                Ok(socket) => {
-                    return Ok(Self {
-                        namespace: "this network namespace".into(),
-                        ..socket
-                    });
-                }
-                Err(e) => e,
-            }
+            Self::open_here(rcvbuf)
         } else {
-            io::Error::new(
+            Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "not tried: the process events connector refused this network namespace",
-            )
+            ))
         };
-        let mut failures = vec![format!("{here} (in this network namespace)")];
-        for ns in elsewhere {
-            let path = ns.clone();
-            let there = std::thread::Builder::new()
-                .name("enisync-ts-open".into())
-                .spawn(move || {
-                    super::enter_netns(&path)?;
-                    Self::open_here(rcvbuf)
-                })?
-                .join()
-                .map_err(|_| io::Error::other("the taskstats thread panicked"))?;
-            match there {
-                Ok(socket) => {
-                    return Ok(Self {
-                        namespace: ns.display().to_string(),
-                        ..socket
-                    });
-                }
-                Err(e) => failures.push(format!("{e} (in {})", ns.display())),
-            }
-        }
-        Err(io::Error::new(here.kind(), failures.join("; ")))
+        let (socket, namespace) = super::proc_events::open_in_a_namespace(
+            here,
+            elsewhere,
+            "enisync-ts-open",
+            move || Self::open_here(rcvbuf),
+        )?;
+        Ok(Self {
+            namespace,
+            ..socket
+        })
     }
 
     fn open_here(rcvbuf: usize) -> io::Result<Self> {
