@@ -232,16 +232,19 @@ fn one_shot_removals_are_identified_inside_a_namespace() {
     });
 }
 
+/// A veth pair made in the initial namespace, deleted (both ends) when dropped.
+struct Veth(String);
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
 /// The initial namespace: a veth pair of this test's own (its addresses are /32s in
 /// 10.213.0.0/16, deleted as they are added), removed at the end.
 #[test]
 fn one_shot_removals_are_identified_in_the_initial_namespace() {
-    struct Veth(String);
-    impl Drop for Veth {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-        }
-    }
     let a = format!("rra{}", std::process::id() % 100_000);
     let b = format!("rrb{}", std::process::id() % 100_000);
     hostns::veth(&a, &b);
@@ -327,12 +330,6 @@ fn remover_helper() {
 /// process (this binary's name), never by the thread's name, in the initial namespace.
 #[test]
 fn a_multithreaded_remover_is_named_by_its_process() {
-    struct Veth(String);
-    impl Drop for Veth {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-        }
-    }
     let a = format!("rta{}", std::process::id() % 100_000);
     let b = format!("rtb{}", std::process::id() % 100_000);
     hostns::veth(&a, &b);
