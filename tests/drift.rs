@@ -5,12 +5,15 @@
 //! `release.exclude`, a failed read that keeps the last values and says so, and the JSON
 //! pinned by `tests/data/golden/drift.json` (`ENISYNC_BLESS=1` rewrites it).
 
+#[path = "common/golden.rs"]
+mod golden_file;
 #[path = "common/sandbox.rs"]
 mod sandbox;
 
 use std::time::Duration;
 
 use enisync_fakecloud::{Fault, Surface};
+use golden_file::assert_golden;
 use sandbox::{ENI1, Layout, MAC1, SECRET_ID, SECRET_KEY, Sandbox};
 use serde_json::Value;
 
@@ -77,22 +80,6 @@ fn normalised(v: &Value) -> Value {
         Value::Array(items) => Value::Array(items.iter().map(normalised).collect()),
         other => other.clone(),
     }
-}
-
-fn assert_golden(name: &str, actual: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/golden")
-        .join(name);
-    if std::env::var_os("ENISYNC_BLESS").is_some() {
-        std::fs::write(&path, actual).expect("write golden file");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        expected == actual,
-        "{} differs from what the binary produces now:\n--- expected\n{expected}--- actual\n{actual}",
-        path.display()
-    );
 }
 
 #[test]

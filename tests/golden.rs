@@ -5,32 +5,19 @@
 //! pinned in `src/engine/tests/golden.rs`, whose files are next to these in
 //! `tests/data/golden/`. `ENISYNC_BLESS=1` rewrites the files (review the diff).
 
+#[path = "common/golden.rs"]
+mod golden_file;
 #[path = "common/sandbox.rs"]
 mod sandbox;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use golden_file::assert_golden;
 use sandbox::{Layout, Sandbox};
 
 const SOON: Duration = Duration::from_secs(20);
 const METRICS_PORT: u16 = 9469;
-
-fn assert_golden(name: &str, actual: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/golden")
-        .join(name);
-    if std::env::var_os("ENISYNC_BLESS").is_some() {
-        std::fs::write(&path, actual).expect("write golden file");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        expected == actual,
-        "{} differs from what the binary produces now:\n--- expected\n{expected}--- actual\n{actual}",
-        path.display()
-    );
-}
 
 /// `# TYPE` lines, and every sample's metric name with its label names (values vary).
 fn metric_families(text: &str) -> String {

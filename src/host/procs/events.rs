@@ -278,16 +278,7 @@ impl ProcessEvents {
     /// Checks that events arrive: runs a child (this binary's `--version`) and waits
     /// for its exit to be reported.
     pub fn probe(&self, timeout: Duration) -> Result<(), String> {
-        let exe = std::env::current_exe().map_err(|e| format!("locating our binary: {e}"))?;
-        let mut child = std::process::Command::new(exe)
-            .arg("--version")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting a probe process: {e}"))?;
-        let pid = child.id();
-        let _ = child.wait();
+        let pid = super::run_probe_child()?;
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.get(pid).is_some_and(|s| s.exited.is_some()) {

@@ -244,16 +244,7 @@ impl TaskStats {
     /// Checks that records arrive: runs a child (this binary's `--version`) and waits
     /// for its exit record.
     pub fn probe(&self, timeout: Duration) -> Result<(), String> {
-        let exe = std::env::current_exe().map_err(|e| format!("locating our binary: {e}"))?;
-        let mut child = std::process::Command::new(exe)
-            .arg("--version")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting a probe process: {e}"))?;
-        let pid = child.id();
-        let _ = child.wait();
+        let pid = super::run_probe_child()?;
         let barrier = clock_ns(libc::CLOCK_MONOTONIC);
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {

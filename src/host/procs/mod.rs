@@ -82,6 +82,23 @@ const CATCH_UP: Duration = Duration::from_millis(250);
 /// taken as equal (a fork event's nanoseconds and a stat's ticks round differently).
 const TICK_SLACK: u64 = 1;
 
+/// Runs this binary with `--version` and waits for it to end: the short-lived process
+/// whose exit the readiness probes of the process events and the exit records wait for.
+/// Returns its pid.
+fn run_probe_child() -> Result<u32, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating our binary: {e}"))?;
+    let mut child = std::process::Command::new(exe)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting a probe process: {e}"))?;
+    let pid = child.id();
+    let _ = child.wait();
+    Ok(pid)
+}
+
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
