@@ -525,7 +525,7 @@ async fn a_request_signed_with_a_wrong_key_is_rejected() {
         )
         .unwrap();
         let error = cloud
-            .unassign(ENI, VPC, &[ip(11).into()])
+            .unassign(ENI, VPC, &[ip(11).into()], &|| true)
             .await
             .unwrap_err();
         assert_eq!(error.class, ErrorClass::Refused, "{protocol:?}: {error}");
@@ -539,7 +539,7 @@ async fn a_request_signed_with_a_wrong_key_is_rejected() {
         config_keys("AKIDunknown", SECRET_KEY),
     )
     .unwrap()
-    .unassign(ENI, VPC, &[ip(11).into()])
+    .unassign(ENI, VPC, &[ip(11).into()], &|| true)
     .await
     .unwrap_err();
     assert_eq!(error.code, "AuthFailure.SecretIdNotFound");
@@ -607,7 +607,7 @@ async fn no_secret_key_or_token_appears_in_any_log_line() {
     )
     .unwrap();
     let error = wrong
-        .unassign(ENI, VPC, &[ip(13).into()])
+        .unassign(ENI, VPC, &[ip(13).into()], &|| true)
         .await
         .unwrap_err();
     texts.push(format!("{error} {error:?} {wrong:?}"));

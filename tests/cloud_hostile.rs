@@ -105,7 +105,7 @@ async fn a_huge_answer_is_refused_after_at_most_the_cap() {
             1,
         );
         let err = client(&server, Protocol::Legacy)
-            .unassign(ENI, VPC, &[ip(11).into()])
+            .unassign(ENI, VPC, &[ip(11).into()], &|| true)
             .await
             .unwrap_err();
         assert_eq!(
@@ -176,7 +176,7 @@ async fn redirects_are_never_followed() {
             1,
         );
         let err = client(&server, Protocol::Legacy)
-            .unassign(ENI, VPC, &[ip(11).into()])
+            .unassign(ENI, VPC, &[ip(11).into()], &|| true)
             .await
             .unwrap_err();
         assert_eq!(err.code, format!("Http.{status}"), "{err}");
@@ -242,14 +242,17 @@ async fn legacy_action_locked_is_retried() {
     fake.inject_on(Surface::Legacy, UNASSIGN, Fault::error("ActionLocked"), 1);
     let cloud = client(&server, Protocol::Legacy);
     let err = cloud
-        .unassign(ENI, VPC, &[ip(11).into()])
+        .unassign(ENI, VPC, &[ip(11).into()], &|| true)
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::RetryLater, "{err}");
     assert!(err.code.contains("ActionLocked"), "{err}");
     assert!(fake.ips_of(ENI).contains(&ip(11)));
 
-    let task = cloud.unassign(ENI, VPC, &[ip(11).into()]).await.unwrap();
+    let task = cloud
+        .unassign(ENI, VPC, &[ip(11).into()], &|| true)
+        .await
+        .unwrap();
     assert_eq!(task.protocol, Protocol::Legacy);
 }
 

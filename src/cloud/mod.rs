@@ -149,6 +149,9 @@ pub enum ErrorClass {
     RefreshCredentials,
     /// Primary IP, authentication, permission, unknown codes: parked, never retried blindly.
     Refused,
+    /// Not sent: the caller's gate (the operator's pause) closed while the call waited
+    /// for a rate token or for keys. Nothing reached the cloud; never retried here.
+    NotSent,
 }
 
 /// A failed cloud call, with its context. Never carries a secret.
@@ -187,7 +190,23 @@ impl CloudError {
     pub fn local(action: &'static str, code: &str, message: impl Into<String>) -> Self {
         Self::new(action, classify::TencentCode::Code(code), message, None)
     }
+
+    /// The request was not written: the caller's [`MaySend`] said no right before it.
+    pub fn not_sent(action: &'static str) -> Self {
+        Self {
+            action,
+            class: ErrorClass::NotSent,
+            code: "Client.NotSent".to_owned(),
+            message: "not sent: paused before the request went out".to_owned(),
+            request_id: None,
+        }
+    }
 }
+
+/// Asked right before an unassign's request is written (after its rate token and its
+/// keys), whether it may still go out: the engine's pause gate. A call can wait seconds
+/// for a token; a pause answered in that time must still stop it.
+pub type MaySend<'a> = &'a (dyn Fn() -> bool + Sync);
 
 /// The three things the engine asks of the cloud.
 ///
@@ -201,11 +220,14 @@ pub trait Cloud: Send + Sync + 'static {
 
     /// Starts `UnassignPrivateIpAddresses` (IPv4) or `UnassignIpv6Addresses` (IPv6) for
     /// at most [`MAX_IPS_PER_CALL`] IPs of one ENI, all of one family.
+    /// `may_send` is asked right before the request is written; when it says no, the
+    /// answer is [`ErrorClass::NotSent`] and nothing reaches the cloud.
     fn unassign(
         &self,
         eni_id: &str,
         vpc_id: &str,
         ips: &[IpAddr],
+        may_send: MaySend<'_>,
     ) -> impl Future<Output = Result<TaskRef, CloudError>> + Send;
 
     /// Polls the task until it leaves RUNNING or the cap passes (then `Running`).

@@ -105,7 +105,7 @@ pub async fn release_batch_observed(
     vpc_id: &str,
     ips: &[IpAddr],
     policy: ReleasePolicy,
-    may_send: impl Fn() -> bool + Send,
+    may_send: impl Fn() -> bool + Send + Sync,
     mut on_sent: impl FnMut(&[IpAddr], &TaskRef) + Send,
 ) -> ReleaseOutcome {
     let mut out = ReleaseOutcome::default();
@@ -118,7 +118,7 @@ pub async fn release_batch_observed(
             out.set(&remaining, &IpOutcome::NotSent);
             return out;
         }
-        let task = match cloud.unassign(eni_id, vpc_id, &remaining).await {
+        let task = match cloud.unassign(eni_id, vpc_id, &remaining, &may_send).await {
             Ok(task) => task,
             Err(error) => {
                 settle_error(cloud, eni_id, &remaining, &error, &mut out).await;
@@ -245,6 +245,9 @@ async fn settle_error(
             let code = Some(error.code.clone());
             out.set(ips, &IpOutcome::Refused { reason, code });
         }
+        // The gate closed while the client waited for a token or keys: as if it had
+        // been closed at the check above.
+        ErrorClass::NotSent => out.set(ips, &IpOutcome::NotSent),
     }
 }
 
@@ -371,7 +374,11 @@ mod tests {
             eni_id: &str,
             _vpc_id: &str,
             ips: &[IpAddr],
+            may_send: crate::cloud::MaySend<'_>,
         ) -> Result<TaskRef, CloudError> {
+            if !may_send() {
+                return Err(CloudError::not_sent("UnassignPrivateIpAddresses"));
+            }
             let mut s = self.state.lock().unwrap();
             s.calls.push(format!("unassign {eni_id} {}", ips.len()));
             assert!(ips.len() <= MAX_IPS_PER_CALL, "the batch limit holds");

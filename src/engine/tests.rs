@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::cloud::{Attachment, CloudError, Eni, EniIp, ErrorClass, MAX_IPS_PER_CALL, TaskStatus};
+use crate::cloud::{
+    Attachment, CloudError, Eni, EniIp, ErrorClass, MAX_IPS_PER_CALL, MaySend, TaskStatus,
+};
 use crate::host::{Addr, HostEvent, Identity, Link, Remover};
 use crate::net::Cidr;
 use crate::net::MacAddr;
@@ -128,7 +130,11 @@ impl Cloud for MemCloud {
         eni_id: &str,
         _vpc: &str,
         ips: &[IpAddr],
+        may_send: MaySend<'_>,
     ) -> Result<TaskRef, CloudError> {
+        if !may_send() {
+            return Err(CloudError::not_sent("UnassignPrivateIpAddresses"));
+        }
         assert!(
             ips.len() <= MAX_IPS_PER_CALL,
             "the engine never sends more than ten"

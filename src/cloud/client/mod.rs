@@ -30,7 +30,7 @@ use super::retry::{RateLimits, Rates, TokenBucket};
 use super::sign::LegacySignMethod;
 use super::transport::{Endpoint, EndpointError};
 use super::v3::{DESCRIBE_ENIS, TASK_RESULT, V3Api};
-use super::{Cloud, CloudError, Eni, ErrorClass, Family, MAX_IPS_PER_CALL, TaskStatus};
+use super::{Cloud, CloudError, Eni, ErrorClass, Family, MAX_IPS_PER_CALL, MaySend, TaskStatus};
 use crate::backoff::Backoff;
 use crate::task::{Protocol, TaskRef};
 
@@ -278,8 +278,9 @@ impl Cloud for TencentCloud {
         eni_id: &str,
         vpc_id: &str,
         ips: &[IpAddr],
+        may_send: MaySend<'_>,
     ) -> Result<TaskRef, CloudError> {
-        self.send_unassign(eni_id, vpc_id, ips).await
+        self.send_unassign(eni_id, vpc_id, ips, may_send).await
     }
 
     async fn wait_task(&self, task: &TaskRef) -> Result<TaskStatus, CloudError> {

@@ -97,7 +97,7 @@ async fn retry_later_is_retried_up_to_max_attempts() {
 async fn an_unassign_is_sent_once_whatever_the_transient_answer() {
     let server = scripted(&[THROTTLED, UNASSIGNED]).await;
     let err = cloud(&server, |_| {})
-        .unassign("eni-1", "vpc-1", &[ip(2)])
+        .unassign("eni-1", "vpc-1", &[ip(2)], &|| true)
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::RetryLater);
@@ -108,12 +108,16 @@ async fn an_unassign_is_sent_once_whatever_the_transient_answer() {
 async fn refresh_credentials_retries_exactly_once() {
     let server = scripted(&[TOKEN_FAILURE, UNASSIGNED]).await;
     let c = cloud(&server, |_| {});
-    assert!(c.unassign("eni-1", "vpc-1", &[ip(2)]).await.is_ok());
+    assert!(
+        c.unassign("eni-1", "vpc-1", &[ip(2)], &|| true)
+            .await
+            .is_ok()
+    );
     assert_eq!(server.requests().len(), 2);
 
     let server = scripted(&[TOKEN_FAILURE]).await;
     let err = cloud(&server, |_| {})
-        .unassign("eni-1", "vpc-1", &[ip(2)])
+        .unassign("eni-1", "vpc-1", &[ip(2)], &|| true)
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::RefreshCredentials);
@@ -126,7 +130,10 @@ async fn batches_outside_1_to_10_are_refused_without_a_request() {
     let c = cloud(&server, |_| {});
     let eleven: Vec<_> = (2..13).map(ip).collect();
     for ips in [&eleven[..], &[]] {
-        let err = c.unassign("eni-1", "vpc-1", ips).await.unwrap_err();
+        let err = c
+            .unassign("eni-1", "vpc-1", ips, &|| true)
+            .await
+            .unwrap_err();
         assert_eq!(err.class, ErrorClass::Refused);
     }
     assert!(server.requests().is_empty());
@@ -194,7 +201,9 @@ async fn list_enis_pages_to_total_count_and_caches_until_an_unassign() {
     assert_eq!(offsets, [0, 1]);
     c.list_enis().await.unwrap();
     assert_eq!(server.requests().len(), 2, "served from the cache");
-    c.unassign("eni-1", "vpc-1", &[ip(2)]).await.unwrap();
+    c.unassign("eni-1", "vpc-1", &[ip(2)], &|| true)
+        .await
+        .unwrap();
     c.list_enis().await.unwrap();
     assert_eq!(
         server.requests().len(),
@@ -248,7 +257,10 @@ async fn legacy_protocol_releases_over_legacy_and_lists_over_v3() {
     })
     .await;
     let c = cloud(&server, |s| s.protocol = Protocol::Legacy);
-    let task = c.unassign("eni-1", "vpc-1", &[ip(2)]).await.unwrap();
+    let task = c
+        .unassign("eni-1", "vpc-1", &[ip(2)], &|| true)
+        .await
+        .unwrap();
     assert_eq!(
         (task.task_id.as_str(), task.protocol),
         ("7", Protocol::Legacy)
@@ -286,7 +298,7 @@ async fn ipv6_goes_over_api_3_with_its_own_bucket_and_never_mixed() {
         s.rates.unassign_ipv6 = 2.0;
     });
     let v6: IpAddr = "2402:4e00:1::11".parse().unwrap();
-    let task = c.unassign("eni-1", "vpc-1", &[v6]).await.unwrap();
+    let task = c.unassign("eni-1", "vpc-1", &[v6], &|| true).await.unwrap();
     assert_eq!(
         (task.task_id.as_str(), task.protocol),
         ("task-v6", Protocol::V3)
@@ -305,7 +317,7 @@ async fn ipv6_goes_over_api_3_with_its_own_bucket_and_never_mixed() {
 
     let before = server.requests().len();
     let err = c
-        .unassign("eni-1", "vpc-1", &[ip(2), v6])
+        .unassign("eni-1", "vpc-1", &[ip(2), v6], &|| true)
         .await
         .unwrap_err();
     assert_eq!(err.code, "Client.MixedFamilies");
@@ -317,20 +329,51 @@ async fn ipv6_goes_over_api_3_with_its_own_bucket_and_never_mixed() {
 
     // The IPv6 bucket (2/s, burst 2) is spent by two calls; IPv4 calls still go at
     // once, since theirs is another bucket.
-    c.unassign("eni-1", "vpc-1", &[v6]).await.unwrap();
+    c.unassign("eni-1", "vpc-1", &[v6], &|| true).await.unwrap();
     let started = Instant::now();
     for _ in 0..3 {
-        c.unassign("eni-1", "vpc-1", &[ip(2)]).await.unwrap();
+        c.unassign("eni-1", "vpc-1", &[ip(2)], &|| true)
+            .await
+            .unwrap();
     }
     assert!(
         started.elapsed() < Duration::from_millis(300),
         "IPv4 not slowed"
     );
     let started = Instant::now();
-    c.unassign("eni-1", "vpc-1", &[v6]).await.unwrap();
+    c.unassign("eni-1", "vpc-1", &[v6], &|| true).await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_millis(300),
         "the third IPv6 call waited for its own bucket: {:?}",
         started.elapsed()
     );
+}
+
+/// The pause gate is asked after the rate token (and the keys), right before the
+/// request: an unassign that waited for a token while the operator paused is not sent.
+#[tokio::test]
+async fn an_unassign_waiting_for_its_rate_token_is_not_sent_after_a_pause() {
+    let server = scripted(&[UNASSIGNED]).await;
+    let c = Arc::new(cloud(&server, |s| s.rates.unassign = 2.0));
+    // Spend the bucket (2/s, burst 2): the next call waits about half a second.
+    for _ in 0..2 {
+        c.unassign("eni-1", "vpc-1", &[ip(2)], &|| true)
+            .await
+            .unwrap();
+    }
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let waiting = {
+        let (c, open) = (Arc::clone(&c), Arc::clone(&open));
+        tokio::spawn(async move {
+            let may_send = move || open.load(std::sync::atomic::Ordering::SeqCst);
+            c.unassign("eni-1", "vpc-1", &[ip(3)], &may_send).await
+        })
+    };
+    // The call is now waiting for its token; the operator pauses.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.requests().len(), 2, "still waiting for its token");
+    open.store(false, std::sync::atomic::Ordering::SeqCst);
+    let err = waiting.await.unwrap().unwrap_err();
+    assert_eq!(err.class, ErrorClass::NotSent);
+    assert_eq!(server.requests().len(), 2, "nothing sent after the pause");
 }

@@ -10,6 +10,7 @@ impl TencentCloud {
         eni_id: &str,
         vpc_id: &str,
         ips: &[IpAddr],
+        may_send: MaySend<'_>,
     ) -> Result<TaskRef, CloudError> {
         let family = ips.first().map_or(Family::Ipv4, |ip| Family::of(*ip));
         let action = family.unassign_action();
@@ -63,6 +64,11 @@ impl TencentCloud {
         // (and the cloud) again before the next one (see the module documentation).
         let result = self
             .call_with(action, bucket, 1, |keys, now| async move {
+                // Asked here, after the rate token and the keys (either can take
+                // seconds), so that a pause answered meanwhile still stops the request.
+                if !may_send() {
+                    return Err(CloudError::not_sent(action));
+                }
                 match (family, protocol) {
                     (Family::Ipv6, _) => self.v3.unassign_ipv6(&keys, now, eni_id, v6).await,
                     (Family::Ipv4, Protocol::V3) => self.v3.unassign(&keys, now, eni_id, v4).await,
