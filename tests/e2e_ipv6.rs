@@ -57,21 +57,6 @@ fn wait_named_or_held_then_confirm(sb: &Sandbox, probe: bool) {
     assert!(out.status.success(), "{out:?}");
 }
 
-/// Runs the daemon in its namespace without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN
-/// (`setpriv` inside `ip netns exec`, which needs CAP_SYS_ADMIN itself): the probe
-/// cannot load on any kernel, a real failure rather than a switch.
-fn without_bpf(sb: &mut Sandbox) {
-    sb.wrap = [
-        "sh",
-        "-c",
-        "ns=$4; shift 4; exec ip netns exec \"$ns\" setpriv \
-         --inh-caps=-bpf,-perfmon,-sys_admin --bounding-set=-bpf,-perfmon,-sys_admin \"$@\"",
-        "sh",
-    ]
-    .map(String::from)
-    .to_vec();
-}
-
 fn no_call_of_either_family(sb: &Sandbox, quiet: Duration) {
     std::thread::sleep(quiet);
     let (v4, v6) = (sb.unassigns(), sb.unassigns6());
@@ -404,7 +389,7 @@ fn v6_pending_release_survives_a_crash_and_happens_once() {
             l.release = vec!["grace = \"2s\"".into()];
         }),
     );
-    without_bpf(&mut sb);
+    sb.without_bpf();
     sb.start();
     assert_eq!(
         sb.count_log("IPv6 deletion probe unavailable"),
