@@ -116,7 +116,6 @@ fn metric_families_status_json_and_audit_decisions_are_golden() {
     sb.wait_for("two pending records", SOON, || {
         sb.count_log("release pending its grace period") >= 2
     });
-    drop(send);
     drop(stdin);
     assert!(ip.wait().expect("ip").success());
 
