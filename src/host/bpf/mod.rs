@@ -165,10 +165,13 @@ impl DeletionProbe {
                 attach_btf_id: *func,
             })
             .map_err(|e| {
-                why(
-                    &format!("loading {name} (needs CAP_BPF and CAP_PERFMON)"),
-                    e,
-                )
+                let hint = if e.raw_os_error() == Some(libc::EPERM) {
+                    " (refused: without CAP_BPF and CAP_PERFMON, or on a kernel that does \
+                     not attach fentry programs)"
+                } else {
+                    ""
+                };
+                why(&format!("loading {name}{hint}"), e)
             })?;
             links.push(sys::attach(&prog).map_err(|e| why(&format!("attaching {name}"), e))?);
         }
