@@ -395,3 +395,94 @@ fn the_probe_records_a_real_deletion() {
     assert_eq!(exits[0], 0);
     assert!(exits[1] < 0, "{exits:?}");
 }
+
+/// The ring as the kernel fills it: the exit program (the one that follows no pointer)
+/// attached for a moment to the `sched_process_exec` BTF tracepoint, whose context is
+/// also an array of arguments, writes one record per exec; an exec of `true` shows up,
+/// parsed, with its pid and name, and nothing is lost. Works on kernels without fentry.
+/// Needs root.
+#[test]
+fn the_ring_carries_a_real_record() {
+    use std::os::fd::AsRawFd;
+    let btf = Btf::vmlinux().unwrap();
+    let tp = btf.typedef("btf_trace_sched_process_exec").unwrap();
+    let ring_map = sys::map_create(sys::MAP_TYPE_RINGBUF, 0, 0, 64 * 1024).unwrap();
+    let lost = sys::map_create(sys::MAP_TYPE_ARRAY, 4, 8, 1).unwrap();
+    let insns = program::exit(Hook::IoctlExit, ring_map.as_raw_fd(), lost.as_raw_fd(), 2);
+    let mut ring = ring::Ring::new(ring_map, 64 * 1024).unwrap();
+    let prog = sys::prog_load(&sys::ProgLoad {
+        insns: &insns,
+        name: "enisync_ringtst",
+        attach_type: sys::TRACE_RAW_TP,
+        attach_btf_id: tp,
+    })
+    .unwrap();
+    let link = sys::attach(&prog).unwrap();
+    let child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+    drop(link);
+    let read = ring.read(10_000);
+    assert!(!read.busy && !read.corrupt, "{read:?}");
+    let records: Vec<Record> = read.records.iter().map(|r| record::parse(r).unwrap()).collect();
+    let ours: Vec<&Record> = records.iter().filter(|r| r.tgid == pid).collect();
+    assert_eq!(ours.len(), 1, "{records:#?}");
+    assert_eq!(ours[0].comm, "true");
+    assert_eq!(ours[0].hook, Hook::IoctlExit);
+    assert!(matches!(ours[0].body, Body::Exit { .. }));
+    assert_eq!(sys::lookup_u64(&lost, 0).unwrap(), 0);
+    // Consumed: a second read finds nothing new.
+    assert!(ring.read(10_000).records.is_empty());
+}
+
+/// The namespace chain of the netlink entry program (`skb->sk->…->net->ns.inum`, offsets
+/// from BTF) on real sockets: the program attached for a moment to the `consume_skb`
+/// BTF tracepoint (`skb` first, like `inet6_rtm_deladdr`), while `ip link show` runs in
+/// a namespace of its own; the netlink replies it reads are consumed in its context,
+/// owned by its socket, so a record names that namespace's inode. Needs root.
+#[test]
+fn the_entry_program_reads_the_namespace_of_a_real_socket() {
+    use std::os::fd::AsRawFd;
+    let btf = Btf::vmlinux().unwrap();
+    let tp = btf.typedef("btf_trace_consume_skb").unwrap();
+    let offsets = program::Offsets {
+        skb_sk: i32::try_from(btf.offset_of("sk_buff", &["sk"]).unwrap()).unwrap(),
+        sock_net: i32::try_from(btf.offset_of("sock", &["__sk_common", "skc_net", "net"]).unwrap())
+            .unwrap(),
+        net_inum: i32::try_from(btf.offset_of("net", &["ns", "inum"]).unwrap()).unwrap(),
+    };
+    let size = 1024 * 1024;
+    let ring_map = sys::map_create(sys::MAP_TYPE_RINGBUF, 0, 0, size).unwrap();
+    let lost = sys::map_create(sys::MAP_TYPE_ARRAY, 4, 8, 1).unwrap();
+    let insns = program::entry(Hook::NetlinkEntry, ring_map.as_raw_fd(), lost.as_raw_fd(), offsets);
+    let mut ring = ring::Ring::new(ring_map, usize::try_from(size).unwrap()).unwrap();
+    let prog = sys::prog_load(&sys::ProgLoad {
+        insns: &insns,
+        name: "enisync_nstst",
+        attach_type: sys::TRACE_RAW_TP,
+        attach_btf_id: tp,
+    })
+    .unwrap();
+    let link = sys::attach(&prog).unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "sh", "-c", "stat -Lc %i /proc/self/ns/net && ip link show >/dev/null"])
+        .output()
+        .unwrap();
+    drop(link);
+    assert!(out.status.success(), "{out:?}");
+    let netns: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let read = ring.read(100_000);
+    let named: Vec<Record> = read
+        .records
+        .iter()
+        .filter_map(|r| record::parse(r).ok())
+        .filter(|r| r.comm == "ip")
+        .collect();
+    assert!(
+        named
+            .iter()
+            .any(|r| matches!(r.body, Body::Entry { netns: Some(ns), .. } if ns == netns)),
+        "no record of ip in namespace {netns}: {named:#?}"
+    );
+}
