@@ -118,7 +118,7 @@ impl Identifier {
 
     /// Process `tgid`, which asked for a removal as `comm` (from thread `tid`): its
     /// chain, like a netlink port's owner (the port then is its pid).
-    fn task(&mut self, tgid: u32, tid: u32, comm: &str) -> Remover {
+    pub(super) fn task(&mut self, tgid: u32, tid: u32, comm: &str) -> Remover {
         if let Some(why) = &self.disarmed {
             return Remover::failed(tgid, why.clone());
         }
