@@ -30,6 +30,12 @@ pub use attribute::{Attribution, Deletions, WINDOW};
 pub use btf::{Btf, BtfError};
 use record::Hook;
 
+/// Why an IPv6 removal has no remover without the probe: `inet6_ifa_notify` (net/ipv6/addrconf.c) fills
+/// every RTM_NEWADDR/RTM_DELADDR of IPv6 with port id 0, for `ip -6 addr del` as for the
+/// kernel's own removals, so the port names nobody.
+pub const IPV6_NO_SENDER: &str =
+    "IPv6 address notifications carry no sender (the kernel sends them all with port 0)";
+
 /// Data bytes of the ring: about 800 records. Records are written only for IPv6
 /// deletion requests (of any namespace) and read at every IPv6 removal; a full ring
 /// loses records, which holds the removals of the next [`WINDOW`] as unknown.

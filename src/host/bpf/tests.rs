@@ -425,7 +425,11 @@ fn the_ring_carries_a_real_record() {
     drop(link);
     let read = ring.read(10_000);
     assert!(!read.busy && !read.corrupt, "{read:?}");
-    let records: Vec<Record> = read.records.iter().map(|r| record::parse(r).unwrap()).collect();
+    let records: Vec<Record> = read
+        .records
+        .iter()
+        .map(|r| record::parse(r).unwrap())
+        .collect();
     let ours: Vec<&Record> = records.iter().filter(|r| r.tgid == pid).collect();
     assert_eq!(ours.len(), 1, "{records:#?}");
     assert_eq!(ours[0].comm, "true");
@@ -448,14 +452,22 @@ fn the_entry_program_reads_the_namespace_of_a_real_socket() {
     let tp = btf.typedef("btf_trace_consume_skb").unwrap();
     let offsets = program::Offsets {
         skb_sk: i32::try_from(btf.offset_of("sk_buff", &["sk"]).unwrap()).unwrap(),
-        sock_net: i32::try_from(btf.offset_of("sock", &["__sk_common", "skc_net", "net"]).unwrap())
-            .unwrap(),
+        sock_net: i32::try_from(
+            btf.offset_of("sock", &["__sk_common", "skc_net", "net"])
+                .unwrap(),
+        )
+        .unwrap(),
         net_inum: i32::try_from(btf.offset_of("net", &["ns", "inum"]).unwrap()).unwrap(),
     };
     let size = 1024 * 1024;
     let ring_map = sys::map_create(sys::MAP_TYPE_RINGBUF, 0, 0, size).unwrap();
     let lost = sys::map_create(sys::MAP_TYPE_ARRAY, 4, 8, 1).unwrap();
-    let insns = program::entry(Hook::NetlinkEntry, ring_map.as_raw_fd(), lost.as_raw_fd(), offsets);
+    let insns = program::entry(
+        Hook::NetlinkEntry,
+        ring_map.as_raw_fd(),
+        lost.as_raw_fd(),
+        offsets,
+    );
     let mut ring = ring::Ring::new(ring_map, usize::try_from(size).unwrap()).unwrap();
     let prog = sys::prog_load(&sys::ProgLoad {
         insns: &insns,
@@ -466,7 +478,12 @@ fn the_entry_program_reads_the_namespace_of_a_real_socket() {
     .unwrap();
     let link = sys::attach(&prog).unwrap();
     let out = std::process::Command::new("unshare")
-        .args(["-n", "sh", "-c", "stat -Lc %i /proc/self/ns/net && ip link show >/dev/null"])
+        .args([
+            "-n",
+            "sh",
+            "-c",
+            "stat -Lc %i /proc/self/ns/net && ip link show >/dev/null",
+        ])
         .output()
         .unwrap();
     drop(link);

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use std::net::Ipv6Addr;
 
-use super::super::bpf::{Attribution, DeletionProbe, Deletions};
-use super::super::watch::IPV6_NO_SENDER;
+use super::super::bpf::{Attribution, DeletionProbe, Deletions, IPV6_NO_SENDER};
 use super::super::{Identity, Remover};
 use super::events::{ProcessEvents, Seen};
 use super::exits::{TaskStats, same_process};

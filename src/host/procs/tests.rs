@@ -402,7 +402,10 @@ fn a_real_child_exit_is_recorded() {
 /// held against its process.
 #[test]
 fn a_probe_named_requester_is_checked_against_proc() {
-    let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
     let pid = child.id();
     let mut id = Identifier::default();
     let r = id.task(pid, pid, "sleep");
