@@ -966,9 +966,10 @@ def build_table(R, args):
             e99, s.get("p99"), p.get("p99"), "≤ 5 ms, < both", ok, nd=2)
     L6 = R.get("latency6")
     if L6:
-        row(f"IPv6 confirmation → UnassignIpv6Addresses: p50 (ms) [n={len(L6.get('samples_ms', []))}]",
+        start = "removal" if L6.get("measured", "").startswith("removal") else "confirmation"
+        row(f"IPv6 {start} → UnassignIpv6Addresses: p50 (ms) [n={len(L6.get('samples_ms', []))}]",
             L6.get("p50"), None, None, nd=2)
-        row("IPv6 confirmation → UnassignIpv6Addresses: p99 (ms)", L6.get("p99"), None, None, nd=2)
+        row(f"IPv6 {start} → UnassignIpv6Addresses: p99 (ms)", L6.get("p99"), None, None, nd=2)
     G = R.get("grace", {})
     if G:
         e, s, p = G.get("enisync", {}), G.get("shell", {}), G.get("sdk", {})
