@@ -10,7 +10,7 @@
 //! | 8   | 4    | tid (the thread) |
 //! | 12  | 4    | inode of the request's network namespace (entries; 0 if unread) |
 //! | 16  | 8    | `bpf_ktime_get_ns` (CLOCK_MONOTONIC) |
-//! | 24  | 8    | return value (exits) |
+//! | 24  | 8    | return value (exits; an `int`, so the low 4 bytes) |
 //! | 32  | 4    | result of reading the request (entries; 0 = read) |
 //! | 36  | 4    | result of reading the namespace (entries; 0 = read) |
 //! | 40  | 16   | `comm` |
@@ -136,8 +136,10 @@ pub fn parse(b: &[u8]) -> Result<Record, RecordError> {
             netns,
             target: if read { ioctl_target(payload) } else { None },
         },
+        // Both functions return `int`: the register's upper half is not theirs to set
+        // (x86-64 leaves it undefined), so only the low 32 bits are the value.
         Hook::NetlinkExit | Hook::IoctlExit => Body::Exit {
-            ret: i64::from_ne_bytes(u64_at(b, RET).to_ne_bytes()),
+            ret: i64::from(i32::from_ne_bytes(u32_at(b, RET).to_ne_bytes())),
         },
     };
     Ok(Record {

@@ -246,6 +246,12 @@ fn records_round_trip_and_requests_parse() {
     };
     assert_eq!(record::parse(&record::encode(&r, 0, 0, &req)).unwrap(), r);
     assert!(record::parse(&bytes[1..]).is_err());
+    // An exit's value is the low half of the register: 0 with junk above is 0.
+    let mut b = record::encode(&exit(9, 1, 0), 0, 0, &[]);
+    b[record::RET + 4..record::RET + 8].copy_from_slice(&[0xff; 4]);
+    assert_eq!(record::parse(&b).unwrap().body, Body::Exit { ret: 0 });
+    let b = record::encode(&exit(9, 1, -99), 0, 0, &[]);
+    assert_eq!(record::parse(&b).unwrap().body, Body::Exit { ret: -99 });
 }
 
 #[test]
