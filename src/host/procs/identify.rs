@@ -3,10 +3,9 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::Ipv6Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-use std::net::Ipv6Addr;
 
 use super::super::bpf::{Attribution, DeletionProbe, Deletions, IPV6_NO_SENDER};
 use super::super::{Identity, Remover};
@@ -72,11 +71,6 @@ impl Identifier {
     pub fn with_ipv6_probe(mut self, probe: DeletionProbe, netns: u32) -> Self {
         self.ipv6 = Some((probe, Deletions::new(netns)));
         self
-    }
-
-    /// Whether IPv6 removers can be named.
-    pub fn has_ipv6_probe(&self) -> bool {
-        self.ipv6.is_some()
     }
 
     /// Who asked for the removal of `ip` from `link`, just read from a notification
