@@ -2,6 +2,7 @@
 //! that only warn (plain HTTP, descriptors) or degrade (remover identification).
 
 use super::*;
+use crate::host::bpf::{DeletionProbe, own_netns};
 
 /// What the start-up check of remover identification found.
 pub(super) enum Identification {
@@ -46,6 +47,20 @@ pub(super) fn remover_identification() -> (Identifier, Identification) {
         }
     };
     let mut identifier = Identifier::new(events).with_exits(exits);
+    // Before the watcher subscribes: every IPv6 removal it reads was requested after
+    // the probe was attached, so a request without a record is none (the kernel's).
+    match ipv6_probe() {
+        Ok((probe, netns)) => {
+            info!(netns, "IPv6 deletion probe: attached");
+            identifier = identifier.with_ipv6_probe(probe, netns);
+        }
+        Err(why) => {
+            warn!(%why, "IPv6 deletion probe unavailable: IPv6 removals are held until `enisync release --held`");
+            notes.push(format!(
+                "IPv6 removers cannot be named ({why}): IPv6 removals are held until `enisync release --held`"
+            ));
+        }
+    }
     if let Err(why) = identifier.can_read_descriptors() {
         // The packaged unit's default (docs/security.md, "What the packaged unit can
         // name"): a warning and a status line, not a failure.
@@ -70,6 +85,26 @@ pub(super) fn remover_identification() -> (Identifier, Identification) {
             (identifier, Identification::Broken(why))
         }
     }
+}
+
+/// The IPv6 deletion probe (docs/design.md, "IPv6"), in this network namespace. Its
+/// records carry pids as the initial PID namespace numbers them, which are only ours to
+/// look up in `/proc` when we live there too.
+fn ipv6_probe() -> Result<(DeletionProbe, u32), String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    let nspid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .ok_or("/proc/self/status has no NSpid line (a kernel before 4.1)")?;
+    if nspid.split_whitespace().count() != 1 {
+        return Err(
+            "enisync runs in a PID namespace of its own: the probe's pids would not be ours".into(),
+        );
+    }
+    let netns = own_netns().map_err(|e| format!("reading our network namespace: {e}"))?;
+    let probe = DeletionProbe::start().map_err(|e| e.to_string())?;
+    Ok((probe, netns))
 }
 
 /// Every start with `cloud.allow_plain_http` says so, naming the endpoint keys that are

@@ -16,13 +16,15 @@
 //! into the regression list of its target (`REGRESSIONS_*`, in the target's file).
 //!
 //! One file per group of targets: `cloud.rs` (API 3.0, legacy and metadata answers),
-//! `config.rs`, `journal.rs`, `netlink.rs` (rtnetlink and taskstats datagrams).
+//! `config.rs`, `journal.rs`, `netlink.rs` (rtnetlink and taskstats datagrams), `bpf.rs`
+//! (the IPv6 deletion probe's ring records and BTF).
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, RngSeed, TestRunner};
 
+mod bpf;
 mod cloud;
 mod config;
 mod journal;

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::net::MacAddr;
 
+pub mod bpf;
 pub mod netlink;
 pub mod procs;
 pub mod routes;

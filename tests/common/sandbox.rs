@@ -297,6 +297,22 @@ impl Sandbox {
         }
     }
 
+    /// Runs the daemon in its namespace without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN
+    /// (`setpriv` inside `ip netns exec`, which needs CAP_SYS_ADMIN itself): the IPv6
+    /// deletion probe cannot load on any kernel, a real failure rather than a switch, and
+    /// `status` always carries its warning.
+    pub fn without_bpf(&mut self) {
+        self.wrap = [
+            "sh",
+            "-c",
+            "ns=$4; shift 4; exec ip netns exec \"$ns\" setpriv \
+             --inh-caps=-bpf,-perfmon,-sys_admin --bounding-set=-bpf,-perfmon,-sys_admin \"$@\"",
+            "sh",
+        ]
+        .map(String::from)
+        .to_vec();
+    }
+
     /// Starts `enisync run` in the namespace and waits until it says it is ready. The
     /// log starts afresh with each start.
     pub fn start(&mut self) {

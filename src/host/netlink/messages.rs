@@ -292,3 +292,21 @@ pub(super) fn route_to_msg(route: &Route) -> RouteMessage {
     }
     msg
 }
+
+/// The link and address an `RTM_DELADDR` request for IPv6 names, as
+/// `inet6_rtm_deladdr` reads them (IFA_LOCAL before IFA_ADDRESS): the request bytes the
+/// deletion probe copied (`host::bpf`). `None` for anything else, or anything that does
+/// not parse; `msg` must hold the whole message (its header's length).
+pub fn parse_deladdr6_request(msg: &[u8]) -> Option<(u32, std::net::Ipv6Addr)> {
+    let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(msg).ok()?;
+    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(addr)) = parsed.payload else {
+        return None;
+    };
+    if addr.header.family != AddressFamily::Inet6 {
+        return None;
+    }
+    match addr6_from_msg(&addr)?.ip {
+        IpAddr::V6(ip) => Some((addr.header.index, ip)),
+        IpAddr::V4(_) => None,
+    }
+}

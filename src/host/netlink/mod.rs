@@ -50,6 +50,7 @@ mod taskstats;
 #[cfg(test)]
 pub(crate) use events::parse_datagram;
 pub use events::{EventSocket, Notification};
+pub use messages::parse_deladdr6_request;
 use messages::*;
 pub use proc_events::{ProcEvent, ProcEventSocket, parse_proc_events};
 #[cfg(test)]

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::Ipv6Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::super::bpf::{Attribution, DeletionProbe, Deletions, IPV6_NO_SENDER};
 use super::super::{Identity, Remover};
 use super::events::{ProcessEvents, Seen};
 use super::exits::{TaskStats, same_process};
@@ -33,6 +35,9 @@ pub struct Identifier {
     /// Set when the start-up probe failed: every remover is then a failure of ours.
     disarmed: Option<String>,
     hz: u64,
+    /// The IPv6 deletion probe and the requests read from it; `None` when it could not
+    /// be loaded (IPv6 removals are then unknown, as the notifications name nobody).
+    ipv6: Option<(DeletionProbe, Deletions)>,
 }
 
 impl Default for Identifier {
@@ -56,6 +61,87 @@ impl Identifier {
             owners: HashMap::new(),
             disarmed: None,
             hz: ticks_per_second(),
+            ipv6: None,
+        }
+    }
+
+    /// Also names the removers of IPv6 addresses, by the probe's records of the
+    /// deletion requests made in network namespace `netns` (its inode).
+    #[must_use]
+    pub fn with_ipv6_probe(mut self, probe: DeletionProbe, netns: u32) -> Self {
+        self.ipv6 = Some((probe, Deletions::new(netns)));
+        self
+    }
+
+    /// Who asked for the removal of `ip` from `link`, just read from a notification
+    /// (which names nobody for IPv6). `physical`: only a physical link's removals are
+    /// worth naming the process (as for IPv4); the request is consumed either way.
+    pub fn identify_ipv6(&mut self, link: u32, ip: Ipv6Addr, physical: bool) -> Remover {
+        let Some((probe, deletions)) = &mut self.ipv6 else {
+            return Remover::unknown(0, IPV6_NO_SENDER.into());
+        };
+        // Every record written before the notification was sent is in the ring now.
+        let drained = probe.drain();
+        let now = clock_ns(libc::CLOCK_MONOTONIC);
+        deletions.add(drained, now);
+        match deletions.attribute(link, ip, now) {
+            Attribution::Kernel => Remover::kernel(),
+            Attribution::Unknown(why) => Remover::unknown(0, why),
+            Attribution::Process { tgid, .. } if !physical => {
+                Remover::unknown(tgid, "not resolved: not a physical link".into())
+            }
+            Attribution::Process { tgid, tid, comm } => self.task(tgid, tid, &comm),
+        }
+    }
+
+    /// The time to pass to [`Identifier::forget_ipv6_before`] (CLOCK_MONOTONIC).
+    pub fn now_ns() -> u64 {
+        clock_ns(libc::CLOCK_MONOTONIC)
+    }
+
+    /// Forgets the IPv6 deletion requests made before `before` (see
+    /// [`Identifier::now_ns`]): their notifications may have been lost.
+    pub fn forget_ipv6_before(&mut self, before: u64) {
+        if let Some((probe, deletions)) = &mut self.ipv6 {
+            let drained = probe.drain();
+            deletions.add(drained, clock_ns(libc::CLOCK_MONOTONIC));
+            deletions.forget_before(before);
+        }
+    }
+
+    /// Process `tgid`, which asked for a removal as `comm` (from thread `tid`): its
+    /// chain, like a netlink port's owner (the port then is its pid).
+    pub(super) fn task(&mut self, tgid: u32, tid: u32, comm: &str) -> Remover {
+        if let Some(why) = &self.disarmed {
+            return Remover::failed(tgid, why.clone());
+        }
+        let notified = ns_to_ticks(clock_ns(libc::CLOCK_BOOTTIME), self.hz) + TICK_SLACK;
+        let found = match read_stat(&self.proc_root, tgid) {
+            Err(e) => return Remover::failed(tgid, format!("reading process {tgid}: {e}")),
+            Ok(Some(stat)) => self.chain(tgid, Step::Alive(stat), notified, Identity::Alive),
+            Ok(None) => match self.gone_process(tgid, notified) {
+                Some(found) => found,
+                None => {
+                    return Remover::unknown(
+                        tgid,
+                        format!("{comm} ({tgid}) exited and no exit was seen for it"),
+                    );
+                }
+            },
+        };
+        // The name the kernel recorded at the request is the remover's; another name
+        // now (the pid reused, or the process exec'd since) breaks the chain. A thread
+        // may carry its own name, so only a single-threaded request is checked.
+        match found.process.as_deref() {
+            Some(name) if name.starts_with("(exited pid ") => Remover {
+                process: Some(comm.to_owned()),
+                ..found
+            },
+            Some(name) if tid == tgid && name != comm => Remover::unknown(
+                tgid,
+                format!("process {tgid} asked as {comm} but is {name} now"),
+            ),
+            _ => found,
         }
     }
 
@@ -200,31 +286,38 @@ impl Identifier {
     /// what we read of this port's owner before.
     fn gone(&mut self, port: u32, notified: u64) -> Remover {
         // Ports above the largest possible pid (2^22) are never a process's number.
-        if port <= 1 << 22 {
-            // Seen exiting, or named at its exec: exited, not unknown. Its name may have
-            // been lost (it exec'd and exited before the reader thread read it): its
-            // exit record names it, or else its parent starts the chain (see `chain`).
-            let seen = self.events.as_ref().map(|e| e.wait_for(port, CATCH_UP));
-            match seen {
-                Some(Some(seen)) if seen.settled() => {
-                    let seen = self.named(port, seen);
-                    return self.chain(port, Step::Seen(port, seen), notified, Identity::Exited);
-                }
-                // The connector never saw it (an overrun, or no connector): its exit
-                // record alone, if it has one.
-                Some(None) | None => {
-                    if let Some(seen) = self.exit_alone(port) {
-                        return self.chain(
-                            port,
-                            Step::Seen(port, seen),
-                            notified,
-                            Identity::Exited,
-                        );
-                    }
-                }
-                Some(Some(_)) => {}
-            }
+        if port <= 1 << 22
+            && let Some(found) = self.gone_process(port, notified)
+        {
+            return found;
         }
+        self.gone_owner(port)
+    }
+
+    /// Process `pid`, gone: what the connector saw of it (named by its exit record
+    /// when the connector lost its name), else its exit record alone.
+    fn gone_process(&mut self, pid: u32, notified: u64) -> Option<Remover> {
+        // Seen exiting, or named at its exec: exited, not unknown. Its name may have
+        // been lost (it exec'd and exited before the reader thread read it): its exit
+        // record names it, or else its parent starts the chain (see `chain`).
+        let seen = self.events.as_ref().map(|e| e.wait_for(pid, CATCH_UP));
+        match seen {
+            Some(Some(seen)) if seen.settled() => {
+                let seen = self.named(pid, seen);
+                Some(self.chain(pid, Step::Seen(pid, seen), notified, Identity::Exited))
+            }
+            // The connector never saw it (an overrun, or no connector): its exit record
+            // alone, if it has one.
+            Some(None) | None => {
+                let seen = self.exit_alone(pid)?;
+                Some(self.chain(pid, Step::Seen(pid, seen), notified, Identity::Exited))
+            }
+            Some(Some(_)) => None,
+        }
+    }
+
+    /// What we read of `port`'s owner before, if anything.
+    fn gone_owner(&mut self, port: u32) -> Remover {
         if let Some(owner) = self.owners.get(&port) {
             let now = read_stat(&self.proc_root, owner.pid).ok().flatten();
             let alive = now.as_ref().is_some_and(|s| s.start == owner.start);

@@ -395,3 +395,30 @@ fn a_real_child_exit_is_recorded() {
     assert_eq!(exit.ppid, std::process::id());
     assert!(exit.tgid_known);
 }
+
+/// An IPv6 requester named by the deletion probe (a tgid and the `comm` it had): alive,
+/// it is read from `/proc` with its chain; under another name now (a pid reused, an
+/// exec since) or gone without a trace, it is unknown; a thread's own name is not
+/// held against its process.
+#[test]
+fn a_probe_named_requester_is_checked_against_proc() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    let pid = child.id();
+    let mut id = Identifier::default();
+    let r = id.task(pid, pid, "sleep");
+    assert_eq!(r.process.as_deref(), Some("sleep"), "{r:?}");
+    assert_eq!(r.identity, Identity::Alive, "{r:?}");
+    assert_eq!(r.port_id, pid);
+    assert!(!r.ancestors.is_empty(), "{r:?}");
+    let r = id.task(pid, pid, "ip");
+    assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
+    let r = id.task(pid, pid + 1, "worker");
+    assert_eq!(r.identity, Identity::Alive, "{r:?}");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let r = id.task(pid, pid, "sleep");
+    assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
+}

@@ -1,6 +1,8 @@
 //! Following the event socket: the watcher's loop (commands, timers, notifications
 //! read in bursts), and one notification applied to the mirror as [`HostEvent`]s.
 
+use std::net::IpAddr;
+
 use super::*;
 
 /// At most this many notifications are handled per poll of the watcher, so a storm
@@ -191,11 +193,12 @@ impl Watcher {
                         .links
                         .get(&addr.link)
                         .is_some_and(Link::is_physical);
-                    let remover = if addr.ip.is_ipv6() {
+                    let remover = if let IpAddr::V6(ip) = addr.ip {
                         // The kernel sends every IPv6 address notification with port 0,
-                        // whoever asked (docs/design.md, "IPv6"): neither the kernel nor
-                        // a process can be named, so the removal is unknown and held.
-                        Remover::unknown(0, IPV6_NO_SENDER.into())
+                        // whoever asked (docs/design.md, "IPv6"): the deletion probe's
+                        // records name the requester, or the kernel when none asked;
+                        // without the probe the removal is unknown and held.
+                        self.identifier.identify_ipv6(addr.link, ip, physical)
                     } else if physical {
                         self.remover_in_burst(port_id)
                     } else if port_id == 0 {

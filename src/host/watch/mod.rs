@@ -89,12 +89,6 @@ pub const DEFAULT_RECV_BUFFER: usize = 4 * 1024 * 1024;
 /// `netlink.resync_interval`'s default.
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
-/// Why an IPv6 removal has no remover: `inet6_ifa_notify` (net/ipv6/addrconf.c) fills
-/// every RTM_NEWADDR/RTM_DELADDR of IPv6 with port id 0, for `ip -6 addr del` as for the
-/// kernel's own removals, so the port names nobody.
-pub const IPV6_NO_SENDER: &str =
-    "IPv6 address notifications carry no sender (the kernel sends them all with port 0)";
-
 impl Default for WatchOptions {
     fn default() -> Self {
         Self {

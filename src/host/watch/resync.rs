@@ -38,7 +38,13 @@ impl Watcher {
 
     /// One resync; returns whether the event stream is still alive.
     pub(super) async fn resync_once(&mut self, reason: Reason) -> bool {
+        let lost_before = Identifier::now_ns();
         let alive = self.drain();
+        if matches!(reason, Reason::Overrun | Reason::Reconnect) {
+            // Notifications were lost: an IPv6 deletion request made before now may
+            // have had its removal's notification among them (docs/design.md, "IPv6").
+            self.identifier.forget_ipv6_before(lost_before);
+        }
         let Some(fresh) = self.dump_with_retry().await else {
             return alive;
         };
