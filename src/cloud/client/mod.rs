@@ -201,6 +201,12 @@ impl TencentCloud {
                 Ok(keys) => {
                     let started = Instant::now();
                     let result = op(keys, self.credentials.clock().now_unix()).await;
+                    if let Err(e) = &result
+                        && super::classify::is_rate_limit(&e.code)
+                    {
+                        // The account's budget is spent: this node slows down too.
+                        bucket.limited();
+                    }
                     if let Some(observer) = &self.observer {
                         let code = result
                             .as_ref()
