@@ -112,6 +112,12 @@ impl TokenBucket {
         state.refilled = now;
     }
 
+    /// Whether the rate is below the ceiling: the cloud refused a call for its rate
+    /// limit less than [`RECOVERY`] ago.
+    pub fn is_cut(&self) -> bool {
+        self.rate() < self.ceiling
+    }
+
     /// The rate this bucket allows now (calls per second).
     pub fn rate(&self) -> f64 {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -212,7 +218,9 @@ mod tests {
         for _ in 0..10 {
             bucket.acquire().await;
         }
+        assert!(!bucket.is_cut());
         bucket.limited();
+        assert!(bucket.is_cut());
         assert!((bucket.rate() - 5.0).abs() < 1e-9, "{}", bucket.rate());
         // A second refusal of the same storm is the same cut.
         bucket.limited();
@@ -236,6 +244,7 @@ mod tests {
         assert!(bucket.rate() < 10.0 * 0.5, "{}", bucket.rate());
         tokio::time::sleep(RECOVERY).await;
         assert!((bucket.rate() - 10.0).abs() < 1e-9, "{}", bucket.rate());
+        assert!(!bucket.is_cut());
     }
 
     #[tokio::test(start_paused = true)]
