@@ -5,7 +5,8 @@
 # Installs what the tests use when it is missing (Debian/Ubuntu, with apt-get), so that it
 # runs as written on a fresh machine with only a Rust toolchain: iproute2 (ip, namespaces),
 # a C compiler (ring), keepalived (tests/keepalived.rs), util-linux (setpriv: the
-# control-socket permission test) and procps (sysctl).
+# control-socket permission test) and procps (sysctl); scripts/monitoring.sh installs
+# prometheus (promtool) for the alert rules.
 # Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,5 +35,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# The shipped alert rules and dashboard (promtool; installs it when missing).
+./scripts/monitoring.sh
 
 cargo test --workspace --locked --no-fail-fast "$@"

@@ -50,6 +50,13 @@ pub fn classify(code: TencentCode<'_>) -> ErrorClass {
     }
 }
 
+/// Whether an answer code is a refusal by the cloud's rate limiter (the account-wide
+/// budget shared by every node): `RequestLimitExceeded` and its variants, and
+/// `LimitExceeded.ActionLimited`. Counted apart on `/metrics` for a fleet's dashboard.
+pub fn is_rate_limit(code: &str) -> bool {
+    code == "LimitExceeded.ActionLimited" || code.starts_with("RequestLimitExceeded")
+}
+
 /// API 3.0 names, legacy business names and local codes; `None` when unknown.
 fn classify_name(code: &str) -> Option<ErrorClass> {
     use ErrorClass::*;
@@ -310,5 +317,27 @@ mod tests {
             .to_string(),
             "5100"
         );
+    }
+
+    #[test]
+    fn rate_limit_codes_are_told_apart() {
+        for code in [
+            "RequestLimitExceeded",
+            "RequestLimitExceeded.UinLimitExceeded",
+            "RequestLimitExceeded.GlobalRegionUinLimitExceeded",
+            "RequestLimitExceeded.IPLimitExceeded",
+            "LimitExceeded.ActionLimited",
+        ] {
+            assert!(is_rate_limit(code), "{code}");
+            assert_eq!(classify(TencentCode::Code(code)), ErrorClass::RetryLater);
+        }
+        for code in [
+            "Success",
+            "LimitExceeded",
+            "InvalidParameterValue.LimitExceeded",
+            "UnsupportedOperation.MutexOperationTaskRunning",
+        ] {
+            assert!(!is_rate_limit(code), "{code}");
+        }
     }
 }

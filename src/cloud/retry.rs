@@ -12,17 +12,46 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// A token bucket: at most `rate` calls per second on average, bursts up to `burst`.
+///
+/// Adaptive (docs/design.md, "Fleet scale"): the configured rate is a ceiling. Every
+/// node of an account shares the account's per-action limit, so when the cloud refuses a
+/// call for its rate limit ([`TokenBucket::limited`]) the bucket halves its rate (at
+/// most once per [`CUT_SPACING`], so that one storm's many refusals count once), empties
+/// itself, and then climbs back linearly to the ceiling over [`RECOVERY`]: a fleet that
+/// was throttled together backs off together and returns slowly, instead of hammering
+/// the limit again at full rate.
 #[derive(Debug)]
 pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
+    ceiling: f64,
     state: StdMutex<BucketState>,
 }
+
+/// Rate refusals closer together than this are one cut.
+pub const CUT_SPACING: Duration = Duration::from_secs(1);
+/// How long the rate takes to climb from nothing back to the ceiling.
+pub const RECOVERY: Duration = Duration::from_secs(30);
+/// The lowest rate a cut leaves, as a share of the ceiling (1/64: six halvings).
+const FLOOR_SHARE: f64 = 1.0 / 64.0;
 
 #[derive(Debug)]
 struct BucketState {
     tokens: f64,
     refilled: Instant,
+    /// The rate right after the last cut, and when it was made (`None`: never cut).
+    cut: Option<(f64, Instant)>,
+}
+
+impl BucketState {
+    /// The rate now: the ceiling, or the last cut's rate plus what it recovered since.
+    fn rate(&self, ceiling: f64, now: Instant) -> f64 {
+        match self.cut {
+            None => ceiling,
+            Some((rate, at)) => {
+                let climbed = now.duration_since(at).as_secs_f64() / RECOVERY.as_secs_f64();
+                (rate + climbed * ceiling).min(ceiling)
+            }
+        }
+    }
 }
 
 impl TokenBucket {
@@ -35,13 +64,12 @@ impl TokenBucket {
         } else {
             1.0
         };
-        let burst = rate.max(1.0);
         Self {
-            rate,
-            burst,
+            ceiling: rate,
             state: StdMutex::new(BucketState {
-                tokens: burst,
+                tokens: rate.max(1.0),
                 refilled: Instant::now(),
+                cut: None,
             }),
         }
     }
@@ -52,17 +80,48 @@ impl TokenBucket {
             let wait = {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 let now = Instant::now();
+                let rate = state.rate(self.ceiling, now);
                 let elapsed = now.duration_since(state.refilled).as_secs_f64();
-                state.tokens = (state.tokens + elapsed * self.rate).min(self.burst);
+                state.tokens = (state.tokens + elapsed * rate).min(rate.max(1.0));
                 state.refilled = now;
                 if state.tokens >= 1.0 {
                     state.tokens -= 1.0;
                     return;
                 }
-                Duration::from_secs_f64((1.0 - state.tokens) / self.rate)
+                Duration::from_secs_f64((1.0 - state.tokens) / rate)
             };
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// The cloud refused a call of this bucket's action for its rate limit: halve the
+    /// rate (once per [`CUT_SPACING`]) and drop the tokens in hand.
+    pub fn limited(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if state
+            .cut
+            .is_some_and(|(_, at)| now.duration_since(at) < CUT_SPACING)
+        {
+            return;
+        }
+        let rate = state.rate(self.ceiling, now);
+        let floor = self.ceiling * FLOOR_SHARE;
+        state.cut = Some(((rate / 2.0).max(floor), now));
+        state.tokens = state.tokens.min(0.0);
+        state.refilled = now;
+    }
+
+    /// Whether the rate is below the ceiling: the cloud refused a call for its rate
+    /// limit less than [`RECOVERY`] ago.
+    pub fn is_cut(&self) -> bool {
+        self.rate() < self.ceiling
+    }
+
+    /// The rate this bucket allows now (calls per second).
+    pub fn rate(&self) -> f64 {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.rate(self.ceiling, Instant::now())
     }
 }
 
@@ -151,5 +210,61 @@ mod tests {
         bucket.acquire().await;
         bucket.acquire().await;
         assert!(start.elapsed() >= Duration::from_millis(990));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_refusal_halves_the_rate_then_it_climbs_back_slowly() {
+        let bucket = TokenBucket::new(10.0);
+        for _ in 0..10 {
+            bucket.acquire().await;
+        }
+        assert!(!bucket.is_cut());
+        bucket.limited();
+        assert!(bucket.is_cut());
+        assert!((bucket.rate() - 5.0).abs() < 1e-9, "{}", bucket.rate());
+        // A second refusal of the same storm is the same cut.
+        bucket.limited();
+        assert!((bucket.rate() - 5.0).abs() < 1e-9, "{}", bucket.rate());
+        // The tokens in hand are gone: 5 calls now take about 1 s, not 0.5 s.
+        let start = Instant::now();
+        for _ in 0..5 {
+            bucket.acquire().await;
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took <= Duration::from_millis(1100),
+            "{took:?}"
+        );
+        // Another refusal a second after the cut cuts again.
+        tokio::time::sleep(CUT_SPACING.saturating_sub(took)).await;
+        bucket.limited();
+        assert!(bucket.rate() < 3.0, "{}", bucket.rate());
+        // Climbing back: not at once, all the way after RECOVERY.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(bucket.rate() < 10.0 * 0.5, "{}", bucket.rate());
+        tokio::time::sleep(RECOVERY).await;
+        assert!((bucket.rate() - 10.0).abs() < 1e-9, "{}", bucket.rate());
+        assert!(!bucket.is_cut());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_storm_keeps_the_rate_low_but_never_zero() {
+        let bucket = TokenBucket::new(8.0);
+        for _ in 0..20 {
+            tokio::time::sleep(CUT_SPACING).await;
+            bucket.limited();
+        }
+        // A refusal every second: halved each time, recovering 8/30 per second in
+        // between, it settles near 8/30 (never under the floor of 8/64).
+        let rate = bucket.rate();
+        assert!((0.125..0.3).contains(&rate), "{rate}");
+        // Right after a cut, nothing is in hand: the next call waits ~1/rate.
+        let start = Instant::now();
+        bucket.acquire().await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

@@ -114,6 +114,21 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 }
             }
         }
+        // One call per check ("Speed never buys a stale check", docs/design.md, "Fleet
+        // scale"): a second call of this batch would go out after the first one's task
+        // ended, on a listing read before it, and an EIP bound meanwhile would be unbound
+        // silently. The rest waits for the next check of this ENI, which lists afresh
+        // once the slot is idle (the client drops its cached listing when a task ends).
+        let first = family_batches(&send).into_iter().next().unwrap_or_default();
+        if first.len() < send.len() {
+            for ip in send.iter().filter(|ip| !first.contains(ip)) {
+                if let Some(i) = self.intents.get_mut(ip) {
+                    i.phase = Phase::Pending;
+                    i.due = i.due.min(now);
+                }
+            }
+            send = first;
+        }
         let vpc_id = eni.map(|e| e.vpc_id.clone()).unwrap_or_default();
         for ip in &send {
             self.audit_allowed(*ip, eni, now);

@@ -68,6 +68,10 @@ pub struct Metrics {
     pub releases: Family<OutcomeLabels, Counter>,
     pub cloud_calls: Family<CallLabels, Counter>,
     pub cloud_call_duration: HistogramFamily,
+    /// Of `cloud_calls`: answers refused by the cloud's rate limiter, by action.
+    pub cloud_limit_refusals: Family<ActionLabels, Counter>,
+    /// 1 while `/readyz` answers ready (set at each scrape).
+    pub ready: Gauge,
     pub pending: Gauge,
     pub held: Gauge,
     /// Of `held`: removals whose remover is unknown (clause 2).
@@ -109,6 +113,8 @@ impl Metrics {
             releases: Family::default(),
             cloud_calls: Family::default(),
             cloud_call_duration: Family::new_with_constructor(call_histogram),
+            cloud_limit_refusals: Family::default(),
+            ready: Gauge::default(),
             pending: Gauge::default(),
             held: Gauge::default(),
             held_unknown_remover: Gauge::default(),
@@ -141,6 +147,17 @@ impl Metrics {
             "cloud_call_duration_seconds",
             "Cloud API request latency by action",
             m.cloud_call_duration.clone(),
+        );
+        registry.register(
+            "cloud_limit_refusals",
+            "Cloud API answers refused by the account's rate limits (RequestLimitExceeded*, \
+             LimitExceeded.ActionLimited) by action; the account's budget is shared by every node",
+            m.cloud_limit_refusals.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while the daemon is ready (what /readyz answers), 0 otherwise",
+            m.ready.clone(),
         );
         registry.register(
             "pending_releases",
@@ -225,6 +242,16 @@ impl Metrics {
             "When the source was last read successfully for the drift report (Unix seconds)",
             m.drift_last_good_read.clone(),
         );
+        // Zero from the start for the API 3.0 actions the client sends, so that a fleet's
+        // rate() and alert rules see the series before the first refusal.
+        {
+            use crate::cloud::v3::{DESCRIBE_ENIS, TASK_RESULT, UNASSIGN, UNASSIGN_IPV6};
+            for action in [UNASSIGN, UNASSIGN_IPV6, DESCRIBE_ENIS, TASK_RESULT] {
+                let _ = m.cloud_limit_refusals.get_or_create(&ActionLabels {
+                    action: action.into(),
+                });
+            }
+        }
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -257,6 +284,13 @@ impl Metrics {
                 action: action.into(),
             })
             .observe(took.as_secs_f64());
+        if crate::cloud::classify::is_rate_limit(code) {
+            self.cloud_limit_refusals
+                .get_or_create(&ActionLabels {
+                    action: action.into(),
+                })
+                .inc();
+        }
     }
 
     /// The drift gauges after a read (`daemon/drift.rs`): set per read, so a scrape
@@ -342,6 +376,16 @@ mod tests {
             "Success",
             Duration::from_millis(12),
         );
+        m.cloud_call(
+            "DescribeVpcTaskResult",
+            "RequestLimitExceeded",
+            Duration::from_millis(3),
+        );
+        m.cloud_call(
+            "DescribeVpcTaskResult",
+            "UnsupportedOperation.MutexOperationTaskRunning",
+            Duration::from_millis(3),
+        );
         m.netlink_events.inc();
         let text = m.encode();
         for name in [
@@ -358,6 +402,8 @@ mod tests {
             "enisync_route_changes_total 0",
             "enisync_credential_refreshes_total 0",
             "enisync_alarms_total 0",
+            "enisync_cloud_limit_refusals_total{action=\"DescribeVpcTaskResult\"} 1",
+            "enisync_ready 0",
             "enisync_build_info{version=",
             "# EOF",
         ] {

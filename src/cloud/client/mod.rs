@@ -34,6 +34,7 @@ use super::{Cloud, CloudError, Eni, ErrorClass, Family, MAX_IPS_PER_CALL, MaySen
 use crate::backoff::Backoff;
 use crate::task::{Protocol, TaskRef};
 
+mod confirm;
 mod listing;
 mod settings;
 mod tasks;
@@ -41,6 +42,8 @@ mod tasks;
 mod tests;
 mod unassign;
 
+pub use confirm::CONFIRM_WINDOW;
+use confirm::SentReleases;
 use listing::DescribeCache;
 pub use listing::MAX_DESCRIBE_PAGES;
 pub use settings::{
@@ -86,6 +89,8 @@ pub struct TencentCloud {
     task_cap: Duration,
     describe_cache_ttl: Duration,
     describe_cache: StdMutex<DescribeCache>,
+    /// IPv4 API 3.0 releases sent and not yet followed, for confirming by listing.
+    sent: StdMutex<SentReleases>,
     /// Told about every send (action, answer code or `Success`, duration): metrics.
     observer: Option<CallObserver>,
 }
@@ -150,6 +155,7 @@ impl TencentCloud {
             task_cap: settings.task_cap,
             describe_cache_ttl: settings.describe_cache_ttl,
             describe_cache: StdMutex::default(),
+            sent: StdMutex::default(),
             observer: None,
         })
     }
@@ -201,6 +207,12 @@ impl TencentCloud {
                 Ok(keys) => {
                     let started = Instant::now();
                     let result = op(keys, self.credentials.clock().now_unix()).await;
+                    if let Err(e) = &result
+                        && super::classify::is_rate_limit(&e.code)
+                    {
+                        // The account's budget is spent: this node slows down too.
+                        bucket.limited();
+                    }
                     if let Some(observer) = &self.observer {
                         let code = result
                             .as_ref()

@@ -1,10 +1,15 @@
 //! Following an accepted task with `DescribeVpcTaskResult` until it ends or the cap
-//! passes.
+//! passes (or, while the poll budget is contended, by listing: `confirm.rs`).
 
 use super::*;
 
 impl TencentCloud {
     pub(super) async fn follow_task(&self, task: &TaskRef) -> Result<TaskStatus, CloudError> {
+        if let Some(done) = self.confirm_by_listing(task).await {
+            // The listing that showed it stays cached: read after the task ended, it
+            // serves the ENI's next send-time check.
+            return Ok(done);
+        }
         let deadline = Instant::now() + self.task_cap;
         let mut interval = self.task_poll_start;
         loop {

@@ -78,6 +78,12 @@ impl TencentCloud {
                 }
             })
             .await;
+        if let Ok(task) = &result
+            && family == Family::Ipv4
+            && protocol == Protocol::V3
+        {
+            self.remember_sent(task, eni_id, v4);
+        }
         match &result {
             Ok(task) => tracing::info!(
                 eni_id,

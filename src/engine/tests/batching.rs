@@ -129,3 +129,40 @@ async fn one_call_is_in_flight_per_eni() {
     );
     assert_eq!(h.snapshot().await.counters.released, 30);
 }
+
+/// "Speed never buys a stale check": every call of a burst goes out on a listing read
+/// after the ENI's previous task ended. An EIP bound to an IP of the second call while
+/// the first call's task runs is seen, and that IP is not released (sending the rest of
+/// the batch on the first listing would have unbound it silently).
+#[tokio::test(start_paused = true)]
+async fn every_call_of_a_burst_is_checked_on_a_listing_read_after_the_last_task() {
+    let aux: Vec<u8> = (11..41).collect();
+    let h = start(&aux, |s| s.burst_limit = 100);
+    for n in &aux {
+        h.remove(*n, by("ip"));
+    }
+    // Until the first call is out (its task takes 50 ms).
+    for _ in 0..100_000 {
+        if !h.cloud.calls().is_empty() {
+            break;
+        }
+        sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(call_sizes(&h), vec![10], "{:?}", h.cloud.calls());
+    let listings_before = h.cloud.state.lock().expect("lock").listings;
+    let bound = ip(35);
+    h.cloud.set_ip(bound, |e| e.eip = Some("eip-bound".into()));
+    sleep(GRACE * 3).await;
+    let calls = h.cloud.calls();
+    assert!(
+        calls.iter().all(|c| !c.contains(&bound)),
+        "an IP whose EIP was bound after the first listing was released: {calls:?}"
+    );
+    assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 29, "{calls:?}");
+    let listings = h.cloud.state.lock().expect("lock").listings;
+    assert!(
+        listings - listings_before >= 2,
+        "the later calls were not checked on listings of their own ({listings_before} -> {listings})"
+    );
+    assert_eq!(h.snapshot().await.counters.released, 29);
+}

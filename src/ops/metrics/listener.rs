@@ -330,6 +330,7 @@ fn answer(
     let (status, content_type, body) = match path {
         "/metrics" => {
             refresh(metrics);
+            metrics.ready.set(i64::from(health.is_ready()));
             (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -50,6 +50,9 @@ pub struct Scenario {
     pub instances: Vec<FakeInstance>,
     #[serde(default)]
     pub enis: Vec<EniSpec>,
+    /// Account-wide API rate limits (`limits.rs`); absent: none.
+    #[serde(default)]
+    pub rate_limits: Option<crate::limits::RateLimits>,
 }
 
 /// A long-term key pair.
@@ -128,6 +131,7 @@ impl Scenario {
         if let Some(s) = self.clock_offset_s {
             cloud.set_clock_offset_secs(s);
         }
+        cloud.set_rate_limits(self.rate_limits.clone());
         for key in &self.keys {
             cloud.add_key(&key.secret_id, &key.secret_key);
         }

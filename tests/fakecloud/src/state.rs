@@ -452,6 +452,8 @@ pub(crate) struct World {
     /// Metadata answers that disagree with the ENIs (a stale or lagging metadata
     /// service): path below `meta-data/` (no trailing `/`) → body, or `None` for 404.
     pub metadata_overrides: BTreeMap<String, Option<String>>,
+    /// Rate limits and task end times (`limits.rs`).
+    pub fleet: crate::limits::FleetState,
     rng: u64,
     next_legacy_task: u64,
     next_call: u64,
@@ -479,6 +481,7 @@ impl Default for World {
             task_duration: Duration::from_millis(200),
             signature_window_s: 300,
             metadata_overrides: BTreeMap::new(),
+            fleet: crate::limits::FleetState::default(),
             rng: seed,
             next_legacy_task: 10_000,
             next_call: 0,
@@ -720,6 +723,8 @@ impl World {
             task.view.status = FakeTaskStatus::Success;
             task.view.output = "SUCCESS".to_string();
         }
+        let (id, now) = (task.view.request_id.clone(), self.now_ms());
+        self.fleet.task_ended_ms.insert(id, now);
     }
 
     /// Whether a running task holds `eni_id`.

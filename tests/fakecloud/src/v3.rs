@@ -135,6 +135,11 @@ fn process(
             format!("region {region:?} is not supported"),
         ));
     }
+    let now_ms = world.now_ms();
+    world
+        .fleet
+        .admit(action, region, req.source.ip(), now_ms)
+        .map_err(|r| fail(&r.code, r.message))?;
 
     let mut endless = false;
     let late = match world.faults.take_answer(Surface::V3, action) {

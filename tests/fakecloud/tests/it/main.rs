@@ -5,6 +5,7 @@ mod binary;
 mod common;
 mod faults;
 mod legacy;
+mod limits;
 mod metadata;
 mod tls;
 mod v3;
