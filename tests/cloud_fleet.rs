@@ -58,7 +58,10 @@ fn fake() -> FakeCloud {
 /// the first release's polls get refused, which cuts the client's poll rate.
 async fn contend(cloud: &TencentCloud, fake: &FakeCloud) {
     fake.set_rate_limits(Some(RateLimits::documented().limit(TASK_RESULT, Some(1))));
-    let task = cloud.unassign(ENI, VPC, &[ip(11).into()]).await.unwrap();
+    let task = cloud
+        .unassign(ENI, VPC, &[ip(11).into()], &|| true)
+        .await
+        .unwrap();
     for _ in 0..3 {
         // Polls in a burst: the second one of the second is refused.
         let _ = cloud.wait_task(&task).await;
@@ -80,7 +83,7 @@ async fn while_polls_are_refused_a_release_is_confirmed_by_listing() {
     fake.clear_calls();
 
     let ips: Vec<IpAddr> = vec![ip(12).into(), ip(13).into()];
-    let task = cloud.unassign(ENI, VPC, &ips).await.unwrap();
+    let task = cloud.unassign(ENI, VPC, &ips, &|| true).await.unwrap();
     let status = cloud.wait_task(&task).await.unwrap();
     assert_eq!(status, TaskStatus::Success);
     assert!(
@@ -111,7 +114,10 @@ async fn a_failed_task_is_still_told_by_its_poll_after_two_task_times() {
 
     fake.fail_next_task("UnassignPrivateIpAddresses");
     let started = std::time::Instant::now();
-    let task = cloud.unassign(ENI, VPC, &[ip(14).into()]).await.unwrap();
+    let task = cloud
+        .unassign(ENI, VPC, &[ip(14).into()], &|| true)
+        .await
+        .unwrap();
     let status = cloud.wait_task(&task).await.unwrap();
     assert_eq!(status, TaskStatus::Failed, "a listing cannot show FAILED");
     assert!(
@@ -128,7 +134,10 @@ async fn without_refusals_releases_are_confirmed_by_their_task() {
     let fake = fake();
     let server = serve(&fake);
     let cloud = client(&server);
-    let task = cloud.unassign(ENI, VPC, &[ip(15).into()]).await.unwrap();
+    let task = cloud
+        .unassign(ENI, VPC, &[ip(15).into()], &|| true)
+        .await
+        .unwrap();
     assert_eq!(cloud.wait_task(&task).await.unwrap(), TaskStatus::Success);
     assert!(!fake.calls_of(TASK_RESULT).is_empty());
 }
