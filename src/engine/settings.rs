@@ -33,6 +33,8 @@ pub struct Settings {
     /// faster than this.
     pub host_limit: usize,
     pub host_limit_window: Duration,
+    /// `claim.cidrs`: addresses inside are never released (docs/design.md, "Claims").
+    pub claim_cidrs: Vec<Cidr>,
 }
 
 impl Settings {
@@ -59,7 +61,14 @@ impl Settings {
             parked_retry: Duration::from_secs(3600),
             max_task_failures: 3,
             remember_released: Duration::from_secs(3600),
+            claim_cidrs: Vec::new(),
         }
+    }
+
+    /// The `[claim]` keys the release side needs: the CIDRs it must never release.
+    pub fn with_claim(mut self, c: &crate::config::ClaimConfig) -> Self {
+        self.claim_cidrs = c.cidrs.clone();
+        self
     }
 
     /// The growth of the wait between re-checks and retried releases: the cloud

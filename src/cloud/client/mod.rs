@@ -15,7 +15,8 @@
 //! The files, one concern each: this one builds the client and holds the call policy;
 //! `settings.rs` what it is built from ([`CloudSettings`], with the defaults);
 //! `listing.rs` the paged, cached `DescribeNetworkInterfaces`; `unassign.rs` the
-//! release call; `tasks.rs` following a task to its end.
+//! release call; `tasks.rs` following a task to its end; `claims.rs` the claim calls
+//! (holder lookup, Migrate, Assign; docs/cloud-api.md, "Claims").
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ use super::{Cloud, CloudError, Eni, ErrorClass, Family, MAX_IPS_PER_CALL, TaskSt
 use crate::backoff::Backoff;
 use crate::task::{Protocol, TaskRef};
 
+mod claims;
 mod listing;
 mod settings;
 mod tasks;
@@ -41,6 +43,7 @@ mod tasks;
 mod tests;
 mod unassign;
 
+pub use claims::{ClaimCloud, ClaimFailure, ClientToken, MAX_CLIENT_TOKEN_LEN};
 use listing::DescribeCache;
 pub use listing::MAX_DESCRIBE_PAGES;
 pub use settings::{

@@ -334,3 +334,5 @@ async fn ipv6_goes_over_api_3_with_its_own_bucket_and_never_mixed() {
         started.elapsed()
     );
 }
+
+mod claims;
