@@ -10,8 +10,9 @@ mod loopback_cloud;
 use std::time::Duration;
 
 use enisync::backoff::Backoff;
+use enisync::cloud::Cloud;
 use enisync::cloud::TaskStatus;
-use enisync::cloud::client::{ClaimCloud, ClaimFailure, ClientToken, CloudSettings, TencentCloud};
+use enisync::cloud::client::{ClaimFailure, ClientToken, CloudSettings, TencentCloud};
 use enisync::cloud::retry::Rates;
 use enisync_fakecloud::{FakeCloud, FakeEni, FakeInstance, FakeServer};
 use loopback_cloud::{ENI, INSTANCE, VPC, config_keys, ip, serve};
@@ -100,7 +101,7 @@ async fn a_migrate_moves_the_vip_and_a_stale_second_one_is_source_gone() {
     let server = serve(&fake);
     let cloud = client(&server);
 
-    let holders = cloud.holders(VPC, ip(100)).await.unwrap();
+    let holders = cloud.claim_holders(VPC, ip(100)).await.unwrap();
     assert_eq!(
         holders.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
         [PEER_ENI]
@@ -111,14 +112,11 @@ async fn a_migrate_moves_the_vip_and_a_stale_second_one_is_source_gone() {
         Some("ins-peer")
     );
 
-    let task = cloud.migrate(PEER_ENI, ENI, ip(100)).await.unwrap();
-    assert_eq!(
-        cloud.wait_claim_task(&task).await.unwrap(),
-        TaskStatus::Success
-    );
+    let task = cloud.claim_migrate(PEER_ENI, ENI, ip(100)).await.unwrap();
+    assert_eq!(cloud.wait_task(&task).await.unwrap(), TaskStatus::Success);
     assert!(fake.eni(ENI).unwrap().ip(ip(100)).is_some());
     assert!(fake.eni(PEER_ENI).unwrap().ip(ip(100)).is_none());
-    let holders = cloud.holders(VPC, ip(100)).await.unwrap();
+    let holders = cloud.claim_holders(VPC, ip(100)).await.unwrap();
     assert_eq!(
         holders.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
         [ENI]
@@ -127,7 +125,10 @@ async fn a_migrate_moves_the_vip_and_a_stale_second_one_is_source_gone() {
     assert!(fake.eni(OTHER_VPC_ENI).unwrap().ip(ip(100)).is_some());
 
     // The same Migrate again names a source that no longer holds the address.
-    let err = cloud.migrate(PEER_ENI, ENI, ip(100)).await.unwrap_err();
+    let err = cloud
+        .claim_migrate(PEER_ENI, ENI, ip(100))
+        .await
+        .unwrap_err();
     assert_eq!(ClaimFailure::of(&err), ClaimFailure::SourceGone, "{err}");
     assert_eq!(fake.calls_of("MigratePrivateIpAddress").len(), 2);
     assert_signed(&fake);
@@ -140,25 +141,19 @@ async fn an_assign_takes_a_free_vip_once_under_its_client_token() {
     let cloud = client(&server);
 
     // 10.0.1.101 is held in another VPC only: nobody holds it in ours.
-    assert!(cloud.holders(VPC, ip(101)).await.unwrap().is_empty());
+    assert!(cloud.claim_holders(VPC, ip(101)).await.unwrap().is_empty());
     let token = ClientToken::for_claim(ENI, ip(101), 1).unwrap();
-    let task = cloud.assign(ENI, ip(101), &token).await.unwrap();
-    assert_eq!(
-        cloud.wait_claim_task(&task).await.unwrap(),
-        TaskStatus::Success
-    );
+    let task = cloud.claim_assign(ENI, ip(101), &token).await.unwrap();
+    assert_eq!(cloud.wait_task(&task).await.unwrap(), TaskStatus::Success);
     // The same attempt again (a lost answer re-sent): the same result, nothing new.
-    let again = cloud.assign(ENI, ip(101), &token).await.unwrap();
-    assert_eq!(
-        cloud.wait_claim_task(&again).await.unwrap(),
-        TaskStatus::Success
-    );
+    let again = cloud.claim_assign(ENI, ip(101), &token).await.unwrap();
+    assert_eq!(cloud.wait_task(&again).await.unwrap(), TaskStatus::Success);
     let ours = fake.eni(ENI).unwrap();
     assert_eq!(ours.ips.iter().filter(|i| i.addr == ip(101)).count(), 1);
 
     // A new attempt (new token) for an address held by the peer: taken.
     let token = ClientToken::for_claim(ENI, ip(100), 2).unwrap();
-    let err = cloud.assign(ENI, ip(100), &token).await.unwrap_err();
+    let err = cloud.claim_assign(ENI, ip(100), &token).await.unwrap_err();
     assert_eq!(ClaimFailure::of(&err), ClaimFailure::Taken, "{err}");
     assert!(fake.eni(PEER_ENI).unwrap().ip(ip(100)).is_some());
     assert!(fake.eni(ENI).unwrap().ip(ip(100)).is_none());
@@ -170,10 +165,13 @@ async fn a_primary_ip_or_another_subnet_is_refused() {
     let fake = fake();
     let server = serve(&fake);
     let cloud = client(&server);
-    let err = cloud.migrate(PEER_ENI, ENI, ip(20)).await.unwrap_err();
+    let err = cloud
+        .claim_migrate(PEER_ENI, ENI, ip(20))
+        .await
+        .unwrap_err();
     assert_eq!(ClaimFailure::of(&err), ClaimFailure::Refused, "{err}");
     let err = cloud
-        .migrate(OTHER_VPC_ENI, ENI, ip(101))
+        .claim_migrate(OTHER_VPC_ENI, ENI, ip(101))
         .await
         .unwrap_err();
     assert_eq!(ClaimFailure::of(&err), ClaimFailure::Refused, "{err}");

@@ -135,6 +135,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         WatchOptions {
             recv_buffer: config.netlink.receive_buffer,
             resync_interval: config.netlink.resync_interval,
+            adder_cidrs: config.claim.cidrs.clone(),
             ..WatchOptions::default()
         },
         identifier,

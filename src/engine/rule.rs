@@ -194,7 +194,7 @@ fn address_selected(settings: &Settings, ip: IpAddr) -> Result<(), Cancel> {
 /// it (docs/design.md, "Claims"). Checked again at the deadline: a reload may add the CIDR.
 fn not_claimed(settings: &Settings, ip: IpAddr) -> Result<(), Cancel> {
     match ip {
-        IpAddr::V4(v4) if settings.claim_cidrs.iter().any(|c| c.contains(v4)) => {
+        IpAddr::V4(v4) if settings.claim.cidrs.iter().any(|c| c.contains(v4)) => {
             Err(Cancel::ClaimAddress)
         }
         _ => Ok(()),

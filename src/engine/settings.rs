@@ -33,8 +33,9 @@ pub struct Settings {
     /// faster than this.
     pub host_limit: usize,
     pub host_limit_window: Duration,
-    /// `claim.cidrs`: addresses inside are never released (docs/design.md, "Claims").
-    pub claim_cidrs: Vec<Cidr>,
+    /// `[claim]`: addresses inside `claim.cidrs` are never released, and are claimed
+    /// when added (docs/design.md, "Claims").
+    pub claim: super::claim::ClaimSettings,
 }
 
 impl Settings {
@@ -61,13 +62,13 @@ impl Settings {
             parked_retry: Duration::from_secs(3600),
             max_task_failures: 3,
             remember_released: Duration::from_secs(3600),
-            claim_cidrs: Vec::new(),
+            claim: super::claim::ClaimSettings::default(),
         }
     }
 
-    /// The `[claim]` keys the release side needs: the CIDRs it must never release.
+    /// The `[claim]` keys.
     pub fn with_claim(mut self, c: &crate::config::ClaimConfig) -> Self {
-        self.claim_cidrs = c.cidrs.clone();
+        self.claim = super::claim::ClaimSettings::from_config(c);
         self
     }
 

@@ -77,6 +77,8 @@ pub trait MetricsSink: Send + Sync + std::fmt::Debug {
     fn host_limit_waited(&self);
     /// The gauges now.
     fn gauges(&self, gauges: &Gauges);
+    /// A claim decision (docs/design.md, "Claims"): `decision` and `reason` keys.
+    fn claim_counted(&self, _decision: &'static str, _reason: &'static str) {}
 }
 
 impl<C: Cloud, R: Router> Engine<C, R> {

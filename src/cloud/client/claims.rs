@@ -11,48 +11,14 @@
 //! - Assign carries a `ClientToken`: a re-send is the same request, so it is retried
 //!   like a read.
 //!
-//! Both mutating calls take tokens from the bucket of the mutating calls
+//! The engine reaches them through the `Cloud` trait (`claim_holders`, `claim_migrate`,
+//! `claim_assign`). Both mutating calls take tokens from the bucket of the mutating calls
 //! (`cloud.max_calls_per_second`).
 
 use std::fmt;
 
 use super::*;
 use crate::cloud::v3::{ASSIGN, MIGRATE};
-
-/// What a claim asks of the cloud; [`TencentCloud`] is the real one, the engine's
-/// tests bring their own.
-pub trait ClaimCloud: Send + Sync + 'static {
-    /// The ENIs of `vpc_id` holding exactly `ip` (filters `vpc-id`, `address-ip`,
-    /// `ip-exact-match`), each checked again here: in that VPC and listing `ip`.
-    fn holders(
-        &self,
-        vpc_id: &str,
-        ip: Ipv4Addr,
-    ) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
-
-    /// Starts moving `ip` from `src_eni` to `dst_eni`. Sent once, never retried.
-    fn migrate(
-        &self,
-        src_eni: &str,
-        dst_eni: &str,
-        ip: Ipv4Addr,
-    ) -> impl Future<Output = Result<TaskRef, CloudError>> + Send;
-
-    /// Starts assigning `ip` to `eni_id`; a re-send under the same token is the same
-    /// request.
-    fn assign(
-        &self,
-        eni_id: &str,
-        ip: Ipv4Addr,
-        token: &ClientToken,
-    ) -> impl Future<Output = Result<TaskRef, CloudError>> + Send;
-
-    /// Follows a claim's task to its end (or the cap: `Running`).
-    fn wait_claim_task(
-        &self,
-        task: &TaskRef,
-    ) -> impl Future<Output = Result<TaskStatus, CloudError>> + Send;
-}
 
 /// An `AssignPrivateIpAddresses` `ClientToken`: at most 64 printable ASCII characters,
 /// the same for every send of one claim attempt.
@@ -116,8 +82,10 @@ impl ClaimFailure {
     }
 }
 
-impl ClaimCloud for TencentCloud {
-    async fn holders(&self, vpc_id: &str, ip: Ipv4Addr) -> Result<Vec<Eni>, CloudError> {
+impl TencentCloud {
+    /// The ENIs of `vpc_id` holding exactly `ip` (filters `vpc-id`, `address-ip`,
+    /// `ip-exact-match`), each checked again here: in that VPC and listing `ip`.
+    pub async fn claim_holders(&self, vpc_id: &str, ip: Ipv4Addr) -> Result<Vec<Eni>, CloudError> {
         let listed = self
             .call(
                 DESCRIBE_ENIS,
@@ -140,7 +108,8 @@ impl ClaimCloud for TencentCloud {
         Ok(holders)
     }
 
-    async fn migrate(
+    /// Starts moving `ip` from `src_eni` to `dst_eni`. Sent once, never retried.
+    pub async fn claim_migrate(
         &self,
         src_eni: &str,
         dst_eni: &str,
@@ -161,7 +130,9 @@ impl ClaimCloud for TencentCloud {
         result
     }
 
-    async fn assign(
+    /// Starts assigning `ip` to `eni_id`; a re-send under the same token is the same
+    /// request.
+    pub async fn claim_assign(
         &self,
         eni_id: &str,
         ip: Ipv4Addr,
@@ -182,9 +153,5 @@ impl ClaimCloud for TencentCloud {
             Err(error) => tracing::warn!(%ip, eni_id, %token, %error, "assign failed"),
         }
         result
-    }
-
-    async fn wait_claim_task(&self, task: &TaskRef) -> Result<TaskStatus, CloudError> {
-        self.follow_task(task).await
     }
 }

@@ -43,7 +43,7 @@ mod tasks;
 mod tests;
 mod unassign;
 
-pub use claims::{ClaimCloud, ClaimFailure, ClientToken, MAX_CLIENT_TOKEN_LEN};
+pub use claims::{ClaimFailure, ClientToken, MAX_CLIENT_TOKEN_LEN};
 use listing::DescribeCache;
 pub use listing::MAX_DESCRIBE_PAGES;
 pub use settings::{
@@ -287,6 +287,28 @@ impl Cloud for TencentCloud {
 
     async fn wait_task(&self, task: &TaskRef) -> Result<TaskStatus, CloudError> {
         self.follow_task(task).await
+    }
+
+    async fn claim_holders(&self, vpc_id: &str, ip: Ipv4Addr) -> Result<Vec<Eni>, CloudError> {
+        TencentCloud::claim_holders(self, vpc_id, ip).await
+    }
+
+    async fn claim_migrate(
+        &self,
+        src_eni: &str,
+        dst_eni: &str,
+        ip: Ipv4Addr,
+    ) -> Result<TaskRef, CloudError> {
+        TencentCloud::claim_migrate(self, src_eni, dst_eni, ip).await
+    }
+
+    async fn claim_assign(
+        &self,
+        eni_id: &str,
+        ip: Ipv4Addr,
+        token: &ClientToken,
+    ) -> Result<TaskRef, CloudError> {
+        TencentCloud::claim_assign(self, eni_id, ip, token).await
     }
 }
 

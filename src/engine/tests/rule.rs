@@ -126,7 +126,7 @@ async fn config_filters_include_and_exclude() {
 async fn claim_addresses_are_never_released() {
     let h = start(&[11, 12, 13], |s| {
         s.include = vec![Cidr::parse("10.0.1.0/24").expect("cidr")];
-        s.claim_cidrs = vec![
+        s.claim.cidrs = vec![
             Cidr::parse("10.0.1.11/32").expect("cidr"),
             Cidr::parse("10.0.1.12/32").expect("cidr"),
         ];

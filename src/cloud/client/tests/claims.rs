@@ -46,7 +46,10 @@ async fn the_holder_lookup_filters_on_vpc_and_exact_address_and_checks_the_answe
         3,
     );
     let server = scripted(&[&answer]).await;
-    let found = cloud(&server, |_| {}).holders("vpc-1", VIP).await.unwrap();
+    let found = cloud(&server, |_| {})
+        .claim_holders("vpc-1", VIP)
+        .await
+        .unwrap();
     assert_eq!(
         found.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
         ["eni-peer"]
@@ -76,7 +79,7 @@ async fn hostile_holder_answers_are_classified_errors() {
     ] {
         let server = scripted(&[answer]).await;
         let err = cloud(&server, |s| s.max_attempts = 1)
-            .holders("vpc-1", VIP)
+            .claim_holders("vpc-1", VIP)
             .await
             .unwrap_err();
         assert_eq!(err.code, "Response.Malformed", "{answer}");
@@ -89,7 +92,7 @@ async fn hostile_holder_answers_are_classified_errors() {
 async fn a_migrate_is_sent_once_whatever_the_transient_answer() {
     let server = scripted(&[THROTTLED, UNASSIGNED]).await;
     let err = cloud(&server, |_| {})
-        .migrate("eni-peer", "eni-mine", VIP)
+        .claim_migrate("eni-peer", "eni-mine", VIP)
         .await
         .unwrap_err();
     assert_eq!(ClaimFailure::of(&err), ClaimFailure::Busy);
@@ -97,7 +100,7 @@ async fn a_migrate_is_sent_once_whatever_the_transient_answer() {
 
     let server = scripted(&[UNASSIGNED]).await;
     let task = cloud(&server, |_| {})
-        .migrate("eni-peer", "eni-mine", VIP)
+        .claim_migrate("eni-peer", "eni-mine", VIP)
         .await
         .unwrap();
     assert_eq!(task.task_id, "task-1");
@@ -119,8 +122,10 @@ async fn migrate_and_assign_failures_mean_what_a_claim_needs() {
         let c = cloud(&server, |s| s.max_attempts = 1);
         let token = ClientToken::for_claim("eni-mine", VIP, 1).unwrap();
         (
-            c.migrate("eni-peer", "eni-mine", VIP).await.unwrap_err(),
-            c.assign("eni-mine", VIP, &token).await.unwrap_err(),
+            c.claim_migrate("eni-peer", "eni-mine", VIP)
+                .await
+                .unwrap_err(),
+            c.claim_assign("eni-mine", VIP, &token).await.unwrap_err(),
         )
     };
     let (migrate, assign) = c(error("ResourceNotFound")).await;
@@ -152,7 +157,7 @@ async fn an_assign_is_retried_under_one_client_token() {
     let server = scripted(&[THROTTLED, assigned]).await;
     let token = ClientToken::for_claim("eni-mine", VIP, 7).unwrap();
     let task = cloud(&server, |_| {})
-        .assign("eni-mine", VIP, &token)
+        .claim_assign("eni-mine", VIP, &token)
         .await
         .unwrap();
     assert_eq!(task.task_id, "task-9");
@@ -175,7 +180,7 @@ async fn an_assign_answer_without_the_address_is_malformed() {
     let server = scripted(&[other]).await;
     let token = ClientToken::for_claim("eni-mine", VIP, 1).unwrap();
     let err = cloud(&server, |s| s.max_attempts = 1)
-        .assign("eni-mine", VIP, &token)
+        .claim_assign("eni-mine", VIP, &token)
         .await
         .unwrap_err();
     assert_eq!(err.code, "Response.Malformed");
