@@ -33,6 +33,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 }
                 match purpose {
                     LookupPurpose::Decide => self.on_claim_holders(&entry, result, now),
+                    LookupPurpose::AfterCall => self.on_claim_after_call(&entry, result, now),
                     LookupPurpose::Reverify => self.on_claim_reverified(&entry, result, now),
                 }
             }
@@ -199,8 +200,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     ) {
         let ip = entry.ip;
         match result {
-            // Re-check the holder after the task: the lookup decides (Mine → claimed).
-            Ok(TaskStatus::Success) => self.claim_look_again(entry),
+            // Re-check the holder after the task: only a lookup that finds it here makes
+            // it claimed.
+            Ok(TaskStatus::Success) => self.claim_look_again(entry, LookupPurpose::AfterCall),
             Ok(status) => {
                 self.slots.set_idle(&entry.eni_id);
                 let reason = if status == TaskStatus::Failed {
@@ -217,7 +219,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 // lookup, which is no contest. Migrate is never re-sent without one.
                 ClaimFailure::SourceGone | ClaimFailure::Taken => {
                     self.claim_decided(ip, entry, "claim_wait", "holder_changed", &error.code);
-                    self.claim_look_again(entry);
+                    self.claim_look_again(entry, LookupPurpose::Decide);
                 }
                 ClaimFailure::Busy => {
                     self.slots.set_idle(&entry.eni_id);
@@ -236,7 +238,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     }
 
     /// A fresh lookup for the same attempt (the slot stays taken).
-    fn claim_look_again(&mut self, entry: &ClaimEntry) {
+    fn claim_look_again(&mut self, entry: &ClaimEntry, purpose: LookupPurpose) {
         let Some(vpc_id) = self
             .inventory
             .by_eni(&entry.eni_id)
@@ -252,8 +254,29 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             vpc_id,
             entry.ip,
             entry.attempt,
-            LookupPurpose::Decide,
+            purpose,
         );
+    }
+
+    /// The lookup right after our call's task succeeded: here (or on its way, not yet
+    /// AVAILABLE) is decided as usual; anywhere else means the cloud moved it away at
+    /// once, a contest, not a reason to call again now.
+    fn on_claim_after_call(
+        &mut self,
+        entry: &ClaimEntry,
+        result: Result<Vec<Eni>, CloudError>,
+        now: Instant,
+    ) {
+        let here = result
+            .as_ref()
+            .map_or(true, |holders| holders.iter().any(|e| e.id == entry.eni_id));
+        if here {
+            self.on_claim_holders(entry, result, now);
+            return;
+        }
+        self.slots.set_idle(&entry.eni_id);
+        let holders = result.unwrap_or_default();
+        self.claim_contested(entry, &holders, now);
     }
 
     fn on_claim_reverified(
@@ -280,7 +303,13 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             self.claims.entries.remove(&ip);
             return;
         }
-        // The cloud moved it away while this host still has it: do not fight.
+        self.claim_contested(entry, &holders, now);
+    }
+
+    /// The cloud moved it away while this host still has it: do not fight. An alarm,
+    /// and a new attempt only after the backoff.
+    fn claim_contested(&mut self, entry: &ClaimEntry, holders: &[Eni], now: Instant) {
+        let ip = entry.ip;
         let contests = entry.contests.saturating_add(1);
         let wait = self.settings.claim.contest_wait(contests);
         let holder = holders

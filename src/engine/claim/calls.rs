@@ -26,10 +26,12 @@ impl ClaimCall {
     }
 }
 
-/// Why a lookup was made: before a decision, or to re-verify a claimed address.
+/// Why a lookup was made: before a decision, right after our own call succeeded, or to
+/// re-verify a claimed address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LookupPurpose {
     Decide,
+    AfterCall,
     Reverify,
 }
 

@@ -87,7 +87,10 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             ip = %ip,
             link = %link.name,
             eni = %eni_id,
-            adder = describe_optional_remover(adder.as_ref()).as_str(),
+            adder = adder.as_ref().map_or_else(
+                || if at_start { "present at start".to_string() } else { "being identified".to_string() },
+                |a| describe_optional_remover(Some(a)),
+            ).as_str(),
             at_start,
             settle_ms = crate::millis(self.settings.claim.settle),
             "floating IP added; claimed if it stays for claim.settle"
@@ -117,6 +120,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             && matches!(entry.phase, ClaimPhase::Settling { .. })
             && entry.adder.is_none()
         {
+            info!(
+                ip = %ip,
+                link = %entry.link_name,
+                adder = describe_optional_remover(Some(&adder)).as_str(),
+                "floating IP adder identified"
+            );
             entry.adder = Some(adder);
         }
     }
