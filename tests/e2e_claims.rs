@@ -98,6 +98,18 @@ fn an_added_vip_is_migrated_here_once_and_never_released() {
         sb.log_text()
     );
 
+    // Every decision is a metric too.
+    let (code, metrics) = sb.http_get(9469, "/metrics");
+    assert_eq!(code, 200);
+    for line in [
+        "enisync_claims_total{decision=\"claimed\",reason=\"held_here\"} 1",
+        "enisync_claims_total{decision=\"claim_sent\",reason=\"migrate\"} 1",
+        "enisync_claimed_ips 1",
+        "enisync_contested_ips 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+
     sb.ip(&format!("addr del {VIP}/24 dev eth1"));
     sb.assert_no_unassign_for(Duration::from_secs(4));
     assert!(bound_to(&sb, ENI1));
@@ -179,4 +191,5 @@ fn a_contested_vip_alarms_and_migrations_stay_bounded() {
         text.contains("ALARMS") && text.contains("contested"),
         "status shows the alarm:\n{text}"
     );
+    assert!(text.contains("CLAIMS"), "status lists the claim:\n{text}");
 }

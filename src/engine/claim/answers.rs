@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::info;
 
 use super::calls::{ClaimCall, ClaimReport, LookupPurpose, spawn_call, spawn_lookup};
 use super::trigger::{Skip, still_there};
@@ -138,8 +137,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     self.claim_phase(ip, ClaimPhase::Parked { reason: "refused" });
                     return;
                 };
-                info!(target: "audit", decision = "claim_sent", ip = %ip, eni = %entry.eni_id,
-                      call = "assign", token = %token, "nobody holds the floating IP: assigning it here");
+                let detail = format!("nobody holds it; ClientToken {token}");
+                self.claim_decided(ip, entry, "claim_sent", "assign", &detail);
                 self.claim_phase(ip, ClaimPhase::Calling);
                 spawn_call(
                     &self.cloud,
@@ -176,8 +175,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     return;
                 }
                 self.claims.migrations.entry(ip).or_default().push_back(now);
-                info!(target: "audit", decision = "claim_sent", ip = %ip, eni = %entry.eni_id,
-                      call = "migrate", source = %source, "a peer holds the floating IP: migrating it here");
+                let detail = format!("from {source}");
+                self.claim_decided(ip, entry, "claim_sent", "migrate", &detail);
                 self.claim_phase(ip, ClaimPhase::Calling);
                 spawn_call(
                     &self.cloud,

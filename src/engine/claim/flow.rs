@@ -316,6 +316,20 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         );
     }
 
+    /// Claimed, contested and orphaned addresses now (the gauges).
+    pub(in crate::engine) fn claim_gauge_values(&self, now: Instant) -> (usize, usize, usize) {
+        let count = |f: fn(&ClaimPhase) -> bool| {
+            self.claims.entries.values().filter(|e| f(&e.phase)).count()
+        };
+        (
+            count(|p| matches!(p, ClaimPhase::Claimed { .. })),
+            count(|p| matches!(p, ClaimPhase::Contested { .. })),
+            self.claims
+                .orphans(now, self.settings.claim.orphan_after)
+                .len(),
+        )
+    }
+
     /// The claims for `status`.
     pub(in crate::engine) fn claim_views(
         &self,

@@ -379,3 +379,27 @@ async fn a_claim_and_a_release_of_one_eni_both_happen() {
     assert_eq!(h.migrates(), [migrated_from_peer()]);
     assert_eq!(h.cloud.calls(), vec![vec![ip(11)]]);
 }
+
+/// A claimed address absent from the host while still bound here for longer than
+/// `claim.orphan_after` is reported (`status`); it is not released.
+#[tokio::test(start_paused = true)]
+async fn a_claimed_vip_absent_longer_than_orphan_after_is_reported() {
+    let h = start_claims(vec![peer_holding_vip()], |c| {
+        c.orphan_after = Duration::from_secs(90);
+    });
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    assert_eq!(h.vip_holders(), ["eni-1"]);
+    h.remove_vip();
+    sleep(Duration::from_secs(60)).await;
+    assert!(!h.claim().await.expect("claim").orphan, "not yet");
+    sleep(Duration::from_secs(60)).await;
+    let claim = h.claim().await.expect("claim");
+    assert!(claim.orphan, "{claim:?}");
+    assert_eq!(claim.phase, "claimed");
+    assert!(h.cloud.calls().is_empty(), "never released");
+    // Back on the host: no longer an orphan.
+    h.add_vip("keepalived");
+    sleep(Duration::from_secs(1)).await;
+    assert!(!h.claim().await.expect("claim").orphan);
+}
