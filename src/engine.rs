@@ -22,6 +22,7 @@
 mod audit;
 mod batch;
 mod calls;
+mod claim;
 mod commands;
 mod events;
 mod guards;
@@ -46,7 +47,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub use self::commands::{Command, LinkStatus, PlanView, PlannedRelease, Snapshot};
+pub use self::claim::{ClaimSettings, ClaimTarget, ClaimWait, HolderDecision, ParkReason};
+pub use self::commands::{ClaimView, Command, LinkStatus, PlanView, PlannedRelease, Snapshot};
 pub use self::intent::{Finished, Intent, Outcome, Phase};
 pub use self::reasons::{Cancel, HeldReason, Refusal, RefusalKind, WaitReason};
 pub use self::router::Router;
@@ -105,6 +107,8 @@ pub struct Engine<C: Cloud, R: Router> {
     inventory_loading: bool,
     /// Link changes can come in storms; describes are rate-limited on our side too.
     last_inventory_refresh: Option<Instant>,
+    /// Floating IPs claimed when added on the host (docs/design.md, "Claims").
+    claims: claim::ClaimBook,
 }
 
 /// Host events taken in one go before the engine decides again.
@@ -172,8 +176,10 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             reports_rx,
             inventory_loading: false,
             last_inventory_refresh: None,
+            claims: claim::ClaimBook::new(Instant::now()),
         };
         engine.recover(start.replay, Instant::now());
+        engine.claims_at_start(Instant::now());
         engine
     }
 
@@ -210,12 +216,20 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             let now = Instant::now();
             self.unpark(now, false);
             self.dispatch_due(now);
+            self.claims_due(now);
             if self.slots.any_checked() {
                 self.send_checked(now).await;
             }
             // The floor keeps a wrong deadline from turning into a busy loop.
+            let claims_wake = self.claims.next_wakeup(
+                self.pause.in_force().is_some(),
+                self.settings.claim.orphan_after,
+            );
             let wake = self
                 .next_wakeup()
+                .into_iter()
+                .chain(claims_wake)
+                .min()
                 .map(|at| at.max(now + Duration::from_millis(1)));
             let timer = async move {
                 match wake {
@@ -246,6 +260,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     }
                 },
                 Some(report) = self.reports_rx.recv() => self.on_report(report, Instant::now()).await,
+                Some(report) = self.claims.reports_rx.recv() => self.on_claim_report(report, Instant::now()),
                 Some(command) = commands.recv() => self.on_command_async(command, Instant::now()).await,
                 Some(()) = heartbeat.next() => {}
                 () = timer => {}

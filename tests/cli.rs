@@ -192,3 +192,34 @@ fn check_config_as_root_checks_the_service_users_access() {
     assert!(text.contains("no user"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `[claim]`: `check-config` refuses what `run` would, naming the key and the reason:
+/// an IPv6 claim CIDR, missing peers, and a claim CIDR that covers a release.include.
+#[test]
+fn claim_nonsense_exits_1_naming_the_key() {
+    for (text, key, reason) in [
+        (
+            "# claim v6\n[claim]\ncidrs = [\"fd00::100/128\"]\npeers = [\"ins-a1\"]\n",
+            "claim",
+            "IPv4-only",
+        ),
+        (
+            "# claim without peers\n[claim]\ncidrs = [\"10.0.1.100/32\"]\n",
+            "claim.peers",
+            "required with claim.cidrs",
+        ),
+        (
+            "# claim covers include\n[release]\ninclude = [\"10.0.1.100/32\"]\n[claim]\ncidrs = [\"10.0.1.100/32\"]\npeers = [\"ins-a1\"]\n",
+            "claim.cidrs[0]",
+            "covers release.include[0]",
+        ),
+    ] {
+        let (code, _, err) = check_config(text);
+        assert_eq!(code, 1, "{text}: {err}");
+        assert!(err.contains(key) && err.contains(reason), "{text}: {err}");
+    }
+    let (code, _, err) = check_config(
+        "# a valid claim section\n[claim]\ncidrs = [\"10.0.1.100/32\"]\npeers = [\"ins-a1\"]\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}

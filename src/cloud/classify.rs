@@ -74,6 +74,9 @@ fn classify_name(code: &str) -> Option<ErrorClass> {
         | "ResourceUnavailable"
         | "UnsupportedOperation.MutexOperationTaskRunning"
         | "UnsupportedOperation.InvalidState"
+        // An assign with our ClientToken is still being processed: ask again later
+        // (docs/cloud-api.md, "Claims").
+        | "UnsupportedOperation.IdempotentProcessing"
         // The legacy VPC API's "the resource is being operated on: wait for the running
         // operation to end" (a server-side code of its error list).
         | "ActionLocked"
@@ -219,6 +222,14 @@ mod tests {
         ("UnknownParameter", Refused),
         ("UnsupportedProtocol", Refused),
         ("UnsupportedRegion", Refused),
+        // MigratePrivateIpAddress and AssignPrivateIpAddresses (claims)
+        ("UnsupportedOperation.IdempotentProcessing", RetryLater),
+        ("UnsupportedOperation.IdempotentParameterMismatch", Refused),
+        ("UnsupportedOperation.ResourceMismatch", Refused),
+        ("InvalidParameterValue.Range", Refused),
+        ("InvalidParameterValue.Reserved", Refused),
+        ("ResourceInsufficient.Subnet", Refused),
+        ("FailedOperation.NetDetectTimeOut", Refused),
         // primary-IP codes
         ("UnsupportedOperation.PrimaryIp", Refused),
         ("UnauthorizedOperation.PrimaryIp", Refused),

@@ -235,4 +235,39 @@ pub trait Cloud: Send + Sync + 'static {
         &self,
         task: &TaskRef,
     ) -> impl Future<Output = Result<TaskStatus, CloudError>> + Send;
+
+    /// Claims (docs/design.md, "Claims"): the ENIs of `vpc_id` holding exactly `ip`.
+    /// A cloud without claim calls refuses.
+    fn claim_holders(
+        &self,
+        _vpc_id: &str,
+        _ip: std::net::Ipv4Addr,
+    ) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send {
+        async { Err(no_claims("DescribeNetworkInterfaces")) }
+    }
+
+    /// Claims: starts moving `ip` from `src_eni` to `dst_eni` (sent once, never retried).
+    fn claim_migrate(
+        &self,
+        _src_eni: &str,
+        _dst_eni: &str,
+        _ip: std::net::Ipv4Addr,
+    ) -> impl Future<Output = Result<TaskRef, CloudError>> + Send {
+        async { Err(no_claims("MigratePrivateIpAddress")) }
+    }
+
+    /// Claims: starts assigning `ip` to `eni_id` under `token`.
+    fn claim_assign(
+        &self,
+        _eni_id: &str,
+        _ip: std::net::Ipv4Addr,
+        _token: &client::ClientToken,
+    ) -> impl Future<Output = Result<TaskRef, CloudError>> + Send {
+        async { Err(no_claims("AssignPrivateIpAddresses")) }
+    }
+}
+
+/// The refusal of a cloud that makes no claim calls.
+fn no_claims(action: &'static str) -> CloudError {
+    CloudError::local(action, "Client.NoClaims", "this cloud makes no claim calls")
 }

@@ -367,5 +367,8 @@ impl NetworkInterface {
     }
 }
 
+mod claims;
+pub(crate) use claims::{ASSIGN, MIGRATE};
+
 #[cfg(test)]
 mod tests;

@@ -23,10 +23,12 @@ use crate::cloud::sign::LegacySignMethod;
 use crate::net::{Cidr, MacAddr};
 use crate::task::Protocol;
 
+mod claim;
 mod defaults;
 mod parse;
 mod validate;
 
+pub use claim::{CLAIM_MAX_MIGRATIONS_BOUND, CLAIM_WIDEST_PREFIX, ClaimConfig};
 use defaults::*;
 pub use defaults::{DRIFT_FRESH_READ_MIN, default_ignore_removers};
 pub use parse::parse_duration;
@@ -83,6 +85,9 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default)]
     pub drift: DriftConfig,
+    /// Floating IPs claimed when added on the host (off by default).
+    #[serde(default)]
+    pub claim: ClaimConfig,
     /// Static ENI mappings for hosts that cannot reach the metadata service.
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<StaticInterface>,

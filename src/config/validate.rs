@@ -216,6 +216,9 @@ impl Config {
                 ));
             }
         }
+        if let Err((key, reason)) = super::claim::check(self) {
+            return Err(invalid(&key, reason));
+        }
         let mut macs = std::collections::HashSet::new();
         for (i, iface) in self.interfaces.iter().enumerate() {
             if !macs.insert(iface.mac) {
@@ -377,6 +380,8 @@ impl Config {
         differs("metrics", self.metrics != new.metrics);
         differs("control.socket", self.control != new.control);
         differs("drift.interval", self.drift != new.drift);
+        // Read once at start for now: the claim engine is built with the daemon.
+        differs("claim", self.claim != new.claim);
         differs("interface", self.interfaces != new.interfaces);
         keys
     }

@@ -93,7 +93,7 @@ const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The engine settings a config gives.
 pub fn engine_settings(config: &Config) -> Settings {
-    Settings::from_release(&config.release)
+    Settings::from_release(&config.release).with_claim(&config.claim)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `config_path` is re-read on SIGHUP.
@@ -135,6 +135,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         WatchOptions {
             recv_buffer: config.netlink.receive_buffer,
             resync_interval: config.netlink.resync_interval,
+            adder_cidrs: config.claim.cidrs.clone(),
             ..WatchOptions::default()
         },
         identifier,

@@ -61,6 +61,27 @@ pub struct Snapshot {
     /// the first listing); absent once it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub starting: Option<String>,
+    /// Floating IPs under a claim (docs/design.md, "Claims"); absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<ClaimView>,
+}
+
+/// One floating IP under a claim, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClaimView {
+    pub ip: std::net::Ipv4Addr,
+    pub link: String,
+    pub eni_id: String,
+    /// `settling`, `looking_up`, `calling`, `claimed`, `waiting`, `contested`, `parked`,
+    /// `dry_run`.
+    pub phase: String,
+    /// Why it waits or is parked, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Contests in a row.
+    pub contests: u32,
+    /// Absent from the host longer than `claim.orphan_after` while bound here.
+    pub orphan: bool,
 }
 
 impl Snapshot {
@@ -80,6 +101,7 @@ impl Snapshot {
             paused_note: None,
             dry_run,
             starting: Some(waiting_for),
+            claims: Vec::new(),
         };
         snapshot.set_pause(paused);
         snapshot
@@ -311,6 +333,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             paused_note: None,
             dry_run: self.settings.dry_run,
             starting: None,
+            claims: self.claim_views(now),
         };
         snapshot.set_pause(self.pause.in_force());
         snapshot

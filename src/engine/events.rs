@@ -27,16 +27,19 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         self.view.apply(&event);
         match event {
             HostEvent::AddrRemoved { addr, remover } => {
+                self.on_claim_removed(&addr, now);
                 self.on_addr_removed(addr, remover, subnet_primary, now);
             }
             HostEvent::LinkRemoved { index } => {
                 self.cancel_where(|i| i.link == index, &Cancel::LinkGone);
+                self.on_claim_link(index);
             }
             // The kernel flushes a table's routes silently when its link goes down or
             // loses its last address: every one of these may need a repair.
             HostEvent::AddrAdded(addr) => {
                 let on_eni = self.link_has_eni(addr.link);
                 self.on_addr_added(&addr);
+                self.on_claim_added(&addr, None, false, now);
                 // Policy routing covers ENI links only; container churn on bridges and
                 // veths must not cost a rule and route dump per address.
                 if on_eni {
@@ -45,9 +48,19 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             }
             HostEvent::LinkChanged(link) => {
                 self.on_link_changed(old_link, &link);
+                self.on_claim_link(link.index);
                 self.router.reconcile(&self.view, &self.inventory).await;
             }
-            HostEvent::RoutingChanged | HostEvent::Resynced => {
+            HostEvent::AddrAdder { ip, adder, .. } => {
+                if let IpAddr::V4(v4) = ip {
+                    self.on_claim_adder(v4, adder);
+                }
+            }
+            HostEvent::RoutingChanged => {
+                self.router.reconcile(&self.view, &self.inventory).await;
+            }
+            HostEvent::Resynced => {
+                self.claims_reverify_now(now);
                 self.router.reconcile(&self.view, &self.inventory).await;
             }
         }

@@ -34,6 +34,8 @@ pub enum Cancel {
     /// Config filters.
     OutsideInclude,
     Excluded,
+    /// Inside `claim.cidrs`: the next holder migrates it.
+    ClaimAddress,
     /// A primary IP is never released.
     PrimaryIp,
     /// Clause 7.
@@ -64,6 +66,7 @@ impl Cancel {
             Self::NotCandidate(_) => "not_candidate",
             Self::OutsideInclude => "outside_include",
             Self::Excluded => "excluded",
+            Self::ClaimAddress => "claim_address",
             Self::PrimaryIp => "primary_ip",
             Self::NotListedOnEni => "not_listed_on_eni",
             Self::EipBound(_) => "eip_bound",
@@ -101,6 +104,7 @@ impl Cancel {
             Self::NotCandidate(_)
             | Self::OutsideInclude
             | Self::Excluded
+            | Self::ClaimAddress
             | Self::PrimaryIp
             | Self::Operator => 0,
         }
@@ -136,6 +140,9 @@ impl fmt::Display for Cancel {
             Self::NotCandidate(why) => write!(f, "not a candidate: {}", why.key()),
             Self::OutsideInclude => f.write_str("IP outside release.include"),
             Self::Excluded => f.write_str("IP inside release.exclude"),
+            Self::ClaimAddress => {
+                f.write_str("IP inside claim.cidrs: never released, the next holder migrates it")
+            }
             Self::PrimaryIp => f.write_str("a primary IP is never released"),
             Self::NotListedOnEni => f.write_str("the cloud does not list this IP on the ENI"),
             Self::EipBound(id) => write!(f, "an EIP ({id}) is bound and release.with_eip is false"),

@@ -59,6 +59,7 @@ pub(super) fn at_deadline(world: RuleInputs<'_>, intent: &Intent) -> Result<(), 
     if !absent_everywhere(world.view, intent.ip) {
         return Err(Cancel::Readded);
     }
+    not_claimed(world.settings, intent.ip)?;
     let Some(link) = world.view.links.get(&intent.link) else {
         return Err(Cancel::LinkGone);
     };
@@ -186,7 +187,18 @@ fn address_selected(settings: &Settings, ip: IpAddr) -> Result<(), Cancel> {
     if settings.exclude.iter().any(within) {
         return Err(Cancel::Excluded);
     }
-    Ok(())
+    not_claimed(settings, ip)
+}
+
+/// An address of a claim CIDR is never released: the host that takes it next migrates
+/// it (docs/design.md, "Claims"). Checked again at the deadline: a reload may add the CIDR.
+fn not_claimed(settings: &Settings, ip: IpAddr) -> Result<(), Cancel> {
+    match ip {
+        IpAddr::V4(v4) if settings.claim.cidrs.iter().any(|c| c.contains(v4)) => {
+            Err(Cancel::ClaimAddress)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Clause 5: the link is up.

@@ -33,6 +33,9 @@ pub struct Settings {
     /// faster than this.
     pub host_limit: usize,
     pub host_limit_window: Duration,
+    /// `[claim]`: addresses inside `claim.cidrs` are never released, and are claimed
+    /// when added (docs/design.md, "Claims").
+    pub claim: super::claim::ClaimSettings,
 }
 
 impl Settings {
@@ -59,7 +62,14 @@ impl Settings {
             parked_retry: Duration::from_secs(3600),
             max_task_failures: 3,
             remember_released: Duration::from_secs(3600),
+            claim: super::claim::ClaimSettings::default(),
         }
+    }
+
+    /// The `[claim]` keys.
+    pub fn with_claim(mut self, c: &crate::config::ClaimConfig) -> Self {
+        self.claim = super::claim::ClaimSettings::from_config(c);
+        self
     }
 
     /// The growth of the wait between re-checks and retried releases: the cloud

@@ -77,6 +77,10 @@ pub trait MetricsSink: Send + Sync + std::fmt::Debug {
     fn host_limit_waited(&self);
     /// The gauges now.
     fn gauges(&self, gauges: &Gauges);
+    /// A claim decision (docs/design.md, "Claims"): `decision` and `reason` keys.
+    fn claim_counted(&self, _decision: &'static str, _reason: &'static str) {}
+    /// The claims now: claimed, contested (backing off), orphaned.
+    fn claim_gauges(&self, _claimed: usize, _contested: usize, _orphans: usize) {}
 }
 
 impl<C: Cloud, R: Router> Engine<C, R> {
@@ -100,6 +104,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 .as_ref()
                 .map(crate::journal::Journal::record_count),
         });
+        let (claimed, contested, orphans) = self.claim_gauge_values(tokio::time::Instant::now());
+        sink.claim_gauges(claimed, contested, orphans);
     }
 
     pub(super) fn count_release(&self, count: ReleaseCount<'_>) {

@@ -41,6 +41,9 @@ pub(super) enum EniSlot {
     Checked(CheckedBatch),
     /// An unassign (or a journaled task being followed) is in flight.
     Sending,
+    /// A claim's lookup or call is in flight (docs/design.md, "Claims"): releases of
+    /// the ENI wait for it, as claims wait for releases.
+    Claiming,
 }
 
 /// Every ENI's slot.
@@ -54,7 +57,7 @@ impl EniSlots {
     pub fn is_busy(&self, eni: &str) -> bool {
         matches!(
             self.slots.get(eni),
-            Some(EniSlot::Checking | EniSlot::Checked(_) | EniSlot::Sending)
+            Some(EniSlot::Checking | EniSlot::Checked(_) | EniSlot::Sending | EniSlot::Claiming)
         )
     }
 
@@ -89,6 +92,12 @@ impl EniSlots {
     /// The unassign of `eni` goes out (or a journaled one is followed).
     pub fn set_sending(&mut self, eni: String) {
         self.slots.insert(eni, EniSlot::Sending);
+    }
+
+    /// A claim's work for `eni` starts (the slot was free).
+    pub fn set_claiming(&mut self, eni: String) {
+        debug_assert!(!self.is_taken(&eni), "a claim for taken {eni}");
+        self.slots.insert(eni, EniSlot::Claiming);
     }
 
     /// Nothing is in flight for `eni` any more.

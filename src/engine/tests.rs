@@ -51,6 +51,15 @@ struct MemState {
     /// How long a listing takes (the send-time check in flight), and how many were made.
     list_delay: Duration,
     listings: u32,
+    /// Claims: the other ENIs of the VPC (a peer's, a stranger's) ...
+    others: Vec<Eni>,
+    /// ... the calls made: `(source, destination, ip)` and `(eni, ip, token)` ...
+    migrates: Vec<(String, String, Ipv4Addr)>,
+    migrate_times: Vec<tokio::time::Instant>,
+    assigns: Vec<(String, Ipv4Addr, String)>,
+    /// ... holder lookups, and the code the next Migrate or Assign fails with.
+    lookups: u32,
+    claim_fail_next: Option<String>,
 }
 
 impl MemCloud {
@@ -179,6 +188,80 @@ impl Cloud for MemCloud {
         })
     }
 
+    async fn claim_holders(&self, vpc_id: &str, ip: Ipv4Addr) -> Result<Vec<Eni>, CloudError> {
+        let mut s = self.state.lock().expect("lock");
+        s.lookups += 1;
+        Ok(s.eni
+            .iter()
+            .chain(s.others.iter())
+            .filter(|e| e.vpc_id == vpc_id && e.ip(IpAddr::V4(ip)).is_some())
+            .cloned()
+            .collect())
+    }
+
+    async fn claim_migrate(
+        &self,
+        src_eni: &str,
+        dst_eni: &str,
+        ip: Ipv4Addr,
+    ) -> Result<TaskRef, CloudError> {
+        let mut guard = self.state.lock().expect("lock");
+        let s = &mut *guard;
+        s.migrates.push((src_eni.into(), dst_eni.into(), ip));
+        s.migrate_times.push(tokio::time::Instant::now());
+        if let Some(code) = s.claim_fail_next.take() {
+            return Err(claim_error("MigratePrivateIpAddress", &code));
+        }
+        let addr = IpAddr::V4(ip);
+        let mut moved = None;
+        for eni in s.eni.iter_mut().chain(s.others.iter_mut()) {
+            if eni.id == src_eni
+                && let Some(pos) = eni.ips.iter().position(|i| i.addr == addr)
+            {
+                moved = Some(eni.ips.remove(pos));
+            }
+        }
+        let Some(entry) = moved else {
+            return Err(claim_error("MigratePrivateIpAddress", "ResourceNotFound"));
+        };
+        for eni in s.eni.iter_mut().chain(s.others.iter_mut()) {
+            if eni.id == dst_eni {
+                eni.ips.push(entry.clone());
+            }
+        }
+        Ok(TaskRef {
+            task_id: format!("migrate-{}", s.migrates.len()),
+            request_id: None,
+            protocol: Protocol::V3,
+        })
+    }
+
+    async fn claim_assign(
+        &self,
+        eni_id: &str,
+        ip: Ipv4Addr,
+        token: &crate::cloud::client::ClientToken,
+    ) -> Result<TaskRef, CloudError> {
+        let mut s = self.state.lock().expect("lock");
+        s.assigns.push((eni_id.into(), ip, token.to_string()));
+        if let Some(code) = s.claim_fail_next.take() {
+            return Err(claim_error("AssignPrivateIpAddresses", &code));
+        }
+        if let Some(eni) = s.eni.as_mut().filter(|e| e.id == eni_id) {
+            eni.ips.push(EniIp {
+                addr: IpAddr::V4(ip),
+                primary: false,
+                state: "AVAILABLE".into(),
+                eip: None,
+            });
+        }
+        Ok(TaskRef {
+            task_id: format!("assign-{}", s.assigns.len()),
+            request_id: None,
+            protocol: Protocol::V3,
+        })
+    }
+
     async fn wait_task(&self, task: &TaskRef) -> Result<TaskStatus, CloudError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.set(|s| s.open_calls = s.open_calls.saturating_sub(1));
@@ -188,6 +271,16 @@ impl Cloud for MemCloud {
             TaskStatus::Success
         })
     }
+}
+
+/// A cloud answer to a claim call.
+fn claim_error(action: &'static str, code: &str) -> CloudError {
+    CloudError::new(
+        action,
+        crate::cloud::classify::TencentCode::Code(code),
+        "from the in-memory cloud",
+        None,
+    )
 }
 
 #[derive(Clone, Default)]
@@ -437,6 +530,7 @@ async fn release_held(h: &Harness) -> usize {
 }
 
 mod batching;
+mod claims;
 mod golden;
 mod lifecycle;
 mod operator;

@@ -266,6 +266,13 @@ pub enum HostEvent {
     /// An address appeared, or a known one changed its `secondary` flag (promoted to
     /// primary when `promote_secondaries` is on and the subnet's primary was deleted).
     AddrAdded(Addr),
+    /// Who added `ip` on `link`: sent right after its `AddrAdded`, for IPv4 addresses of
+    /// `WatchOptions::adder_cidrs` on physical links only (claims, docs/design.md).
+    AddrAdder {
+        ip: IpAddr,
+        link: u32,
+        adder: Remover,
+    },
     /// `remover` is `None` when the removal was found by a resync after an overrun: the
     /// sender is unknown, so the engine treats it as not asked for by anybody.
     AddrRemoved {
@@ -326,7 +333,7 @@ impl HostView {
                 // them; a link that is gone has no addresses either way.
                 self.addrs.retain(|_, a| a.link != *index);
             }
-            HostEvent::RoutingChanged | HostEvent::Resynced => {}
+            HostEvent::RoutingChanged | HostEvent::Resynced | HostEvent::AddrAdder { .. } => {}
         }
     }
 

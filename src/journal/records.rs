@@ -138,6 +138,7 @@ pub enum CancelKey {
     NotCandidate,
     OutsideInclude,
     Excluded,
+    ClaimAddress,
     PrimaryIp,
     NotListedOnEni,
     EipBound,
@@ -151,7 +152,7 @@ pub enum CancelKey {
 
 impl CancelKey {
     /// Every key this binary writes or migrates (not `Unknown`).
-    pub const KNOWN: [Self; 21] = [
+    pub const KNOWN: [Self; 22] = [
         Self::KernelRemoval,
         Self::IgnoredRemover,
         Self::Collateral,
@@ -166,6 +167,7 @@ impl CancelKey {
         Self::NotCandidate,
         Self::OutsideInclude,
         Self::Excluded,
+        Self::ClaimAddress,
         Self::PrimaryIp,
         Self::NotListedOnEni,
         Self::EipBound,
@@ -192,6 +194,7 @@ impl CancelKey {
             Self::NotCandidate => "not_candidate",
             Self::OutsideInclude => "outside_include",
             Self::Excluded => "excluded",
+            Self::ClaimAddress => "claim_address",
             Self::PrimaryIp => "primary_ip",
             Self::NotListedOnEni => "not_listed_on_eni",
             Self::EipBound => "eip_bound",

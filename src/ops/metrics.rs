@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::engine::{Gauges, MetricsSink, ReleaseCount};
 
+mod claims;
 mod listener;
 
 pub use listener::{Health, Limits, Refresh, bind, serve, serve_with};
@@ -65,6 +66,8 @@ type HistogramFamily = Family<ActionLabels, Histogram, fn() -> Histogram>;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Floating IP claims (`claims.rs`).
+    pub claims: claims::ClaimMetrics,
     pub releases: Family<OutcomeLabels, Counter>,
     pub cloud_calls: Family<CallLabels, Counter>,
     pub cloud_call_duration: HistogramFamily,
@@ -132,7 +135,9 @@ impl Metrics {
             drift_read_ok: Family::default(),
             drift_last_good_read: Family::default(),
             registry: Registry::default(),
+            claims: claims::ClaimMetrics::default(),
         };
+        m.claims.register(&mut registry);
         registry.register(
             "releases",
             "Release decisions by outcome and reason",
@@ -347,6 +352,14 @@ impl MetricsSink for Metrics {
 
     fn host_limit_waited(&self) {
         self.host_limit_waits.inc();
+    }
+
+    fn claim_counted(&self, decision: &'static str, reason: &'static str) {
+        self.claims.decision(decision, reason);
+    }
+
+    fn claim_gauges(&self, claimed: usize, contested: usize, orphans: usize) {
+        self.claims.set(claimed, contested, orphans);
     }
 
     fn gauges(&self, gauges: &Gauges) {

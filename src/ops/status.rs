@@ -226,6 +226,37 @@ pub fn render_status(doc: &Value) -> String {
         table(&mut out, &["IP", "ENI", "OUTCOME", "DETAIL"], &recent);
     }
 
+    // Floating IPs under a claim (docs/design.md, "Claims"): only when there are some.
+    let claims: Vec<Vec<String>> = doc["claims"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let mut state = s(&c["phase"]);
+            if let Some(reason) = c.get("reason").filter(|r| !r.is_null()) {
+                state = format!("{state} ({})", s(reason));
+            }
+            if c["orphan"].as_bool() == Some(true) {
+                state.push_str(" ORPHAN");
+            }
+            vec![
+                s(&c["ip"]),
+                s(&c["link"]),
+                s(&c["eni_id"]),
+                state,
+                s(&c["contests"]),
+            ]
+        })
+        .collect();
+    if !claims.is_empty() {
+        out.push_str("\nCLAIMS\n");
+        table(
+            &mut out,
+            &["IP", "LINK", "ENI", "STATE", "CONTESTS"],
+            &claims,
+        );
+    }
+
     for (title, key) in [("ALARMS", "alarms"), ("LAST ERRORS", "errors")] {
         let _ = writeln!(out, "\n{title}");
         let items: Vec<&Value> = doc[key].as_array().into_iter().flatten().take(10).collect();

@@ -15,7 +15,8 @@
 //! The files, one concern each: this one builds the client and holds the call policy;
 //! `settings.rs` what it is built from ([`CloudSettings`], with the defaults);
 //! `listing.rs` the paged, cached `DescribeNetworkInterfaces`; `unassign.rs` the
-//! release call; `tasks.rs` following a task to its end.
+//! release call; `tasks.rs` following a task to its end; `claims.rs` the claim calls
+//! (holder lookup, Migrate, Assign; docs/cloud-api.md, "Claims").
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ use super::{Cloud, CloudError, Eni, ErrorClass, Family, MAX_IPS_PER_CALL, MaySen
 use crate::backoff::Backoff;
 use crate::task::{Protocol, TaskRef};
 
+mod claims;
 mod confirm;
 mod listing;
 mod settings;
@@ -42,6 +44,7 @@ mod tasks;
 mod tests;
 mod unassign;
 
+pub use claims::{ClaimFailure, ClientToken, MAX_CLIENT_TOKEN_LEN};
 pub use confirm::CONFIRM_WINDOW;
 use confirm::SentReleases;
 use listing::DescribeCache;
@@ -297,6 +300,28 @@ impl Cloud for TencentCloud {
 
     async fn wait_task(&self, task: &TaskRef) -> Result<TaskStatus, CloudError> {
         self.follow_task(task).await
+    }
+
+    async fn claim_holders(&self, vpc_id: &str, ip: Ipv4Addr) -> Result<Vec<Eni>, CloudError> {
+        TencentCloud::claim_holders(self, vpc_id, ip).await
+    }
+
+    async fn claim_migrate(
+        &self,
+        src_eni: &str,
+        dst_eni: &str,
+        ip: Ipv4Addr,
+    ) -> Result<TaskRef, CloudError> {
+        TencentCloud::claim_migrate(self, src_eni, dst_eni, ip).await
+    }
+
+    async fn claim_assign(
+        &self,
+        eni_id: &str,
+        ip: Ipv4Addr,
+        token: &ClientToken,
+    ) -> Result<TaskRef, CloudError> {
+        TencentCloud::claim_assign(self, eni_id, ip, token).await
     }
 }
 

@@ -377,3 +377,5 @@ async fn an_unassign_waiting_for_its_rate_token_is_not_sent_after_a_pause() {
     assert_eq!(err.class, ErrorClass::NotSent);
     assert_eq!(server.requests().len(), 2, "nothing sent after the pause");
 }
+
+mod claims;

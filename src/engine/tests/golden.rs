@@ -54,6 +54,7 @@ fn cancel_reasons_are_golden() {
         Cancel::NotCandidate(NotCandidate::DadFailed),
         Cancel::OutsideInclude,
         Cancel::Excluded,
+        Cancel::ClaimAddress,
         Cancel::PrimaryIp,
         Cancel::NotListedOnEni,
         Cancel::EipBound("eip-1".into()),
@@ -78,6 +79,7 @@ fn cancel_reasons_are_golden() {
             | Cancel::NotCandidate(_)
             | Cancel::OutsideInclude
             | Cancel::Excluded
+            | Cancel::ClaimAddress
             | Cancel::PrimaryIp
             | Cancel::NotListedOnEni
             | Cancel::EipBound(_)

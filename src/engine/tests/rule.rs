@@ -120,6 +120,25 @@ async fn config_filters_include_and_exclude() {
     assert_eq!(h.cloud.calls(), vec![vec![ip(12)]]);
 }
 
+/// An address of a claim CIDR leaving the host is never released, even inside
+/// `release.include`: the next holder migrates it (docs/design.md, "Claims").
+#[tokio::test(start_paused = true)]
+async fn claim_addresses_are_never_released() {
+    let h = start(&[11, 12, 13], |s| {
+        s.include = vec![Cidr::parse("10.0.1.0/24").expect("cidr")];
+        s.claim.cidrs = vec![
+            Cidr::parse("10.0.1.11/32").expect("cidr"),
+            Cidr::parse("10.0.1.12/32").expect("cidr"),
+        ];
+    });
+    h.remove(11, by("ip"));
+    h.remove(12, by("ip"));
+    h.remove(13, by("ip"));
+    sleep(GRACE * 2).await;
+    // Only the address outside the claim CIDRs goes.
+    assert_eq!(h.cloud.calls(), vec![vec![ip(13)]]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn clause6_a_burst_is_held_until_an_operator_confirms() {
     let aux: Vec<u8> = (11..21).collect();

@@ -131,6 +131,26 @@ impl Watcher {
         }
     }
 
+    /// Who added `addr`, for a claim (see [`HostEvent::AddrAdder`]).
+    fn adder_event(&mut self, addr: &crate::host::Addr, port_id: u32) -> Option<HostEvent> {
+        let std::net::IpAddr::V4(v4) = addr.ip else {
+            return None;
+        };
+        let physical = self
+            .mirror
+            .links
+            .get(&addr.link)
+            .is_some_and(Link::is_physical);
+        if !physical || !self.opts.adder_cidrs.iter().any(|c| c.contains(v4)) {
+            return None;
+        }
+        Some(HostEvent::AddrAdder {
+            ip: addr.ip,
+            link: addr.link,
+            adder: self.identifier.identify(port_id),
+        })
+    }
+
     pub(super) fn emit(&self, event: HostEvent) {
         tracing::trace!(?event, "host event");
         if self.tx.send(event).is_ok() {
@@ -178,9 +198,13 @@ impl Watcher {
                 // A repeated RTM_NEWADDR (lifetime or flag updates) is only news when
                 // the address is new or its `secondary` flag changed (a promotion).
                 if self.mirror.addrs.get(&addr.key()) != Some(&addr) {
+                    let new = !self.mirror.addrs.contains_key(&addr.key());
                     let event = HostEvent::AddrAdded(addr);
                     self.mirror.apply(&event);
                     self.emit(event);
+                    if new && let Some(event) = self.adder_event(&addr, port_id) {
+                        self.emit(event);
+                    }
                 }
             }
             Notification::DelAddr { addr, port_id } => {

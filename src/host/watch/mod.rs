@@ -82,6 +82,9 @@ pub struct WatchOptions {
     /// Backoff between attempts to reopen the sockets after the event stream ended.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// IPv4 CIDRs whose additions on physical links are followed by an
+    /// [`HostEvent::AddrAdder`] naming who added them (`claim.cidrs`; empty: none).
+    pub adder_cidrs: Vec<crate::net::Cidr>,
 }
 
 /// `netlink.receive_buffer`'s default, bytes (the config's default is this one).
@@ -97,6 +100,7 @@ impl Default for WatchOptions {
             routing_debounce: Duration::from_millis(200),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
+            adder_cidrs: Vec::new(),
         }
     }
 }

@@ -34,6 +34,7 @@
 
 mod auth;
 mod calls;
+mod claims;
 mod faults;
 mod legacy;
 mod limits;
@@ -52,6 +53,7 @@ use std::time::Duration;
 
 pub use auth::{LEGACY_PATH, SERVICE};
 pub use calls::{Call, Surface};
+pub use claims::MAX_CLIENT_TOKEN_LEN;
 pub use faults::{Fault, FaultRule};
 pub use legacy::legacy_code_for;
 pub use limits::{LimitScope, LimitWindow, RateLimits};

@@ -273,6 +273,7 @@ impl World {
         let cidr = eni
             .cidr()
             .ok_or_else(|| OpError::new("InternalError", "subnet without CIDR"))?;
+        let vpc_id = eni.vpc_id.clone();
         for &ip in &wanted {
             if !cidr.contains(ip) {
                 return Err(OpError::new(
@@ -286,7 +287,7 @@ impl World {
                     format!("{ip} is reserved"),
                 ));
             }
-            if let Some(owner) = self.owner_of(ip) {
+            if let Some(owner) = self.owner_in_vpc(&eni.vpc_id, ip) {
                 return Err(OpError::new(
                     "ResourceInUse",
                     format!("{ip} is in use by {}", owner.id),
@@ -308,7 +309,10 @@ impl World {
                 ));
             }
             let ip = Ipv4Addr::from(candidate);
-            if !cidr.is_reserved(ip) && self.owner_of(ip).is_none() && !wanted.contains(&ip) {
+            if !cidr.is_reserved(ip)
+                && self.owner_in_vpc(&vpc_id, ip).is_none()
+                && !wanted.contains(&ip)
+            {
                 wanted.push(ip);
                 picked += 1;
             }

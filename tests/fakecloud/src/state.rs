@@ -454,6 +454,8 @@ pub(crate) struct World {
     pub metadata_overrides: BTreeMap<String, Option<String>>,
     /// Rate limits and task end times (`limits.rs`).
     pub fleet: crate::limits::FleetState,
+    /// `ClientToken`s of `AssignPrivateIpAddresses` (see [`crate::claims`]).
+    pub client_tokens: crate::claims::ClientTokens,
     rng: u64,
     next_legacy_task: u64,
     next_call: u64,
@@ -482,6 +484,7 @@ impl Default for World {
             signature_window_s: 300,
             metadata_overrides: BTreeMap::new(),
             fleet: crate::limits::FleetState::default(),
+            client_tokens: crate::claims::ClientTokens::default(),
             rng: seed,
             next_legacy_task: 10_000,
             next_call: 0,
@@ -560,9 +563,16 @@ impl World {
             .find(|inst| inst.source_ips.iter().any(|ip| ip.to_canonical() == source))
     }
 
-    /// The ENI holding `ip`, if any.
+    /// The ENI holding `ip`, if any (the first one when several VPCs reuse it).
     pub fn owner_of(&self, ip: Ipv4Addr) -> Option<&FakeEni> {
         self.enis.values().find(|eni| eni.ip(ip).is_some())
+    }
+
+    /// The ENI of VPC `vpc_id` holding `ip`: a private IP is unique within a VPC only.
+    pub fn owner_in_vpc(&self, vpc_id: &str, ip: Ipv4Addr) -> Option<&FakeEni> {
+        self.enis
+            .values()
+            .find(|eni| eni.vpc_id == vpc_id && eni.ip(ip).is_some())
     }
 
     /// Regions the fake knows (of instances and ENIs).
@@ -575,7 +585,7 @@ impl World {
     }
 
     /// Registers an ENI after checking it: valid MAC and CIDR, unique id, exactly one
-    /// primary IP, every IP inside the subnet and owned by nobody else.
+    /// primary IP, every IP inside the subnet and owned by nobody else in its VPC.
     pub fn add_eni(&mut self, mut eni: FakeEni) -> Result<(), String> {
         let mac = enisync::net::MacAddr::parse(&eni.mac)
             .ok_or_else(|| format!("{}: bad MAC {:?}", eni.id, eni.mac))?;
@@ -597,7 +607,7 @@ impl World {
             if eni.ips[..i].iter().any(|other| other.addr == ip.addr) {
                 return Err(format!("{}: {} listed twice", eni.id, ip.addr));
             }
-            if let Some(owner) = self.owner_of(ip.addr) {
+            if let Some(owner) = self.owner_in_vpc(&eni.vpc_id, ip.addr) {
                 return Err(format!(
                     "{}: {} already belongs to {}",
                     eni.id, ip.addr, owner.id

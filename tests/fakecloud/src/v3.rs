@@ -224,7 +224,12 @@ fn dispatch(
                     )
                 })?),
             };
-            let started = world.op_assign(ctx, eni, &ips, count)?;
+            let token = match body.get("ClientToken") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(t)) => Some(t.as_str()),
+                Some(_) => return Err(fail("InvalidParameter", "ClientToken must be a string")),
+            };
+            let started = world.op_assign_with_token(ctx, token, eni, &ips, count)?;
             call.task = Some(started.request_id);
             call.ips = started.ips.iter().map(|ip| ip.addr.to_string()).collect();
             out.insert(

@@ -2,6 +2,7 @@
 //! signed with `enisync::cloud::sign`.
 
 mod binary;
+mod claims;
 mod common;
 mod faults;
 mod legacy;

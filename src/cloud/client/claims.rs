@@ -1,0 +1,157 @@
+//! The claim calls (docs/cloud-api.md, "Claims"), always over API 3.0 (the legacy API
+//! is not used for claims): the exact holder lookup, `MigratePrivateIpAddress` and
+//! `AssignPrivateIpAddresses` with a `ClientToken`, and what their failures mean to a
+//! claim ([`ClaimFailure`]).
+//!
+//! Send policy, per call:
+//! - the holder lookup is a read: retried like the listing;
+//! - Migrate has no `ClientToken`: sent exactly once, whatever happens. A lost answer
+//!   is settled by a fresh lookup, never by a re-send that could move an address the
+//!   other node has taken since;
+//! - Assign carries a `ClientToken`: a re-send is the same request, so it is retried
+//!   like a read.
+//!
+//! The engine reaches them through the `Cloud` trait (`claim_holders`, `claim_migrate`,
+//! `claim_assign`). Both mutating calls take tokens from the bucket of the mutating calls
+//! (`cloud.max_calls_per_second`).
+
+use std::fmt;
+
+use super::*;
+use crate::cloud::v3::{ASSIGN, MIGRATE};
+
+/// An `AssignPrivateIpAddresses` `ClientToken`: at most 64 printable ASCII characters,
+/// the same for every send of one claim attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientToken(String);
+
+/// The longest token the API accepts.
+pub const MAX_CLIENT_TOKEN_LEN: usize = 64;
+
+impl ClientToken {
+    /// The token of one claim attempt: the ENI, the address and the attempt's
+    /// generation, so that a retry of the attempt repeats it and a new attempt does not.
+    pub fn for_claim(eni_id: &str, ip: Ipv4Addr, generation: u64) -> Option<Self> {
+        Self::new(format!("enisync-{eni_id}-{ip}-{generation}"))
+    }
+
+    /// `None` unless `text` is 1..=64 printable ASCII characters.
+    pub fn new(text: String) -> Option<Self> {
+        let ok = !text.is_empty()
+            && text.len() <= MAX_CLIENT_TOKEN_LEN
+            && text.bytes().all(|b| b.is_ascii_graphic());
+        ok.then_some(Self(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a failed claim call means for the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimFailure {
+    /// Migrate: the source no longer holds the address (the other node moved it first).
+    /// Re-decided from a fresh lookup; not a contest.
+    SourceGone,
+    /// Assign: the address is held by someone now. Re-decided from a fresh lookup.
+    Taken,
+    /// Throttled, busy ENI, transport trouble, malformed reply, our token's first send
+    /// still being processed: nothing known, look again later (a fresh lookup first).
+    Busy,
+    /// Refused (permission, primary IP, subnet mismatch, token mismatch, unknown code):
+    /// parked for an operator.
+    Refused,
+}
+
+impl ClaimFailure {
+    /// The meaning of `error`, answered to a claim call (`error.action`).
+    pub fn of(error: &CloudError) -> Self {
+        match (error.action, error.class) {
+            (MIGRATE, ErrorClass::AlreadyGone) => Self::SourceGone,
+            (ASSIGN, _) if error.code == "ResourceInUse" => Self::Taken,
+            (_, ErrorClass::RetryLater | ErrorClass::RefreshCredentials) => Self::Busy,
+            _ => Self::Refused,
+        }
+    }
+}
+
+impl TencentCloud {
+    /// The ENIs of `vpc_id` holding exactly `ip` (filters `vpc-id`, `address-ip`,
+    /// `ip-exact-match`), each checked again here: in that VPC and listing `ip`.
+    pub async fn claim_holders(&self, vpc_id: &str, ip: Ipv4Addr) -> Result<Vec<Eni>, CloudError> {
+        let listed = self
+            .call(
+                DESCRIBE_ENIS,
+                &self.limits.describe,
+                |keys, now| async move { self.v3.describe_holders(&keys, now, vpc_id, ip).await },
+            )
+            .await?;
+        // A filter the service ignored must not make a neighbour the holder.
+        let (holders, others): (Vec<Eni>, Vec<Eni>) = listed
+            .into_iter()
+            .partition(|eni| eni.vpc_id == vpc_id && eni.ip(IpAddr::V4(ip)).is_some());
+        if !others.is_empty() {
+            tracing::warn!(
+                %ip,
+                vpc_id,
+                ignored = ?others.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+                "the holder lookup listed network interfaces that do not hold the address in this VPC; ignored"
+            );
+        }
+        Ok(holders)
+    }
+
+    /// Starts moving `ip` from `src_eni` to `dst_eni`. Sent once, never retried.
+    pub async fn claim_migrate(
+        &self,
+        src_eni: &str,
+        dst_eni: &str,
+        ip: Ipv4Addr,
+    ) -> Result<TaskRef, CloudError> {
+        self.invalidate_enis();
+        let result = self
+            .call_with(MIGRATE, &self.limits.unassign, 1, |keys, now| async move {
+                self.v3.migrate(&keys, now, src_eni, dst_eni, ip).await
+            })
+            .await;
+        match &result {
+            Ok(task) => {
+                tracing::info!(%ip, src_eni, dst_eni, task_id = %task.task_id, "migrate sent");
+            }
+            Err(error) => tracing::warn!(%ip, src_eni, dst_eni, %error, "migrate failed"),
+        }
+        result
+    }
+
+    /// Starts assigning `ip` to `eni_id`; a re-send under the same token is the same
+    /// request.
+    pub async fn claim_assign(
+        &self,
+        eni_id: &str,
+        ip: Ipv4Addr,
+        token: &ClientToken,
+    ) -> Result<TaskRef, CloudError> {
+        self.invalidate_enis();
+        let result = self
+            .call(ASSIGN, &self.limits.unassign, |keys, now| async move {
+                self.v3
+                    .assign_ip(&keys, now, eni_id, ip, token.as_str())
+                    .await
+            })
+            .await;
+        match &result {
+            Ok(task) => {
+                tracing::info!(%ip, eni_id, %token, task_id = %task.task_id, "assign sent");
+            }
+            Err(error) => tracing::warn!(%ip, eni_id, %token, %error, "assign failed"),
+        }
+        result
+    }
+}

@@ -1,0 +1,332 @@
+//! The cloud's answers to a claim: the holder lookup decides (docs/design.md,
+//! "Claims"), a call's end is checked with a fresh lookup, a re-verification may find a
+//! contest.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::calls::{ClaimCall, ClaimReport, LookupPurpose, spawn_call, spawn_lookup};
+use super::trigger::{Skip, still_there};
+use super::{ClaimEntry, ClaimPhase, HolderDecision, decide};
+use crate::cloud::client::{ClaimFailure, ClientToken};
+use crate::cloud::{Cloud, CloudError, Eni, TaskStatus};
+use crate::engine::{Engine, Router};
+
+impl<C: Cloud, R: Router> Engine<C, R> {
+    /// A report of a spawned lookup or call.
+    pub(in crate::engine) fn on_claim_report(&mut self, report: ClaimReport, now: Instant) {
+        match report {
+            ClaimReport::Holders {
+                ip,
+                attempt,
+                purpose,
+                result,
+            } => {
+                let Some(entry) = self.claims.entries.get(&ip).cloned() else {
+                    return;
+                };
+                if entry.attempt != attempt {
+                    return;
+                }
+                match purpose {
+                    LookupPurpose::Decide => self.on_claim_holders(&entry, result, now),
+                    LookupPurpose::AfterCall => self.on_claim_after_call(&entry, result, now),
+                    LookupPurpose::Reverify => self.on_claim_reverified(&entry, result, now),
+                }
+            }
+            ClaimReport::Called {
+                ip,
+                attempt,
+                action,
+                result,
+            } => {
+                let Some(entry) = self.claims.entries.get(&ip).cloned() else {
+                    return;
+                };
+                if entry.attempt != attempt {
+                    return;
+                }
+                self.on_claim_called(&entry, action, result, now);
+            }
+        }
+    }
+
+    fn on_claim_holders(
+        &mut self,
+        entry: &ClaimEntry,
+        result: Result<Vec<Eni>, CloudError>,
+        now: Instant,
+    ) {
+        let ip = entry.ip;
+        let holders = match result {
+            Ok(holders) => holders,
+            Err(error) => {
+                self.slots.set_idle(&entry.eni_id);
+                self.record_error(format!("claim of {ip}: {error}"));
+                self.claim_retry(entry, "cloud_error", now);
+                return;
+            }
+        };
+        let Some(target) = self.claim_target(&entry.eni_id) else {
+            self.slots.set_idle(&entry.eni_id);
+            self.claim_wait(ip, "inventory", now + self.settings.claim.reverify_interval);
+            return;
+        };
+        let decision = decide(&holders, ip, &target, &self.settings.claim.peers);
+        let dry_run = self.settings.dry_run || self.settings.claim.dry_run;
+        let calls = matches!(
+            decision,
+            HolderDecision::Assign | HolderDecision::Migrate { .. }
+        );
+        // The host again, just before a call: the address must still be on its link.
+        if calls && !still_there(&self.view, entry.link, ip) {
+            self.slots.set_idle(&entry.eni_id);
+            self.claims.entries.remove(&ip);
+            self.claim_skipped(ip, Some(&entry.link_name), Skip::Gone, None);
+            return;
+        }
+        // A pause that came while the lookup was out stops the call.
+        if calls && self.pause.in_force().is_some() {
+            self.slots.set_idle(&entry.eni_id);
+            self.claim_decided(ip, entry, "claim_paused", "paused", "");
+            if let Some(e) = self.claims.entries.get_mut(&ip) {
+                e.pause_logged = true;
+            }
+            self.claim_wait(ip, "paused", now);
+            return;
+        }
+        match decision {
+            HolderDecision::Mine => {
+                self.slots.set_idle(&entry.eni_id);
+                self.claim_decided(ip, entry, "claimed", "held_here", "");
+                if let Some(e) = self.claims.entries.get_mut(&ip) {
+                    e.phase = ClaimPhase::Claimed {
+                        next_verify: now + self.settings.claim.reverify_interval,
+                    };
+                    e.retries = 0;
+                }
+            }
+            HolderDecision::Wait(wait) => {
+                self.slots.set_idle(&entry.eni_id);
+                let text = wait.to_string();
+                self.claim_decided(ip, entry, "claim_wait", wait.key(), &text);
+                self.claim_retry(entry, wait.key(), now);
+            }
+            HolderDecision::Park(reason) => {
+                self.slots.set_idle(&entry.eni_id);
+                let text = reason.to_string();
+                self.claim_alarm(ip, entry, "claim_parked", reason.key(), &text);
+                if let Some(e) = self.claims.entries.get_mut(&ip) {
+                    e.phase = ClaimPhase::Parked {
+                        reason: reason.key(),
+                    };
+                }
+            }
+            HolderDecision::Assign => {
+                if dry_run {
+                    self.slots.set_idle(&entry.eni_id);
+                    self.claim_decided(ip, entry, "claim_dry_run", "assign", "nobody holds it");
+                    self.claim_phase(ip, ClaimPhase::DryRun);
+                    return;
+                }
+                let Some(token) = ClientToken::for_claim(&entry.eni_id, ip, entry.attempt) else {
+                    self.slots.set_idle(&entry.eni_id);
+                    self.claim_alarm(ip, entry, "claim_parked", "refused", "no valid ClientToken");
+                    self.claim_phase(ip, ClaimPhase::Parked { reason: "refused" });
+                    return;
+                };
+                let detail = format!("nobody holds it; ClientToken {token}");
+                self.claim_decided(ip, entry, "claim_sent", "assign", &detail);
+                self.claim_phase(ip, ClaimPhase::Calling);
+                spawn_call(
+                    &self.cloud,
+                    &self.claims.reports_tx,
+                    ClaimCall::Assign { token },
+                    entry.eni_id.clone(),
+                    ip,
+                    entry.attempt,
+                );
+            }
+            HolderDecision::Migrate { source } => {
+                let holdoff_ends = self.claims.started + self.settings.claim.startup_holdoff;
+                if now < holdoff_ends {
+                    self.slots.set_idle(&entry.eni_id);
+                    self.claim_decided(ip, entry, "claim_wait", "startup_holdoff", &source);
+                    self.claim_wait(ip, "startup_holdoff", holdoff_ends);
+                    return;
+                }
+                let bound = self.settings.claim.max_migrations_per_minute as usize;
+                if self.claims.migrations_in_last_minute(ip, now) >= bound {
+                    self.slots.set_idle(&entry.eni_id);
+                    let until = self
+                        .claims
+                        .migration_window_ends(ip)
+                        .unwrap_or(now + Duration::from_secs(60));
+                    self.claim_decided(ip, entry, "claim_wait", "migration_limit", &source);
+                    self.claim_wait(ip, "migration_limit", until);
+                    return;
+                }
+                if dry_run {
+                    self.slots.set_idle(&entry.eni_id);
+                    self.claim_decided(ip, entry, "claim_dry_run", "migrate", &source);
+                    self.claim_phase(ip, ClaimPhase::DryRun);
+                    return;
+                }
+                self.claims.migrations.entry(ip).or_default().push_back(now);
+                let detail = format!("from {source}");
+                self.claim_decided(ip, entry, "claim_sent", "migrate", &detail);
+                self.claim_phase(ip, ClaimPhase::Calling);
+                spawn_call(
+                    &self.cloud,
+                    &self.claims.reports_tx,
+                    ClaimCall::Migrate { source },
+                    entry.eni_id.clone(),
+                    ip,
+                    entry.attempt,
+                );
+            }
+        }
+    }
+
+    fn on_claim_called(
+        &mut self,
+        entry: &ClaimEntry,
+        action: &'static str,
+        result: Result<TaskStatus, CloudError>,
+        now: Instant,
+    ) {
+        let ip = entry.ip;
+        match result {
+            // Re-check the holder after the task: only a lookup that finds it here makes
+            // it claimed.
+            Ok(TaskStatus::Success) => self.claim_look_again(entry, LookupPurpose::AfterCall),
+            Ok(status) => {
+                self.slots.set_idle(&entry.eni_id);
+                let reason = if status == TaskStatus::Failed {
+                    "task_failed"
+                } else {
+                    "task_running"
+                };
+                self.record_error(format!("claim of {ip}: {action} task {status:?}"));
+                self.claim_decided(ip, entry, "claim_wait", reason, action);
+                self.claim_retry(entry, reason, now);
+            }
+            Err(error) => match ClaimFailure::of(&error) {
+                // The other node moved it first, or took it: decided again from a fresh
+                // lookup, which is no contest. Migrate is never re-sent without one.
+                ClaimFailure::SourceGone | ClaimFailure::Taken => {
+                    self.claim_decided(ip, entry, "claim_wait", "holder_changed", &error.code);
+                    self.claim_look_again(entry, LookupPurpose::Decide);
+                }
+                ClaimFailure::Busy => {
+                    self.slots.set_idle(&entry.eni_id);
+                    self.record_error(format!("claim of {ip}: {error}"));
+                    self.claim_decided(ip, entry, "claim_wait", "cloud_error", &error.code);
+                    self.claim_retry(entry, "cloud_error", now);
+                }
+                ClaimFailure::Refused => {
+                    self.slots.set_idle(&entry.eni_id);
+                    self.record_error(format!("claim of {ip}: {error}"));
+                    self.claim_alarm(ip, entry, "claim_parked", "refused", &error.to_string());
+                    self.claim_phase(ip, ClaimPhase::Parked { reason: "refused" });
+                }
+            },
+        }
+    }
+
+    /// A fresh lookup for the same attempt (the slot stays taken).
+    fn claim_look_again(&mut self, entry: &ClaimEntry, purpose: LookupPurpose) {
+        let Some(vpc_id) = self
+            .inventory
+            .by_eni(&entry.eni_id)
+            .map(|r| r.vpc_id.clone())
+        else {
+            self.slots.set_idle(&entry.eni_id);
+            return;
+        };
+        self.claim_phase(entry.ip, ClaimPhase::LookingUp);
+        spawn_lookup(
+            &self.cloud,
+            &self.claims.reports_tx,
+            vpc_id,
+            entry.ip,
+            entry.attempt,
+            purpose,
+        );
+    }
+
+    /// The lookup right after our call's task succeeded: here (or on its way, not yet
+    /// AVAILABLE) is decided as usual; anywhere else means the cloud moved it away at
+    /// once, a contest, not a reason to call again now.
+    fn on_claim_after_call(
+        &mut self,
+        entry: &ClaimEntry,
+        result: Result<Vec<Eni>, CloudError>,
+        now: Instant,
+    ) {
+        let here = result
+            .as_ref()
+            .map_or(true, |holders| holders.iter().any(|e| e.id == entry.eni_id));
+        if here {
+            self.on_claim_holders(entry, result, now);
+            return;
+        }
+        self.slots.set_idle(&entry.eni_id);
+        let holders = result.unwrap_or_default();
+        self.claim_contested(entry, &holders, now);
+    }
+
+    fn on_claim_reverified(
+        &mut self,
+        entry: &ClaimEntry,
+        result: Result<Vec<Eni>, CloudError>,
+        now: Instant,
+    ) {
+        let ip = entry.ip;
+        let Ok(holders) = result else {
+            return;
+        };
+        let still_here = holders.iter().any(|e| e.id == entry.eni_id);
+        if still_here {
+            // A whole interval without a contest: the backoff starts over.
+            if let Some(e) = self.claims.entries.get_mut(&ip) {
+                e.contests = 0;
+            }
+            return;
+        }
+        if !self.view.has_ip(IpAddr::V4(ip)) {
+            // Gone from both: nothing is bound here any more, and nothing to claim.
+            self.claim_decided(ip, entry, "claim_released", "moved_away", "");
+            self.claims.entries.remove(&ip);
+            return;
+        }
+        self.claim_contested(entry, &holders, now);
+    }
+
+    /// The cloud moved it away while this host still has it: do not fight. An alarm,
+    /// and a new attempt only after the backoff.
+    fn claim_contested(&mut self, entry: &ClaimEntry, holders: &[Eni], now: Instant) {
+        let ip = entry.ip;
+        let contests = entry.contests.saturating_add(1);
+        let wait = self.settings.claim.contest_wait(contests);
+        let holder = holders
+            .first()
+            .map_or_else(|| "nobody".to_string(), |e| e.id.clone());
+        self.claim_alarm(
+            ip,
+            entry,
+            "contested",
+            "moved_away",
+            &format!("now held by {holder}; claimed again in {wait:?} at the earliest"),
+        );
+        self.claims.next_attempt += 1;
+        let attempt = self.claims.next_attempt;
+        if let Some(e) = self.claims.entries.get_mut(&ip) {
+            e.contests = contests;
+            e.attempt = attempt;
+            e.phase = ClaimPhase::Contested { due: now + wait };
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Claims (docs/design.md, "Claims"), driven through the real engine loop with a paused
+//! clock and the in-memory cloud: a peer's ENI (`eni-peer` of `ins-peer`, same subnet)
+//! holds the VIP 10.0.1.100 until this host takes it.
+
+use super::*;
+use crate::engine::ClaimSettings;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
+const SETTLE: Duration = Duration::from_secs(3);
+
+fn vip_addr() -> Addr {
+    addr(100, true)
+}
+
+/// An ENI of the VPC holding `ips`, attached to `instance`.
+fn other_eni(id: &str, instance: &str, subnet: &str, ips: &[(Ipv4Addr, bool)]) -> Eni {
+    Eni {
+        id: id.into(),
+        mac: MacAddr([2, 0, 0, 0, 0, 9]),
+        vpc_id: "vpc-1".into(),
+        subnet_id: subnet.into(),
+        state: "AVAILABLE".into(),
+        primary: false,
+        attachment: Some(Attachment {
+            instance_id: instance.into(),
+            device_index: 1,
+        }),
+        ips: ips
+            .iter()
+            .map(|(ip, primary)| EniIp {
+                addr: IpAddr::V4(*ip),
+                primary: *primary,
+                state: "AVAILABLE".into(),
+                eip: None,
+            })
+            .collect(),
+    }
+}
+
+fn peer_holding_vip() -> Eni {
+    other_eni(
+        "eni-peer",
+        "ins-peer",
+        "subnet-1",
+        &[(Ipv4Addr::new(10, 0, 1, 20), true), (VIP, false)],
+    )
+}
+
+fn claim_settings() -> ClaimSettings {
+    ClaimSettings {
+        cidrs: vec![Cidr::parse("10.0.1.100/32").expect("cidr")],
+        peers: vec!["ins-peer".into()],
+        settle: SETTLE,
+        startup_holdoff: Duration::ZERO,
+        ..ClaimSettings::default()
+    }
+}
+
+/// The engine with claims on (tweaked), and `others` in the VPC.
+fn start_claims(others: Vec<Eni>, tweak: impl FnOnce(&mut ClaimSettings)) -> Harness {
+    let h = start(&[11], |s| {
+        s.claim = claim_settings();
+        tweak(&mut s.claim);
+    });
+    h.cloud.set(|s| s.others = others);
+    h
+}
+
+impl Harness {
+    /// keepalived (or `by`) adds the VIP on eth1.
+    fn add_vip(&self, by: &str) {
+        self.add(vip_addr());
+        self.events
+            .send(HostEvent::AddrAdder {
+                ip: IpAddr::V4(VIP),
+                link: 2,
+                adder: Remover::named(777, by),
+            })
+            .expect("engine runs");
+    }
+
+    fn remove_vip(&self) {
+        self.remove_addr(vip_addr(), by("keepalived"));
+    }
+
+    fn migrates(&self) -> Vec<(String, String, Ipv4Addr)> {
+        self.cloud.state.lock().expect("lock").migrates.clone()
+    }
+
+    fn assigns(&self) -> Vec<(String, Ipv4Addr, String)> {
+        self.cloud.state.lock().expect("lock").assigns.clone()
+    }
+
+    /// Who holds the VIP in the in-memory cloud.
+    fn vip_holders(&self) -> Vec<String> {
+        let s = self.cloud.state.lock().expect("lock");
+        s.eni
+            .iter()
+            .chain(s.others.iter())
+            .filter(|e| e.ip(IpAddr::V4(VIP)).is_some())
+            .map(|e| e.id.clone())
+            .collect()
+    }
+
+    async fn claim(&self) -> Option<ClaimView> {
+        self.snapshot()
+            .await
+            .claims
+            .into_iter()
+            .find(|c| c.ip == VIP)
+    }
+}
+
+fn migrated_from_peer() -> (String, String, Ipv4Addr) {
+    ("eni-peer".into(), "eni-1".into(), VIP)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vip_that_stays_for_settle_is_migrated_from_the_peer_exactly_once() {
+    let h = start_claims(vec![peer_holding_vip()], |_| {});
+    h.add_vip("keepalived");
+    sleep(SETTLE - Duration::from_millis(100)).await;
+    assert!(h.migrates().is_empty(), "nothing before the settle time");
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.migrates(), [migrated_from_peer()]);
+    assert_eq!(h.vip_holders(), ["eni-1"]);
+    let claim = h.claim().await.expect("claimed");
+    assert_eq!(claim.phase, "claimed");
+    // It stays claimed: the re-verifications find it here, nothing more is sent.
+    sleep(Duration::from_secs(120)).await;
+    assert_eq!(h.migrates().len(), 1);
+    assert!(h.snapshot().await.alarms.is_empty());
+}
+
+/// A backup that is master for less than `claim.settle` takes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_backup_holding_the_vip_less_than_settle_makes_no_migrate() {
+    let h = start_claims(vec![peer_holding_vip()], |_| {});
+    for _ in 0..5 {
+        h.add_vip("keepalived");
+        sleep(SETTLE / 2).await;
+        h.remove_vip();
+        sleep(SETTLE).await;
+    }
+    sleep(Duration::from_secs(60)).await;
+    assert!(h.migrates().is_empty());
+    assert_eq!(h.cloud.state.lock().expect("lock").lookups, 0);
+    assert_eq!(h.vip_holders(), ["eni-peer"]);
+    assert!(h.claim().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn nobody_holding_it_is_assigned_under_a_client_token() {
+    let h = start_claims(Vec::new(), |_| {});
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    let assigns = h.assigns();
+    assert_eq!(assigns.len(), 1, "{assigns:?}");
+    assert_eq!(assigns[0].0, "eni-1");
+    assert!(assigns[0].2.starts_with("enisync-eni-1-10.0.1.100-"));
+    assert!(h.migrates().is_empty());
+    assert_eq!(h.claim().await.expect("claim").phase, "claimed");
+}
+
+/// A typo in a wide CIDR must never take another service's IP.
+#[tokio::test(start_paused = true)]
+async fn a_holder_that_is_not_a_peer_is_parked_and_alarmed() {
+    let stranger = other_eni("eni-x", "ins-stranger", "subnet-1", &[(VIP, false)]);
+    let h = start_claims(vec![stranger], |_| {});
+    h.add_vip("keepalived");
+    sleep(SETTLE * 4).await;
+    assert!(h.migrates().is_empty());
+    assert!(h.assigns().is_empty());
+    let claim = h.claim().await.expect("claim");
+    assert_eq!(
+        (claim.phase.as_str(), claim.reason.as_deref()),
+        ("parked", Some("foreign_holder"))
+    );
+    let alarms = h.snapshot().await.alarms;
+    assert!(
+        alarms.iter().any(|a| a.contains("foreign_holder")),
+        "{alarms:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_primary_ip_or_another_subnet_is_parked() {
+    for (holder, reason) in [
+        (
+            other_eni("eni-peer", "ins-peer", "subnet-1", &[(VIP, true)]),
+            "primary_elsewhere",
+        ),
+        (
+            other_eni("eni-peer", "ins-peer", "subnet-2", &[(VIP, false)]),
+            "other_subnet",
+        ),
+    ] {
+        let h = start_claims(vec![holder], |_| {});
+        h.add_vip("keepalived");
+        sleep(SETTLE * 4).await;
+        assert!(h.migrates().is_empty(), "{reason}");
+        let claim = h.claim().await.expect("claim");
+        assert_eq!(claim.reason.as_deref(), Some(reason));
+    }
+}
+
+/// Only the listed adders trigger a claim; an unidentified adder never does.
+#[tokio::test(start_paused = true)]
+async fn only_listed_adders_trigger_a_claim() {
+    let h = start_claims(vec![peer_holding_vip()], |_| {});
+    h.add_vip("ip");
+    sleep(SETTLE * 4).await;
+    assert!(h.migrates().is_empty());
+    h.remove_vip();
+    // No adder event at all: unknown never means allowed.
+    h.add(vip_addr());
+    sleep(SETTLE * 4).await;
+    assert!(h.migrates().is_empty());
+    assert!(h.claim().await.is_none());
+    h.remove_vip();
+    // keepalived's child (a script it runs) counts through its ancestor.
+    h.add(vip_addr());
+    h.events
+        .send(HostEvent::AddrAdder {
+            ip: IpAddr::V4(VIP),
+            link: 2,
+            adder: by_chain(&["ip", "keepalived"]).expect("remover"),
+        })
+        .expect("engine runs");
+    sleep(SETTLE * 2).await;
+    assert_eq!(h.migrates(), [migrated_from_peer()]);
+}
+
+/// Present at start counts as added at start; no Migrate within the start-up hold-off.
+#[tokio::test(start_paused = true)]
+async fn an_address_present_at_start_waits_for_the_startup_holdoff() {
+    let cloud = MemCloud::new(&[11]);
+    cloud.set(|s| s.others = vec![peer_holding_vip()]);
+    let mut view = HostView::default();
+    view.links.insert(2, link(2, "eth1", true));
+    for a in [addr(10, false), addr(11, true), vip_addr()] {
+        view.addrs.insert(a.key(), a);
+    }
+    let inventory = inventory_of(&cloud);
+    let mut settings = harness_settings();
+    settings.claim = ClaimSettings {
+        startup_holdoff: Duration::from_secs(60),
+        ..claim_settings()
+    };
+    let h = spawn_engine(cloud, settings, start_with(view, inventory));
+    sleep(Duration::from_secs(59)).await;
+    assert!(h.migrates().is_empty(), "a Migrate within the hold-off");
+    let claim = h.claim().await.expect("claim");
+    assert_eq!(claim.reason.as_deref(), Some("startup_holdoff"));
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.migrates(), [migrated_from_peer()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_and_pause_cover_claims() {
+    let h = start_claims(vec![peer_holding_vip()], |c| c.dry_run = true);
+    h.add_vip("keepalived");
+    sleep(SETTLE * 4).await;
+    assert!(h.migrates().is_empty());
+    assert_eq!(h.claim().await.expect("claim").phase, "dry_run");
+
+    // release.dry_run covers claims too.
+    let h = start(&[11], |s| {
+        s.claim = claim_settings();
+        s.dry_run = true;
+    });
+    h.cloud.set(|s| s.others = vec![peer_holding_vip()]);
+    h.add_vip("keepalived");
+    sleep(SETTLE * 4).await;
+    assert!(h.migrates().is_empty());
+
+    let h = start_claims(vec![peer_holding_vip()], |_| {});
+    h.pause(true).await;
+    h.add_vip("keepalived");
+    sleep(SETTLE * 10).await;
+    assert!(h.migrates().is_empty(), "a Migrate under a pause");
+    h.pause(false).await;
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.migrates(), [migrated_from_peer()]);
+}
+
+/// The other node moved it first: the Migrate's source is stale. A fresh lookup decides
+/// again (here: nobody holds it, so it is assigned), and that is no contest.
+#[tokio::test(start_paused = true)]
+async fn a_stale_source_is_decided_again_from_a_fresh_lookup() {
+    let h = start_claims(vec![peer_holding_vip()], |_| {});
+    h.cloud
+        .set(|s| s.claim_fail_next = Some("ResourceNotFound".into()));
+    h.add_vip("keepalived");
+    // Meanwhile the peer lets it go.
+    sleep(SETTLE - Duration::from_millis(10)).await;
+    h.cloud
+        .set(|s| s.others[0].ips.retain(|i| i.addr != IpAddr::V4(VIP)));
+    h.cloud.set(|s| {
+        s.others.push(other_eni(
+            "eni-peer",
+            "ins-peer",
+            "subnet-1",
+            &[(VIP, false)],
+        ))
+    });
+    sleep(SETTLE).await;
+    // First Migrate failed (stale source), a fresh lookup, the second succeeded.
+    assert_eq!(h.migrates().len(), 2, "{:?}", h.migrates());
+    assert_eq!(h.vip_holders(), ["eni-1"]);
+    let snap = h.snapshot().await;
+    assert!(snap.alarms.is_empty(), "{:?}", snap.alarms);
+    assert_eq!(h.claim().await.expect("claim").contests, 0);
+}
+
+/// The cloud moves it away while this host keeps it: alarm, back off, and never more
+/// than `max_migrations_per_minute` Migrates of it in any minute.
+#[tokio::test(start_paused = true)]
+async fn a_contest_alarms_backs_off_and_migrations_stay_bounded() {
+    let h = start_claims(vec![peer_holding_vip()], |c| {
+        c.reverify_interval = Duration::from_secs(5);
+        c.contest_backoff = Duration::from_secs(1);
+        c.contest_backoff_max = Duration::from_secs(4);
+        c.max_migrations_per_minute = 3;
+    });
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    assert_eq!(h.migrates().len(), 1);
+    // A split brain: the peer takes it back every second for two minutes.
+    let mut stolen = 0;
+    for _ in 0..120 {
+        let ours = h.vip_holders() == ["eni-1"];
+        if ours {
+            h.cloud.set(|s| {
+                if let Some(e) = s.eni.as_mut() {
+                    e.ips.retain(|i| i.addr != IpAddr::V4(VIP));
+                }
+                s.others[0].ips.push(EniIp {
+                    addr: IpAddr::V4(VIP),
+                    primary: false,
+                    state: "AVAILABLE".into(),
+                    eip: None,
+                });
+            });
+            stolen += 1;
+        }
+        sleep(Duration::from_secs(1)).await;
+    }
+    assert!(stolen >= 2, "the peer took it back {stolen} times");
+    // Never more than 3 Migrates in any minute.
+    let times = h.cloud.state.lock().expect("lock").migrate_times.clone();
+    for (i, t) in times.iter().enumerate() {
+        let within = times[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(60))
+            .count();
+        assert!(within <= 3, "{within} Migrates within a minute: {times:?}");
+    }
+    assert!(times.len() >= 2, "it was claimed again after a contest");
+    let contested = h
+        .snapshot()
+        .await
+        .alarms
+        .iter()
+        .filter(|a| a.contains("contested"))
+        .count();
+    assert!(contested >= 2, "{contested} contested alarms");
+}
+
+/// Claims and releases share the ENI's slot: a release is never sent while a claim of
+/// the same ENI is in flight, and the other way round. Here: a VIP claim and a removal
+/// of an aux IP of the same ENI both come due; both happen, one after the other.
+#[tokio::test(start_paused = true)]
+async fn a_claim_and_a_release_of_one_eni_both_happen() {
+    let h = start_claims(vec![peer_holding_vip()], |c| c.settle = GRACE);
+    h.add_vip("keepalived");
+    h.remove(11, by("ip"));
+    sleep(GRACE * 2).await;
+    assert_eq!(h.migrates(), [migrated_from_peer()]);
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]]);
+}
+
+/// A claimed address absent from the host while still bound here for longer than
+/// `claim.orphan_after` is reported (`status`); it is not released.
+#[tokio::test(start_paused = true)]
+async fn a_claimed_vip_absent_longer_than_orphan_after_is_reported() {
+    let h = start_claims(vec![peer_holding_vip()], |c| {
+        c.orphan_after = Duration::from_secs(90);
+    });
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    assert_eq!(h.vip_holders(), ["eni-1"]);
+    h.remove_vip();
+    sleep(Duration::from_secs(60)).await;
+    assert!(!h.claim().await.expect("claim").orphan, "not yet");
+    sleep(Duration::from_secs(60)).await;
+    let claim = h.claim().await.expect("claim");
+    assert!(claim.orphan, "{claim:?}");
+    assert_eq!(claim.phase, "claimed");
+    assert!(h.cloud.calls().is_empty(), "never released");
+    // Back on the host: no longer an orphan.
+    h.add_vip("keepalived");
+    sleep(Duration::from_secs(1)).await;
+    assert!(!h.claim().await.expect("claim").orphan);
+}
