@@ -403,3 +403,41 @@ async fn a_claimed_vip_absent_longer_than_orphan_after_is_reported() {
     sleep(Duration::from_secs(1)).await;
     assert!(!h.claim().await.expect("claim").orphan);
 }
+
+/// A network restart re-adds many floating IPs at once: nothing is looked up before each
+/// has stayed for `claim.settle`, and the ENI's claims go out one at a time.
+#[tokio::test(start_paused = true)]
+async fn many_readded_at_once_wait_for_settle_and_go_one_at_a_time() {
+    let second = Ipv4Addr::new(10, 0, 1, 101);
+    let mut peer = peer_holding_vip();
+    peer.ips.push(EniIp {
+        addr: IpAddr::V4(second),
+        primary: false,
+        state: "AVAILABLE".into(),
+        eip: None,
+    });
+    let h = start_claims(vec![peer], |c| {
+        c.cidrs = vec![Cidr::parse("10.0.1.100/31").expect("cidr")];
+    });
+    for last in [100, 101] {
+        h.add(addr(last, true));
+        h.events
+            .send(HostEvent::AddrAdder {
+                ip: ip(last),
+                link: 2,
+                adder: Remover::named(777, "keepalived"),
+            })
+            .expect("engine runs");
+    }
+    sleep(SETTLE - Duration::from_millis(100)).await;
+    assert_eq!(h.cloud.state.lock().expect("lock").lookups, 0);
+    sleep(Duration::from_secs(5)).await;
+    let migrated: Vec<Ipv4Addr> = h.migrates().iter().map(|m| m.2).collect();
+    assert_eq!(migrated.len(), 2, "{migrated:?}");
+    let times = h.cloud.state.lock().expect("lock").migrate_times.clone();
+    // The second went out after the first's task (50 ms in the in-memory cloud) ended.
+    assert!(
+        times[1].duration_since(times[0]) >= Duration::from_millis(50),
+        "{times:?}"
+    );
+}
