@@ -441,3 +441,26 @@ async fn many_readded_at_once_wait_for_settle_and_go_one_at_a_time() {
         "{times:?}"
     );
 }
+
+/// A claim that comes due while a release holds its ENI's slot waits without spinning:
+/// the end of the release wakes it.
+#[tokio::test(start_paused = true)]
+async fn a_claim_waiting_for_its_enis_slot_does_not_spin() {
+    let h = start_claims(vec![peer_holding_vip()], |c| c.settle = GRACE);
+    // The release's send-time listing takes 20 s: the slot stays taken that long.
+    h.cloud.set(|s| s.list_delay = Duration::from_secs(20));
+    h.remove(11, by("ip"));
+    sleep(Duration::from_millis(10)).await;
+    h.add_vip("keepalived");
+    sleep(GRACE + Duration::from_secs(1)).await;
+    let before = h.turns();
+    sleep(Duration::from_secs(10)).await;
+    let turns = h.turns() - before;
+    assert!(
+        turns < 50,
+        "{turns} loop turns in 10 s while waiting for the slot"
+    );
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(h.migrates(), [migrated_from_peer()]);
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]]);
+}
