@@ -5,15 +5,15 @@
 use super::*;
 use crate::engine::ClaimSettings;
 
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
-const SETTLE: Duration = Duration::from_secs(3);
+pub(super) const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
+pub(super) const SETTLE: Duration = Duration::from_secs(3);
 
-fn vip_addr() -> Addr {
+pub(super) fn vip_addr() -> Addr {
     addr(100, true)
 }
 
 /// An ENI of the VPC holding `ips`, attached to `instance`.
-fn other_eni(id: &str, instance: &str, subnet: &str, ips: &[(Ipv4Addr, bool)]) -> Eni {
+pub(super) fn other_eni(id: &str, instance: &str, subnet: &str, ips: &[(Ipv4Addr, bool)]) -> Eni {
     Eni {
         id: id.into(),
         mac: MacAddr([2, 0, 0, 0, 0, 9]),
@@ -37,7 +37,7 @@ fn other_eni(id: &str, instance: &str, subnet: &str, ips: &[(Ipv4Addr, bool)]) -
     }
 }
 
-fn peer_holding_vip() -> Eni {
+pub(super) fn peer_holding_vip() -> Eni {
     other_eni(
         "eni-peer",
         "ins-peer",
@@ -46,7 +46,7 @@ fn peer_holding_vip() -> Eni {
     )
 }
 
-fn claim_settings() -> ClaimSettings {
+pub(super) fn claim_settings() -> ClaimSettings {
     ClaimSettings {
         cidrs: vec![Cidr::parse("10.0.1.100/32").expect("cidr")],
         peers: vec!["ins-peer".into()],
@@ -68,7 +68,7 @@ fn start_claims(others: Vec<Eni>, tweak: impl FnOnce(&mut ClaimSettings)) -> Har
 
 impl Harness {
     /// keepalived (or `by`) adds the VIP on eth1.
-    fn add_vip(&self, by: &str) {
+    pub(super) fn add_vip(&self, by: &str) {
         self.add(vip_addr());
         self.events
             .send(HostEvent::AddrAdder {
@@ -79,7 +79,7 @@ impl Harness {
             .expect("engine runs");
     }
 
-    fn remove_vip(&self) {
+    pub(super) fn remove_vip(&self) {
         self.remove_addr(vip_addr(), by("keepalived"));
     }
 
