@@ -224,6 +224,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             let claims_wake = self.claims.next_wakeup(
                 self.pause.in_force().is_some(),
                 self.settings.claim.orphan_after,
+                |eni| self.slots.is_taken(eni),
             );
             let wake = self
                 .next_wakeup()

@@ -12,6 +12,9 @@
 //! - **assign**: the new master waits (polling `DescribeNetworkInterfaces`) until the old
 //!   master's enisync has released the VIP, then calls `AssignPrivateIpAddresses`.
 //!
+//! With claims (`Duo::enable_claims`), there is no notify script at all: each node's
+//! enisync claims the VIP when keepalived adds it (docs/design.md, "Claims").
+//!
 //! Needs root and `keepalived` (CI installs it); fails, never skips, without them.
 
 #[path = "common/sandbox.rs"]
@@ -49,6 +52,8 @@ struct Node {
     name: &'static str,
     ns: String,
     ip: Ipv4Addr,
+    /// The other node's address (its `unicast_peer`).
+    peer: Ipv4Addr,
     eni: &'static str,
     priority: u8,
     enisync: Option<Child>,
@@ -67,6 +72,8 @@ struct Duo {
     a: Node,
     b: Node,
     advert_int: u32,
+    /// enisync claims the VIP itself (`[claim]`): keepalived runs without a notify script.
+    claims: bool,
 }
 
 fn ip_ns(ns: &str, args: &str) -> String {
@@ -140,6 +147,7 @@ impl Duo {
                 name,
                 ns,
                 ip,
+                peer: Ipv4Addr::UNSPECIFIED,
                 eni,
                 priority,
                 enisync: None,
@@ -153,8 +161,10 @@ impl Duo {
             .join()
             .expect("listener");
         let server = fake.serve_in_thread(listener).expect("serve");
-        let b = nodes.pop().expect("b");
-        let a = nodes.pop().expect("a");
+        let mut b = nodes.pop().expect("b");
+        let mut a = nodes.pop().expect("a");
+        a.peer = b.ip;
+        b.peer = a.ip;
         let mut duo = Self {
             br,
             dir,
@@ -163,6 +173,7 @@ impl Duo {
             a,
             b,
             advert_int,
+            claims: false,
         };
         let port = duo.server.addr().port();
         for node in [&mut duo.a, &mut duo.b] {
@@ -217,12 +228,16 @@ impl Duo {
 
     fn start_keepalived(&self, node: &mut Node) {
         let conf = self.dir.join(format!("keepalived-{}.conf", node.name));
-        let peer = if node.name == "a" {
-            self.b.ip
-        } else {
-            self.a.ip
-        };
+        // The node's own record, not `self.a`/`self.b`: the caller may have taken the
+        // node out of `self` (then a placeholder, 0.0.0.0, stands there).
+        let peer = node.peer;
         let notify = self.dir.join(format!("notify-{}.sh", node.name));
+        // With claims, no notify script at all: enisync sees the VIP added and claims it.
+        let notify_line = if self.claims {
+            String::new()
+        } else {
+            format!("  notify_master \"{}\"\n", notify.display())
+        };
         std::fs::write(
             &notify,
             format!(
@@ -238,12 +253,11 @@ impl Duo {
                 "global_defs {{\n  router_id node-{name}\n  script_user root\n}}\n\
                  vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
                  priority {prio}\n  advert_int {adv}\n  unicast_src_ip {src}\n  unicast_peer {{\n    {peer}\n  }}\n  \
-                 virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n  notify_master \"{notify}\"\n}}\n",
+                 virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n{notify_line}}}\n",
                 name = node.name,
                 prio = node.priority,
                 adv = self.advert_int,
                 src = node.ip,
-                notify = notify.display(),
             ),
         )
         .expect("keepalived.conf");
@@ -332,6 +346,31 @@ impl Duo {
         out
     }
 
+    /// No call failed the fake's checks (signature, key, parameters); in a split brain
+    /// a Migrate may still lose a race (`ResourceNotFound`, a busy ENI).
+    fn assert_no_call_failed_checks(&self) {
+        let failed: Vec<String> = self
+            .fake
+            .calls()
+            .iter()
+            .filter(|c| {
+                [
+                    "AuthFailure",
+                    "InvalidParameter",
+                    "MissingParameter",
+                    "UnknownParameter",
+                ]
+                .iter()
+                .any(|p| c.answer.starts_with(p))
+            })
+            .map(|c| c.summary())
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "calls failed the fake's checks: {failed:?}"
+        );
+    }
+
     /// Every mutating call answered Success: no call failed for a race.
     fn assert_no_failed_mutation(&self) {
         let failed: Vec<String> = self
@@ -382,6 +421,75 @@ impl Duo {
         assert!(!Self::has_vip(&self.b));
     }
 
+    /// Turns claims on: each node's enisync claims the VIP (`[claim]`, the other node as
+    /// its peer), keepalived gets no notify script.
+    fn enable_claims(&mut self, settle: &str, holdoff: &str) {
+        self.enable_claims_with(settle, holdoff, "");
+    }
+
+    /// [`Self::enable_claims`] with more `[claim]` lines.
+    fn enable_claims_with(&mut self, settle: &str, holdoff: &str, extra: &str) {
+        self.claims = true;
+        for (node, peer) in [(&self.a, &self.b), (&self.b, &self.a)] {
+            let path = self.dir.join(format!("{}.toml", node.name));
+            let mut config = std::fs::read_to_string(&path).expect("config");
+            config += &format!(
+                "\n[claim]\ncidrs = [\"{VIP}/32\"]\npeers = [\"ins-node{}\"]\nsettle = \"{settle}\"\n\
+                 startup_holdoff = \"{holdoff}\"\nreverify_interval = \"5s\"\n{extra}",
+                peer.name
+            );
+            std::fs::write(&path, config).expect("config");
+        }
+    }
+
+    /// Drops VRRP between the two nodes, or lets it through again: their bridge ports
+    /// are isolated from each other (the fake, on the bridge itself, stays reachable).
+    fn block_vrrp(&self, blocked: bool) {
+        let state = if blocked { "on" } else { "off" };
+        for port in ["va", "vb"] {
+            ip_ns(
+                &self.br,
+                &format!("link set dev {port} type bridge_slave isolated {state}"),
+            );
+        }
+    }
+
+    /// Starts both enisync and both keepalived, asserting nothing about who is master.
+    fn start_all(&mut self) {
+        self.start_enisync();
+        let mut a = std::mem::replace(&mut self.a, placeholder());
+        let mut b = std::mem::replace(&mut self.b, placeholder());
+        self.start_keepalived(&mut a);
+        self.start_keepalived(&mut b);
+        self.a = a;
+        self.b = b;
+    }
+
+    /// The Migrates into `node`'s ENI, with the time the fake saw each (ms).
+    fn migrates_into(&self, node: &Node) -> Vec<i64> {
+        self.fake
+            .calls_of("MigratePrivateIpAddress")
+            .iter()
+            .filter(|c| c.eni.as_deref().is_some_and(|e| e.ends_with(node.eni)))
+            .map(|c| c.at_ms)
+            .collect()
+    }
+
+    /// Where the fake binds the VIP: exactly one ENI, `AVAILABLE`.
+    fn vip_bound_to(&self, node: &Node) -> bool {
+        self.fake.owner_of(VIP).as_deref() == Some(node.eni)
+            && self.fake.eni(node.eni).is_some_and(|e| {
+                e.ips
+                    .iter()
+                    .any(|i| i.addr == VIP && i.state == "AVAILABLE")
+            })
+            && [&self.a, &self.b]
+                .iter()
+                .filter(|n| self.fake.eni(n.eni).is_some_and(|e| e.ip(VIP).is_some()))
+                .count()
+                == 1
+    }
+
     fn restart_a_keepalived(&mut self) {
         let mut a = std::mem::replace(&mut self.a, placeholder());
         Self::stop_keepalived(&mut a);
@@ -395,6 +503,7 @@ fn placeholder() -> Node {
         name: "",
         ns: String::new(),
         ip: Ipv4Addr::UNSPECIFIED,
+        peer: Ipv4Addr::UNSPECIFIED,
         eni: "",
         priority: 0,
         enisync: None,
@@ -755,4 +864,265 @@ fn keepalived_restart_releases_nothing_advert_1() {
 #[test]
 fn keepalived_restart_releases_nothing_advert_3() {
     restart_releases_nothing(3, "r3");
+}
+
+/// Claims, no notify script (docs/design.md, "Claims"): the master's enisync sees
+/// keepalived add the VIP and, after `claim.settle`, migrates it from the peer's ENI.
+/// Failover by stopping the master, then failback when it comes back (it preempts).
+/// At each end the fake binds the VIP to exactly the node that holds it, nothing is
+/// released, and no call failed.
+#[test]
+fn claims_failover_and_failback_without_a_notify_script() {
+    let mut duo = Duo::new("cf", None, "30s", 1);
+    duo.enable_claims("3s", "0s");
+    duo.bring_up();
+    // The master's own claim finds the VIP already on its ENI: no call.
+    wait(
+        "a's enisync claimed the VIP it holds",
+        Duration::from_secs(20),
+        || {
+            duo.a
+                .log
+                .lock()
+                .expect("log")
+                .iter()
+                .any(|l| l.contains("decision=\"claimed\"") && l.contains(&format!("ip={VIP}")))
+        },
+        || duo.logs(),
+    );
+    assert!(duo.vip_bound_to(&duo.a), "{}", duo.logs());
+    assert!(
+        duo.fake.calls_of("MigratePrivateIpAddress").is_empty(),
+        "{}",
+        duo.logs()
+    );
+
+    // Failover: a's keepalived stops, b becomes master and adds the VIP.
+    let mut a = std::mem::replace(&mut duo.a, placeholder());
+    Duo::stop_keepalived(&mut a);
+    duo.a = a;
+    wait(
+        "b is master with the VIP",
+        Duration::from_secs(20),
+        || Duo::has_vip(&duo.b),
+        || duo.logs(),
+    );
+    wait(
+        "the VIP bound to b's ENI",
+        Duration::from_secs(30),
+        || duo.vip_bound_to(&duo.b),
+        || duo.logs(),
+    );
+    assert_eq!(duo.fake.calls_of("MigratePrivateIpAddress").len(), 1);
+    let b_log = duo.b.log.lock().expect("log").join("\n");
+    assert!(
+        b_log.contains("adder=\"keepalived"),
+        "b's enisync named keepalived as the adder:\n{}",
+        duo.logs()
+    );
+
+    // Failback: a's keepalived comes back with the higher priority and preempts.
+    let mut a = std::mem::replace(&mut duo.a, placeholder());
+    duo.start_keepalived(&mut a);
+    duo.a = a;
+    wait(
+        "a is master again",
+        Duration::from_secs(30),
+        || Duo::has_vip(&duo.a) && !Duo::has_vip(&duo.b),
+        || duo.logs(),
+    );
+    wait(
+        "the VIP bound to a's ENI again",
+        Duration::from_secs(30),
+        || duo.vip_bound_to(&duo.a),
+        || duo.logs(),
+    );
+    // Past the re-verifications of both nodes: it stays, nobody fights.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(duo.vip_bound_to(&duo.a), "{}", duo.logs());
+    assert_eq!(
+        duo.fake.calls_of("MigratePrivateIpAddress").len(),
+        2,
+        "{}",
+        duo.logs()
+    );
+    assert!(
+        duo.fake.calls_of("UnassignPrivateIpAddresses").is_empty(),
+        "a claim address is never released:\n{}",
+        duo.logs()
+    );
+    duo.assert_no_failed_mutation();
+    for node in [&duo.a, &duo.b] {
+        let log = node.log.lock().expect("log").join("\n");
+        assert!(
+            !log.contains("decision=\"contested\""),
+            "{}: no contest in a clean failover:\n{}",
+            node.name,
+            duo.logs()
+        );
+    }
+}
+
+/// keepalived restarted on the master with claims on: the VIP leaves a and comes back
+/// (b holds it for a moment, less than `claim.settle`): no Migrate, no release.
+#[test]
+fn claims_master_restart_within_settle_claims_and_releases_nothing() {
+    let mut duo = Duo::new("cr", None, "30s", 1);
+    duo.enable_claims("10s", "0s");
+    duo.bring_up();
+    wait(
+        "a's enisync claimed the VIP it holds",
+        Duration::from_secs(20),
+        || {
+            duo.a
+                .log
+                .lock()
+                .expect("log")
+                .iter()
+                .any(|l| l.contains("decision=\"claimed\""))
+        },
+        || duo.logs(),
+    );
+    let restarted = Instant::now();
+    duo.restart_a_keepalived();
+    wait(
+        "the VIP back on a (preempted)",
+        Duration::from_secs(20),
+        || Duo::has_vip(&duo.a) && !Duo::has_vip(&duo.b),
+        || duo.logs(),
+    );
+    println!("VIP back on a {:?} after the restart", restarted.elapsed());
+    // Past b's settle time and both nodes' re-verifications.
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(
+        duo.fake.calls_of("MigratePrivateIpAddress").is_empty(),
+        "{}",
+        duo.logs()
+    );
+    assert!(
+        duo.fake.calls_of("UnassignPrivateIpAddresses").is_empty(),
+        "{}",
+        duo.logs()
+    );
+    assert!(duo.vip_bound_to(&duo.a), "{}", duo.logs());
+    duo.assert_no_failed_mutation();
+}
+
+/// Both nodes start with VRRP blocked for 20 s: each becomes MASTER and adds the VIP,
+/// but no Migrate goes out within `claim.startup_holdoff` (default 60 s). Once VRRP
+/// flows, b steps down and the VIP stays where it was.
+#[test]
+fn claims_a_node_started_with_vrrp_blocked_makes_no_migrate() {
+    let mut duo = Duo::new("cb", None, "30s", 1);
+    duo.enable_claims("3s", "60s");
+    duo.block_vrrp(true);
+    duo.start_all();
+    wait(
+        "both nodes are MASTER (no VRRP between them)",
+        Duration::from_secs(20),
+        || Duo::has_vip(&duo.a) && Duo::has_vip(&duo.b),
+        || duo.logs(),
+    );
+    std::thread::sleep(Duration::from_secs(14));
+    duo.block_vrrp(false);
+    wait(
+        "b steps down once VRRP flows",
+        Duration::from_secs(20),
+        || Duo::has_vip(&duo.a) && !Duo::has_vip(&duo.b),
+        || duo.logs(),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        duo.fake.calls_of("MigratePrivateIpAddress").is_empty(),
+        "{}",
+        duo.logs()
+    );
+    let b_log = duo.b.log.lock().expect("log").join("\n");
+    assert!(
+        b_log.contains("reason=\"startup_holdoff\""),
+        "b's claim waited for the hold-off:\n{}",
+        duo.logs()
+    );
+    assert!(duo.vip_bound_to(&duo.a), "{}", duo.logs());
+    duo.assert_no_failed_mutation();
+}
+
+/// Split brain: VRRP dropped for 120 s, both nodes MASTER with the VIP. Migrates stay
+/// within `max_migrations_per_minute` (3) per node in any minute, both nodes raise the
+/// `contested` alarm, and once VRRP flows again the binding converges to the master.
+#[test]
+fn claims_split_brain_is_bounded_alarms_on_both_and_converges() {
+    let mut duo = Duo::new("cx", None, "30s", 1);
+    duo.enable_claims_with(
+        "3s",
+        "0s",
+        "contest_backoff = \"5s\"\ncontest_backoff_max = \"20s\"\nmax_migrations_per_minute = 3\n",
+    );
+    duo.bring_up();
+    wait(
+        "a's enisync claimed the VIP it holds",
+        Duration::from_secs(20),
+        || {
+            duo.a
+                .log
+                .lock()
+                .expect("log")
+                .iter()
+                .any(|l| l.contains("decision=\"claimed\""))
+        },
+        || duo.logs(),
+    );
+    duo.block_vrrp(true);
+    let split = Instant::now();
+    wait(
+        "b is MASTER too",
+        Duration::from_secs(20),
+        || Duo::has_vip(&duo.b),
+        || duo.logs(),
+    );
+    std::thread::sleep(Duration::from_secs(120).saturating_sub(split.elapsed()));
+    duo.block_vrrp(false);
+    wait(
+        "b steps down once VRRP flows",
+        Duration::from_secs(20),
+        || Duo::has_vip(&duo.a) && !Duo::has_vip(&duo.b),
+        || duo.logs(),
+    );
+    wait(
+        "the binding converges to a",
+        Duration::from_secs(60),
+        || duo.vip_bound_to(&duo.a),
+        || duo.logs(),
+    );
+    for node in [&duo.a, &duo.b] {
+        let times = duo.migrates_into(node);
+        for (i, t) in times.iter().enumerate() {
+            let within = times[i..].iter().take_while(|u| **u - t < 60_000).count();
+            assert!(
+                within <= 3,
+                "{}: {within} Migrates within a minute {times:?}\n{}",
+                node.name,
+                duo.logs()
+            );
+        }
+        let log = node.log.lock().expect("log").join("\n");
+        assert!(
+            log.contains("decision=\"contested\""),
+            "{} raised the contested alarm:\n{}",
+            node.name,
+            duo.logs()
+        );
+    }
+    let total = duo.fake.calls_of("MigratePrivateIpAddress").len();
+    println!("split brain of 120 s: {total} Migrates in all");
+    // Settled: nobody moves it any more.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        duo.fake.calls_of("MigratePrivateIpAddress").len(),
+        total,
+        "{}",
+        duo.logs()
+    );
+    assert!(duo.vip_bound_to(&duo.a), "{}", duo.logs());
+    duo.assert_no_call_failed_checks();
 }

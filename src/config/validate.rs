@@ -380,8 +380,9 @@ impl Config {
         differs("metrics", self.metrics != new.metrics);
         differs("control.socket", self.control != new.control);
         differs("drift.interval", self.drift != new.drift);
-        // Read once at start for now: the claim engine is built with the daemon.
-        differs("claim", self.claim != new.claim);
+        // The engine applies every `[claim]` key at once; the watcher names the adders of
+        // the CIDRs it started with, so new CIDRs need a restart to be claimed.
+        differs("claim.cidrs", self.claim.cidrs != new.claim.cidrs);
         differs("interface", self.interfaces != new.interfaces);
         keys
     }

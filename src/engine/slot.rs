@@ -100,6 +100,15 @@ impl EniSlots {
         self.slots.insert(eni, EniSlot::Claiming);
     }
 
+    /// The ENIs whose slot a claim holds.
+    pub fn claiming(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|(_, slot)| matches!(slot, EniSlot::Claiming))
+            .map(|(eni, _)| eni.clone())
+            .collect()
+    }
+
     /// Nothing is in flight for `eni` any more.
     pub fn set_idle(&mut self, eni: &str) {
         self.slots.remove(eni);

@@ -24,12 +24,18 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 purpose,
                 result,
             } => {
-                let Some(entry) = self.claims.entries.get(&ip).cloned() else {
+                let Some(entry) = self
+                    .claims
+                    .entries
+                    .get(&ip)
+                    .filter(|e| e.attempt == attempt)
+                    .cloned()
+                else {
+                    if purpose != LookupPurpose::Reverify {
+                        self.free_unowned_claim_slots();
+                    }
                     return;
                 };
-                if entry.attempt != attempt {
-                    return;
-                }
                 match purpose {
                     LookupPurpose::Decide => self.on_claim_holders(&entry, result, now),
                     LookupPurpose::AfterCall => self.on_claim_after_call(&entry, result, now),
@@ -42,12 +48,16 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 action,
                 result,
             } => {
-                let Some(entry) = self.claims.entries.get(&ip).cloned() else {
+                let Some(entry) = self
+                    .claims
+                    .entries
+                    .get(&ip)
+                    .filter(|e| e.attempt == attempt)
+                    .cloned()
+                else {
+                    self.free_unowned_claim_slots();
                     return;
                 };
-                if entry.attempt != attempt {
-                    return;
-                }
                 self.on_claim_called(&entry, action, result, now);
             }
         }
@@ -233,6 +243,19 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     self.claim_phase(ip, ClaimPhase::Parked { reason: "refused" });
                 }
             },
+        }
+    }
+
+    /// A report for a claim that is gone or was replaced: no claim may keep its ENI's
+    /// slot unless one of its lookups or calls is still out.
+    fn free_unowned_claim_slots(&mut self) {
+        for eni in self.slots.claiming() {
+            let owned = self.claims.entries.values().any(|e| {
+                e.eni_id == eni && matches!(e.phase, ClaimPhase::LookingUp | ClaimPhase::Calling)
+            });
+            if !owned {
+                self.slots.set_idle(&eni);
+            }
         }
     }
 

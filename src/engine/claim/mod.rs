@@ -240,14 +240,20 @@ impl ClaimBook {
             .collect()
     }
 
-    /// The earliest time something is due, ignoring what a pause blocks.
-    pub fn next_wakeup(&self, paused: bool, orphan_after: Duration) -> Option<Instant> {
+    /// The earliest time something is due, ignoring what a pause blocks and claims
+    /// whose ENI is busy (`taken`: the end of that work wakes the loop anyway).
+    pub fn next_wakeup(
+        &self,
+        paused: bool,
+        orphan_after: Duration,
+        taken: impl Fn(&str) -> bool,
+    ) -> Option<Instant> {
         self.entries
             .values()
             .filter_map(|e| match e.phase {
                 ClaimPhase::Settling { due }
                 | ClaimPhase::Waiting { due, .. }
-                | ClaimPhase::Contested { due } => (!paused).then_some(due),
+                | ClaimPhase::Contested { due } => (!paused && !taken(&e.eni_id)).then_some(due),
                 // Re-verification only reads: it goes on under a pause.
                 ClaimPhase::Claimed { next_verify } => {
                     let orphan = e.absent_since.map(|t| t + orphan_after);

@@ -5,15 +5,15 @@
 use super::*;
 use crate::engine::ClaimSettings;
 
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
-const SETTLE: Duration = Duration::from_secs(3);
+pub(super) const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
+pub(super) const SETTLE: Duration = Duration::from_secs(3);
 
-fn vip_addr() -> Addr {
+pub(super) fn vip_addr() -> Addr {
     addr(100, true)
 }
 
 /// An ENI of the VPC holding `ips`, attached to `instance`.
-fn other_eni(id: &str, instance: &str, subnet: &str, ips: &[(Ipv4Addr, bool)]) -> Eni {
+pub(super) fn other_eni(id: &str, instance: &str, subnet: &str, ips: &[(Ipv4Addr, bool)]) -> Eni {
     Eni {
         id: id.into(),
         mac: MacAddr([2, 0, 0, 0, 0, 9]),
@@ -37,7 +37,7 @@ fn other_eni(id: &str, instance: &str, subnet: &str, ips: &[(Ipv4Addr, bool)]) -
     }
 }
 
-fn peer_holding_vip() -> Eni {
+pub(super) fn peer_holding_vip() -> Eni {
     other_eni(
         "eni-peer",
         "ins-peer",
@@ -46,7 +46,7 @@ fn peer_holding_vip() -> Eni {
     )
 }
 
-fn claim_settings() -> ClaimSettings {
+pub(super) fn claim_settings() -> ClaimSettings {
     ClaimSettings {
         cidrs: vec![Cidr::parse("10.0.1.100/32").expect("cidr")],
         peers: vec!["ins-peer".into()],
@@ -68,7 +68,7 @@ fn start_claims(others: Vec<Eni>, tweak: impl FnOnce(&mut ClaimSettings)) -> Har
 
 impl Harness {
     /// keepalived (or `by`) adds the VIP on eth1.
-    fn add_vip(&self, by: &str) {
+    pub(super) fn add_vip(&self, by: &str) {
         self.add(vip_addr());
         self.events
             .send(HostEvent::AddrAdder {
@@ -79,7 +79,7 @@ impl Harness {
             .expect("engine runs");
     }
 
-    fn remove_vip(&self) {
+    pub(super) fn remove_vip(&self) {
         self.remove_addr(vip_addr(), by("keepalived"));
     }
 
@@ -402,4 +402,65 @@ async fn a_claimed_vip_absent_longer_than_orphan_after_is_reported() {
     h.add_vip("keepalived");
     sleep(Duration::from_secs(1)).await;
     assert!(!h.claim().await.expect("claim").orphan);
+}
+
+/// A network restart re-adds many floating IPs at once: nothing is looked up before each
+/// has stayed for `claim.settle`, and the ENI's claims go out one at a time.
+#[tokio::test(start_paused = true)]
+async fn many_readded_at_once_wait_for_settle_and_go_one_at_a_time() {
+    let second = Ipv4Addr::new(10, 0, 1, 101);
+    let mut peer = peer_holding_vip();
+    peer.ips.push(EniIp {
+        addr: IpAddr::V4(second),
+        primary: false,
+        state: "AVAILABLE".into(),
+        eip: None,
+    });
+    let h = start_claims(vec![peer], |c| {
+        c.cidrs = vec![Cidr::parse("10.0.1.100/31").expect("cidr")];
+    });
+    for last in [100, 101] {
+        h.add(addr(last, true));
+        h.events
+            .send(HostEvent::AddrAdder {
+                ip: ip(last),
+                link: 2,
+                adder: Remover::named(777, "keepalived"),
+            })
+            .expect("engine runs");
+    }
+    sleep(SETTLE - Duration::from_millis(100)).await;
+    assert_eq!(h.cloud.state.lock().expect("lock").lookups, 0);
+    sleep(Duration::from_secs(5)).await;
+    let migrated: Vec<Ipv4Addr> = h.migrates().iter().map(|m| m.2).collect();
+    assert_eq!(migrated.len(), 2, "{migrated:?}");
+    let times = h.cloud.state.lock().expect("lock").migrate_times.clone();
+    // The second went out after the first's task (50 ms in the in-memory cloud) ended.
+    assert!(
+        times[1].duration_since(times[0]) >= Duration::from_millis(50),
+        "{times:?}"
+    );
+}
+
+/// A claim that comes due while a release holds its ENI's slot waits without spinning:
+/// the end of the release wakes it.
+#[tokio::test(start_paused = true)]
+async fn a_claim_waiting_for_its_enis_slot_does_not_spin() {
+    let h = start_claims(vec![peer_holding_vip()], |c| c.settle = GRACE);
+    // The release's send-time listing takes 20 s: the slot stays taken that long.
+    h.cloud.set(|s| s.list_delay = Duration::from_secs(20));
+    h.remove(11, by("ip"));
+    sleep(Duration::from_millis(10)).await;
+    h.add_vip("keepalived");
+    sleep(GRACE + Duration::from_secs(1)).await;
+    let before = h.turns();
+    sleep(Duration::from_secs(10)).await;
+    let turns = h.turns() - before;
+    assert!(
+        turns < 50,
+        "{turns} loop turns in 10 s while waiting for the slot"
+    );
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(h.migrates(), [migrated_from_peer()]);
+    assert_eq!(h.cloud.calls(), vec![vec![ip(11)]]);
 }

@@ -282,3 +282,179 @@ async fn audit_values_and_release_labels_are_golden() {
     let labels: String = labels.iter().map(|l| format!("{l}\n")).collect();
     assert_golden("release_labels.txt", &labels);
 }
+
+/// Drives one engine per family of claim decisions (docs/design.md, "Claims").
+async fn every_claim_decision(metrics: &Arc<Metrics>) {
+    use super::claims::{SETTLE, claim_settings, other_eni, peer_holding_vip, vip_addr};
+    let claims = |metrics: &Arc<Metrics>, others: Vec<Eni>, tweak: &dyn Fn(&mut Settings)| {
+        let h = start_metered(&[11], metrics, |s| {
+            s.claim = claim_settings();
+            tweak(s);
+        });
+        h.cloud.set(|s| s.others = others);
+        h
+    };
+    // pending, sent (migrate), claimed; the adder not listed, unknown, or gone within
+    // settle: skipped.
+    let h = claims(metrics, vec![peer_holding_vip()], &|_| {});
+    h.add_vip("ip");
+    sleep(SETTLE * 2).await;
+    h.remove_vip();
+    h.add(vip_addr());
+    sleep(SETTLE * 2).await;
+    h.remove_vip();
+    h.add_vip("keepalived");
+    sleep(Duration::from_secs(1)).await;
+    h.remove_vip();
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    drop(h);
+    let take_back = |h: &Harness| {
+        h.cloud.set(|s| {
+            if let Some(e) = s.eni.as_mut() {
+                e.ips.retain(|i| i.addr != IpAddr::V4(super::claims::VIP));
+            }
+            s.others = vec![peer_holding_vip()];
+        });
+    };
+    // Claimed, then absent from the host: an orphan, then released once the peer has
+    // it in the cloud.
+    let h = claims(metrics, vec![peer_holding_vip()], &|s| {
+        s.claim.reverify_interval = Duration::from_secs(5);
+        s.claim.orphan_after = Duration::from_secs(12);
+    });
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    h.remove_vip();
+    sleep(Duration::from_secs(20)).await;
+    take_back(&h);
+    sleep(Duration::from_secs(10)).await;
+    drop(h);
+    // Contested while the host keeps it; claimed again after the backoff, until the
+    // migration bound makes it wait.
+    let h = claims(metrics, vec![peer_holding_vip()], &|s| {
+        s.claim.reverify_interval = Duration::from_secs(5);
+        s.claim.contest_backoff = Duration::from_secs(1);
+        s.claim.max_migrations_per_minute = 1;
+    });
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    take_back(&h);
+    sleep(Duration::from_secs(10)).await;
+    drop(h);
+
+    // assign; then parked: foreign, primary elsewhere, other subnet, refused.
+    let h = claims(metrics, Vec::new(), &|_| {});
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    drop(h);
+    for holder in [
+        other_eni(
+            "eni-x",
+            "ins-stranger",
+            "subnet-1",
+            &[(super::claims::VIP, false)],
+        ),
+        other_eni(
+            "eni-peer",
+            "ins-peer",
+            "subnet-1",
+            &[(super::claims::VIP, true)],
+        ),
+        other_eni(
+            "eni-peer",
+            "ins-peer",
+            "subnet-2",
+            &[(super::claims::VIP, false)],
+        ),
+    ] {
+        let h = claims(metrics, vec![holder], &|_| {});
+        h.add_vip("keepalived");
+        sleep(SETTLE * 2).await;
+        drop(h);
+    }
+    let h = claims(metrics, vec![peer_holding_vip()], &|_| {});
+    h.cloud
+        .set(|s| s.claim_fail_next = Some("UnauthorizedOperation".into()));
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    drop(h);
+
+    // holder changed (a stale source), the start-up hold-off, dry run, paused.
+    let h = claims(metrics, vec![peer_holding_vip()], &|_| {});
+    h.cloud
+        .set(|s| s.claim_fail_next = Some("ResourceNotFound".into()));
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    drop(h);
+    let h = claims(metrics, vec![peer_holding_vip()], &|s| {
+        s.claim.startup_holdoff = Duration::from_secs(60);
+    });
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    drop(h);
+    let h = claims(metrics, vec![peer_holding_vip()], &|s| {
+        s.claim.dry_run = true
+    });
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    drop(h);
+    let h = claims(metrics, Vec::new(), &|s| s.claim.dry_run = true);
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    drop(h);
+    let h = claims(metrics, vec![peer_holding_vip()], &|_| {});
+    h.pause(true).await;
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    // A paused engine sets no timer for the claim: any wakeup records it.
+    let _ = h.snapshot().await;
+    sleep(Duration::from_secs(1)).await;
+    drop(h);
+    // not AVAILABLE.
+    let busy = other_eni(
+        "eni-peer",
+        "ins-peer",
+        "subnet-1",
+        &[(super::claims::VIP, false)],
+    );
+    let mut busy = busy;
+    busy.ips[0].state = "MIGRATING".into();
+    let h = claims(metrics, vec![busy], &|_| {});
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    drop(h);
+    sleep(Duration::from_secs(1)).await;
+}
+
+/// Every claim audit `decision`/`reason` pair and every `enisync_claims_total` label
+/// pair the scenarios above write.
+#[tokio::test(start_paused = true)]
+async fn claim_audit_values_and_labels_are_golden() {
+    let capture = AuditCapture::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    // Twice, for the reason `audit_values_and_release_labels_are_golden` says.
+    every_claim_decision(&Arc::new(Metrics::new())).await;
+    tracing::callsite::rebuild_interest_cache();
+    capture.0.lock().expect("lock").clear();
+    let metrics = Arc::new(Metrics::new());
+    every_claim_decision(&metrics).await;
+    let audit: String = capture
+        .0
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|l| l.starts_with("claim") || l.starts_with("contested"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_golden("claim_audit_values.tsv", &audit);
+    let labels: BTreeSet<String> = metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("enisync_claims_total{"))
+        .filter_map(|l| l.rsplit_once(' ').map(|(labels, _)| labels.to_owned()))
+        .collect();
+    let labels: String = labels.iter().map(|l| format!("{l}\n")).collect();
+    assert_golden("claim_labels.txt", &labels);
+}
