@@ -112,7 +112,10 @@ async fn a_migrate_moves_the_vip_and_a_stale_second_one_is_source_gone() {
         Some("ins-peer")
     );
 
-    let task = cloud.claim_migrate(PEER_ENI, ENI, ip(100)).await.unwrap();
+    let task = cloud
+        .claim_migrate(PEER_ENI, ENI, ip(100), &|| true)
+        .await
+        .unwrap();
     assert_eq!(cloud.wait_task(&task).await.unwrap(), TaskStatus::Success);
     assert!(fake.eni(ENI).unwrap().ip(ip(100)).is_some());
     assert!(fake.eni(PEER_ENI).unwrap().ip(ip(100)).is_none());
@@ -126,7 +129,7 @@ async fn a_migrate_moves_the_vip_and_a_stale_second_one_is_source_gone() {
 
     // The same Migrate again names a source that no longer holds the address.
     let err = cloud
-        .claim_migrate(PEER_ENI, ENI, ip(100))
+        .claim_migrate(PEER_ENI, ENI, ip(100), &|| true)
         .await
         .unwrap_err();
     assert_eq!(ClaimFailure::of(&err), ClaimFailure::SourceGone, "{err}");
@@ -143,17 +146,26 @@ async fn an_assign_takes_a_free_vip_once_under_its_client_token() {
     // 10.0.1.101 is held in another VPC only: nobody holds it in ours.
     assert!(cloud.claim_holders(VPC, ip(101)).await.unwrap().is_empty());
     let token = ClientToken::for_claim(ENI, ip(101), 1).unwrap();
-    let task = cloud.claim_assign(ENI, ip(101), &token).await.unwrap();
+    let task = cloud
+        .claim_assign(ENI, ip(101), &token, &|| true)
+        .await
+        .unwrap();
     assert_eq!(cloud.wait_task(&task).await.unwrap(), TaskStatus::Success);
     // The same attempt again (a lost answer re-sent): the same result, nothing new.
-    let again = cloud.claim_assign(ENI, ip(101), &token).await.unwrap();
+    let again = cloud
+        .claim_assign(ENI, ip(101), &token, &|| true)
+        .await
+        .unwrap();
     assert_eq!(cloud.wait_task(&again).await.unwrap(), TaskStatus::Success);
     let ours = fake.eni(ENI).unwrap();
     assert_eq!(ours.ips.iter().filter(|i| i.addr == ip(101)).count(), 1);
 
     // A new attempt (new token) for an address held by the peer: taken.
     let token = ClientToken::for_claim(ENI, ip(100), 2).unwrap();
-    let err = cloud.claim_assign(ENI, ip(100), &token).await.unwrap_err();
+    let err = cloud
+        .claim_assign(ENI, ip(100), &token, &|| true)
+        .await
+        .unwrap_err();
     assert_eq!(ClaimFailure::of(&err), ClaimFailure::Taken, "{err}");
     assert!(fake.eni(PEER_ENI).unwrap().ip(ip(100)).is_some());
     assert!(fake.eni(ENI).unwrap().ip(ip(100)).is_none());
@@ -166,12 +178,12 @@ async fn a_primary_ip_or_another_subnet_is_refused() {
     let server = serve(&fake);
     let cloud = client(&server);
     let err = cloud
-        .claim_migrate(PEER_ENI, ENI, ip(20))
+        .claim_migrate(PEER_ENI, ENI, ip(20), &|| true)
         .await
         .unwrap_err();
     assert_eq!(ClaimFailure::of(&err), ClaimFailure::Refused, "{err}");
     let err = cloud
-        .claim_migrate(OTHER_VPC_ENI, ENI, ip(101))
+        .claim_migrate(OTHER_VPC_ENI, ENI, ip(101), &|| true)
         .await
         .unwrap_err();
     assert_eq!(ClaimFailure::of(&err), ClaimFailure::Refused, "{err}");

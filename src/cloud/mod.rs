@@ -247,21 +247,25 @@ pub trait Cloud: Send + Sync + 'static {
     }
 
     /// Claims: starts moving `ip` from `src_eni` to `dst_eni` (sent once, never retried).
+    /// `may_send` as for [`Cloud::unassign`].
     fn claim_migrate(
         &self,
         _src_eni: &str,
         _dst_eni: &str,
         _ip: std::net::Ipv4Addr,
+        _may_send: MaySend<'_>,
     ) -> impl Future<Output = Result<TaskRef, CloudError>> + Send {
         async { Err(no_claims("MigratePrivateIpAddress")) }
     }
 
-    /// Claims: starts assigning `ip` to `eni_id` under `token`.
+    /// Claims: starts assigning `ip` to `eni_id` under `token`; `may_send` as for
+    /// [`Cloud::unassign`], asked before every send.
     fn claim_assign(
         &self,
         _eni_id: &str,
         _ip: std::net::Ipv4Addr,
         _token: &client::ClientToken,
+        _may_send: MaySend<'_>,
     ) -> impl Future<Output = Result<TaskRef, CloudError>> + Send {
         async { Err(no_claims("AssignPrivateIpAddresses")) }
     }

@@ -204,7 +204,11 @@ impl Cloud for MemCloud {
         src_eni: &str,
         dst_eni: &str,
         ip: Ipv4Addr,
+        may_send: MaySend<'_>,
     ) -> Result<TaskRef, CloudError> {
+        if !may_send() {
+            return Err(CloudError::not_sent("MigratePrivateIpAddress"));
+        }
         let mut guard = self.state.lock().expect("lock");
         let s = &mut *guard;
         s.migrates.push((src_eni.into(), dst_eni.into(), ip));
@@ -241,7 +245,11 @@ impl Cloud for MemCloud {
         eni_id: &str,
         ip: Ipv4Addr,
         token: &crate::cloud::client::ClientToken,
+        may_send: MaySend<'_>,
     ) -> Result<TaskRef, CloudError> {
+        if !may_send() {
+            return Err(CloudError::not_sent("AssignPrivateIpAddresses"));
+        }
         let mut s = self.state.lock().expect("lock");
         s.assigns.push((eni_id.into(), ip, token.to_string()));
         if let Some(code) = s.claim_fail_next.take() {

@@ -76,7 +76,11 @@ impl ClaimFailure {
         match (error.action, error.class) {
             (MIGRATE, ErrorClass::AlreadyGone) => Self::SourceGone,
             (ASSIGN, _) if error.code == "ResourceInUse" => Self::Taken,
-            (_, ErrorClass::RetryLater | ErrorClass::RefreshCredentials) => Self::Busy,
+            // Not sent (paused meanwhile): looked at again later, where the engine's
+            // own pause check holds it.
+            (_, ErrorClass::RetryLater | ErrorClass::RefreshCredentials | ErrorClass::NotSent) => {
+                Self::Busy
+            }
             _ => Self::Refused,
         }
     }
@@ -114,10 +118,16 @@ impl TencentCloud {
         src_eni: &str,
         dst_eni: &str,
         ip: Ipv4Addr,
+        may_send: MaySend<'_>,
     ) -> Result<TaskRef, CloudError> {
         self.invalidate_enis();
         let result = self
             .call_with(MIGRATE, &self.limits.unassign, 1, |keys, now| async move {
+                // After the token and the keys, as for an unassign: a pause answered
+                // while this call waited stops it.
+                if !may_send() {
+                    return Err(CloudError::not_sent(MIGRATE));
+                }
                 self.v3.migrate(&keys, now, src_eni, dst_eni, ip).await
             })
             .await;
@@ -137,10 +147,14 @@ impl TencentCloud {
         eni_id: &str,
         ip: Ipv4Addr,
         token: &ClientToken,
+        may_send: MaySend<'_>,
     ) -> Result<TaskRef, CloudError> {
         self.invalidate_enis();
         let result = self
             .call(ASSIGN, &self.limits.unassign, |keys, now| async move {
+                if !may_send() {
+                    return Err(CloudError::not_sent(ASSIGN));
+                }
                 self.v3
                     .assign_ip(&keys, now, eni_id, ip, token.as_str())
                     .await

@@ -311,8 +311,9 @@ impl Cloud for TencentCloud {
         src_eni: &str,
         dst_eni: &str,
         ip: Ipv4Addr,
+        may_send: MaySend<'_>,
     ) -> Result<TaskRef, CloudError> {
-        TencentCloud::claim_migrate(self, src_eni, dst_eni, ip).await
+        TencentCloud::claim_migrate(self, src_eni, dst_eni, ip, may_send).await
     }
 
     async fn claim_assign(
@@ -320,8 +321,9 @@ impl Cloud for TencentCloud {
         eni_id: &str,
         ip: Ipv4Addr,
         token: &ClientToken,
+        may_send: MaySend<'_>,
     ) -> Result<TaskRef, CloudError> {
-        TencentCloud::claim_assign(self, eni_id, ip, token).await
+        TencentCloud::claim_assign(self, eni_id, ip, token, may_send).await
     }
 }
 

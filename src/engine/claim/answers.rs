@@ -157,6 +157,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     entry.eni_id.clone(),
                     ip,
                     entry.attempt,
+                    self.pause.send_gate(),
                 );
             }
             HolderDecision::Migrate { source } => {
@@ -195,6 +196,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     entry.eni_id.clone(),
                     ip,
                     entry.attempt,
+                    self.pause.send_gate(),
                 );
             }
         }

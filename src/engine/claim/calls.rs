@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::cloud::client::ClientToken;
 use crate::cloud::{Cloud, CloudError, Eni, TaskStatus};
+use crate::pause::SendGate;
 
 /// The call a claim makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,9 @@ pub(super) fn spawn_lookup<C: Cloud>(
     });
 }
 
-/// Sends `call` for `ip` to `eni_id`, follows its task to the end, and reports.
+/// Sends `call` for `ip` to `eni_id` unless a pause came since `gate` was opened (asked
+/// again inside the client, right before the request), follows its task to the end, and
+/// reports.
 pub(super) fn spawn_call<C: Cloud>(
     cloud: &Arc<C>,
     tx: &tokio::sync::mpsc::UnboundedSender<ClaimReport>,
@@ -81,14 +84,18 @@ pub(super) fn spawn_call<C: Cloud>(
     eni_id: String,
     ip: Ipv4Addr,
     attempt: u64,
+    gate: SendGate,
 ) {
     let cloud = Arc::clone(cloud);
     let tx = tx.clone();
     let action = call.action();
     tokio::spawn(async move {
+        let may_send = || gate.is_open();
         let started = match &call {
-            ClaimCall::Migrate { source } => cloud.claim_migrate(source, &eni_id, ip).await,
-            ClaimCall::Assign { token } => cloud.claim_assign(&eni_id, ip, token).await,
+            ClaimCall::Migrate { source } => {
+                cloud.claim_migrate(source, &eni_id, ip, &may_send).await
+            }
+            ClaimCall::Assign { token } => cloud.claim_assign(&eni_id, ip, token, &may_send).await,
         };
         let result = match started {
             Ok(task) => cloud.wait_task(&task).await,

@@ -92,7 +92,7 @@ async fn hostile_holder_answers_are_classified_errors() {
 async fn a_migrate_is_sent_once_whatever_the_transient_answer() {
     let server = scripted(&[THROTTLED, UNASSIGNED]).await;
     let err = cloud(&server, |_| {})
-        .claim_migrate("eni-peer", "eni-mine", VIP)
+        .claim_migrate("eni-peer", "eni-mine", VIP, &|| true)
         .await
         .unwrap_err();
     assert_eq!(ClaimFailure::of(&err), ClaimFailure::Busy);
@@ -100,7 +100,7 @@ async fn a_migrate_is_sent_once_whatever_the_transient_answer() {
 
     let server = scripted(&[UNASSIGNED]).await;
     let task = cloud(&server, |_| {})
-        .claim_migrate("eni-peer", "eni-mine", VIP)
+        .claim_migrate("eni-peer", "eni-mine", VIP, &|| true)
         .await
         .unwrap();
     assert_eq!(task.task_id, "task-1");
@@ -122,10 +122,12 @@ async fn migrate_and_assign_failures_mean_what_a_claim_needs() {
         let c = cloud(&server, |s| s.max_attempts = 1);
         let token = ClientToken::for_claim("eni-mine", VIP, 1).unwrap();
         (
-            c.claim_migrate("eni-peer", "eni-mine", VIP)
+            c.claim_migrate("eni-peer", "eni-mine", VIP, &|| true)
                 .await
                 .unwrap_err(),
-            c.claim_assign("eni-mine", VIP, &token).await.unwrap_err(),
+            c.claim_assign("eni-mine", VIP, &token, &|| true)
+                .await
+                .unwrap_err(),
         )
     };
     let (migrate, assign) = c(error("ResourceNotFound")).await;
@@ -157,7 +159,7 @@ async fn an_assign_is_retried_under_one_client_token() {
     let server = scripted(&[THROTTLED, assigned]).await;
     let token = ClientToken::for_claim("eni-mine", VIP, 7).unwrap();
     let task = cloud(&server, |_| {})
-        .claim_assign("eni-mine", VIP, &token)
+        .claim_assign("eni-mine", VIP, &token, &|| true)
         .await
         .unwrap();
     assert_eq!(task.task_id, "task-9");
@@ -180,7 +182,7 @@ async fn an_assign_answer_without_the_address_is_malformed() {
     let server = scripted(&[other]).await;
     let token = ClientToken::for_claim("eni-mine", VIP, 1).unwrap();
     let err = cloud(&server, |s| s.max_attempts = 1)
-        .claim_assign("eni-mine", VIP, &token)
+        .claim_assign("eni-mine", VIP, &token, &|| true)
         .await
         .unwrap_err();
     assert_eq!(err.code, "Response.Malformed");
@@ -196,4 +198,41 @@ fn client_tokens_are_bounded_printable_ascii() {
     assert!(ClientToken::new("x".repeat(MAX_CLIENT_TOKEN_LEN)).is_some());
     let a = ClientToken::for_claim("eni-12345678", Ipv4Addr::new(255, 255, 255, 255), u64::MAX);
     assert!(a.is_some_and(|t| t.as_str().len() <= MAX_CLIENT_TOKEN_LEN));
+}
+
+/// A Migrate and an Assign that waited for their rate token while the operator paused
+/// are not sent (the pause gate is asked after the token, right before the request), and
+/// the answer means "look again later", where the engine's own pause check holds them.
+#[tokio::test]
+async fn claim_calls_waiting_for_their_rate_token_are_not_sent_after_a_pause() {
+    let server = scripted(&[UNASSIGNED]).await;
+    let c = Arc::new(cloud(&server, |s| s.rates.unassign = 2.0));
+    for _ in 0..2 {
+        c.claim_migrate("eni-peer", "eni-mine", VIP, &|| true)
+            .await
+            .unwrap();
+    }
+    let token = ClientToken::for_claim("eni-mine", VIP, 1).unwrap();
+    for assign in [false, true] {
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let waiting = {
+            let (c, open, token) = (Arc::clone(&c), Arc::clone(&open), token.clone());
+            tokio::spawn(async move {
+                let may_send = move || open.load(std::sync::atomic::Ordering::SeqCst);
+                if assign {
+                    c.claim_assign("eni-mine", VIP, &token, &may_send).await
+                } else {
+                    c.claim_migrate("eni-peer", "eni-mine", VIP, &may_send)
+                        .await
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(server.requests().len(), 2, "still waiting for its token");
+        open.store(false, std::sync::atomic::Ordering::SeqCst);
+        let err = waiting.await.unwrap().unwrap_err();
+        assert_eq!(err.class, ErrorClass::NotSent);
+        assert_eq!(ClaimFailure::of(&err), ClaimFailure::Busy);
+        assert_eq!(server.requests().len(), 2, "nothing sent after the pause");
+    }
 }
