@@ -326,3 +326,39 @@ pub fn header(binary: &Path, nodes: usize, ips: usize, task_ms: u64) -> String {
         binary.display()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(floor: &Floor, starts: &str) -> f64 {
+        floor
+            .parts
+            .iter()
+            .find(|(what, _)| what.starts_with(starts))
+            .map(|(_, s)| *s)
+            .expect("part")
+    }
+
+    /// The issue's worked example: 100 nodes, 30 IPs on one ENI each, 2 s tasks.
+    #[test]
+    fn the_burst_floor_is_the_issues_example() {
+        let f = Floor::burst(100, 30, 2000);
+        assert!((part(&f, "Unassign") - 3.0).abs() < 1e-9);
+        assert!((part(&f, "per-ENI chain") - 6.0).abs() < 1e-9);
+        assert!((part(&f, "confirm by polls") - 15.0).abs() < 1e-9);
+        assert!((f.seconds - 15.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_throttle_stretches_the_floor() {
+        let f = Floor::throttled(100, 30, 2000, 2.0, 30.0, 0.05);
+        // Polls: 40 in the first 2 s, 30 during the throttle, 230 more at 20/s.
+        assert!((part(&f, "confirm by polls") - 43.5).abs() < 1e-9);
+        // Unassign: 200 in 2 s, the last 100 at 5/s.
+        assert!((part(&f, "Unassign") - 22.0).abs() < 1e-9);
+        // Without a throttle it is the burst's floor.
+        let same = Floor::throttled(100, 30, 2000, 2.0, 30.0, 1.0);
+        assert!((same.seconds - Floor::burst(100, 30, 2000).seconds).abs() < 1e-9);
+    }
+}
