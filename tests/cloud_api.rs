@@ -409,7 +409,16 @@ async fn throttling_recovers_without_losing_the_release() {
             .collect();
         assert_eq!(answers.len(), 4, "{protocol:?}: {answers:?}");
         assert_eq!(answers.last().map(String::as_str), Some("Success"));
-        assert!(fake.faults().iter().all(|rule| rule.remaining == 0));
+        // Every unassign fault was met. A refused poll of an API 3.0 release switches
+        // to confirming by listing, so its later poll faults may be left over.
+        assert!(
+            fake.faults()
+                .iter()
+                .all(|rule| rule.remaining == 0 || rule.action == TASK_RESULT),
+            "{:?}",
+            fake.faults()
+        );
+        fake.clear_faults();
     }
 }
 

@@ -75,18 +75,23 @@ impl TencentCloud {
         }
     }
 
-    /// `Some(Success)` when a listing shows the release's IPs gone from its ENI within
-    /// [`CONFIRM_WINDOW`] of its call; `None` to follow the task by polling (not a
-    /// release we sent, the poll budget not contended, or still listed).
-    pub(super) async fn confirm_by_listing(&self, task: &TaskRef) -> Option<TaskStatus> {
-        let sent = self
-            .sent
+    /// The release `task` started, if it may be confirmed by listing (an IPv4 API 3.0
+    /// release sent by this client).
+    pub(super) fn take_sent(&self, task: &TaskRef) -> Option<SentRelease> {
+        self.sent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take(&task.task_id)?;
-        if !self.limits.task_result.is_cut() {
-            return None;
-        }
+            .take(&task.task_id)
+    }
+
+    /// `Some(Success)` when a listing shows the release's IPs gone from its ENI within
+    /// [`CONFIRM_WINDOW`] of its call; `None` when they are still listed then (follow
+    /// the task by polling).
+    pub(super) async fn confirm_by_listing(
+        &self,
+        task: &TaskRef,
+        sent: &SentRelease,
+    ) -> Option<TaskStatus> {
         let window = sent.at + CONFIRM_WINDOW;
         let mut interval = self.task_poll_start;
         loop {
@@ -96,7 +101,7 @@ impl TencentCloud {
             }
             tokio::time::sleep(interval.min(window - now)).await;
             match self.list_all_enis().await {
-                Ok(enis) if gone(&enis, &sent) => {
+                Ok(enis) if gone(&enis, sent) => {
                     tracing::info!(
                         task_id = %task.task_id,
                         eni_id = %sent.eni_id,

@@ -5,21 +5,30 @@ use super::*;
 
 impl TencentCloud {
     pub(super) async fn follow_task(&self, task: &TaskRef) -> Result<TaskStatus, CloudError> {
-        if let Some(done) = self.confirm_by_listing(task).await {
-            // The listing that showed it stays cached: read after the task ended, it
-            // serves the ENI's next send-time check.
-            return Ok(done);
-        }
+        // A release we sent can be confirmed by listing once polls are refused: then a
+        // refused poll is not retried here but switches to listing (once per task).
+        let mut sent = self.take_sent(task);
+        let attempts = if sent.is_some() { 1 } else { self.max_attempts };
         let deadline = Instant::now() + self.task_cap;
         let mut interval = self.task_poll_start;
         loop {
+            if self.limits.task_result.is_cut()
+                && let Some(release) = sent.take()
+            {
+                if let Some(done) = self.confirm_by_listing(task, &release).await {
+                    // The listing that showed it stays cached: read after the task
+                    // ended, it serves the ENI's next send-time check.
+                    return Ok(done);
+                }
+            }
             // Wait first: a task just started is still running.
             tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
             let polled = self
-                .call(
+                .call_with(
                     TASK_RESULT,
                     &self.limits.task_result,
+                    attempts,
                     |keys, now| async move {
                         match task.protocol {
                             Protocol::V3 => self.v3.task_status(&keys, now, &task.task_id).await,

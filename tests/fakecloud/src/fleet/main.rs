@@ -351,7 +351,18 @@ fn burst(fleet: &mut Fleet, throttled: bool) -> Figures {
         fleet,
         name,
         last.map(|l| l.saturating_duration_since(grace_end)),
-        Floor::burst(fleet.nodes.len(), ips, fleet.args.task_ms),
+        if throttled {
+            Floor::throttled(
+                fleet.nodes.len(),
+                ips,
+                fleet.args.task_ms,
+                2.0,
+                30.0,
+                fleet.args.throttle_scale,
+            )
+        } else {
+            Floor::burst(fleet.nodes.len(), ips, fleet.args.task_ms)
+        },
         &expected,
         first_call,
         (&before, &after),

@@ -52,6 +52,57 @@ impl Floor {
         }
     }
 
+    /// (c): (a) with every limit × `scale` from `start` to `start + period` (seconds
+    /// from the end of the grace period): each action's calls fit in the capacity
+    /// curve no sooner than this.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn throttled(
+        n: usize,
+        ips: usize,
+        task_ms: u64,
+        start: f64,
+        period: f64,
+        scale: f64,
+    ) -> Self {
+        let per_eni = ips.div_ceil(PER_CALL);
+        let calls = (n * per_eni) as f64;
+        let task = task_ms as f64 / 1000.0;
+        // The time by which `count` calls fit under `limit`, throttled in the window.
+        let fit = |count: f64, limit: f64| {
+            let before = limit * start;
+            if count <= before {
+                return count / limit;
+            }
+            let during = limit * scale * period;
+            if count <= before + during {
+                return start + (count - before) / (limit * scale).max(f64::MIN_POSITIVE);
+            }
+            start + period + (count - before - during) / limit
+        };
+        let unassign = fit(calls, UNASSIGN_LIMIT);
+        let chain = per_eni as f64 * task;
+        let polls = fit(calls, POLL_LIMIT);
+        let listings = fit(calls, DESCRIBE_LIMIT).max(chain);
+        Self {
+            parts: vec![
+                (
+                    format!("Unassign {calls} calls at 100/s, x{scale} for {period} s"),
+                    unassign,
+                ),
+                (format!("per-ENI chain {per_eni} x {task} s"), chain),
+                (
+                    format!("confirm by polls: {calls} at 20/s, x{scale} for {period} s"),
+                    polls,
+                ),
+                (
+                    "confirm by listings (one per call at 100/s, throttled alike)".into(),
+                    listings,
+                ),
+            ],
+            seconds: unassign.max(chain).max(polls),
+        }
+    }
+
     /// (b): one listing per node at least.
     #[allow(clippy::cast_precision_loss)]
     pub fn restart(n: usize) -> Self {
