@@ -13,8 +13,10 @@ grep -Eq '^dry_run = true$' "$conf" || fail "dry_run = true must be an uncomment
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# Keys in a config file are accepted only at mode 0600.
-(umask 077 && sed -E 's/^#([a-z0-9_]+ = )/\1/; s/^#(\[\[interface\]\])$/\1/' "$conf" >"$tmp/all.toml")
+# Keys in a config file are accepted only at mode 0600. The [claim] header is a comment in the
+# packaged file (claims are off), so it is uncommented with its keys, which otherwise
+# would land in the section above it.
+(umask 077 && sed -E 's/^#([a-z0-9_]+ = )/\1/; s/^#(\[\[interface\]\])$/\1/; s/^#(\[claim\])$/\1/' "$conf" >"$tmp/all.toml")
 n=$(grep -cE '^[a-z0-9_]+ = ' "$tmp/all.toml")
 [ "$n" -ge 35 ] || fail "expected every documented key uncommented, got $n"
 "$bin" check-config --config "$tmp/all.toml" >/dev/null || fail "documented defaults do not validate"
