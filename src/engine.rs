@@ -47,7 +47,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub use self::claim::{ClaimSettings, ClaimTarget, ClaimWait, HolderDecision, ParkReason};
+pub use self::claim::{
+    ClaimDecision, ClaimReason, ClaimSettings, ClaimTarget, ClaimWait, HolderDecision, ParkReason,
+};
 pub use self::commands::{ClaimView, Command, LinkStatus, PlanView, PlannedRelease, Snapshot};
 pub use self::intent::{Finished, Intent, Outcome, Phase};
 pub use self::reasons::{Cancel, HeldReason, Refusal, RefusalKind, WaitReason};

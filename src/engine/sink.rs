@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::claim::{ClaimDecision, ClaimReason};
 use super::intent::{Outcome, Phase};
 use super::reasons::{HeldReason, RefusalKind};
 use super::{Engine, Router};
@@ -78,7 +79,7 @@ pub trait MetricsSink: Send + Sync + std::fmt::Debug {
     /// The gauges now.
     fn gauges(&self, gauges: &Gauges);
     /// A claim decision (docs/design.md, "Claims"): `decision` and `reason` keys.
-    fn claim_counted(&self, _decision: &'static str, _reason: &'static str) {}
+    fn claim_counted(&self, _decision: ClaimDecision, _reason: ClaimReason) {}
     /// The claims now: claimed, contested (backing off), orphaned.
     fn claim_gauges(&self, _claimed: usize, _contested: usize, _orphans: usize) {}
 }

@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::engine::{Gauges, MetricsSink, ReleaseCount};
+use crate::engine::{ClaimDecision, ClaimReason, Gauges, MetricsSink, ReleaseCount};
 
 mod claims;
 mod listener;
@@ -354,8 +354,8 @@ impl MetricsSink for Metrics {
         self.host_limit_waits.inc();
     }
 
-    fn claim_counted(&self, decision: &'static str, reason: &'static str) {
-        self.claims.decision(decision, reason);
+    fn claim_counted(&self, decision: ClaimDecision, reason: ClaimReason) {
+        self.claims.decision(decision.as_str(), reason.as_str());
     }
 
     fn claim_gauges(&self, claimed: usize, contested: usize, orphans: usize) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::calls::{ClaimCall, ClaimReport, LookupPurpose, spawn_call, spawn_lookup};
+use super::keys::{ClaimDecision, ClaimReason};
 use super::trigger::{Skip, still_there};
 use super::{ClaimEntry, ClaimPhase, HolderDecision, decide};
 use crate::cloud::client::{ClaimFailure, ClientToken};
@@ -75,13 +76,17 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             Err(error) => {
                 self.slots.set_idle(&entry.eni_id);
                 self.record_error(format!("claim of {ip}: {error}"));
-                self.claim_retry(entry, "cloud_error", now);
+                self.claim_retry(entry, ClaimReason::CloudError, now);
                 return;
             }
         };
         let Some(target) = self.claim_target(&entry.eni_id) else {
             self.slots.set_idle(&entry.eni_id);
-            self.claim_wait(ip, "inventory", now + self.settings.claim.reverify_interval);
+            self.claim_wait(
+                ip,
+                ClaimReason::Inventory,
+                now + self.settings.claim.reverify_interval,
+            );
             return;
         };
         let decision = decide(&holders, ip, &target, &self.settings.claim.peers);
@@ -100,17 +105,17 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         // A pause that came while the lookup was out stops the call.
         if calls && self.pause.in_force().is_some() {
             self.slots.set_idle(&entry.eni_id);
-            self.claim_decided(ip, entry, "claim_paused", "paused", "");
+            self.claim_decided(ip, entry, ClaimDecision::Paused, ClaimReason::Paused, "");
             if let Some(e) = self.claims.entries.get_mut(&ip) {
                 e.pause_logged = true;
             }
-            self.claim_wait(ip, "paused", now);
+            self.claim_wait(ip, ClaimReason::Paused, now);
             return;
         }
         match decision {
             HolderDecision::Mine => {
                 self.slots.set_idle(&entry.eni_id);
-                self.claim_decided(ip, entry, "claimed", "held_here", "");
+                self.claim_decided(ip, entry, ClaimDecision::Claimed, ClaimReason::HeldHere, "");
                 if let Some(e) = self.claims.entries.get_mut(&ip) {
                     e.phase = ClaimPhase::Claimed {
                         next_verify: now + self.settings.claim.reverify_interval,
@@ -121,34 +126,51 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             HolderDecision::Wait(wait) => {
                 self.slots.set_idle(&entry.eni_id);
                 let text = wait.to_string();
-                self.claim_decided(ip, entry, "claim_wait", wait.key(), &text);
-                self.claim_retry(entry, wait.key(), now);
+                self.claim_decided(ip, entry, ClaimDecision::Wait, wait.reason(), &text);
+                self.claim_retry(entry, wait.reason(), now);
             }
             HolderDecision::Park(reason) => {
                 self.slots.set_idle(&entry.eni_id);
                 let text = reason.to_string();
-                self.claim_alarm(ip, entry, "claim_parked", reason.key(), &text);
+                self.claim_alarm(ip, entry, ClaimDecision::Parked, reason.reason(), &text);
                 if let Some(e) = self.claims.entries.get_mut(&ip) {
                     e.phase = ClaimPhase::Parked {
-                        reason: reason.key(),
+                        reason: reason.reason(),
                     };
                 }
             }
             HolderDecision::Assign => {
                 if dry_run {
                     self.slots.set_idle(&entry.eni_id);
-                    self.claim_decided(ip, entry, "claim_dry_run", "assign", "nobody holds it");
+                    self.claim_decided(
+                        ip,
+                        entry,
+                        ClaimDecision::DryRun,
+                        ClaimReason::Assign,
+                        "nobody holds it",
+                    );
                     self.claim_phase(ip, ClaimPhase::DryRun);
                     return;
                 }
                 let Some(token) = ClientToken::for_claim(&entry.eni_id, ip, entry.attempt) else {
                     self.slots.set_idle(&entry.eni_id);
-                    self.claim_alarm(ip, entry, "claim_parked", "refused", "no valid ClientToken");
-                    self.claim_phase(ip, ClaimPhase::Parked { reason: "refused" });
+                    self.claim_alarm(
+                        ip,
+                        entry,
+                        ClaimDecision::Parked,
+                        ClaimReason::Refused,
+                        "no valid ClientToken",
+                    );
+                    self.claim_phase(
+                        ip,
+                        ClaimPhase::Parked {
+                            reason: ClaimReason::Refused,
+                        },
+                    );
                     return;
                 };
                 let detail = format!("nobody holds it; ClientToken {token}");
-                self.claim_decided(ip, entry, "claim_sent", "assign", &detail);
+                self.claim_decided(ip, entry, ClaimDecision::Sent, ClaimReason::Assign, &detail);
                 self.claim_phase(ip, ClaimPhase::Calling);
                 spawn_call(
                     &self.cloud,
@@ -164,8 +186,14 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 let holdoff_ends = self.claims.started + self.settings.claim.startup_holdoff;
                 if now < holdoff_ends {
                     self.slots.set_idle(&entry.eni_id);
-                    self.claim_decided(ip, entry, "claim_wait", "startup_holdoff", &source);
-                    self.claim_wait(ip, "startup_holdoff", holdoff_ends);
+                    self.claim_decided(
+                        ip,
+                        entry,
+                        ClaimDecision::Wait,
+                        ClaimReason::StartupHoldoff,
+                        &source,
+                    );
+                    self.claim_wait(ip, ClaimReason::StartupHoldoff, holdoff_ends);
                     return;
                 }
                 let bound = self.settings.claim.max_migrations_per_minute as usize;
@@ -175,19 +203,37 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                         .claims
                         .migration_window_ends(ip)
                         .unwrap_or(now + Duration::from_secs(60));
-                    self.claim_decided(ip, entry, "claim_wait", "migration_limit", &source);
-                    self.claim_wait(ip, "migration_limit", until);
+                    self.claim_decided(
+                        ip,
+                        entry,
+                        ClaimDecision::Wait,
+                        ClaimReason::MigrationLimit,
+                        &source,
+                    );
+                    self.claim_wait(ip, ClaimReason::MigrationLimit, until);
                     return;
                 }
                 if dry_run {
                     self.slots.set_idle(&entry.eni_id);
-                    self.claim_decided(ip, entry, "claim_dry_run", "migrate", &source);
+                    self.claim_decided(
+                        ip,
+                        entry,
+                        ClaimDecision::DryRun,
+                        ClaimReason::Migrate,
+                        &source,
+                    );
                     self.claim_phase(ip, ClaimPhase::DryRun);
                     return;
                 }
                 self.claims.migrations.entry(ip).or_default().push_back(now);
                 let detail = format!("from {source}");
-                self.claim_decided(ip, entry, "claim_sent", "migrate", &detail);
+                self.claim_decided(
+                    ip,
+                    entry,
+                    ClaimDecision::Sent,
+                    ClaimReason::Migrate,
+                    &detail,
+                );
                 self.claim_phase(ip, ClaimPhase::Calling);
                 spawn_call(
                     &self.cloud,
@@ -217,32 +263,55 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             Ok(status) => {
                 self.slots.set_idle(&entry.eni_id);
                 let reason = if status == TaskStatus::Failed {
-                    "task_failed"
+                    ClaimReason::TaskFailed
                 } else {
-                    "task_running"
+                    ClaimReason::TaskRunning
                 };
                 self.record_error(format!("claim of {ip}: {action} task {status:?}"));
-                self.claim_decided(ip, entry, "claim_wait", reason, action);
+                self.claim_decided(ip, entry, ClaimDecision::Wait, reason, action);
                 self.claim_retry(entry, reason, now);
             }
             Err(error) => match ClaimFailure::of(&error) {
                 // The other node moved it first, or took it: decided again from a fresh
                 // lookup, which is no contest. Migrate is never re-sent without one.
                 ClaimFailure::SourceGone | ClaimFailure::Taken => {
-                    self.claim_decided(ip, entry, "claim_wait", "holder_changed", &error.code);
+                    self.claim_decided(
+                        ip,
+                        entry,
+                        ClaimDecision::Wait,
+                        ClaimReason::HolderChanged,
+                        &error.code,
+                    );
                     self.claim_look_again(entry, LookupPurpose::Decide);
                 }
                 ClaimFailure::Busy => {
                     self.slots.set_idle(&entry.eni_id);
                     self.record_error(format!("claim of {ip}: {error}"));
-                    self.claim_decided(ip, entry, "claim_wait", "cloud_error", &error.code);
-                    self.claim_retry(entry, "cloud_error", now);
+                    self.claim_decided(
+                        ip,
+                        entry,
+                        ClaimDecision::Wait,
+                        ClaimReason::CloudError,
+                        &error.code,
+                    );
+                    self.claim_retry(entry, ClaimReason::CloudError, now);
                 }
                 ClaimFailure::Refused => {
                     self.slots.set_idle(&entry.eni_id);
                     self.record_error(format!("claim of {ip}: {error}"));
-                    self.claim_alarm(ip, entry, "claim_parked", "refused", &error.to_string());
-                    self.claim_phase(ip, ClaimPhase::Parked { reason: "refused" });
+                    self.claim_alarm(
+                        ip,
+                        entry,
+                        ClaimDecision::Parked,
+                        ClaimReason::Refused,
+                        &error.to_string(),
+                    );
+                    self.claim_phase(
+                        ip,
+                        ClaimPhase::Parked {
+                            reason: ClaimReason::Refused,
+                        },
+                    );
                 }
             },
         }
@@ -323,7 +392,13 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
         if !self.view.has_ip(IpAddr::V4(ip)) {
             // Gone from both: nothing is bound here any more, and nothing to claim.
-            self.claim_decided(ip, entry, "claim_released", "moved_away", "");
+            self.claim_decided(
+                ip,
+                entry,
+                ClaimDecision::Released,
+                ClaimReason::MovedAway,
+                "",
+            );
             self.claims.entries.remove(&ip);
             return;
         }
@@ -342,8 +417,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         self.claim_alarm(
             ip,
             entry,
-            "contested",
-            "moved_away",
+            ClaimDecision::Contested,
+            ClaimReason::MovedAway,
             &format!("now held by {holder}; claimed again in {wait:?} at the earliest"),
         );
         self.claims.next_attempt += 1;

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use tracing::{debug, info, warn};
 
 use super::ClaimEntry;
+use super::keys::{ClaimDecision, ClaimReason};
 use super::trigger::Skip;
 use crate::cloud::Cloud;
 use crate::engine::audit::describe_optional_remover;
@@ -20,13 +21,14 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         skip: Skip,
         adder: Option<&Remover>,
     ) {
-        self.count_claim("claim_skipped", skip.key());
+        let (decision, reason) = (ClaimDecision::Skipped.as_str(), skip.reason().as_str());
+        self.count_claim(ClaimDecision::Skipped, skip.reason());
         let link = link.unwrap_or("?");
         let adder = describe_optional_remover(adder);
         if skip.is_off_the_enis() {
-            debug!(target: "audit", decision = "claim_skipped", reason = skip.key(), ip = %ip, link, adder, "floating IP added; no claim");
+            debug!(target: "audit", decision, reason, ip = %ip, link, adder, "floating IP added; no claim");
         } else {
-            info!(target: "audit", decision = "claim_skipped", reason = skip.key(), ip = %ip, link, adder, "floating IP added; no claim");
+            info!(target: "audit", decision, reason, ip = %ip, link, adder, "floating IP added; no claim");
         }
     }
 
@@ -34,15 +36,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         &mut self,
         ip: Ipv4Addr,
         entry: &ClaimEntry,
-        decision: &'static str,
-        reason: &'static str,
+        decision: ClaimDecision,
+        reason: ClaimReason,
         detail: &str,
     ) {
         self.count_claim(decision, reason);
         info!(
             target: "audit",
-            decision,
-            reason,
+            decision = decision.as_str(),
+            reason = reason.as_str(),
             ip = %ip,
             link = %entry.link_name,
             eni = %entry.eni_id,
@@ -56,8 +58,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         &mut self,
         ip: Ipv4Addr,
         entry: &ClaimEntry,
-        decision: &'static str,
-        reason: &'static str,
+        decision: ClaimDecision,
+        reason: ClaimReason,
         detail: &str,
     ) {
         self.count_claim(decision, reason);
@@ -67,8 +69,8 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
         warn!(
             target: "audit",
-            decision,
-            reason,
+            decision = decision.as_str(),
+            reason = reason.as_str(),
             ip = %ip,
             link = %entry.link_name,
             eni = %entry.eni_id,
@@ -80,7 +82,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         self.alarms.truncate(crate::engine::RECENT_KEPT);
     }
 
-    fn count_claim(&mut self, decision: &'static str, reason: &'static str) {
+    fn count_claim(&mut self, decision: ClaimDecision, reason: ClaimReason) {
         *self.claims.counts.entry((decision, reason)).or_default() += 1;
         if let Some(sink) = &self.metrics {
             sink.claim_counted(decision, reason);

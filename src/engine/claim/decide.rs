@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::keys::ClaimReason;
 use crate::cloud::Eni;
 
 /// The ENI a claim would move the address to (this host's, where it was added).
@@ -39,10 +40,10 @@ pub enum ClaimWait {
 }
 
 impl ClaimWait {
-    /// The stable key (audit `reason`, metric label).
-    pub fn key(&self) -> &'static str {
+    /// The reason of its `claim_wait` record.
+    pub fn reason(&self) -> ClaimReason {
         match self {
-            Self::NotAvailable { .. } => "not_available",
+            Self::NotAvailable { .. } => ClaimReason::NotAvailable,
         }
     }
 }
@@ -73,14 +74,14 @@ pub enum ParkReason {
 }
 
 impl ParkReason {
-    /// The stable key (audit `reason`, metric label).
-    pub fn key(&self) -> &'static str {
+    /// The reason of its `claim_parked` record.
+    pub fn reason(&self) -> ClaimReason {
         match self {
-            Self::ForeignHolder { .. } => "foreign_holder",
-            Self::PrimaryElsewhere { .. } => "primary_elsewhere",
-            Self::OtherSubnet { .. } => "other_subnet",
-            Self::OtherVpc { .. } => "other_vpc",
-            Self::ManyHolders { .. } => "many_holders",
+            Self::ForeignHolder { .. } => ClaimReason::ForeignHolder,
+            Self::PrimaryElsewhere { .. } => ClaimReason::PrimaryElsewhere,
+            Self::OtherSubnet { .. } => ClaimReason::OtherSubnet,
+            Self::OtherVpc { .. } => ClaimReason::OtherVpc,
+            Self::ManyHolders { .. } => ClaimReason::ManyHolders,
         }
     }
 }
@@ -256,13 +257,13 @@ mod tests {
         ] {
             let d = decide(&[holder], VIP, &target(), &peers());
             assert!(
-                matches!(&d, HolderDecision::Park(r) if r.key() == "foreign_holder"),
+                matches!(&d, HolderDecision::Park(r) if r.reason() == ClaimReason::ForeignHolder),
                 "{d:?}"
             );
         }
         // With no peers at all, nothing is ever taken.
         let d = decide(&[peer()], VIP, &target(), &[]);
-        assert!(matches!(&d, HolderDecision::Park(r) if r.key() == "foreign_holder"));
+        assert!(matches!(&d, HolderDecision::Park(r) if r.reason() == ClaimReason::ForeignHolder));
     }
 
     #[test]
@@ -273,14 +274,14 @@ mod tests {
         let mut vpc = peer();
         vpc.vpc_id = "vpc-2".into();
         for (holders, key) in [
-            (vec![primary], "primary_elsewhere"),
-            (vec![subnet], "other_subnet"),
-            (vec![vpc], "other_vpc"),
-            (vec![peer(), peer()], "many_holders"),
+            (vec![primary], ClaimReason::PrimaryElsewhere),
+            (vec![subnet], ClaimReason::OtherSubnet),
+            (vec![vpc], ClaimReason::OtherVpc),
+            (vec![peer(), peer()], ClaimReason::ManyHolders),
         ] {
             let d = decide(&holders, VIP, &target(), &peers());
             assert!(
-                matches!(&d, HolderDecision::Park(r) if r.key() == key),
+                matches!(&d, HolderDecision::Park(r) if r.reason() == key),
                 "{key}: {d:?}"
             );
         }
@@ -291,7 +292,9 @@ mod tests {
             &target(),
             &peers(),
         );
-        assert!(matches!(&d, HolderDecision::Park(r) if r.key() == "primary_elsewhere"));
+        assert!(
+            matches!(&d, HolderDecision::Park(r) if r.reason() == ClaimReason::PrimaryElsewhere)
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::calls::{LookupPurpose, spawn_lookup};
+use super::keys::{ClaimDecision, ClaimReason};
 use super::trigger::{Skip, adder_allowed, link_and_address, still_there};
 use super::{ClaimEntry, ClaimPhase, ClaimTarget};
 use crate::cloud::Cloud;
@@ -83,7 +84,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         let due = now + self.settings.claim.settle;
         info!(
             target: "audit",
-            decision = "claim_pending",
+            decision = ClaimDecision::Pending.as_str(),
             ip = %ip,
             link = %link.name,
             eni = %eni_id,
@@ -214,7 +215,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             }
             if paused {
                 if !entry.pause_logged {
-                    self.claim_decided(ip, &entry, "claim_paused", "paused", "");
+                    self.claim_decided(ip, &entry, ClaimDecision::Paused, ClaimReason::Paused, "");
                     if let Some(e) = self.claims.entries.get_mut(&ip) {
                         e.pause_logged = true;
                     }
@@ -259,7 +260,11 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             .by_eni(&entry.eni_id)
             .map(|r| r.vpc_id.clone())
         else {
-            self.claim_wait(ip, "inventory", now + self.settings.claim.reverify_interval);
+            self.claim_wait(
+                ip,
+                ClaimReason::Inventory,
+                now + self.settings.claim.reverify_interval,
+            );
             return;
         };
         self.slots.set_claiming(entry.eni_id.clone());
@@ -286,7 +291,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         {
             warn!(
                 target: "audit",
-                decision = "claim_orphan",
+                decision = ClaimDecision::Orphan.as_str(),
                 ip = %entry.ip,
                 eni = %entry.eni_id,
                 "a claimed floating IP has been absent from the host for longer than \
@@ -354,12 +359,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         }
     }
 
-    pub(super) fn claim_wait(&mut self, ip: Ipv4Addr, reason: &'static str, due: Instant) {
+    pub(super) fn claim_wait(&mut self, ip: Ipv4Addr, reason: ClaimReason, due: Instant) {
         self.claim_phase(ip, ClaimPhase::Waiting { due, reason });
     }
 
     /// Looked up again after a wait that doubles with each retry of this attempt.
-    pub(super) fn claim_retry(&mut self, entry: &ClaimEntry, reason: &'static str, now: Instant) {
+    pub(super) fn claim_retry(&mut self, entry: &ClaimEntry, reason: ClaimReason, now: Instant) {
         let factor = 1u32 << entry.retries.min(16);
         let wait = CLAIM_RETRY_START
             .saturating_mul(factor)

@@ -26,6 +26,7 @@ mod audit;
 mod calls;
 mod decide;
 mod flow;
+mod keys;
 mod trigger;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -37,6 +38,7 @@ use tokio::time::Instant;
 
 pub(super) use self::calls::ClaimReport;
 pub use self::decide::{ClaimTarget, ClaimWait, HolderDecision, ParkReason, decide};
+pub use self::keys::{ClaimDecision, ClaimReason};
 use crate::host::Remover;
 use crate::net::Cidr;
 
@@ -110,12 +112,12 @@ pub enum ClaimPhase {
     Claimed { next_verify: Instant },
     /// Looked up again at `due` (`claim_wait`: not AVAILABLE, cloud trouble, the
     /// start-up hold-off, the migration bound).
-    Waiting { due: Instant, reason: &'static str },
+    Waiting { due: Instant, reason: ClaimReason },
     /// The cloud moved it away while the host kept it: claimed again at `due`.
     Contested { due: Instant },
     /// Decided in dry run, or refused/foreign: nothing more until the address is added
     /// again.
-    Parked { reason: &'static str },
+    Parked { reason: ClaimReason },
     /// Dry run: what would have been called was logged.
     DryRun,
 }
@@ -156,7 +158,7 @@ pub(super) struct ClaimBook {
     pub reports_tx: mpsc::UnboundedSender<ClaimReport>,
     pub reports_rx: mpsc::UnboundedReceiver<ClaimReport>,
     /// Decisions so far, by `(decision, reason)`: `status` and the metrics.
-    pub counts: BTreeMap<(&'static str, &'static str), u64>,
+    pub counts: BTreeMap<(ClaimDecision, ClaimReason), u64>,
 }
 
 impl ClaimBook {
@@ -222,9 +224,9 @@ impl ClaimBook {
                     ClaimPhase::LookingUp => ("looking_up", None),
                     ClaimPhase::Calling => ("calling", None),
                     ClaimPhase::Claimed { .. } => ("claimed", None),
-                    ClaimPhase::Waiting { reason, .. } => ("waiting", Some(*reason)),
+                    ClaimPhase::Waiting { reason, .. } => ("waiting", Some(reason.as_str())),
                     ClaimPhase::Contested { .. } => ("contested", None),
-                    ClaimPhase::Parked { reason } => ("parked", Some(*reason)),
+                    ClaimPhase::Parked { reason } => ("parked", Some(reason.as_str())),
                     ClaimPhase::DryRun => ("dry_run", None),
                 };
                 crate::engine::commands::ClaimView {

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::super::rule::process_matches;
 use super::super::settings::Settings;
+use super::keys::ClaimReason;
 use crate::host::{HostView, Identity, Link, Remover};
 use crate::inventory::Inventory;
 use crate::net::glob_match;
@@ -31,18 +32,18 @@ pub enum Skip {
 }
 
 impl Skip {
-    /// The stable key (audit `reason`, metric label).
-    pub fn key(self) -> &'static str {
+    /// The reason of its `claim_skipped` record.
+    pub fn reason(self) -> ClaimReason {
         match self {
-            Self::LinkGone => "link_gone",
-            Self::NotPhysical => "not_physical",
-            Self::NotSelectedInterface => "not_selected_interface",
-            Self::LinkDown => "link_down",
-            Self::NotAnEni => "not_an_eni",
-            Self::PrimaryIp => "primary_ip",
-            Self::AdderNotListed => "adder_not_listed",
-            Self::AdderUnknown => "adder_unknown",
-            Self::Gone => "removed_within_settle",
+            Self::LinkGone => ClaimReason::LinkGone,
+            Self::NotPhysical => ClaimReason::NotPhysical,
+            Self::NotSelectedInterface => ClaimReason::NotSelectedInterface,
+            Self::LinkDown => ClaimReason::LinkDown,
+            Self::NotAnEni => ClaimReason::NotAnEni,
+            Self::PrimaryIp => ClaimReason::PrimaryIp,
+            Self::AdderNotListed => ClaimReason::AdderNotListed,
+            Self::AdderUnknown => ClaimReason::AdderUnknown,
+            Self::Gone => ClaimReason::RemovedWithinSettle,
         }
     }
 
