@@ -74,6 +74,11 @@ pub struct Read {
     /// Addresses the engine is releasing now (an intent exists): absent and bound by
     /// design, so not leak candidates.
     pub releasing: BTreeSet<IpAddr>,
+    /// `claim.cidrs`: an address of these bound here and on no link is a claim orphan,
+    /// never a leak candidate (the next holder migrates it; docs/design.md, "Claims").
+    pub claim_cidrs: Vec<Cidr>,
+    /// `claim.orphan_after`: a claim orphan counts once seen absent this long.
+    pub claim_orphan_after: std::time::Duration,
 }
 
 /// The sources a read is made of.
@@ -114,20 +119,26 @@ pub enum Category {
     StaleRule,
     /// The metadata service and `DescribeNetworkInterfaces` disagree.
     MetadataMismatch,
+    /// Like a leak candidate, but inside `claim.cidrs`: a floating IP bound here that
+    /// no link holds (never also a leak candidate). Counted once seen absent for
+    /// `claim.orphan_after` too.
+    ClaimOrphan,
 }
 
 impl Category {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::LeakCandidate,
         Self::UnboundOnHost,
         Self::StaleRule,
         Self::MetadataMismatch,
+        Self::ClaimOrphan,
     ];
 
     /// The stable key (metric label, JSON).
     pub fn key(self) -> &'static str {
         match self {
             Self::LeakCandidate => "leak_candidate",
+            Self::ClaimOrphan => "claim_orphan",
             Self::UnboundOnHost => "unbound_on_host",
             Self::StaleRule => "stale_rule",
             Self::MetadataMismatch => "metadata_mismatch",
@@ -138,7 +149,9 @@ impl Category {
     /// been read in the same read.
     pub fn sources(self) -> &'static [Source] {
         match self {
-            Self::LeakCandidate | Self::UnboundOnHost => &[Source::Host, Source::Api],
+            Self::LeakCandidate | Self::ClaimOrphan | Self::UnboundOnHost => {
+                &[Source::Host, Source::Api]
+            }
             Self::StaleRule => &[Source::Host],
             Self::MetadataMismatch => &[Source::Api, Source::Metadata],
         }
@@ -152,6 +165,13 @@ impl Category {
 pub enum Finding {
     /// The cloud binds `ip` (a secondary IP) to `eni_id`; no link of the host has it.
     LeakCandidate {
+        ip: IpAddr,
+        eni_id: String,
+        mac: MacAddr,
+    },
+    /// The cloud binds `ip`, inside `claim.cidrs`, to `eni_id`; no link of the host has
+    /// it (`enisync release <ip>` releases it by hand).
+    ClaimOrphan {
         ip: IpAddr,
         eni_id: String,
         mac: MacAddr,
@@ -201,6 +221,7 @@ impl Finding {
     pub fn category(&self) -> Category {
         match self {
             Self::LeakCandidate { .. } => Category::LeakCandidate,
+            Self::ClaimOrphan { .. } => Category::ClaimOrphan,
             Self::UnboundOnHost { .. } => Category::UnboundOnHost,
             Self::StaleRule { .. } => Category::StaleRule,
             Self::MacOnlyInMetadata { .. }
@@ -225,6 +246,26 @@ fn excluded(exclude: &[Cidr], ip: IpAddr) -> bool {
         IpAddr::V4(v4) => exclude.iter().any(|c| c.contains(v4)),
         IpAddr::V6(_) => false,
     }
+}
+
+/// The secondary IPs the cloud binds to ENIs of this instance that no link has, left
+/// out: `release.exclude` and what the engine is releasing. Each with its ENI, and
+/// whether it is inside `claim.cidrs`.
+fn bound_and_absent(read: &Read) -> Option<Vec<(IpAddr, &Eni, bool)>> {
+    let (host, api) = (read.host.ok()?, read.api.ok()?);
+    let on_host: BTreeSet<IpAddr> = host.addrs.iter().map(|a| a.ip).collect();
+    let mut out = Vec::new();
+    for eni in ours(api, &read.instance_id) {
+        for entry in entries(eni).filter(|i| !i.primary) {
+            let ip = entry.addr;
+            if on_host.contains(&ip) || excluded(&read.exclude, ip) || read.releasing.contains(&ip)
+            {
+                continue;
+            }
+            out.push((ip, eni, excluded(&read.claim_cidrs, ip)));
+        }
+    }
+    Some(out)
 }
 
 /// Whether the comparison looks at `ip`: IPv4 only. The metadata read lists IPv4 only,
@@ -255,24 +296,15 @@ fn ours<'a>(api: &'a [Eni], instance_id: &'a str) -> impl Iterator<Item = &'a En
 pub fn compare(read: &Read, category: Category) -> Option<BTreeSet<Finding>> {
     let mut out = BTreeSet::new();
     match category {
-        Category::LeakCandidate => {
-            let (host, api) = (read.host.ok()?, read.api.ok()?);
-            let on_host: BTreeSet<IpAddr> = host.addrs.iter().map(|a| a.ip).collect();
-            for eni in ours(api, &read.instance_id) {
-                for entry in entries(eni).filter(|i| !i.primary) {
-                    let ip = entry.addr;
-                    if on_host.contains(&ip)
-                        || excluded(&read.exclude, ip)
-                        || read.releasing.contains(&ip)
-                    {
-                        continue;
-                    }
-                    out.insert(Finding::LeakCandidate {
-                        ip,
-                        eni_id: eni.id.clone(),
-                        mac: eni.mac,
-                    });
-                }
+        Category::LeakCandidate | Category::ClaimOrphan => {
+            let claims = category == Category::ClaimOrphan;
+            for (ip, eni, claim) in bound_and_absent(read)? {
+                let (eni_id, mac) = (eni.id.clone(), eni.mac);
+                match (claim, claims) {
+                    (false, false) => out.insert(Finding::LeakCandidate { ip, eni_id, mac }),
+                    (true, true) => out.insert(Finding::ClaimOrphan { ip, eni_id, mac }),
+                    _ => false,
+                };
             }
         }
         Category::UnboundOnHost => {
@@ -395,11 +427,14 @@ struct CategoryState {
     findings: BTreeMap<Finding, Seen>,
 }
 
-/// The findings across reads: a finding counts once two consecutive good reads show it.
+/// The findings across reads: a finding counts once two consecutive good reads show it
+/// (a claim orphan: and once it has been seen absent for `claim.orphan_after`).
 #[derive(Debug, Clone, Default)]
 pub struct Tracker {
     reads: u64,
     last_read_unix: Option<u64>,
+    /// `claim.orphan_after` as of the last read.
+    claim_orphan_after: std::time::Duration,
     sources: BTreeMap<Source, SourceStatus>,
     categories: BTreeMap<Category, CategoryState>,
 }
@@ -418,6 +453,7 @@ impl Tracker {
     pub fn observe(&mut self, read: &Read) {
         self.reads += 1;
         self.last_read_unix = Some(read.at_unix);
+        self.claim_orphan_after = read.claim_orphan_after;
         let states = [
             (Source::Host, state_of(&read.host)),
             (Source::Api, state_of(&read.api)),
@@ -461,6 +497,24 @@ impl Tracker {
         }
     }
 
+    /// Whether a finding of `category` seen so counts: two consecutive good reads; a
+    /// claim orphan also absent for `claim.orphan_after` by the last read that computed
+    /// it (an address between keepalived nodes is briefly absent and bound here).
+    fn confirmed(&self, category: Category, seen: &Seen) -> bool {
+        if seen.reads < 2 {
+            return false;
+        }
+        if category != Category::ClaimOrphan {
+            return true;
+        }
+        let computed = self
+            .categories
+            .get(&category)
+            .and_then(|s| s.computed_unix)
+            .unwrap_or(seen.first_unix);
+        computed.saturating_sub(seen.first_unix) >= self.claim_orphan_after.as_secs()
+    }
+
     /// When the last read was made (Unix seconds).
     pub fn last_read_unix(&self) -> Option<u64> {
         self.last_read_unix
@@ -472,7 +526,10 @@ impl Tracker {
                 .iter()
                 .map(|c| {
                     let n = self.categories.get(c).map_or(0, |s| {
-                        s.findings.values().filter(|seen| seen.reads >= 2).count()
+                        s.findings
+                            .values()
+                            .filter(|seen| self.confirmed(*c, seen))
+                            .count()
                     });
                     (*c, n)
                 })
@@ -501,7 +558,7 @@ impl Tracker {
             let mut confirmed = 0;
             let mut unconfirmed = 0;
             for (finding, seen) in state.map(|s| &s.findings).into_iter().flatten() {
-                let is_confirmed = seen.reads >= 2;
+                let is_confirmed = self.confirmed(category, seen);
                 if is_confirmed {
                     confirmed += 1;
                 } else {
@@ -565,7 +622,7 @@ fn state_of<T>(read: &SourceRead<T>) -> (&'static str, Option<String>) {
 /// What every report says about itself.
 pub const NOTES: [&str; 3] = [
     "read-only: enisync never acts on this report; README, \"Drift report\", says how to act by hand",
-    "a finding seen in one read only is unconfirmed and not counted in the gauges; two consecutive good reads confirm it",
+    "a finding seen in one read only is unconfirmed and not counted in the gauges; two consecutive good reads confirm it (a claim_orphan: and claim.orphan_after of absence seen)",
     "a source that failed is never taken as \"no IPs\": its categories keep their last values and are marked stale",
 ];
 

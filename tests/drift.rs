@@ -372,3 +372,72 @@ fn a_reload_of_release_exclude_filters_leak_candidates_at_the_next_read() {
         "{metrics}"
     );
 }
+
+/// An address of `claim.cidrs` bound to this node's ENI and on no link is a
+/// `claim_orphan`, never a `leak_candidate`: unconfirmed within `claim.orphan_after`
+/// (the shortest, 1 min), confirmed and counted by the gauge after it.
+#[test]
+fn a_claim_address_bound_here_on_no_link_is_a_claim_orphan_not_a_leak_candidate() {
+    let layout = Layout {
+        extra_config: "\n[claim]\ncidrs = [\"10.0.1.14/32\"]\npeers = [\"ins-peer0001\"]\n\
+                       orphan_after = \"1m\"\n"
+            .into(),
+        ..Layout::default()
+    };
+    let mut sb = Sandbox::new("driftorph", layout);
+    // Before the start: the engine never sees it leave (nor claims it).
+    sb.ip("addr del 10.0.1.14/24 dev eth1");
+    sb.start();
+    sb.wait_log("drift read", SOON);
+    let first_read = std::time::Instant::now();
+    std::thread::sleep(NEXT_FRESH);
+    let doc = drift_json(&sb);
+    assert_eq!(doc["freshness"]["kind"], "fresh", "{doc:#}");
+    assert!(findings(&doc, "leak_candidate").is_empty(), "{doc:#}");
+    let orphans = findings(&doc, "claim_orphan");
+    assert_eq!(orphans.len(), 1, "{doc:#}");
+    assert_eq!(orphans[0]["ip"], "10.0.1.14");
+    assert_eq!(orphans[0]["eni_id"], ENI1);
+    assert_eq!(orphans[0]["kind"], "claim_orphan");
+    // Two reads, but not yet absent for claim.orphan_after.
+    assert_eq!(orphans[0]["confirmed"], false, "{doc:#}");
+    let (_, metrics) = sb.http_get(METRICS_PORT, "/metrics");
+    assert_eq!(
+        gauge(
+            &metrics,
+            "enisync_drift_findings{category=\"claim_orphan\"}"
+        ),
+        Some(0),
+        "{metrics}"
+    );
+
+    let wait = Duration::from_secs(62).saturating_sub(first_read.elapsed());
+    std::thread::sleep(wait);
+    let doc = drift_json(&sb);
+    assert_eq!(doc["freshness"]["kind"], "fresh", "{doc:#}");
+    let orphans = findings(&doc, "claim_orphan");
+    assert_eq!(orphans.len(), 1, "{doc:#}");
+    assert_eq!(orphans[0]["confirmed"], true, "{doc:#}");
+    assert!(findings(&doc, "leak_candidate").is_empty(), "{doc:#}");
+    assert_eq!(category(&doc, "claim_orphan")["confirmed"], 1, "{doc:#}");
+    assert_eq!(category(&doc, "leak_candidate")["confirmed"], 0, "{doc:#}");
+    let (_, metrics) = sb.http_get(METRICS_PORT, "/metrics");
+    for (c, n) in [("claim_orphan", 1), ("leak_candidate", 0)] {
+        assert_eq!(
+            gauge(
+                &metrics,
+                &format!("enisync_drift_findings{{category=\"{c}\"}}")
+            ),
+            Some(n),
+            "{c}:\n{metrics}"
+        );
+    }
+    let table = sb.cli(&["drift"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("enisync release 10.0.1.14"),
+        "the table says how to free it:\n{table}"
+    );
+    // Read-only: nothing was released.
+    assert!(sb.fake.calls_of("UnassignPrivateIpAddresses").is_empty());
+}

@@ -30,14 +30,33 @@ use crate::ops::metrics::Metrics;
 /// How long the engine has to say which addresses it is releasing.
 const ENGINE_ANSWER: Duration = Duration::from_secs(5);
 
+/// The reloadable keys a drift read uses.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct DriftFilters {
+    pub exclude: Vec<Cidr>,
+    pub claim_orphan_after: Duration,
+}
+
+impl DriftFilters {
+    pub(super) fn of(config: &crate::config::Config) -> Self {
+        Self {
+            exclude: config.release.exclude.clone(),
+            claim_orphan_after: config.claim.orphan_after,
+        }
+    }
+}
+
 pub(super) struct DriftTask<C: Cloud> {
     pub cloud: Arc<C>,
     /// `None` when the configuration names the instance (no metadata service used).
     pub metadata: Option<MetadataClient>,
     pub engine: mpsc::Sender<Command>,
     pub metrics: Arc<Metrics>,
-    /// `release.exclude`, as the latest reload left it.
-    pub exclude: watch::Receiver<Vec<Cidr>>,
+    /// `release.exclude` and `claim.orphan_after`, as the latest reload left them.
+    pub filters: watch::Receiver<DriftFilters>,
+    /// `claim.cidrs` as of the start (a reload changes them only with a restart, as for
+    /// the engine).
+    pub claim_cidrs: Vec<Cidr>,
     pub interval: Duration,
     pub instance_id: String,
     /// The start-up listing: the first read uses it instead of a listing of its own
@@ -79,7 +98,7 @@ impl<C: Cloud> DriftTask<C> {
     }
 
     async fn read_into(&mut self, tracker: &mut Tracker) {
-        let exclude = self.exclude.borrow().clone();
+        let filters = self.filters.borrow().clone();
         let listing = match self.startup_listing.take() {
             Some(enis) => Ok(enis),
             None => self.cloud.list_enis().await,
@@ -106,8 +125,10 @@ impl<C: Cloud> DriftTask<C> {
                     Err(e) => SourceRead::Failed(e),
                 },
             },
-            exclude,
+            exclude: filters.exclude,
             releasing: self.releasing().await,
+            claim_cidrs: self.claim_cidrs.clone(),
+            claim_orphan_after: filters.claim_orphan_after,
         };
         for (source, failed) in [
             ("host", matches!(read.host, SourceRead::Failed(_))),

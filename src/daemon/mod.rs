@@ -110,7 +110,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let shutdown = CancellationToken::new();
     let (commands_tx, mut commands_rx) = mpsc::channel(16);
     let (drift_exclude, drift_exclude_rx) =
-        tokio::sync::watch::channel(config.release.exclude.clone());
+        tokio::sync::watch::channel(drift::DriftFilters::of(&config));
     spawn_signal_handler(
         config_path,
         config.clone(),
@@ -308,7 +308,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         metadata: drift_metadata,
         engine: commands_tx.clone(),
         metrics: Arc::clone(&metrics),
-        exclude: drift_exclude_rx,
+        filters: drift_exclude_rx,
+        claim_cidrs: config.claim.cidrs.clone(),
         interval: config.drift.interval,
         instance_id: facts.instance_id.clone(),
         startup_listing: Some(startup_listing),

@@ -195,7 +195,7 @@ pub(super) fn spawn_signal_handler(
     running: Config,
     shutdown: CancellationToken,
     commands: mpsc::Sender<Command>,
-    drift_exclude: tokio::sync::watch::Sender<Vec<crate::net::Cidr>>,
+    drift_exclude: tokio::sync::watch::Sender<super::drift::DriftFilters>,
 ) -> Result<(), DaemonError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals =
@@ -217,7 +217,7 @@ pub(super) fn spawn_signal_handler(
                                 needs_restart.join(", ")
                             );
                         }
-                        drift_exclude.send_replace(config.release.exclude.clone());
+                        drift_exclude.send_replace(super::drift::DriftFilters::of(&config));
                         let _ = commands
                             .send(Command::Reload(Box::new(engine_settings(&config))))
                             .await;

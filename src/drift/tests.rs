@@ -82,6 +82,8 @@ fn read(at: u64) -> Read {
             ips: vec![v4(ip(10)), v4(ip(11)), v4(ip(12))],
         }]),
         exclude: Vec::new(),
+        claim_cidrs: Vec::new(),
+        claim_orphan_after: std::time::Duration::from_secs(3600),
         releasing: BTreeSet::new(),
     }
 }
@@ -341,4 +343,114 @@ fn without_the_metadata_service_its_category_is_not_computed() {
             .iter()
             .all(|(s, _, _)| *s != Source::Metadata)
     );
+}
+
+/// A read where 10.0.1.12 (bound to eni-1, on no link) is inside `claim.cidrs`.
+fn claim_read(at: u64, orphan_after_secs: u64) -> Read {
+    Read {
+        claim_cidrs: vec![Cidr::parse("10.0.1.12/32").expect("cidr")],
+        claim_orphan_after: std::time::Duration::from_secs(orphan_after_secs),
+        ..read(at)
+    }
+}
+
+#[test]
+fn a_claim_address_bound_here_on_no_link_is_a_claim_orphan_never_a_leak_candidate() {
+    let r = claim_read(0, 3600);
+    assert!(only(&r, Category::LeakCandidate).is_empty());
+    assert_eq!(
+        only(&r, Category::ClaimOrphan),
+        vec![Finding::ClaimOrphan {
+            ip: v4(ip(12)),
+            eni_id: "eni-1".into(),
+            mac: MAC1
+        }]
+    );
+    // Without claim.cidrs the same address is a leak candidate, not an orphan.
+    assert!(only(&read(0), Category::ClaimOrphan).is_empty());
+    // On the host, it is neither; excluded or being released, neither either.
+    let mut present = claim_read(0, 3600);
+    let SourceRead::Ok(host) = &mut present.host else {
+        unreachable!()
+    };
+    host.addrs.push(addr(3, 12));
+    assert!(only(&present, Category::ClaimOrphan).is_empty());
+    let mut r = claim_read(0, 3600);
+    r.exclude = vec![Cidr::parse("10.0.1.12").expect("cidr")];
+    assert!(only(&r, Category::ClaimOrphan).is_empty());
+    let mut r = claim_read(0, 3600);
+    r.releasing.insert(v4(ip(12)));
+    assert!(only(&r, Category::ClaimOrphan).is_empty());
+    // A read without the host or the listing computes no orphan.
+    let mut r = claim_read(0, 3600);
+    r.api = SourceRead::Failed("DescribeNetworkInterfaces: timeout".into());
+    assert_eq!(compare(&r, Category::ClaimOrphan), None);
+}
+
+/// Two reads are not enough: a claim orphan counts once seen absent for
+/// `claim.orphan_after`, in the gauges, the counts and the finding alike.
+#[test]
+fn a_claim_orphan_counts_after_two_reads_and_orphan_after() {
+    let orphan = |t: &Tracker| {
+        t.gauges()
+            .confirmed
+            .iter()
+            .find(|(c, _)| *c == Category::ClaimOrphan)
+            .map(|(_, n)| *n)
+    };
+    let leak = |t: &Tracker| t.gauges().confirmed[0];
+    let mut t = Tracker::default();
+    t.observe(&claim_read(100, 3600));
+    t.observe(&claim_read(700, 3600));
+    assert_eq!(orphan(&t), Some(0));
+    assert_eq!(leak(&t), (Category::LeakCandidate, 0));
+    let report = t.report(760, Freshness::Periodic);
+    let found: Vec<&FindingReport> = report
+        .findings
+        .iter()
+        .filter(|f| f.category == "claim_orphan")
+        .collect();
+    assert_eq!(found.len(), 1, "{report:?}");
+    assert!(!found[0].confirmed);
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|f| f.category != "leak_candidate")
+    );
+    let counts = |r: &Report| {
+        let c = r
+            .categories
+            .iter()
+            .find(|c| c.category == "claim_orphan")
+            .expect("claim_orphan counted");
+        (c.confirmed, c.unconfirmed)
+    };
+    assert_eq!(counts(&report), (0, 1));
+
+    // One second short of orphan_after since first seen: still not counted.
+    t.observe(&claim_read(3699, 3600));
+    assert_eq!(orphan(&t), Some(0));
+    t.observe(&claim_read(3700, 3600));
+    assert_eq!(orphan(&t), Some(1));
+    assert_eq!(leak(&t), (Category::LeakCandidate, 0));
+    let report = t.report(3700, Freshness::Periodic);
+    assert_eq!(counts(&report), (1, 0));
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.category == "claim_orphan" && f.confirmed && f.seen_for_secs == 3600)
+    );
+
+    // Back on the host for one read: it starts over.
+    let mut back = claim_read(3800, 3600);
+    let SourceRead::Ok(host) = &mut back.host else {
+        unreachable!()
+    };
+    host.addrs.push(addr(3, 12));
+    t.observe(&back);
+    t.observe(&claim_read(3900, 3600));
+    t.observe(&claim_read(4000, 3600));
+    assert_eq!(orphan(&t), Some(0));
 }

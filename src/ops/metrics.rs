@@ -45,7 +45,8 @@ pub struct ActionLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CategoryLabels {
-    /// `leak_candidate`, `unbound_on_host`, `stale_rule`, `metadata_mismatch`.
+    /// `leak_candidate`, `unbound_on_host`, `stale_rule`, `metadata_mismatch`,
+    /// `claim_orphan`.
     pub category: String,
 }
 

@@ -356,6 +356,9 @@ fn finding(f: &Value) -> String {
     };
     match f["kind"].as_str().unwrap_or("") {
         "leak_candidate" => format!("{ip} bound to {eni} ({mac}), on no link"),
+        "claim_orphan" => format!(
+            "floating IP {ip} (claim.cidrs) bound to {eni} ({mac}), on no link: `enisync release {ip}` frees it"
+        ),
         "unbound_on_host" => format!(
             "{ip} on {} ({eni}): the cloud binds it to {}",
             s(&f["link"]),
@@ -427,7 +430,7 @@ pub fn render_drift(doc: &Value) -> String {
         &rows,
     );
     out.push_str(
-        "\nCOUNTS (the gauges count confirmed findings only: seen in two consecutive reads)\n",
+        "\nCOUNTS (the gauges count confirmed findings only: seen in two consecutive reads; a claim_orphan also absent for claim.orphan_after)\n",
     );
     let rows: Vec<Vec<String>> = doc["categories"]
         .as_array()

@@ -157,7 +157,7 @@ fn drift_doc(link: &str, eni: &str) -> Value {
             state: "AVAILABLE".into(),
             primary: false,
             attachment: None,
-            ips: [(10, true), (14, false)]
+            ips: [(10, true), (14, false), (100, false)]
                 .map(|(n, primary)| crate::cloud::EniIp {
                     addr: ip(n),
                     primary,
@@ -168,6 +168,8 @@ fn drift_doc(link: &str, eni: &str) -> Value {
         }]),
         metadata: SourceRead::Failed("metadata network/interfaces/macs/: HTTP 500".into()),
         exclude: Vec::new(),
+        claim_cidrs: vec![crate::net::Cidr::parse("10.0.1.100/32").expect("cidr")],
+        claim_orphan_after: std::time::Duration::from_secs(600),
         releasing: Default::default(),
     };
     let mut t = Tracker::default();
@@ -188,17 +190,19 @@ host      ok      2025-12-01T14:50:00Z  -
 api       ok      2025-12-01T14:50:00Z  -
 metadata  failed  -                     metadata network/interfaces/macs/: HTTP 500
 
-COUNTS (the gauges count confirmed findings only: seen in two consecutive reads)
+COUNTS (the gauges count confirmed findings only: seen in two consecutive reads; a claim_orphan also absent for claim.orphan_after)
 CATEGORY           CONFIRMED  UNCONFIRMED  AS OF                 NOTE
 leak_candidate     1          0            2025-12-01T14:50:00Z
 unbound_on_host    1          0            2025-12-01T14:50:00Z
 stale_rule         0          0            2025-12-01T14:50:00Z
 metadata_mismatch  0          0            -                     STALE: metadata not read in the last read; values as of then
+claim_orphan       1          0            2025-12-01T14:50:00Z
 
 FINDINGS
 CATEGORY         STATE      SEEN FOR  FINDING
 leak_candidate   confirmed  11m       10.0.1.14 bound to eni-1 (52:54:00:12:34:56), on no link
 unbound_on_host  confirmed  11m       10.0.1.50 on eth1 (eni-1): the cloud binds it to no ENI of this instance
+claim_orphan     confirmed  11m       floating IP 10.0.1.100 (claim.cidrs) bound to eni-1 (52:54:00:12:34:56), on no link: `enisync release 10.0.1.100` frees it
 
 To act on a finding, by hand: README, \"Drift report\" (confirm an IP is unused first).
 ";
