@@ -48,7 +48,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 pub use self::claim::{
-    ClaimDecision, ClaimReason, ClaimSettings, ClaimTarget, ClaimWait, HolderDecision, ParkReason,
+    ClaimDecision, ClaimReason, ClaimSettings, ClaimTarget, ClaimWait, HandRefusal, HandRelease,
+    HolderDecision, ParkReason,
 };
 pub use self::commands::{ClaimView, Command, LinkStatus, PlanView, PlannedRelease, Snapshot};
 pub use self::intent::{Finished, Intent, Outcome, Phase};

@@ -69,13 +69,17 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Confirm the releases held as part of a burst.
+    /// Confirm the releases held as part of a burst (`--held`), or release one orphaned
+    /// floating IP of `claim.cidrs` that is absent from the host and bound here (`<ip>`).
     Release {
         #[command(flatten)]
         target: Target,
-        /// Release every held IP (required: this is the only thing `release` does).
-        #[arg(long, required = true)]
+        /// Release every held IP.
+        #[arg(long, conflicts_with = "ip", required_unless_present = "ip")]
         held: bool,
+        /// An address of `claim.cidrs`, absent from the host and bound to an ENI of this
+        /// instance: released after the checks of any release.
+        ip: Option<std::net::IpAddr>,
     },
     /// Drop the pending release of one IP.
     Cancel {
@@ -152,9 +156,10 @@ fn main() -> ExitCode {
         ),
         Cmd::Pause { target } => control_command(&target, &control::Request::Pause, None),
         Cmd::Resume { target } => control_command(&target, &control::Request::Resume, None),
-        Cmd::Release { target, held: _ } => {
-            control_command(&target, &control::Request::ReleaseHeld, None)
-        }
+        Cmd::Release { target, ip, .. } => match ip {
+            Some(ip) => control_command(&target, &control::Request::ReleaseIp { ip }, None),
+            None => control_command(&target, &control::Request::ReleaseHeld, None),
+        },
         Cmd::Cancel { target, ip } => {
             control_command(&target, &control::Request::Cancel { ip }, None)
         }

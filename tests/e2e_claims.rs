@@ -193,3 +193,70 @@ fn a_contested_vip_alarms_and_migrations_stay_bounded() {
     );
     assert!(text.contains("CLAIMS"), "status lists the claim:\n{text}");
 }
+
+/// `enisync release <ip>`: refused while the VIP is on the host, and for an address
+/// outside `claim.cidrs` (exit code 1, one line saying why); once keepalived's VIP has
+/// left the host while still bound here, released by hand: one Unassign of the VIP from
+/// eth1's ENI (signed and accepted by the fake), its task followed, the claim ended.
+#[test]
+fn an_orphaned_vip_is_released_by_hand_and_refused_while_on_the_host() {
+    let mut sb = sandbox("crh", "1s", "0s");
+    sb.start();
+    sb.ip(&format!("addr add {VIP}/24 dev eth1"));
+    sb.wait_for("claimed", Duration::from_secs(20), || bound_to(&sb, ENI1));
+    sb.wait_log("decision=\"claimed\"", Duration::from_secs(10));
+
+    let vip = VIP.to_string();
+    let refused = |args: &[&str], why: &str| {
+        let out = sb.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    };
+    refused(&["release", &vip], "is on the host (link eth1)");
+    refused(&["release", "10.0.1.11"], "is not a claim address");
+
+    sb.ip(&format!("addr del {VIP}/24 dev eth1"));
+    sb.assert_no_unassign_for(Duration::from_secs(3));
+    assert!(bound_to(&sb, ENI1), "an orphan: bound here, on no link");
+    let out = sb.cli(&["release", &vip]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("releasing {VIP} from {ENI1}")),
+        "{said}"
+    );
+    sb.wait_for(
+        "the VIP released from eth1's ENI",
+        Duration::from_secs(20),
+        || sb.fake.owner_of(VIP).is_none(),
+    );
+    let calls = sb.fake.calls_of("UnassignPrivateIpAddresses");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].answer, "Success", "{calls:?}");
+    assert_eq!(calls[0].eni.as_deref(), Some(ENI1));
+    assert!(calls[0].params.to_string().contains(&vip), "{calls:?}");
+    sb.wait_log(
+        "decision=\"claim_released\" reason=\"operator\"",
+        Duration::from_secs(10),
+    );
+    let (_, metrics) = sb.http_get(9469, "/metrics");
+    for line in [
+        "enisync_claims_total{decision=\"claim_release_pending\",reason=\"operator\"} 1",
+        "enisync_claims_total{decision=\"claim_released\",reason=\"operator\"} 1",
+        "enisync_claimed_ips 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    // Nothing is bound here any more: asked again, refused.
+    refused(
+        &["release", &vip],
+        "is not bound to an ENI of this instance",
+    );
+    assert_eq!(migrates(&sb).len(), 1, "no claim again");
+}

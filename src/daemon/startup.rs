@@ -197,6 +197,7 @@ impl Starting<'_> {
             Command::Plan(_)
             | Command::ReleaseHeld(_)
             | Command::Cancel(..)
+            | Command::ReleaseByHand(..)
             | Command::RefreshInventory => {}
         }
     }

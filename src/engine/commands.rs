@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::info;
 
+use super::claim::{HandRefusal, HandRelease};
 use super::intent::{Finished, Intent, Phase};
 use super::reasons::{Cancel, HeldReason};
 use super::settings::Settings;
@@ -24,6 +25,9 @@ pub enum Command {
     /// Confirm every held burst.
     ReleaseHeld(oneshot::Sender<usize>),
     Cancel(IpAddr, oneshot::Sender<bool>),
+    /// `enisync release <ip>`: release an orphaned claim address by hand (docs/design.md,
+    /// "Claims"); the answer says what goes, or why not.
+    ReleaseByHand(IpAddr, oneshot::Sender<Result<HandRelease, HandRefusal>>),
     /// New settings after a reload; parked releases are tried again.
     Reload(Box<Settings>),
     /// Refresh the inventory now.
@@ -236,6 +240,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     self.cancel(ip, Cancel::Operator);
                 }
                 let _ = reply.send(found);
+            }
+            Command::ReleaseByHand(ip, reply) => {
+                let _ = reply.send(self.release_by_hand(ip, now));
             }
             Command::Reload(settings) => {
                 self.router.set_dry_run(settings.dry_run);

@@ -75,6 +75,12 @@ pub struct Intent {
     /// An unassign for it was accepted once: if the cloud stops listing it, it is gone
     /// because of us, not a lagging view.
     pub sent: bool,
+    /// An orphaned claim address an operator asked to release (`enisync release <ip>`,
+    /// docs/design.md, "Claims"): the claim-address rule does not cancel it; every other
+    /// check at the deadline and at send time applies. Not journaled: after a restart
+    /// the claim-address rule cancels it (the operator asks again).
+    #[serde(skip_serializing_if = "<&bool as std::ops::Not>::not")]
+    pub by_hand: bool,
     /// The kernel-secondary flag at removal, and the subnet primary then in force:
     /// clause 3 needs both.
     #[serde(skip)]
@@ -107,6 +113,7 @@ impl Intent {
             task_failures: 0,
             not_listed_since: None,
             sent: false,
+            by_hand: false,
             secondary: false,
             subnet_primary: None,
         }

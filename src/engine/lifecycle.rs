@@ -113,6 +113,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
     /// Metrics and `status` for an intent that ended (already out of the maps).
     fn record_finished(&mut self, ip: IpAddr, intent: Option<Intent>, outcome: Outcome) {
         self.count_release(ReleaseCount::Ended(&outcome));
+        if let Some(i) = intent.as_ref().filter(|i| i.by_hand) {
+            self.hand_release_finished(ip, i.eni_id.as_deref(), &outcome);
+        }
         self.recent.push_front(Finished {
             ip,
             eni_id: intent.and_then(|i| i.eni_id),

@@ -59,7 +59,10 @@ pub(super) fn at_deadline(world: RuleInputs<'_>, intent: &Intent) -> Result<(), 
     if !absent_everywhere(world.view, intent.ip) {
         return Err(Cancel::Readded);
     }
-    not_claimed(world.settings, intent.ip)?;
+    // An operator asked to release this orphaned claim address by hand.
+    if !intent.by_hand {
+        not_claimed(world.settings, intent.ip)?;
+    }
     let Some(link) = world.view.links.get(&intent.link) else {
         return Err(Cancel::LinkGone);
     };

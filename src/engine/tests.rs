@@ -538,6 +538,8 @@ async fn release_held(h: &Harness) -> usize {
 }
 
 mod batching;
+mod by_hand;
+mod claim_keys;
 mod claims;
 mod golden;
 mod lifecycle;

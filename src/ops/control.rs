@@ -46,6 +46,11 @@ pub enum Request {
     Cancel {
         ip: IpAddr,
     },
+    /// `enisync release <ip>`: an orphaned claim address, released by hand; the engine
+    /// decides whether it may be.
+    ReleaseIp {
+        ip: IpAddr,
+    },
     /// The drift report (read-only).
     Drift,
 }
@@ -276,6 +281,14 @@ async fn handle(
             )),
             Err(e) => Answer::error(e),
         },
+        Request::ReleaseIp { ip } => {
+            info!(target: "audit", decision = "operator", by_uid = %by_uid, ip = %ip, "release of a claim address requested on the control socket");
+            match ask(engine, |tx| Command::ReleaseByHand(ip, tx)).await {
+                Ok(Ok(accepted)) => Answer::data(accepted.to_string()),
+                Ok(Err(refusal)) => Answer::error(refusal.to_string()),
+                Err(e) => Answer::error(e),
+            }
+        }
         Request::Drift => ask_drift(drift).await,
     }
 }
@@ -386,6 +399,13 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Drift).expect("json"),
             r#"{"cmd":"drift"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::ReleaseIp {
+                ip: std::net::Ipv4Addr::new(10, 0, 1, 100).into()
+            })
+            .expect("json"),
+            r#"{"cmd":"release_ip","ip":"10.0.1.100"}"#
         );
     }
 

@@ -382,6 +382,10 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         let Ok(holders) = result else {
             return;
         };
+        // An operator's release of it decides now, and ends the claim if it succeeds.
+        if self.hand_release_pending(ip) {
+            return;
+        }
         let still_here = holders.iter().any(|e| e.id == entry.eni_id);
         if still_here {
             // A whole interval without a contest: the backoff starts over.

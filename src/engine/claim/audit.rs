@@ -82,7 +82,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         self.alarms.truncate(crate::engine::RECENT_KEPT);
     }
 
-    fn count_claim(&mut self, decision: ClaimDecision, reason: ClaimReason) {
+    pub(super) fn count_claim(&mut self, decision: ClaimDecision, reason: ClaimReason) {
         *self.claims.counts.entry((decision, reason)).or_default() += 1;
         if let Some(sink) = &self.metrics {
             sink.claim_counted(decision, reason);

@@ -27,6 +27,9 @@ pub enum ClaimDecision {
     Parked,
     /// The cloud moved it away while this host kept it (an alarm).
     Contested,
+    /// An operator asked to release it (`enisync release <ip>`): a release by hand,
+    /// through the checks of any release.
+    ReleasePending,
     /// No longer bound here: moved away while gone from the host, or released by an
     /// operator (`enisync release <ip>`).
     Released,
@@ -47,6 +50,7 @@ impl ClaimDecision {
             Self::Paused => "claim_paused",
             Self::Parked => "claim_parked",
             Self::Contested => "contested",
+            Self::ReleasePending => "claim_release_pending",
             Self::Released => "claim_released",
             Self::Orphan => "claim_orphan",
         }
@@ -99,7 +103,7 @@ pub enum ClaimReason {
     Refused,
     // Contested, or released: the cloud moved it away.
     MovedAway,
-    // Released: an operator asked (`enisync release <ip>`).
+    // Released, or its release pending: an operator asked (`enisync release <ip>`).
     Operator,
 }
 

@@ -6,7 +6,9 @@
 //! - `flow.rs`: host events and the clock applied to the claims (`impl Engine`);
 //! - `answers.rs`: the cloud's answers (lookup, call, re-verification) decided;
 //! - `audit.rs`: audit records, alarms and counts of the decisions;
-//! - `calls.rs`: the lookups and calls spawned off the loop, and their reports.
+//! - `calls.rs`: the lookups and calls spawned off the loop, and their reports;
+//! - `by_hand.rs`: `enisync release <ip>`, an orphaned address released by hand;
+//! - `keys.rs`: the decision and reason keys.
 //!
 //! Life of a claim, keyed by address:
 //!
@@ -23,6 +25,7 @@
 
 mod answers;
 mod audit;
+mod by_hand;
 mod calls;
 mod decide;
 mod flow;
@@ -36,6 +39,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub use self::by_hand::{HandRefusal, HandRelease};
 pub(super) use self::calls::ClaimReport;
 pub use self::decide::{ClaimTarget, ClaimWait, HolderDecision, ParkReason, decide};
 pub use self::keys::{ClaimDecision, ClaimReason};
