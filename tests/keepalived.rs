@@ -1126,3 +1126,106 @@ fn claims_split_brain_is_bounded_alarms_on_both_and_converges() {
     assert!(duo.vip_bound_to(&duo.a), "{}", duo.logs());
     duo.assert_no_call_failed_checks();
 }
+
+/// Claims, no notify script: failover by the master's link going down. a's eth0 goes
+/// down in its namespace; b hears no adverts, becomes MASTER and claims the VIP from a's
+/// ENI. a's enisync releases nothing (the VIP left a down link, and a claim address is
+/// never released). At the end of each phase the fake binds the VIP to exactly the node
+/// that holds it and no call failed. Link up again: a preempts and the binding follows
+/// it back (failback).
+#[test]
+fn claims_failover_by_the_masters_link_going_down() {
+    let mut duo = Duo::new("cl", None, "30s", 1);
+    duo.enable_claims("3s", "0s");
+    duo.bring_up();
+    wait(
+        "a's enisync claimed the VIP it holds",
+        Duration::from_secs(20),
+        || {
+            duo.a
+                .log
+                .lock()
+                .expect("log")
+                .iter()
+                .any(|l| l.contains("decision=\"claimed\"") && l.contains(&format!("ip={VIP}")))
+        },
+        || duo.logs(),
+    );
+    assert!(duo.vip_bound_to(&duo.a), "{}", duo.logs());
+
+    // a's link goes down: its keepalived cannot send adverts, b takes over.
+    ip_ns(&duo.a.ns, "link set eth0 down");
+    wait(
+        "b is master with the VIP",
+        Duration::from_secs(30),
+        || Duo::has_vip(&duo.b),
+        || duo.logs(),
+    );
+    wait(
+        "the VIP bound to b's ENI",
+        Duration::from_secs(60),
+        || duo.vip_bound_to(&duo.b),
+        || duo.logs(),
+    );
+    assert_eq!(
+        duo.migrates_into(&duo.b).len(),
+        1,
+        "one Migrate into b:\n{}",
+        duo.logs()
+    );
+    // Past a's grace period and both nodes' re-verifications: still b's, never released.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(duo.vip_bound_to(&duo.b), "{}", duo.logs());
+    assert!(
+        !Duo::has_vip(&duo.a),
+        "a's keepalived (FAULT) took the VIP off the down link:\n{}",
+        duo.logs()
+    );
+    let a_log = duo.a.log.lock().expect("log").join("\n");
+    assert!(
+        a_log
+            .lines()
+            .any(|l| l.contains("decision=\"not_released\"")
+                && l.contains(&format!("ip={VIP} "))
+                && l.contains("IP inside claim.cidrs")),
+        "a's enisync decided not to release the VIP that left its down link:\n{}",
+        duo.logs()
+    );
+    assert!(
+        duo.fake.calls_of("UnassignPrivateIpAddresses").is_empty(),
+        "a claim address is never released:\n{}",
+        duo.logs()
+    );
+    duo.assert_no_failed_mutation();
+    duo.assert_no_call_failed_checks();
+
+    // Link up: a (priority 150) preempts and claims it back.
+    ip_ns(&duo.a.ns, "link set eth0 up");
+    wait(
+        "a is master again",
+        Duration::from_secs(30),
+        || Duo::has_vip(&duo.a) && !Duo::has_vip(&duo.b),
+        || duo.logs(),
+    );
+    wait(
+        "the VIP bound to a's ENI again",
+        Duration::from_secs(90),
+        || duo.vip_bound_to(&duo.a),
+        || duo.logs(),
+    );
+    // Past the re-verifications of both nodes: it stays, nobody fights.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        duo.vip_bound_to(&duo.a) && Duo::has_vip(&duo.a) && !Duo::has_vip(&duo.b),
+        "{}",
+        duo.logs()
+    );
+    assert!(!duo.migrates_into(&duo.a).is_empty(), "{}", duo.logs());
+    assert!(
+        duo.fake.calls_of("UnassignPrivateIpAddresses").is_empty(),
+        "a claim address is never released:\n{}",
+        duo.logs()
+    );
+    duo.assert_no_failed_mutation();
+    duo.assert_no_call_failed_checks();
+}
