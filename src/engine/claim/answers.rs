@@ -3,7 +3,6 @@
 //! contest.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -202,7 +201,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     let until = self
                         .claims
                         .migration_window_ends(ip)
-                        .unwrap_or(now + Duration::from_secs(60));
+                        .unwrap_or(now + super::MIGRATION_WINDOW);
                     self.claim_decided(
                         ip,
                         entry,

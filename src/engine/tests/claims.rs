@@ -347,12 +347,13 @@ async fn a_contest_alarms_backs_off_and_migrations_stay_bounded() {
         sleep(Duration::from_secs(1)).await;
     }
     assert!(stolen >= 2, "the peer took it back {stolen} times");
-    // Never more than 3 Migrates in any minute.
+    // Never more than 3 Migrates in any minute, with the margin the engine keeps for
+    // the requests' latency: none within 61 s here.
     let times = h.cloud.state.lock().expect("lock").migrate_times.clone();
     for (i, t) in times.iter().enumerate() {
         let within = times[i..]
             .iter()
-            .take_while(|u| u.duration_since(*t) < Duration::from_secs(60))
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(61))
             .count();
         assert!(within <= 3, "{within} Migrates within a minute: {times:?}");
     }
