@@ -129,6 +129,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 remover: remover.as_ref().map(Into::into),
                 held: held_reason.is_some(),
                 sending: false,
+                by_hand: false,
             },
         );
         if let Some(held @ HeldReason::UnknownRemover(why)) = &held_reason {

@@ -29,6 +29,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             remover: i.remover.as_ref().map(Into::into),
             held,
             sending,
+            by_hand: i.by_hand,
         };
         let key = IntentKey::release(ip, i.generation);
         self.journal(key, state);
@@ -70,6 +71,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                     remover,
                     held,
                     sending,
+                    by_hand,
                 } => {
                     if rec.boot_id != self.boot_id {
                         self.journal(key, cancelled(Cancel::EarlierBoot));
@@ -114,8 +116,15 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                         mac: l.mac,
                         eni_id,
                         remover: remover.map(Into::into),
-                        due: now + self.settings.grace,
+                        // An operator's request was due at once; it stays so (the
+                        // send-time checks decide, as they did before the restart).
+                        due: if by_hand {
+                            now
+                        } else {
+                            now + self.settings.grace
+                        },
                         held_reason,
+                        by_hand,
                         // The unassign may have gone out: if the cloud no longer lists
                         // the IP, that was us, not a lagging view.
                         sent: sending,

@@ -21,6 +21,7 @@ fn journal_text() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<bool>)> {
                     remover: None,
                     held: false,
                     sending: false,
+                    by_hand: false,
                 },
                 "sent" => journal::RecordState::Sent {
                     eni_id: "eni-1".into(),

@@ -275,6 +275,11 @@ pub enum RecordState {
         /// lagging view to wait out.
         #[serde(default)]
         sending: bool,
+        /// Asked for by an operator (`enisync release <ip>`): a restart resumes the
+        /// request (its send-time checks still apply) instead of cancelling it as a claim
+        /// address. Absent in records written before it existed, and when false.
+        #[serde(default, skip_serializing_if = "is_false")]
+        by_hand: bool,
     },
     /// The unassign was accepted; `task` is followed to its end even across reboots.
     Sent { eni_id: String, task: TaskRef },
@@ -293,4 +298,9 @@ pub struct Replay {
     pub newer_schema: usize,
     /// Schema-1 records read (and migrated to schema 2 by this open).
     pub migrated: usize,
+}
+
+/// For `skip_serializing_if`: a false flag is left out of the line.
+fn is_false(flag: &bool) -> bool {
+    !*flag
 }

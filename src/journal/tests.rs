@@ -22,6 +22,7 @@ fn observed() -> RecordState {
         }),
         held: false,
         sending: false,
+        by_hand: false,
     }
 }
 
@@ -287,6 +288,7 @@ fn schema_1_records_are_migrated_on_open() {
             }),
             held: true,
             sending: false,
+            by_hand: false,
         }
     );
     assert_eq!(
@@ -355,6 +357,7 @@ fn an_ipv6_intent_is_replayed_with_its_held_unknown_remover() {
         }),
         held: true,
         sending: false,
+        by_hand: false,
     };
     {
         let (mut j, _) = Journal::open(&dir).expect("open");

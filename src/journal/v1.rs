@@ -66,6 +66,7 @@ impl RecordV1 {
                 }),
                 held,
                 sending,
+                by_hand: false,
             },
             StateV1::Sent { eni_id, task } => super::RecordState::Sent { eni_id, task },
             StateV1::Finished { outcome } => super::RecordState::Finished {

@@ -127,8 +127,9 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             by_hand: true,
             ..Intent::new(ip, generation, now, Phase::Pending)
         };
-        // Journaled as any intent, so that a crash after the call is followed to its
-        // end; one not sent yet is cancelled after a restart (claim_address).
+        // Journaled as any intent, marked by hand: a crash after the call is followed to
+        // its end, and one not sent yet is resumed after a restart (the operator asked;
+        // the send-time checks apply again), not cancelled as a claim address.
         self.journal(
             IntentKey::release(ip, generation),
             RecordState::Observed {
@@ -138,6 +139,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 remover: None,
                 held: false,
                 sending: false,
+                by_hand: true,
             },
         );
         self.make_room(ip, generation);

@@ -221,3 +221,63 @@ async fn back_on_the_host_before_the_call_cancels_it() {
     assert!(h.cloud.calls().is_empty(), "{:?}", h.cloud.calls());
     assert!(bound_to_eni1(&h));
 }
+
+/// A restart between the request and its call: the journal keeps the request by hand, so
+/// the new engine resumes it (its send-time checks apply) instead of cancelling it as a
+/// claim address. A pending release is never dropped.
+#[tokio::test(start_paused = true)]
+async fn a_hand_release_cut_by_a_restart_is_resumed() {
+    let dir = std::env::temp_dir().join(format!("enisync-engine-by-hand-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    // The VIP bound to eni-1 (an orphan: on no link here).
+    let cloud = MemCloud::new(&[11, 100]);
+    let run = |cloud: Arc<MemCloud>| {
+        let (journal, replay) = crate::journal::Journal::open(&dir).expect("journal");
+        let mut view = HostView::default();
+        view.links.insert(2, link(2, "eth1", true));
+        for a in [addr(10, false), addr(11, true)] {
+            view.addrs.insert(a.key(), a);
+        }
+        let inventory = inventory_of(&cloud);
+        let mut settings = harness_settings();
+        settings.claim = super::claims::claim_settings();
+        spawn_engine(
+            cloud,
+            settings,
+            Start {
+                journal: Some(journal),
+                replay: replay.live,
+                ..start_with(view, inventory)
+            },
+        )
+    };
+    // The send-time listing is slow: the engine stops before the call goes out.
+    cloud.set(|s| s.list_delay = Duration::from_secs(5));
+    let first = run(Arc::clone(&cloud));
+    first.release_by_hand(V).await.expect("accepted");
+    sleep(Duration::from_secs(1)).await;
+    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    drop(first);
+    tokio::task::yield_now().await;
+
+    cloud.set(|s| s.list_delay = Duration::ZERO);
+    let second = run(Arc::clone(&cloud));
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        cloud.calls(),
+        vec![vec![V]],
+        "the request was resumed and sent once"
+    );
+    let snap = second.snapshot().await;
+    assert!(
+        snap.recent
+            .iter()
+            .any(|f| f.ip == V && matches!(f.outcome, Outcome::Released { .. })),
+        "{:?} {:?}",
+        snap.recent,
+        snap.intents
+    );
+    drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
+}
