@@ -58,6 +58,17 @@ pub use settings::{
 pub enum SetupError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    /// An API 3.0 endpoint pinned to another region than the instance's
+    /// (docs/endpoint-failover.md: a task id means nothing in another region, and its
+    /// `ResourceNotFound` would read as "already gone").
+    #[error(
+        "API endpoint {url:?} is for region {pinned}, but this instance is in {region}: every endpoint must be of the instance's region (or the region-less vpc.tencentcloudapi.com)"
+    )]
+    OtherRegion {
+        url: String,
+        pinned: String,
+        region: String,
+    },
     #[error("reading CA file {path}: {error}")]
     CaFile {
         path: PathBuf,
@@ -117,6 +128,20 @@ impl TencentCloud {
         credentials: Arc<CredentialProvider>,
     ) -> Result<Self, SetupError> {
         let v3_endpoint = Endpoint::parse(&settings.v3_endpoint, settings.allow_plain_http)?;
+        let v3_fallbacks = settings
+            .v3_fallbacks
+            .iter()
+            .map(|url| Endpoint::parse(url, settings.allow_plain_http))
+            .collect::<Result<Vec<_>, _>>()?;
+        for url in std::iter::once(&settings.v3_endpoint).chain(&settings.v3_fallbacks) {
+            if let Some(pinned) = super::failover::other_region(url, &settings.region) {
+                return Err(SetupError::OtherRegion {
+                    url: url.clone(),
+                    pinned,
+                    region: settings.region.clone(),
+                });
+            }
+        }
         let legacy_endpoint =
             Endpoint::parse(&settings.legacy_endpoint, settings.allow_plain_http)?;
         let mut builder = super::http_client_builder()
@@ -141,6 +166,7 @@ impl TencentCloud {
             instance_id: settings.instance_id,
             credentials,
             v3: V3Api::new(http.clone(), v3_endpoint, settings.region.clone())
+                .with_fallbacks(v3_fallbacks)
                 .with_clock(Arc::clone(&clock)),
             legacy: LegacyApi::new(
                 http,
@@ -167,6 +193,13 @@ impl TencentCloud {
     #[must_use]
     pub fn with_observer(mut self, observer: CallObserver) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Reports every endpoint failover (`from`, `to` hosts) to `observer` (metrics).
+    #[must_use]
+    pub fn with_failover_observer(mut self, observer: super::failover::FailoverObserver) -> Self {
+        self.v3 = self.v3.with_failover_observer(observer);
         self
     }
 
