@@ -47,6 +47,8 @@ fn settings(server: &FakeServer, protocol: Protocol) -> CloudSettings {
             unassign_ipv6: 100.0,
             describe: 100.0,
             task_result: 100.0,
+            migrate: 100.0,
+            assign: 100.0,
         },
         backoff: Backoff {
             base: Duration::from_millis(5),
@@ -434,6 +436,8 @@ async fn the_client_side_rate_limit_spaces_calls() {
                 unassign_ipv6: 100.0,
                 describe: 10.0,
                 task_result: 100.0,
+                migrate: 100.0,
+                assign: 100.0,
             },
             describe_cache_ttl: Duration::ZERO,
             ..settings(&server, Protocol::V3)

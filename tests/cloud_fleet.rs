@@ -32,6 +32,8 @@ fn client(server: &FakeServer) -> TencentCloud {
                 unassign_ipv6: 100.0,
                 describe: 100.0,
                 task_result: 100.0,
+                migrate: 100.0,
+                assign: 100.0,
             },
             backoff: Backoff {
                 base: Duration::from_millis(5),

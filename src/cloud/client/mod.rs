@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::credentials::{CredentialError, CredentialProvider, Credentials};
 use super::legacy::LegacyApi;
-use super::retry::{RateLimits, Rates, TokenBucket};
+use super::retry::{Priority, RateLimits, Rates, TokenBucket};
 use super::sign::LegacySignMethod;
 use super::transport::{Endpoint, EndpointError};
 use super::v3::{DESCRIBE_ENIS, TASK_RESULT, V3Api};
@@ -105,6 +105,8 @@ pub struct TencentCloud {
     describe_cache: StdMutex<DescribeCache>,
     /// IPv4 API 3.0 releases sent and not yet followed, for confirming by listing.
     sent: StdMutex<SentReleases>,
+    /// Claim tasks not yet followed: their polls go ahead of releases' (`claims.rs`).
+    claim_tasks: StdMutex<std::collections::VecDeque<String>>,
     /// Told about every send (action, answer code or `Success`, duration): metrics.
     observer: Option<CallObserver>,
 }
@@ -185,6 +187,7 @@ impl TencentCloud {
             describe_cache_ttl: settings.describe_cache_ttl,
             describe_cache: StdMutex::default(),
             sent: StdMutex::default(),
+            claim_tasks: StdMutex::default(),
             observer: None,
         })
     }
@@ -235,10 +238,27 @@ impl TencentCloud {
         F: Fn(Arc<Credentials>, i64) -> Fut,
         Fut: Future<Output = Result<T, CloudError>>,
     {
+        self.call_as(action, bucket, Priority::Normal, max_attempts, op)
+            .await
+    }
+
+    /// [`Self::call_with`], waiting for tokens as `priority` (claims go first).
+    async fn call_as<T, F, Fut>(
+        &self,
+        action: &'static str,
+        bucket: &TokenBucket,
+        priority: Priority,
+        max_attempts: u32,
+        op: F,
+    ) -> Result<T, CloudError>
+    where
+        F: Fn(Arc<Credentials>, i64) -> Fut,
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
         let mut retries = 0;
         let mut refreshed = false;
         loop {
-            bucket.acquire().await;
+            bucket.acquire_as(priority).await;
             let result = match self.credentials.get().await {
                 Ok(keys) => {
                     let started = Instant::now();

@@ -9,6 +9,7 @@ impl TencentCloud {
         // refused poll is not retried here but switches to listing (once per task).
         let mut sent = self.take_sent(task);
         let attempts = if sent.is_some() { 1 } else { self.max_attempts };
+        let priority = self.task_priority(task);
         let deadline = Instant::now() + self.task_cap;
         let mut interval = self.task_poll_start;
         loop {
@@ -25,9 +26,10 @@ impl TencentCloud {
             tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
             let polled = self
-                .call_with(
+                .call_as(
                     TASK_RESULT,
                     &self.limits.task_result,
+                    priority,
                     attempts,
                     |keys, now| async move {
                         match task.protocol {
