@@ -9,7 +9,6 @@ mod loopback_cloud;
 
 use std::time::Duration;
 
-use enisync::backoff::Backoff;
 use enisync::cloud::Cloud;
 use enisync::cloud::TaskStatus;
 use enisync::cloud::client::{ClaimFailure, ClientToken, CloudSettings, TencentCloud};
@@ -57,33 +56,7 @@ fn fake() -> FakeCloud {
 }
 
 fn client(server: &FakeServer) -> TencentCloud {
-    TencentCloud::new(
-        CloudSettings {
-            v3_endpoint: server.v3_endpoint(),
-            legacy_endpoint: server.legacy_endpoint(),
-            total_timeout: Duration::from_millis(500),
-            rates: Rates {
-                unassign: 100.0,
-                unassign_ipv6: 100.0,
-                describe: 100.0,
-                task_result: 100.0,
-                migrate: 100.0,
-                assign: 100.0,
-            },
-            backoff: Backoff {
-                base: Duration::from_millis(5),
-                cap: Duration::from_millis(50),
-            },
-            max_attempts: 4,
-            task_poll_start: Duration::from_millis(20),
-            task_poll_cap: Duration::from_millis(50),
-            task_cap: Duration::from_secs(3),
-            allow_plain_http: true,
-            ..CloudSettings::new("ap-guangzhou", INSTANCE)
-        },
-        config_keys(SECRET_ID, SECRET_KEY),
-    )
-    .unwrap()
+    loopback_cloud::client(loopback_cloud::settings(server), SECRET_ID, SECRET_KEY)
 }
 
 /// Every call the fake saw was signed with our key and accepted by its checks (no
