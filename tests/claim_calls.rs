@@ -9,7 +9,6 @@ mod loopback_cloud;
 
 use std::time::Duration;
 
-use enisync::backoff::Backoff;
 use enisync::cloud::Cloud;
 use enisync::cloud::TaskStatus;
 use enisync::cloud::client::{ClaimFailure, ClientToken, CloudSettings, TencentCloud};
@@ -57,31 +56,7 @@ fn fake() -> FakeCloud {
 }
 
 fn client(server: &FakeServer) -> TencentCloud {
-    TencentCloud::new(
-        CloudSettings {
-            v3_endpoint: server.v3_endpoint(),
-            legacy_endpoint: server.legacy_endpoint(),
-            total_timeout: Duration::from_millis(500),
-            rates: Rates {
-                unassign: 100.0,
-                unassign_ipv6: 100.0,
-                describe: 100.0,
-                task_result: 100.0,
-            },
-            backoff: Backoff {
-                base: Duration::from_millis(5),
-                cap: Duration::from_millis(50),
-            },
-            max_attempts: 4,
-            task_poll_start: Duration::from_millis(20),
-            task_poll_cap: Duration::from_millis(50),
-            task_cap: Duration::from_secs(3),
-            allow_plain_http: true,
-            ..CloudSettings::new("ap-guangzhou", INSTANCE)
-        },
-        config_keys(SECRET_ID, SECRET_KEY),
-    )
-    .unwrap()
+    loopback_cloud::client(loopback_cloud::settings(server), SECRET_ID, SECRET_KEY)
 }
 
 /// Every call the fake saw was signed with our key and accepted by its checks (no
@@ -188,4 +163,148 @@ async fn a_primary_ip_or_another_subnet_is_refused() {
         .unwrap_err();
     assert_eq!(ClaimFailure::of(&err), ClaimFailure::Refused, "{err}");
     assert_eq!(fake.owner_of(ip(20)).as_deref(), Some(PEER_ENI));
+}
+
+/// A client with the fake's documented limits on, and low client-side rates for the
+/// listing and the unassign so that callers queue for their tokens.
+fn budget_client(server: &FakeServer) -> std::sync::Arc<TencentCloud> {
+    std::sync::Arc::new(
+        TencentCloud::new(
+            CloudSettings {
+                v3_endpoint: server.v3_endpoint(),
+                total_timeout: Duration::from_secs(2),
+                rates: Rates {
+                    unassign: 0.5,
+                    describe: 2.0,
+                    ..Rates::default()
+                },
+                describe_cache_ttl: Duration::ZERO,
+                task_poll_start: Duration::from_millis(20),
+                task_poll_cap: Duration::from_millis(50),
+                allow_plain_http: true,
+                ..CloudSettings::new("ap-guangzhou", INSTANCE)
+            },
+            config_keys(SECRET_ID, SECRET_KEY),
+        )
+        .unwrap(),
+    )
+}
+
+/// Twelve send-time listings of releases, each waiting for a listing token.
+fn release_listings(cloud: &std::sync::Arc<TencentCloud>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..12)
+        .map(|_| {
+            let cloud = std::sync::Arc::clone(cloud);
+            tokio::spawn(async move {
+                cloud.list_enis().await.unwrap();
+            })
+        })
+        .collect()
+}
+
+/// Where the claim's holder lookup is among the listings the fake saw.
+fn lookup_position(fake: &FakeCloud) -> usize {
+    fake.calls_of("DescribeNetworkInterfaces")
+        .iter()
+        .position(|c| c.params.to_string().contains("address-ip"))
+        .unwrap()
+}
+
+/// The account's budget covers claims too, and claims go first (docs/design.md, "Fleet
+/// scale"): with the fake's limits on and releases queued for `DescribeNetworkInterfaces`
+/// and `UnassignPrivateIpAddresses` tokens, a claim's lookup takes the next listing
+/// token ahead of them, whether it started waiting after them or before them, and its
+/// Migrate spends a budget of its own, not the unassigns'.
+#[tokio::test]
+async fn claims_go_ahead_of_releases_waiting_for_the_same_budget() {
+    // The claim arrives while releases wait.
+    let fake = fake();
+    fake.set_rate_limits(Some(enisync_fakecloud::RateLimits::documented()));
+    let server = serve(&fake);
+    let cloud = budget_client(&server);
+    let mut releases = release_listings(&cloud);
+    for last in [11, 12] {
+        let cloud = std::sync::Arc::clone(&cloud);
+        releases.push(tokio::spawn(async move {
+            cloud
+                .unassign(ENI, VPC, &[ip(last).into()], &|| true)
+                .await
+                .unwrap();
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let describes_before = fake.calls_of("DescribeNetworkInterfaces").len();
+    let unassigns_before = fake.calls_of("UnassignPrivateIpAddresses").len();
+    assert!(
+        describes_before < 12 && unassigns_before < 2,
+        "the releases must be waiting for tokens: {describes_before} listings, \
+         {unassigns_before} unassigns sent"
+    );
+    // A task of its own, as the engine's calls are: the test's own future is polled
+    // ahead of spawned tasks, which would favour the claim by itself.
+    let claim = {
+        let cloud = std::sync::Arc::clone(&cloud);
+        tokio::spawn(async move {
+            let holders = cloud.claim_holders(VPC, ip(100)).await.unwrap();
+            assert_eq!(holders.len(), 1);
+            cloud
+                .claim_migrate(PEER_ENI, ENI, ip(100), &|| true)
+                .await
+                .unwrap()
+        })
+    };
+    let task = claim.await.unwrap();
+    assert_eq!(
+        lookup_position(&fake),
+        describes_before,
+        "the claim's lookup waited behind releases"
+    );
+    assert!(
+        fake.calls_of("UnassignPrivateIpAddresses").len() < 2,
+        "the Migrate waited for the unassigns' budget"
+    );
+    assert_eq!(cloud.wait_task(&task).await.unwrap(), TaskStatus::Success);
+    assert!(fake.eni(ENI).unwrap().ip(ip(100)).is_some());
+    // The releases are delayed, not dropped; nothing was refused by the account.
+    for release in releases {
+        release.await.unwrap();
+    }
+    assert!(
+        fake.calls()
+            .iter()
+            .all(|c| c.answer != "RequestLimitExceeded"),
+        "{:?}",
+        fake.limit_refusals()
+    );
+    assert_signed(&fake);
+
+    // The claim waits first, and releases queue after it: it still goes first.
+    let fake = fake_with_limits();
+    let server = serve(&fake);
+    let cloud = budget_client(&server);
+    for _ in 0..2 {
+        cloud.list_enis().await.unwrap(); // the bucket's burst, spent
+    }
+    let claim = {
+        let cloud = std::sync::Arc::clone(&cloud);
+        tokio::spawn(async move { cloud.claim_holders(VPC, ip(100)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let releases = release_listings(&cloud);
+    assert_eq!(claim.await.unwrap().len(), 1);
+    for release in releases {
+        release.await.unwrap();
+    }
+    assert_eq!(
+        lookup_position(&fake),
+        2,
+        "a release took the claim's token"
+    );
+    assert_signed(&fake);
+}
+
+fn fake_with_limits() -> FakeCloud {
+    let fake = fake();
+    fake.set_rate_limits(Some(enisync_fakecloud::RateLimits::documented()));
+    fake
 }

@@ -12,10 +12,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use enisync::backoff::Backoff;
 use enisync::cloud::client::{CloudSettings, TencentCloud};
 use enisync::cloud::clock::{ServerClock, SystemClock};
 use enisync::cloud::credentials::{CredentialProvider, CredentialSources};
+use enisync::cloud::failover::FailoverObserver;
 use enisync::cloud::metadata::{MetadataClient, MetadataSettings};
 use enisync::cloud::release::{IpOutcome, ReleasePolicy, release_batch, release_in_batches};
 use enisync::cloud::retry::Rates;
@@ -38,34 +38,12 @@ fn fake() -> FakeCloud {
 fn settings(server: &FakeServer, protocol: Protocol) -> CloudSettings {
     CloudSettings {
         protocol,
-        v3_endpoint: server.v3_endpoint(),
-        legacy_endpoint: server.legacy_endpoint(),
-        total_timeout: Duration::from_millis(500),
-        rates: Rates {
-            unassign: 100.0,
-            unassign_ipv6: 100.0,
-            describe: 100.0,
-            task_result: 100.0,
-        },
-        backoff: Backoff {
-            base: Duration::from_millis(5),
-            cap: Duration::from_millis(50),
-        },
-        max_attempts: 4,
-        task_poll_start: Duration::from_millis(20),
-        task_poll_cap: Duration::from_millis(50),
-        task_cap: Duration::from_secs(3),
-        allow_plain_http: true,
-        ..CloudSettings::new("ap-guangzhou", INSTANCE)
+        ..loopback_cloud::settings(server)
     }
 }
 
 fn client(server: &FakeServer, protocol: Protocol) -> TencentCloud {
-    TencentCloud::new(
-        settings(server, protocol),
-        config_keys(SECRET_ID, SECRET_KEY),
-    )
-    .unwrap()
+    loopback_cloud::client(settings(server, protocol), SECRET_ID, SECRET_KEY)
 }
 
 /// What the engine does with a `RetryLater` release (after its backoff and a fresh
@@ -92,8 +70,10 @@ fn policy() -> ReleasePolicy {
 
 // ----- releases run to SUCCESS on both protocols --------------------------------------
 
+/// An IPv4 API 3.0 release is confirmed by listing from its first task (docs/design.md,
+/// "Fleet scale"): its IPs gone from the ENI, no `DescribeVpcTaskResult`.
 #[tokio::test]
-async fn api3_unassign_runs_to_task_success_and_the_ip_is_gone() {
+async fn api3_unassign_is_confirmed_by_listing_and_the_ip_is_gone() {
     let fake = fake();
     let server = serve(&fake);
     let cloud = client(&server, Protocol::V3);
@@ -108,16 +88,18 @@ async fn api3_unassign_runs_to_task_success_and_the_ip_is_gone() {
     assert_eq!(unassigns.len(), 1);
     assert_eq!(unassigns[0].surface, Surface::V3);
     assert_eq!(unassigns[0].answer, "Success");
-    let polls = fake.calls_of(TASK_RESULT);
-    assert_eq!(
-        polls.last().unwrap().task_status.as_deref(),
-        Some("SUCCESS")
+    assert!(
+        fake.calls_of(TASK_RESULT).is_empty(),
+        "{:?}",
+        fake.calls_of(TASK_RESULT)
     );
-    assert_eq!(
-        polls.last().unwrap().task,
-        out.tasks[0].request_id,
-        "polled with the unassign's RequestId"
-    );
+    let listed_after = fake
+        .calls_of("DescribeNetworkInterfaces")
+        .iter()
+        .filter(|c| c.seq > unassigns[0].seq)
+        .count();
+    assert!(listed_after >= 1, "confirmed by a listing after the call");
+    assert_eq!(out.tasks[0].request_id, unassigns[0].request_id);
 }
 
 #[tokio::test]
@@ -433,6 +415,8 @@ async fn the_client_side_rate_limit_spaces_calls() {
                 unassign_ipv6: 100.0,
                 describe: 10.0,
                 task_result: 100.0,
+                migrate: 100.0,
+                assign: 100.0,
             },
             describe_cache_ttl: Duration::ZERO,
             ..settings(&server, Protocol::V3)
@@ -657,4 +641,218 @@ async fn no_secret_key_or_token_appears_in_any_log_line() {
             );
         }
     }
+}
+
+// ----- endpoint failover (docs/endpoint-failover.md) ------------------------------------
+
+/// A name the resolver refuses without asking anyone: a label over 63 bytes is refused
+/// by glibc before any query is made, and `.invalid` (RFC 2606) could never resolve
+/// anyway, so this test sends no packet off the host.
+fn unresolvable_endpoint() -> String {
+    format!("http://{}.enisync-test.invalid", "x".repeat(64))
+}
+
+/// A loopback port nobody listens on (bound, then closed).
+fn closed_port_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The fake's test certificate (fakecloud/tests/data), whose CA the client does not
+/// trust: the TLS handshake fails.
+fn untrusted_tls_server(fake: &FakeCloud) -> FakeServer {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakecloud/tests/data");
+    let tls = enisync_fakecloud::TlsConfig::from_pem_files(
+        &data.join("tls-server.pem"),
+        &data.join("tls-server.key"),
+    )
+    .unwrap();
+    fake.serve_tls(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), &tls)
+        .unwrap()
+}
+
+/// A listener that accepts, reads the request (headers and the announced body) and
+/// closes without answering: the request went out and may have been executed. Returns
+/// its URL and what it read.
+fn read_and_close_endpoint() -> (String, Arc<Mutex<Vec<u8>>>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            stream
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Until the body announced in Content-Length is in, or the read times out.
+            while let Ok(n) = stream.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_lowercase();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+            }
+            log.lock().unwrap().extend_from_slice(&buf);
+            // Dropping the stream closes it without an answer.
+        }
+    });
+    (url, seen)
+}
+
+/// The `(from, to)` failovers a client reported.
+type Failovers = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A client whose `cloud.endpoints` is `[a, b]` (b: the fake), and the failovers it
+/// reports.
+fn failover_client(server: &FakeServer, a: String) -> (TencentCloud, Failovers) {
+    let failovers = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&failovers);
+    let cloud = TencentCloud::new(
+        CloudSettings {
+            v3_endpoint: a,
+            v3_fallbacks: vec![server.v3_endpoint()],
+            ..settings(server, Protocol::V3)
+        },
+        config_keys(SECRET_ID, SECRET_KEY),
+    )
+    .unwrap()
+    .with_failover_observer(FailoverObserver(Arc::new(move |from: &str, to: &str| {
+        seen.lock().unwrap().push((from.to_owned(), to.to_owned()));
+    })));
+    (cloud, failovers)
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_be_sent_fails_over_to_the_next_endpoint() {
+    // `a` fails at each stage before sending: DNS, TCP connect, TLS handshake.
+    let other = fake();
+    let tls = untrusted_tls_server(&other);
+    for (stage, a) in [
+        ("dns", unresolvable_endpoint()),
+        ("connect", closed_port_endpoint()),
+        ("tls", tls.v3_endpoint()),
+    ] {
+        let fake = fake();
+        let server = serve(&fake);
+        let (cloud, failovers) = failover_client(&server, a.clone());
+
+        let out = release_batch(&cloud, ENI, VPC, &[ip(11).into()], policy()).await;
+
+        assert_eq!(out.common(), Some(&IpOutcome::Released), "{stage}: {out:?}");
+        let unassigns = fake.calls_of(UNASSIGN);
+        assert_eq!(unassigns.len(), 1, "{stage}: one unassign, on b");
+        assert_eq!(
+            unassigns[0].answer, "Success",
+            "{stage}: signed for b's Host"
+        );
+        assert!(!fake.ips_of(ENI).contains(&ip(11)), "{stage}");
+        // The first request switched to b; every later one went to b first.
+        let failovers = failovers.lock().unwrap().clone();
+        let b_host = server.addr().to_string();
+        assert_eq!(failovers.len(), 1, "{stage}: {failovers:?}");
+        assert_eq!(failovers[0].1, b_host, "{stage}");
+        assert_ne!(failovers[0].0, b_host, "{stage}");
+    }
+    assert!(
+        other.calls().is_empty(),
+        "nothing got through the TLS failure"
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_was_sent_does_not_fail_over() {
+    let fake = fake();
+    let server = serve(&fake);
+    let (a, seen) = read_and_close_endpoint();
+    let (cloud, failovers) = failover_client(&server, a);
+
+    let error = cloud
+        .unassign(ENI, VPC, &[ip(11).into()], &|| true)
+        .await
+        .unwrap_err();
+
+    assert_eq!(error.class, ErrorClass::RetryLater, "{error}");
+    let request = String::from_utf8_lossy(&seen.lock().unwrap()).to_lowercase();
+    assert!(
+        request.contains("x-tc-action: unassignprivateipaddresses"),
+        "a read the request: {request}"
+    );
+    assert!(fake.calls().is_empty(), "no call on b: {:?}", fake.calls());
+    assert!(failovers.lock().unwrap().is_empty());
+    assert!(fake.ips_of(ENI).contains(&ip(11)));
+}
+
+#[tokio::test]
+async fn an_endpoint_of_another_region_is_refused() {
+    let other = "https://vpc.ap-shanghai.tencentcloudapi.com";
+    // The client (what `run` builds) refuses it for the instance's region.
+    let error = TencentCloud::new(
+        CloudSettings {
+            v3_endpoint: "https://vpc.ap-guangzhou.tencentcloudapi.com".into(),
+            v3_fallbacks: vec![other.into()],
+            ..CloudSettings::new("ap-guangzhou", INSTANCE)
+        },
+        config_keys(SECRET_ID, SECRET_KEY),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("ap-shanghai"), "{error}");
+
+    // And `check-config`, naming the key.
+    let dir = std::env::temp_dir().join(format!("enisync-endpoints-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("enisync.toml");
+    for (region_line, refused) in [("region = \"ap-guangzhou\"\n", true), ("", true)] {
+        std::fs::write(
+            &path,
+            format!(
+                "[cloud]\n{region_line}endpoints = [\"https://vpc.ap-guangzhou.tencentcloudapi.com\", \"{other}\"]\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_enisync"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(!out.status.success(), refused, "{region_line:?}: {stderr}");
+        assert!(
+            stderr.contains("`cloud.endpoints`"),
+            "names the key: {stderr}"
+        );
+        assert!(stderr.contains("ap-shanghai"), "{stderr}");
+    }
+    // The same region, and the region-less domain, pass.
+    std::fs::write(
+        &path,
+        "[cloud]\nregion = \"ap-guangzhou\"\nendpoints = [\"https://vpc.ap-guangzhou.tencentcloudapi.com\", \"https://vpc.tencentcloudapi.com\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enisync"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -52,6 +52,8 @@ fn client(server: &FakeServer, protocol: Protocol) -> TencentCloud {
                 unassign_ipv6: 1000.0,
                 describe: 1000.0,
                 task_result: 1000.0,
+                migrate: 1000.0,
+                assign: 1000.0,
             },
             backoff: Backoff {
                 base: Duration::from_millis(1),

@@ -18,6 +18,7 @@ pub mod classify;
 pub mod client;
 pub mod clock;
 pub mod credentials;
+pub mod failover;
 pub mod legacy;
 pub mod metadata;
 pub mod release;

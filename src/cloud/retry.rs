@@ -39,6 +39,29 @@ struct BucketState {
     refilled: Instant,
     /// The rate right after the last cut, and when it was made (`None`: never cut).
     cut: Option<(f64, Instant)>,
+    /// Claim calls waiting for a token: while any is, no other call takes one.
+    claims_waiting: usize,
+}
+
+/// Who waits for a token. Claims go first (docs/design.md, "Fleet scale"): a floating
+/// address that is not yet here is traffic lost now, a release can wait a token longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Releases, their task polls, listings, drift reads.
+    Normal,
+    /// Claim lookups, claim calls and their task polls.
+    Claim,
+}
+
+/// Counts a waiting claim in its bucket for as long as it waits (also when the waiting
+/// future is dropped).
+struct ClaimWaiting<'a>(&'a StdMutex<BucketState>);
+
+impl Drop for ClaimWaiting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.claims_waiting = state.claims_waiting.saturating_sub(1);
+    }
 }
 
 impl BucketState {
@@ -70,12 +93,24 @@ impl TokenBucket {
                 tokens: rate.max(1.0),
                 refilled: Instant::now(),
                 cut: None,
+                claims_waiting: 0,
             }),
         }
     }
 
     /// Waits until a token is available and takes it.
     pub async fn acquire(&self) {
+        self.acquire_as(Priority::Normal).await;
+    }
+
+    /// [`Self::acquire`] for `priority`: while a claim waits, other callers leave the
+    /// tokens to it.
+    pub async fn acquire_as(&self, priority: Priority) {
+        let _waiting = (priority == Priority::Claim).then(|| {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.claims_waiting += 1;
+            ClaimWaiting(&self.state)
+        });
         loop {
             let wait = {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -84,11 +119,18 @@ impl TokenBucket {
                 let elapsed = now.duration_since(state.refilled).as_secs_f64();
                 state.tokens = (state.tokens + elapsed * rate).min(rate.max(1.0));
                 state.refilled = now;
-                if state.tokens >= 1.0 {
+                let yields = priority == Priority::Normal && state.claims_waiting > 0;
+                if state.tokens >= 1.0 && !yields {
                     state.tokens -= 1.0;
                     return;
                 }
-                Duration::from_secs_f64((1.0 - state.tokens) / rate)
+                // A call yielding to a waiting claim looks again a token's time later.
+                let tokens_short = if state.tokens >= 1.0 {
+                    1.0
+                } else {
+                    1.0 - state.tokens
+                };
+                Duration::from_secs_f64(tokens_short / rate)
             };
             tokio::time::sleep(wait).await;
         }
@@ -125,7 +167,9 @@ impl TokenBucket {
     }
 }
 
-/// Client-side rates, in calls per second, per action.
+/// Client-side rates, in calls per second, per action. Each default is its action's
+/// documented account-wide limit split the same way (a twentieth: the account's budget
+/// is shared by the fleet; docs/design.md, "Fleet scale").
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rates {
     /// `UnassignPrivateIpAddresses` (documented limit 100/s per account).
@@ -136,8 +180,14 @@ pub struct Rates {
     /// `DescribeNetworkInterfaces` (documented limit 100/s per account).
     pub describe: f64,
     /// `DescribeVpcTaskResult` (documented limit 20/s per account), shared by the task
-    /// polls of both families: one bucket whatever the action that started the task.
+    /// polls of both families and of claims: one bucket whatever the action that
+    /// started the task.
     pub task_result: f64,
+    /// `MigratePrivateIpAddress` (documented as 100/s on one site, 50/s on the other:
+    /// the lower figure is the budget).
+    pub migrate: f64,
+    /// `AssignPrivateIpAddresses` (documented limit 100/s per account).
+    pub assign: f64,
 }
 
 impl Default for Rates {
@@ -145,20 +195,43 @@ impl Default for Rates {
         Self {
             unassign: DEFAULT_UNASSIGN_RATE,
             unassign_ipv6: DEFAULT_IPV6_UNASSIGN_RATE,
-            describe: 5.0,
-            task_result: 10.0,
+            describe: DEFAULT_DESCRIBE_RATE,
+            task_result: DEFAULT_TASK_RESULT_RATE,
+            migrate: DEFAULT_MIGRATE_RATE,
+            assign: DEFAULT_ASSIGN_RATE,
         }
     }
 }
 
+/// How much of an action's account-wide limit one node takes by default: one part in
+/// this many (100/s becomes 5/s). Every default rate below is its documented limit
+/// divided by this, except the task polls (see [`DEFAULT_TASK_RESULT_RATE`]).
+pub const NODE_SHARES: f64 = 20.0;
+
+/// `DescribeNetworkInterfaces` per second (100/s per account): send-time checks,
+/// confirming listings, claim lookups and re-verification, drift reads.
+pub const DEFAULT_DESCRIBE_RATE: f64 = 100.0 / NODE_SHARES;
+
+/// `DescribeVpcTaskResult` per second (20/s per account). Half of the account's limit
+/// rather than a twentieth: polls are spaced by the task poll interval anyway
+/// (500 ms doubling to 5 s), and a refused poll cuts this rate and switches a release
+/// to confirming by listing (`client/confirm.rs`).
+pub const DEFAULT_TASK_RESULT_RATE: f64 = 10.0;
+
+/// `MigratePrivateIpAddress` per second: the lower documented account limit (50/s).
+pub const DEFAULT_MIGRATE_RATE: f64 = 50.0 / NODE_SHARES;
+
+/// `AssignPrivateIpAddresses` per second (100/s per account).
+pub const DEFAULT_ASSIGN_RATE: f64 = 100.0 / NODE_SHARES;
+
 /// `cloud.max_calls_per_second`'s default: `UnassignPrivateIpAddresses` per second
 /// (the config's default is this one).
-pub const DEFAULT_UNASSIGN_RATE: f64 = 5.0;
+pub const DEFAULT_UNASSIGN_RATE: f64 = 100.0 / NODE_SHARES;
 
 /// The default client-side rate of `UnassignIpv6Addresses` (`cloud.max_ipv6_calls_per_second`):
 /// its documented limit is 20/s per account, a fifth of the IPv4 call's, so a fifth of
 /// the IPv4 default here.
-pub const DEFAULT_IPV6_UNASSIGN_RATE: f64 = 1.0;
+pub const DEFAULT_IPV6_UNASSIGN_RATE: f64 = 20.0 / NODE_SHARES;
 
 /// One bucket per action.
 #[derive(Debug)]
@@ -167,6 +240,8 @@ pub struct RateLimits {
     pub unassign_ipv6: TokenBucket,
     pub describe: TokenBucket,
     pub task_result: TokenBucket,
+    pub migrate: TokenBucket,
+    pub assign: TokenBucket,
 }
 
 impl RateLimits {
@@ -176,6 +251,8 @@ impl RateLimits {
             unassign_ipv6: TokenBucket::new(rates.unassign_ipv6),
             describe: TokenBucket::new(rates.describe),
             task_result: TokenBucket::new(rates.task_result),
+            migrate: TokenBucket::new(rates.migrate),
+            assign: TokenBucket::new(rates.assign),
         }
     }
 }
@@ -245,6 +322,79 @@ mod tests {
         tokio::time::sleep(RECOVERY).await;
         assert!((bucket.rate() - 10.0).abs() < 1e-9, "{}", bucket.rate());
         assert!(!bucket.is_cut());
+    }
+
+    /// Claims go first: whichever started waiting first, a waiting claim takes the
+    /// next token, and a claim that stops waiting (dropped) gives the tokens back.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_claim_takes_the_next_token_before_other_callers() {
+        for claim_first in [false, true] {
+            let bucket = std::sync::Arc::new(TokenBucket::new(1.0));
+            bucket.acquire().await;
+            let order = std::sync::Arc::new(StdMutex::new(Vec::new()));
+            let spawn = |priority: Priority, name: &'static str| {
+                let (bucket, order) = (
+                    std::sync::Arc::clone(&bucket),
+                    std::sync::Arc::clone(&order),
+                );
+                tokio::spawn(async move {
+                    bucket.acquire_as(priority).await;
+                    order.lock().unwrap().push(name);
+                })
+            };
+            let mut waiting = Vec::new();
+            if claim_first {
+                waiting.push(spawn(Priority::Claim, "claim"));
+            }
+            for _ in 0..3 {
+                waiting.push(spawn(Priority::Normal, "release"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !claim_first {
+                waiting.push(spawn(Priority::Claim, "claim"));
+            }
+            for task in waiting {
+                task.await.unwrap();
+            }
+            assert_eq!(
+                order.lock().unwrap().as_slice(),
+                ["claim", "release", "release", "release"],
+                "claim first: {claim_first}"
+            );
+        }
+        // A claim that gave up waiting leaves the tokens to the others.
+        let bucket = TokenBucket::new(1.0);
+        bucket.acquire().await;
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(100),
+            bucket.acquire_as(Priority::Claim),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        let start = Instant::now();
+        bucket.acquire().await;
+        assert!(
+            start.elapsed() <= Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    /// Every default rate is its action's documented account-wide limit over the same
+    /// number of shares; Migrate takes the lower of its two documented figures.
+    #[test]
+    fn default_rates_split_each_account_limit_alike() {
+        let r = Rates::default();
+        for (rate, account_limit) in [
+            (r.unassign, 100.0),
+            (r.describe, 100.0),
+            (r.unassign_ipv6, 20.0),
+            (r.migrate, 50.0),
+            (r.assign, 100.0),
+        ] {
+            assert!((rate * NODE_SHARES - account_limit).abs() < 1e-9, "{rate}");
+        }
+        assert!(r.task_result <= 20.0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -127,10 +127,47 @@ pub(crate) async fn exchange(
     request: reqwest::RequestBuilder,
     clock: Option<&ServerClock>,
 ) -> Result<Vec<u8>, CloudError> {
-    let response = request
-        .send()
+    exchange_once(action, request, clock)
         .await
-        .map_err(|e| transport_error(action, &e))?;
+        .map_err(Failure::into_error)
+}
+
+/// How one exchange failed: whether any byte of the request can have left the host.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The connection was never made: DNS failed, the connect was refused or timed out,
+    /// or the TLS handshake failed (reqwest's connect errors, which cover the resolver,
+    /// TCP and TLS of its connector). Nothing of the request was written, so it cannot
+    /// have been executed: the one case another endpoint may be tried
+    /// (docs/endpoint-failover.md).
+    BeforeSend(CloudError),
+    /// Anything later (a timeout after sending, a reset mid-answer, an HTTP status, a
+    /// body we refuse): the call may have been executed.
+    Sent(CloudError),
+}
+
+impl Failure {
+    pub fn into_error(self) -> CloudError {
+        match self {
+            Self::BeforeSend(e) | Self::Sent(e) => e,
+        }
+    }
+}
+
+/// [`exchange`], telling a failure before sending from one after.
+pub(crate) async fn exchange_once(
+    action: &'static str,
+    request: reqwest::RequestBuilder,
+    clock: Option<&ServerClock>,
+) -> Result<Vec<u8>, Failure> {
+    let response = request.send().await.map_err(|e| {
+        let error = transport_error(action, &e);
+        if e.is_connect() {
+            Failure::BeforeSend(error)
+        } else {
+            Failure::Sent(error)
+        }
+    })?;
     if let Some(clock) = clock
         && let Some(date) = response
             .headers()
@@ -142,11 +179,11 @@ pub(crate) async fn exchange(
     }
     let status = response.status().as_u16();
     if status != 200 {
-        return Err(CloudError::local(
+        return Err(Failure::Sent(CloudError::local(
             action,
             &format!("Http.{status}"),
             format!("HTTP status {status}"),
-        ));
+        )));
     }
     read_body(response, MAX_API_BODY)
         .await
@@ -158,6 +195,7 @@ pub(crate) async fn exchange(
             ),
             BodyError::Transport(e) => transport_error(action, &e),
         })
+        .map_err(Failure::Sent)
 }
 
 /// Parses an HTTP date in the preferred format (RFC 9110 IMF-fixdate,

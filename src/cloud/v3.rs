@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use super::classify::TencentCode;
 use super::clock::ServerClock;
 use super::credentials::Credentials;
+use super::failover::{EndpointList, FailoverObserver};
 use super::sign::{Tc3Request, tc3_sign};
-use super::transport::{Endpoint, exchange};
+use super::transport::{Endpoint, Failure, exchange_once};
 use super::{Attachment, CloudError, Eni, EniIp, TaskStatus};
 use crate::net::MacAddr;
 use crate::task::{Protocol, TaskRef};
@@ -33,24 +34,42 @@ pub(crate) const UNASSIGN_IPV6: &str = "UnassignIpv6Addresses";
 pub(crate) const DESCRIBE_ENIS: &str = "DescribeNetworkInterfaces";
 pub(crate) const TASK_RESULT: &str = "DescribeVpcTaskResult";
 
-/// An API 3.0 client for one endpoint and region.
+/// An API 3.0 client for one region and its ordered endpoints (one by default; more
+/// only for failover, docs/endpoint-failover.md).
 #[derive(Debug, Clone)]
 pub(crate) struct V3Api {
     http: reqwest::Client,
-    endpoint: Endpoint,
+    endpoints: std::sync::Arc<EndpointList>,
     region: String,
     /// Receives the `Date` of every answer (clock-skew correction).
     clock: Option<std::sync::Arc<ServerClock>>,
+    /// Told about every failover.
+    failovers: Option<FailoverObserver>,
 }
 
 impl V3Api {
     pub fn new(http: reqwest::Client, endpoint: Endpoint, region: String) -> Self {
         Self {
             http,
-            endpoint,
+            endpoints: std::sync::Arc::new(EndpointList::new(endpoint, Vec::new())),
             region,
             clock: None,
+            failovers: None,
         }
+    }
+
+    /// Further endpoints, tried in this order after the first one when a request could
+    /// not be sent there (DNS, connect or TLS failure).
+    pub fn with_fallbacks(mut self, rest: Vec<Endpoint>) -> Self {
+        let first = self.endpoints.get(0).clone();
+        self.endpoints = std::sync::Arc::new(EndpointList::new(first, rest));
+        self
+    }
+
+    /// Reports every failover to `observer` (metrics).
+    pub fn with_failover_observer(mut self, observer: FailoverObserver) -> Self {
+        self.failovers = Some(observer);
+        self
     }
 
     /// Hands the `Date` of every answer to `clock`.
@@ -122,7 +141,10 @@ impl V3Api {
         parse_task_status(&self.call(TASK_RESULT, &body, creds, timestamp).await?)
     }
 
-    /// Signs and sends one action; returns the body of its 200 answer.
+    /// Signs and sends one action; returns the body of its 200 answer. With more than
+    /// one endpoint, a request that could not be sent (docs/endpoint-failover.md: DNS,
+    /// connect or TLS failure, nothing written) goes to the next one, signed for that
+    /// endpoint's `Host`; any other failure is the answer, whichever endpoint gave it.
     async fn call(
         &self,
         action: &'static str,
@@ -132,13 +154,62 @@ impl V3Api {
     ) -> Result<Vec<u8>, CloudError> {
         let payload = serde_json::to_vec(body)
             .map_err(|e| CloudError::local(action, "Client.Encode", e.to_string()))?;
+        let mut first = None;
+        let mut unsent = None;
+        for index in self.endpoints.order() {
+            let endpoint = self.endpoints.get(index);
+            let from = *first.get_or_insert(index);
+            let result = exchange_once(
+                action,
+                self.request(action, endpoint, &payload, creds, timestamp),
+                self.clock.as_deref(),
+            )
+            .await;
+            match result {
+                Err(Failure::BeforeSend(error)) if self.endpoints.len() > 1 => {
+                    tracing::warn!(
+                        action,
+                        endpoint = %endpoint.host,
+                        code = %error.code,
+                        "API endpoint unreachable before sending; trying the next one"
+                    );
+                    unsent = Some(error);
+                }
+                result => {
+                    if index != from {
+                        self.endpoints.answered(index);
+                        let from = &self.endpoints.get(from).host;
+                        tracing::warn!(action, from = %from, to = %endpoint.host, "API endpoint failover");
+                        if let Some(observer) = &self.failovers {
+                            (observer.0)(from, &endpoint.host);
+                        }
+                    }
+                    return result.map_err(Failure::into_error);
+                }
+            }
+        }
+        // Every endpoint failed before sending (the list is never empty).
+        Err(unsent.unwrap_or_else(|| {
+            CloudError::local(action, "Transport.Connect", "no endpoint to send to")
+        }))
+    }
+
+    /// One request of `action` to `endpoint`, signed for its `Host`.
+    fn request(
+        &self,
+        action: &'static str,
+        endpoint: &Endpoint,
+        payload: &[u8],
+        creds: &Credentials,
+        timestamp: i64,
+    ) -> reqwest::RequestBuilder {
         let signature = tc3_sign(
             &Tc3Request {
                 method: "POST",
-                host: &self.endpoint.host,
+                host: &endpoint.host,
                 query: "",
                 content_type: CONTENT_TYPE,
-                payload: &payload,
+                payload,
                 service: SERVICE,
                 timestamp,
             },
@@ -146,9 +217,9 @@ impl V3Api {
         );
         let mut request = self
             .http
-            .post(self.endpoint.url.clone())
+            .post(endpoint.url.clone())
             .header("Content-Type", CONTENT_TYPE)
-            .header("Host", &self.endpoint.host)
+            .header("Host", &endpoint.host)
             .header("X-TC-Action", action)
             .header("X-TC-Version", VERSION)
             .header("X-TC-Timestamp", timestamp.to_string())
@@ -160,7 +231,7 @@ impl V3Api {
         if let Some(token) = &creds.token {
             request = request.header("X-TC-Token", token.expose());
         }
-        exchange(action, request.body(payload), self.clock.as_deref()).await
+        request.body(payload.to_vec())
     }
 }
 

@@ -48,6 +48,8 @@ pub(super) fn d_rate() -> f64 {
 pub(super) fn d_rate_ipv6() -> f64 {
     crate::cloud::retry::DEFAULT_IPV6_UNASSIGN_RATE
 }
+/// The most entries of `cloud.endpoints` (the failover metric's labels come from it).
+pub(super) const MAX_ENDPOINTS: usize = crate::cloud::failover::MAX_ENDPOINTS;
 pub(super) fn d_metadata() -> String {
     DEFAULT_METADATA_ENDPOINT.into()
 }

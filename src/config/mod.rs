@@ -109,6 +109,12 @@ pub struct CloudConfig {
     /// The API 3.0 endpoint used for listing ENIs (always API 3.0). Default: `endpoint`
     /// when `api = "v3"`, else the public API 3.0 endpoint.
     pub v3_endpoint: Option<String>,
+    /// The ordered API 3.0 endpoints, all of one region: the first serves, the next ones
+    /// only when a request could not be sent (docs/endpoint-failover.md). Replaces
+    /// `v3_endpoint`, and `endpoint` when `api = "v3"` (both are the one-entry spellings
+    /// kept for existing files; set together with it they are refused, as either
+    /// winning would be a guess).
+    pub endpoints: Option<Vec<String>>,
     #[serde(default)]
     pub legacy_sign_method: LegacySignMethod,
     pub secret_id: Option<Secret>,
@@ -143,6 +149,7 @@ impl Default for CloudConfig {
             instance_id: None,
             endpoint: None,
             v3_endpoint: None,
+            endpoints: None,
             legacy_sign_method: LegacySignMethod::default(),
             secret_id: None,
             secret_key: None,
@@ -166,12 +173,22 @@ impl CloudConfig {
         })
     }
 
-    /// The API 3.0 endpoint used to list ENIs.
+    /// The API 3.0 endpoint used to list ENIs (the first of `endpoints` when set).
     pub fn describe_endpoint(&self) -> &str {
-        match (&self.v3_endpoint, self.api) {
-            (Some(e), _) => e,
-            (None, Protocol::V3) => self.release_endpoint(),
-            (None, Protocol::Legacy) => DEFAULT_V3_ENDPOINT,
+        match (&self.endpoints, &self.v3_endpoint, self.api) {
+            (Some(list), _, _) if !list.is_empty() => &list[0],
+            (_, Some(e), _) => e,
+            (_, None, Protocol::V3) => self.release_endpoint(),
+            (_, None, Protocol::Legacy) => DEFAULT_V3_ENDPOINT,
+        }
+    }
+
+    /// The API 3.0 endpoints in order: `endpoints`, or the one endpoint the older keys
+    /// give (docs/endpoint-failover.md).
+    pub fn v3_endpoints(&self) -> Vec<&str> {
+        match &self.endpoints {
+            Some(list) if !list.is_empty() => list.iter().map(String::as_str).collect(),
+            _ => vec![self.describe_endpoint()],
         }
     }
 
@@ -183,6 +200,12 @@ impl CloudConfig {
             ("cloud.v3_endpoint", self.v3_endpoint.as_deref()),
         ]
         .into_iter()
+        .chain(
+            self.endpoints
+                .iter()
+                .flatten()
+                .map(|url| ("cloud.endpoints", Some(url.as_str()))),
+        )
         .filter_map(|(key, url)| url.filter(|u| is_plain_http(u)).map(|u| (key, u)))
         .collect()
     }

@@ -184,6 +184,92 @@ fn a_plain_http_api_endpoint_needs_the_opt_in() {
     assert!(c.cloud.plain_http_endpoints().is_empty());
 }
 
+/// `cloud.endpoints` (docs/endpoint-failover.md): the ordered list, or the one entry the
+/// older keys give; refused empty, repeated, too long, combined with the key it
+/// replaces, plain http without the opt-in, or naming another region.
+#[test]
+fn the_endpoint_list_is_ordered_and_checked() {
+    let c = parse("").expect("valid");
+    assert_eq!(c.cloud.v3_endpoints(), [DEFAULT_V3_ENDPOINT]);
+    let c = parse("[cloud]\nendpoint = \"https://vpc.ap-guangzhou.tencentcloudapi.com\"\n")
+        .expect("valid");
+    assert_eq!(
+        c.cloud.v3_endpoints(),
+        ["https://vpc.ap-guangzhou.tencentcloudapi.com"]
+    );
+    let c = parse(
+        "[cloud]\nendpoints = [\"https://vpc.ap-guangzhou.tencentcloudapi.com\", \"https://vpc.tencentcloudapi.com\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.cloud.v3_endpoints(),
+        [
+            "https://vpc.ap-guangzhou.tencentcloudapi.com",
+            "https://vpc.tencentcloudapi.com"
+        ]
+    );
+    // With the legacy API, `endpoint` is the legacy URL and goes with the list.
+    let c = parse(
+        "[cloud]\napi = \"legacy\"\nendpoint = \"https://vpc.api.qcloud.com/v2/index.php\"\nendpoints = [\"https://vpc.tencentcloudapi.com\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.cloud.describe_endpoint(),
+        "https://vpc.tencentcloudapi.com"
+    );
+    let nine: Vec<String> = (0..9)
+        .map(|i| format!("\"https://h{i}.example\""))
+        .collect();
+    for (text, why) in [
+        ("endpoints = []", "1 to 8"),
+        (&format!("endpoints = [{}]", nine.join(", ")), "1 to 8"),
+        (
+            "endpoints = [\"https://a.example\", \"https://a.example\"]",
+            "listed twice",
+        ),
+        (
+            "endpoint = \"https://a.example\"\nendpoints = [\"https://b.example\"]",
+            "replaces cloud.endpoint",
+        ),
+        (
+            "v3_endpoint = \"https://a.example\"\nendpoints = [\"https://b.example\"]",
+            "replaces cloud.v3_endpoint",
+        ),
+        ("endpoints = [\"http://a.example\"]", "plain http"),
+        ("endpoints = [\"ftp://a.example\"]", "not an http(s) URL"),
+        (
+            "region = \"ap-guangzhou\"\nendpoints = [\"https://vpc.ap-beijing.tencentcloudapi.com\"]",
+            "region ap-beijing",
+        ),
+        (
+            "endpoints = [\"https://vpc.ap-guangzhou.tencentcloudapi.com\", \"https://vpc.ap-beijing.tencentcloudapi.com\"]",
+            "region ap-beijing",
+        ),
+    ] {
+        let e = err(&format!("[cloud]\n{text}\n"));
+        assert!(
+            e.contains("`cloud.endpoints`") && e.contains(why),
+            "{text}: {e}"
+        );
+    }
+    // The older keys get the same region check, under their own names.
+    let e = err(
+        "[cloud]\nregion = \"ap-guangzhou\"\nendpoint = \"https://vpc.ap-beijing.tencentcloudapi.com\"\n",
+    );
+    assert!(
+        e.contains("`cloud.endpoint`") && e.contains("ap-beijing"),
+        "{e}"
+    );
+    let c = parse(
+        "[cloud]\nallow_plain_http = true\nendpoints = [\"http://127.0.0.1:1\", \"https://vpc.tencentcloudapi.com\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.cloud.plain_http_endpoints(),
+        [("cloud.endpoints", "http://127.0.0.1:1")]
+    );
+}
+
 #[test]
 fn every_duration_has_an_upper_bound_and_the_default_is_inside_it() {
     let defaults = Config::default();

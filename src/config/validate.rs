@@ -43,6 +43,84 @@ impl Config {
         Ok(config)
     }
 
+    /// `cloud.endpoints` (docs/endpoint-failover.md): not empty, at most
+    /// [`MAX_ENDPOINTS`] entries without repeats, not combined with the one-endpoint
+    /// keys it replaces, and every API 3.0 endpoint of one region: the configured one
+    /// when `cloud.region` is set (at start, the instance's region is checked again).
+    fn validate_endpoint_list(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.into(),
+            line: None,
+            reason,
+        };
+        let c = &self.cloud;
+        if let Some(list) = &c.endpoints {
+            if list.is_empty() || list.len() > MAX_ENDPOINTS {
+                return Err(invalid(
+                    "cloud.endpoints",
+                    format!("must list 1 to {MAX_ENDPOINTS} endpoints, in the order to try them"),
+                ));
+            }
+            if let Some(twice) = list
+                .iter()
+                .enumerate()
+                .find(|(i, u)| list[..*i].contains(u))
+            {
+                return Err(invalid(
+                    "cloud.endpoints",
+                    format!("{:?} is listed twice", twice.1),
+                ));
+            }
+            if c.v3_endpoint.is_some() {
+                return Err(invalid(
+                    "cloud.endpoints",
+                    "replaces cloud.v3_endpoint; set one of the two".into(),
+                ));
+            }
+            if c.endpoint.is_some() && c.api == Protocol::V3 {
+                return Err(invalid(
+                    "cloud.endpoints",
+                    "replaces cloud.endpoint when api = \"v3\"; set one of the two".into(),
+                ));
+            }
+        }
+        let key = if c.endpoints.is_some() {
+            "cloud.endpoints"
+        } else if c.v3_endpoint.is_some() || c.api == Protocol::Legacy {
+            "cloud.v3_endpoint"
+        } else {
+            "cloud.endpoint"
+        };
+        let endpoints = c.v3_endpoints();
+        let region = c.region.as_deref().map(str::to_owned).or_else(|| {
+            // Without `cloud.region`, the entries must at least agree with each other.
+            endpoints.iter().find_map(|url| {
+                let host = reqwest::Url::parse(url).ok()?;
+                match crate::cloud::failover::endpoint_region(host.host_str()?) {
+                    crate::cloud::failover::EndpointRegion::Pinned(r) => Some(r.to_owned()),
+                    _ => None,
+                }
+            })
+        });
+        if let Some(region) = region {
+            for url in endpoints {
+                if let Some(pinned) = crate::cloud::failover::other_region(url, &region) {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "{url:?} is an endpoint of region {pinned}, not {region}: every API \
+                             endpoint must be of the instance's region (or the region-less \
+                             https://vpc.tencentcloudapi.com); a task id means nothing in \
+                             another region"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -56,11 +134,16 @@ impl Config {
                 "secret_id and secret_key go together".into(),
             ));
         }
+        self.validate_endpoint_list(path)?;
+        let listed = self.cloud.endpoints.iter().flatten();
         for (key, value) in [
             ("cloud.endpoint", self.cloud.endpoint.as_deref()),
             ("cloud.v3_endpoint", self.cloud.v3_endpoint.as_deref()),
             ("metadata.endpoint", Some(self.metadata.endpoint.as_str())),
-        ] {
+        ]
+        .into_iter()
+        .chain(listed.map(|url| ("cloud.endpoints", Some(url.as_str()))))
+        {
             if let Some(url) = value
                 && !(url.starts_with("https://") || is_plain_http(url))
             {

@@ -25,6 +25,7 @@ use crate::cloud::Cloud;
 use crate::cloud::client::{CallObserver, CloudSettings, TencentCloud};
 use crate::cloud::clock::{ServerClock, SystemClock};
 use crate::cloud::credentials::{CredentialProvider, CredentialSources};
+use crate::cloud::failover::FailoverObserver;
 use crate::cloud::metadata::{MetadataClient, MetadataSettings};
 use crate::cloud::retry::Rates;
 use crate::config::{Config, RoutingMode};
@@ -235,8 +236,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let observer = CallObserver(Arc::new(move |action, code, took| {
         observer_metrics.cloud_call(action, code, took);
     }));
+    let failover_metrics = Arc::clone(&metrics);
+    let failovers = FailoverObserver(Arc::new(move |from: &str, to: &str| {
+        failover_metrics.endpoint_failover(from, to);
+    }));
     let cloud = Arc::new(
-        TencentCloud::new(cloud_settings(&config, &facts), credentials)?.with_observer(observer),
+        TencentCloud::new(cloud_settings(&config, &facts), credentials)?
+            .with_observer(observer)
+            .with_failover_observer(failovers),
     );
     let Some(inventory) = start.inventory(&cloud, &facts).await else {
         stopped(&config);

@@ -284,7 +284,9 @@ pub(super) fn cloud_settings(config: &Config, facts: &InstanceFacts) -> CloudSet
     let c = &config.cloud;
     let mut s = CloudSettings::new(&facts.region, &facts.instance_id);
     s.protocol = c.api;
-    s.v3_endpoint = c.describe_endpoint().to_owned();
+    let mut endpoints = c.v3_endpoints().into_iter().map(str::to_owned);
+    s.v3_endpoint = endpoints.next().unwrap_or(s.v3_endpoint);
+    s.v3_fallbacks = endpoints.collect();
     if c.api == crate::task::Protocol::Legacy {
         s.legacy_endpoint = c.release_endpoint().to_owned();
     }

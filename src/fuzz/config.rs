@@ -29,6 +29,7 @@ fn config_text() -> impl Strategy<Value = String> {
         "instance_id",
         "endpoint",
         "v3_endpoint",
+        "endpoints",
         "allow_plain_http",
         "legacy_sign_method",
         "timeout",

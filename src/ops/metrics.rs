@@ -39,6 +39,15 @@ pub struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    /// The API endpoint's `host[:port]` a request could not be sent to: a
+    /// `cloud.endpoints` entry, so the values are bounded by the config.
+    pub from: String,
+    /// The one that answered it.
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: String,
 }
@@ -74,6 +83,9 @@ pub struct Metrics {
     pub cloud_call_duration: HistogramFamily,
     /// Of `cloud_calls`: answers refused by the cloud's rate limiter, by action.
     pub cloud_limit_refusals: Family<ActionLabels, Counter>,
+    /// Requests answered by another endpoint than the one tried first
+    /// (docs/endpoint-failover.md).
+    pub cloud_endpoint_failovers: Family<FailoverLabels, Counter>,
     /// 1 while `/readyz` answers ready (set at each scrape).
     pub ready: Gauge,
     pub pending: Gauge,
@@ -118,6 +130,7 @@ impl Metrics {
             cloud_calls: Family::default(),
             cloud_call_duration: Family::new_with_constructor(call_histogram),
             cloud_limit_refusals: Family::default(),
+            cloud_endpoint_failovers: Family::default(),
             ready: Gauge::default(),
             pending: Gauge::default(),
             held: Gauge::default(),
@@ -159,6 +172,12 @@ impl Metrics {
             "Cloud API answers refused by the account's rate limits (RequestLimitExceeded*, \
              LimitExceeded.ActionLimited) by action; the account's budget is shared by every node",
             m.cloud_limit_refusals.clone(),
+        );
+        registry.register(
+            "cloud_endpoint_failovers",
+            "Cloud API requests that could not be sent to one endpoint (DNS, connect or TLS \
+             failure) and were answered by the next in cloud.endpoints, by endpoint host",
+            m.cloud_endpoint_failovers.clone(),
         );
         registry.register(
             "ready",
@@ -299,6 +318,16 @@ impl Metrics {
         }
     }
 
+    /// A request failed before sending on `from` and was answered by `to`.
+    pub fn endpoint_failover(&self, from: &str, to: &str) {
+        self.cloud_endpoint_failovers
+            .get_or_create(&FailoverLabels {
+                from: from.into(),
+                to: to.into(),
+            })
+            .inc();
+    }
+
     /// The drift gauges after a read (`daemon/drift.rs`): set per read, so a scrape
     /// costs no read.
     pub fn drift(&self, values: &crate::drift::GaugeValues) {
@@ -401,6 +430,7 @@ mod tests {
             Duration::from_millis(3),
         );
         m.netlink_events.inc();
+        m.endpoint_failover("vpc.example", "vpc.tencentcloudapi.com");
         let text = m.encode();
         for name in [
             "enisync_releases_total{outcome=\"released\",reason=\"\"} 1",
@@ -418,6 +448,7 @@ mod tests {
             "enisync_alarms_total 0",
             "enisync_cloud_limit_refusals_total{action=\"DescribeVpcTaskResult\"} 1",
             "enisync_ready 0",
+            "enisync_cloud_endpoint_failovers_total{from=\"vpc.example\",to=\"vpc.tencentcloudapi.com\"} 1",
             "enisync_build_info{version=",
             "# EOF",
         ] {

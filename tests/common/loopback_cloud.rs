@@ -1,6 +1,7 @@
 //! The fake Tencent Cloud on loopback for the client tests (no namespace, no root): one
 //! instance, one attached ENI (primary 10.0.1.10) with the secondaries a test asks for,
-//! one long-term key, 50 ms tasks; and the credentials that key gives the client.
+//! one long-term key, 50 ms tasks; the credentials that key gives the client, and the
+//! client settings these tests share (fast backoff and polls, generous rates).
 
 #![allow(dead_code)] // each test binary uses a different part of it
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
@@ -9,8 +10,11 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
+use enisync::backoff::Backoff;
+use enisync::cloud::client::{CloudSettings, TencentCloud};
 use enisync::cloud::clock::{ServerClock, SystemClock};
 use enisync::cloud::credentials::{CredentialProvider, CredentialSources, Secret};
+use enisync::cloud::retry::Rates;
 use enisync_fakecloud::{FakeCloud, FakeEni, FakeInstance, FakeServer};
 
 pub const INSTANCE: &str = "ins-1";
@@ -63,4 +67,39 @@ pub fn config_keys(id: &str, key: &str) -> Arc<CredentialProvider> {
         CredentialProvider::new(sources, Arc::new(ServerClock::new(Arc::new(SystemClock))))
             .unwrap(),
     )
+}
+
+/// Client settings for `server`: both protocols' endpoints (plain HTTP allowed), a
+/// 500 ms request timeout, 100 calls/s for every action (the fake, not the client,
+/// limits when a test wants it), 5-50 ms backoff over 4 sends, task polls from 20 ms to
+/// 50 ms for at most 3 s. A test changes what it is about with `..settings(server)`.
+pub fn settings(server: &FakeServer) -> CloudSettings {
+    CloudSettings {
+        v3_endpoint: server.v3_endpoint(),
+        legacy_endpoint: server.legacy_endpoint(),
+        total_timeout: Duration::from_millis(500),
+        rates: Rates {
+            unassign: 100.0,
+            unassign_ipv6: 100.0,
+            describe: 100.0,
+            task_result: 100.0,
+            migrate: 100.0,
+            assign: 100.0,
+        },
+        backoff: Backoff {
+            base: Duration::from_millis(5),
+            cap: Duration::from_millis(50),
+        },
+        max_attempts: 4,
+        task_poll_start: Duration::from_millis(20),
+        task_poll_cap: Duration::from_millis(50),
+        task_cap: Duration::from_secs(3),
+        allow_plain_http: true,
+        ..CloudSettings::new("ap-guangzhou", INSTANCE)
+    }
+}
+
+/// A client built from `settings` with the key `secret_id`/`secret_key`.
+pub fn client(settings: CloudSettings, secret_id: &str, secret_key: &str) -> TencentCloud {
+    TencentCloud::new(settings, config_keys(secret_id, secret_key)).unwrap()
 }

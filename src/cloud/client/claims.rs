@@ -12,8 +12,11 @@
 //!   like a read.
 //!
 //! The engine reaches them through the `Cloud` trait (`claim_holders`, `claim_migrate`,
-//! `claim_assign`). Both mutating calls take tokens from the bucket of the mutating calls
-//! (`cloud.max_calls_per_second`).
+//! `claim_assign`). Each mutating call has its own budget (`Rates::migrate`,
+//! `Rates::assign`: a release burst does not delay a claim, nor a claim a release); the
+//! lookup shares `DescribeNetworkInterfaces`' and the task polls `DescribeVpcTaskResult`'s
+//! with releases, listings and drift reads, and waits there ahead of them
+//! ([`Priority::Claim`]).
 
 use std::fmt;
 
@@ -91,9 +94,11 @@ impl TencentCloud {
     /// `ip-exact-match`), each checked again here: in that VPC and listing `ip`.
     pub async fn claim_holders(&self, vpc_id: &str, ip: Ipv4Addr) -> Result<Vec<Eni>, CloudError> {
         let listed = self
-            .call(
+            .call_as(
                 DESCRIBE_ENIS,
                 &self.limits.describe,
+                Priority::Claim,
+                self.max_attempts,
                 |keys, now| async move { self.v3.describe_holders(&keys, now, vpc_id, ip).await },
             )
             .await?;
@@ -122,15 +127,24 @@ impl TencentCloud {
     ) -> Result<TaskRef, CloudError> {
         self.invalidate_enis();
         let result = self
-            .call_with(MIGRATE, &self.limits.unassign, 1, |keys, now| async move {
-                // After the token and the keys, as for an unassign: a pause answered
-                // while this call waited stops it.
-                if !may_send() {
-                    return Err(CloudError::not_sent(MIGRATE));
-                }
-                self.v3.migrate(&keys, now, src_eni, dst_eni, ip).await
-            })
+            .call_as(
+                MIGRATE,
+                &self.limits.migrate,
+                Priority::Claim,
+                1,
+                |keys, now| async move {
+                    // After the token and the keys, as for an unassign: a pause answered
+                    // while this call waited stops it.
+                    if !may_send() {
+                        return Err(CloudError::not_sent(MIGRATE));
+                    }
+                    self.v3.migrate(&keys, now, src_eni, dst_eni, ip).await
+                },
+            )
             .await;
+        if let Ok(task) = &result {
+            self.remember_claim_task(task);
+        }
         match &result {
             Ok(task) => {
                 tracing::info!(%ip, src_eni, dst_eni, task_id = %task.task_id, "migrate sent");
@@ -151,15 +165,24 @@ impl TencentCloud {
     ) -> Result<TaskRef, CloudError> {
         self.invalidate_enis();
         let result = self
-            .call(ASSIGN, &self.limits.unassign, |keys, now| async move {
-                if !may_send() {
-                    return Err(CloudError::not_sent(ASSIGN));
-                }
-                self.v3
-                    .assign_ip(&keys, now, eni_id, ip, token.as_str())
-                    .await
-            })
+            .call_as(
+                ASSIGN,
+                &self.limits.assign,
+                Priority::Claim,
+                self.max_attempts,
+                |keys, now| async move {
+                    if !may_send() {
+                        return Err(CloudError::not_sent(ASSIGN));
+                    }
+                    self.v3
+                        .assign_ip(&keys, now, eni_id, ip, token.as_str())
+                        .await
+                },
+            )
             .await;
+        if let Ok(task) = &result {
+            self.remember_claim_task(task);
+        }
         match &result {
             Ok(task) => {
                 tracing::info!(%ip, eni_id, %token, task_id = %task.task_id, "assign sent");
@@ -167,5 +190,32 @@ impl TencentCloud {
             Err(error) => tracing::warn!(%ip, eni_id, %token, %error, "assign failed"),
         }
         result
+    }
+}
+
+/// Claim tasks remembered for their polls' priority; the oldest is forgotten past this
+/// (a task nobody follows must not grow the list; a forgotten one is polled as
+/// [`Priority::Normal`], still correct).
+const CLAIM_TASKS_KEPT: usize = 64;
+
+impl TencentCloud {
+    fn remember_claim_task(&self, task: &TaskRef) {
+        let mut tasks = self.claim_tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if tasks.len() >= CLAIM_TASKS_KEPT {
+            tasks.pop_front();
+        }
+        tasks.push_back(task.task_id.clone());
+    }
+
+    /// The priority of `task`'s polls; a claim task is forgotten once followed.
+    pub(super) fn task_priority(&self, task: &TaskRef) -> Priority {
+        let mut tasks = self.claim_tasks.lock().unwrap_or_else(|e| e.into_inner());
+        match tasks.iter().position(|id| *id == task.task_id) {
+            Some(at) => {
+                tasks.remove(at);
+                Priority::Claim
+            }
+            None => Priority::Normal,
+        }
     }
 }

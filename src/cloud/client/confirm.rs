@@ -1,11 +1,12 @@
-//! Confirming a release by listing instead of polling its task, while the account's
-//! task-poll budget is contended (docs/design.md, "Fleet scale").
+//! Confirming a release by listing instead of polling its task (docs/design.md, "Fleet
+//! scale").
 //!
 //! `DescribeVpcTaskResult` has a fifth of `DescribeNetworkInterfaces`'s per-account
-//! budget (20/s against 100/s), and one listing shows every ENI of the instance. So once
-//! the cloud has refused a task poll for its rate limit (the poll bucket is cut), an IPv4
-//! API 3.0 release is confirmed by listing: its IPs gone from its ENI is its task's
-//! success. A listing cannot show a FAILED task (the IPs simply stay), so a release whose
+//! budget (20/s against 100/s), and one listing shows every ENI of the instance. So an
+//! IPv4 API 3.0 release is confirmed by listing from its first task on: its IPs gone
+//! from its ENI is its task's success. (Waiting for a refused poll before switching,
+//! as first built, cost every node of a burst one refused poll: BENCHMARKS.md,
+//! "Fleet".) A listing cannot show a FAILED task (the IPs simply stay), so a release whose
 //! IPs are still listed [`CONFIRM_WINDOW`] after its call falls back to
 //! `DescribeVpcTaskResult`. A confirming listing read after the task ended stays cached
 //! (for the client's TTL) and serves the ENI's next send-time check: it was read after
@@ -91,14 +92,18 @@ impl TencentCloud {
         &self,
         task: &TaskRef,
         sent: &SentRelease,
+        deadline: Instant,
     ) -> Option<TaskStatus> {
-        let window = sent.at + CONFIRM_WINDOW;
+        // Within the task cap too: a task followed for less than two task-times
+        // (`cloud.task_timeout`) is polled at its cap as before.
+        let window = (sent.at + CONFIRM_WINDOW).min(deadline);
         let mut interval = self.task_poll_start;
         loop {
             let now = Instant::now();
             if now >= window {
                 break;
             }
+            // Not jittered: ±25 % was measured to change nothing (BENCHMARKS.md, "Fleet").
             tokio::time::sleep(interval.min(window - now)).await;
             match self.list_all_enis().await {
                 Ok(enis) if gone(&enis, sent) => {

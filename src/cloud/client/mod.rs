@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::credentials::{CredentialError, CredentialProvider, Credentials};
 use super::legacy::LegacyApi;
-use super::retry::{RateLimits, Rates, TokenBucket};
+use super::retry::{Priority, RateLimits, Rates, TokenBucket};
 use super::sign::LegacySignMethod;
 use super::transport::{Endpoint, EndpointError};
 use super::v3::{DESCRIBE_ENIS, TASK_RESULT, V3Api};
@@ -58,6 +58,17 @@ pub use settings::{
 pub enum SetupError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    /// An API 3.0 endpoint pinned to another region than the instance's
+    /// (docs/endpoint-failover.md: a task id means nothing in another region, and its
+    /// `ResourceNotFound` would read as "already gone").
+    #[error(
+        "API endpoint {url:?} is for region {pinned}, but this instance is in {region}: every endpoint must be of the instance's region (or the region-less vpc.tencentcloudapi.com)"
+    )]
+    OtherRegion {
+        url: String,
+        pinned: String,
+        region: String,
+    },
     #[error("reading CA file {path}: {error}")]
     CaFile {
         path: PathBuf,
@@ -94,6 +105,8 @@ pub struct TencentCloud {
     describe_cache: StdMutex<DescribeCache>,
     /// IPv4 API 3.0 releases sent and not yet followed, for confirming by listing.
     sent: StdMutex<SentReleases>,
+    /// Claim tasks not yet followed: their polls go ahead of releases' (`claims.rs`).
+    claim_tasks: StdMutex<std::collections::VecDeque<String>>,
     /// Told about every send (action, answer code or `Success`, duration): metrics.
     observer: Option<CallObserver>,
 }
@@ -117,6 +130,20 @@ impl TencentCloud {
         credentials: Arc<CredentialProvider>,
     ) -> Result<Self, SetupError> {
         let v3_endpoint = Endpoint::parse(&settings.v3_endpoint, settings.allow_plain_http)?;
+        let v3_fallbacks = settings
+            .v3_fallbacks
+            .iter()
+            .map(|url| Endpoint::parse(url, settings.allow_plain_http))
+            .collect::<Result<Vec<_>, _>>()?;
+        for url in std::iter::once(&settings.v3_endpoint).chain(&settings.v3_fallbacks) {
+            if let Some(pinned) = super::failover::other_region(url, &settings.region) {
+                return Err(SetupError::OtherRegion {
+                    url: url.clone(),
+                    pinned,
+                    region: settings.region.clone(),
+                });
+            }
+        }
         let legacy_endpoint =
             Endpoint::parse(&settings.legacy_endpoint, settings.allow_plain_http)?;
         let mut builder = super::http_client_builder()
@@ -141,6 +168,7 @@ impl TencentCloud {
             instance_id: settings.instance_id,
             credentials,
             v3: V3Api::new(http.clone(), v3_endpoint, settings.region.clone())
+                .with_fallbacks(v3_fallbacks)
                 .with_clock(Arc::clone(&clock)),
             legacy: LegacyApi::new(
                 http,
@@ -159,6 +187,7 @@ impl TencentCloud {
             describe_cache_ttl: settings.describe_cache_ttl,
             describe_cache: StdMutex::default(),
             sent: StdMutex::default(),
+            claim_tasks: StdMutex::default(),
             observer: None,
         })
     }
@@ -167,6 +196,13 @@ impl TencentCloud {
     #[must_use]
     pub fn with_observer(mut self, observer: CallObserver) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Reports every endpoint failover (`from`, `to` hosts) to `observer` (metrics).
+    #[must_use]
+    pub fn with_failover_observer(mut self, observer: super::failover::FailoverObserver) -> Self {
+        self.v3 = self.v3.with_failover_observer(observer);
         self
     }
 
@@ -202,10 +238,27 @@ impl TencentCloud {
         F: Fn(Arc<Credentials>, i64) -> Fut,
         Fut: Future<Output = Result<T, CloudError>>,
     {
+        self.call_as(action, bucket, Priority::Normal, max_attempts, op)
+            .await
+    }
+
+    /// [`Self::call_with`], waiting for tokens as `priority` (claims go first).
+    async fn call_as<T, F, Fut>(
+        &self,
+        action: &'static str,
+        bucket: &TokenBucket,
+        priority: Priority,
+        max_attempts: u32,
+        op: F,
+    ) -> Result<T, CloudError>
+    where
+        F: Fn(Arc<Credentials>, i64) -> Fut,
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
         let mut retries = 0;
         let mut refreshed = false;
         loop {
-            bucket.acquire().await;
+            bucket.acquire_as(priority).await;
             let result = match self.credentials.get().await {
                 Ok(keys) => {
                     let started = Instant::now();

@@ -22,6 +22,10 @@ pub struct CloudSettings {
     pub instance_id: String,
     /// Default `https://vpc.tencentcloudapi.com`.
     pub v3_endpoint: String,
+    /// Further API 3.0 endpoints of the same region, tried in order after
+    /// `v3_endpoint` only when a request could not be sent (DNS, connect or TLS
+    /// failure; docs/endpoint-failover.md). Default none.
+    pub v3_fallbacks: Vec<String>,
     /// Default `https://vpc.api.qcloud.com/v2/index.php`.
     pub legacy_endpoint: String,
     /// Default `HmacSHA256`.
@@ -60,6 +64,7 @@ impl CloudSettings {
             region: region.into(),
             instance_id: instance_id.into(),
             v3_endpoint: super::super::DEFAULT_V3_ENDPOINT.to_owned(),
+            v3_fallbacks: Vec::new(),
             legacy_endpoint: super::super::DEFAULT_LEGACY_ENDPOINT.to_owned(),
             legacy_sign_method: LegacySignMethod::HmacSha256,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,

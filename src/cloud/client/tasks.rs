@@ -1,21 +1,21 @@
 //! Following an accepted task with `DescribeVpcTaskResult` until it ends or the cap
-//! passes (or, while the poll budget is contended, by listing: `confirm.rs`).
+//! passes (an IPv4 API 3.0 release first by listing: `confirm.rs`).
 
 use super::*;
 
 impl TencentCloud {
     pub(super) async fn follow_task(&self, task: &TaskRef) -> Result<TaskStatus, CloudError> {
-        // A release we sent can be confirmed by listing once polls are refused: then a
-        // refused poll is not retried here but switches to listing (once per task).
+        // A release we sent is confirmed by listing from the start (`confirm.rs`); one
+        // still listed after the window is polled, each poll sent once (the loop
+        // below is the retry).
         let mut sent = self.take_sent(task);
         let attempts = if sent.is_some() { 1 } else { self.max_attempts };
+        let priority = self.task_priority(task);
         let deadline = Instant::now() + self.task_cap;
         let mut interval = self.task_poll_start;
         loop {
-            if self.limits.task_result.is_cut()
-                && let Some(release) = sent.take()
-            {
-                if let Some(done) = self.confirm_by_listing(task, &release).await {
+            if let Some(release) = sent.take() {
+                if let Some(done) = self.confirm_by_listing(task, &release, deadline).await {
                     // The listing that showed it stays cached: read after the task
                     // ended, it serves the ENI's next send-time check.
                     return Ok(done);
@@ -25,9 +25,10 @@ impl TencentCloud {
             tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
             let polled = self
-                .call_with(
+                .call_as(
                     TASK_RESULT,
                     &self.limits.task_result,
+                    priority,
                     attempts,
                     |keys, now| async move {
                         match task.protocol {

@@ -31,6 +31,8 @@ fn settings(base: &str) -> CloudSettings {
             unassign_ipv6: 1000.0,
             describe: 1000.0,
             task_result: 1000.0,
+            migrate: 1000.0,
+            assign: 1000.0,
         },
         task_poll_start: Duration::from_millis(1),
         task_poll_cap: Duration::from_millis(5),

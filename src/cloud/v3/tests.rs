@@ -70,7 +70,7 @@ async fn unassign_sends_signed_headers_and_returns_the_request_id_as_task() {
     let auth = parse_tc3_authorization(&h["authorization"]).unwrap();
     assert_eq!(auth.signature, expected.signature);
     assert_eq!(auth.secret_id, "AKIDtest");
-    assert_eq!(h["host"], api.endpoint.host);
+    assert_eq!(h["host"], api.endpoints.get(0).host);
 }
 
 #[tokio::test]

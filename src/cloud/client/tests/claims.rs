@@ -6,6 +6,8 @@ use serde_json::{Value, json};
 use super::*;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
+/// An Assign's answer for [`VIP`].
+const ASSIGNED: &str = r#"{"Response":{"PrivateIpAddressSet":[{"PrivateIpAddress":"10.0.1.100","State":"PENDING"}],"RequestId":"task-9"}}"#;
 
 /// One ENI listing `ips` in `vpc`.
 fn holder(id: &str, vpc: &str, ips: &[&str]) -> String {
@@ -155,8 +157,7 @@ async fn migrate_and_assign_failures_mean_what_a_claim_needs() {
 /// Assign carries a ClientToken: re-sent on a transient failure, with the same token.
 #[tokio::test]
 async fn an_assign_is_retried_under_one_client_token() {
-    let assigned = r#"{"Response":{"PrivateIpAddressSet":[{"PrivateIpAddress":"10.0.1.100","State":"PENDING"}],"RequestId":"task-9"}}"#;
-    let server = scripted(&[THROTTLED, assigned]).await;
+    let server = scripted(&[THROTTLED, ASSIGNED]).await;
     let token = ClientToken::for_claim("eni-mine", VIP, 7).unwrap();
     let task = cloud(&server, |_| {})
         .claim_assign("eni-mine", VIP, &token, &|| true)
@@ -205,15 +206,24 @@ fn client_tokens_are_bounded_printable_ascii() {
 /// the answer means "look again later", where the engine's own pause check holds them.
 #[tokio::test]
 async fn claim_calls_waiting_for_their_rate_token_are_not_sent_after_a_pause() {
-    let server = scripted(&[UNASSIGNED]).await;
-    let c = Arc::new(cloud(&server, |s| s.rates.unassign = 2.0));
-    for _ in 0..2 {
-        c.claim_migrate("eni-peer", "eni-mine", VIP, &|| true)
-            .await
-            .unwrap();
-    }
+    // An answer both calls accept (the Assign's lists the address).
+    let server = scripted(&[ASSIGNED]).await;
+    let c = Arc::new(cloud(&server, |s| {
+        s.rates.migrate = 2.0;
+        s.rates.assign = 2.0;
+    }));
     let token = ClientToken::for_claim("eni-mine", VIP, 1).unwrap();
     for assign in [false, true] {
+        // Each call has its own budget: spend this one's.
+        for _ in 0..2 {
+            if assign {
+                c.claim_assign("eni-mine", VIP, &token, &|| true).await
+            } else {
+                c.claim_migrate("eni-peer", "eni-mine", VIP, &|| true).await
+            }
+            .unwrap();
+        }
+        let sent = server.requests().len();
         let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let waiting = {
             let (c, open, token) = (Arc::clone(&c), Arc::clone(&open), token.clone());
@@ -228,11 +238,64 @@ async fn claim_calls_waiting_for_their_rate_token_are_not_sent_after_a_pause() {
             })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(server.requests().len(), 2, "still waiting for its token");
+        assert_eq!(server.requests().len(), sent, "still waiting for its token");
         open.store(false, std::sync::atomic::Ordering::SeqCst);
         let err = waiting.await.unwrap().unwrap_err();
         assert_eq!(err.class, ErrorClass::NotSent);
         assert_eq!(ClaimFailure::of(&err), ClaimFailure::Busy);
-        assert_eq!(server.requests().len(), 2, "nothing sent after the pause");
+        assert_eq!(
+            server.requests().len(),
+            sent,
+            "nothing sent after the pause"
+        );
     }
+}
+
+/// The account's budget covers every caller, each action on its own: a release burst
+/// that spent the unassign budget does not hold a Migrate or an Assign back (they spent
+/// it before), and claims spend none of it.
+#[tokio::test]
+async fn claims_have_budgets_of_their_own() {
+    let server = scripted(&[ASSIGNED]).await;
+    let c = Arc::new(cloud(&server, |s| {
+        s.rates.unassign = 1.0;
+        s.rates.migrate = 1.0;
+        s.rates.assign = 1.0;
+    }));
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 11));
+    c.unassign("eni-mine", "vpc-1", &[ip], &|| true)
+        .await
+        .unwrap();
+    let token = ClientToken::for_claim("eni-mine", VIP, 1).unwrap();
+    let claims = {
+        let (c, token) = (Arc::clone(&c), token.clone());
+        tokio::spawn(async move {
+            c.claim_migrate("eni-peer", "eni-mine", VIP, &|| true)
+                .await
+                .unwrap();
+            c.claim_assign("eni-mine", VIP, &token, &|| true)
+                .await
+                .unwrap();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.requests().len(),
+        3,
+        "the claims waited for the unassign budget"
+    );
+    claims.await.unwrap();
+    // The next unassign still waits for its own token (1/s), not the claims'.
+    let waiting = {
+        let c = Arc::clone(&c);
+        tokio::spawn(async move { c.unassign("eni-mine", "vpc-1", &[ip], &|| true).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        server.requests().len(),
+        3,
+        "an unassign token came back early"
+    );
+    waiting.await.unwrap().unwrap();
+    assert_eq!(server.requests().len(), 4);
 }
