@@ -534,6 +534,7 @@ fn a_sent_record_after_a_failed_append_on_a_full_disk_is_replayed() {
         }),
         held: false,
         sending: false,
+        by_hand: false,
     };
     let (mut journal, _) = Journal::open(&dir).expect("open");
     let mut written = Vec::new();
