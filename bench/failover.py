@@ -447,9 +447,9 @@ def run_system(system, count, args, tmp, n):
             # How long the new master's agent and the fake waited for a CPU meanwhile
             # (the machine's load, not their work).
             waits1 = (run_delay_ns(backup.enisync), run_delay_ns(duo.fake))
-            if None not in waits0 + waits1:
-                s["agent_cpu_wait_ms"] = (waits1[0] - waits0[0]) / 1e6
-                s["fake_cpu_wait_ms"] = (waits1[1] - waits0[1]) / 1e6
+            for k, key in enumerate(["agent_cpu_wait_ms", "fake_cpu_wait_ms"]):
+                if waits0[k] is not None and waits1[k] is not None:
+                    s[key] = (waits1[k] - waits0[k]) / 1e6
             # The recipe's script, or enisync's poll, may still run: give it a moment.
             time.sleep(args.task_ms / 1000 + 0.3)
             mark = master.ka_mark()

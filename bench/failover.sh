@@ -14,7 +14,7 @@
 # Needs root (network namespaces) and a Rust toolchain. Installs what it lacks: apt
 # packages (keepalived, iproute2, python3, python3-venv, openssl, gcc, util-linux for
 # chrt) only when the command is missing, and tencentcloud-sdk-python (pinned, with tccli,
-# as bench/run.sh does) from PyPI into target/bench-venv. About 20 minutes with the
+# as bench/run.sh does) from PyPI into target/bench-venv. About 15 minutes with the
 # default counts. Not part of `cargo test`, not run by CI; measures, asserts nothing.
 set -euo pipefail
 
