@@ -67,14 +67,17 @@ impl<C: Cloud, R: Router> Engine<C, R> {
         else {
             return;
         };
-        // Already claimed on this link and still bound here, or being claimed (its
-        // lookup or call checks the host again): it only came back.
+        // Being claimed (its lookup or call checks the host again), or claimed and never
+        // gone from the host (a repeated notification): nothing changed. Claimed but gone
+        // for a while is claimed again like any addition: the peer may have taken it
+        // meanwhile (a failover and a failback within one re-verification interval).
         if let Some(entry) = self.claims.entries.get_mut(&ip)
             && entry.link == addr.link
-            && matches!(
-                entry.phase,
-                ClaimPhase::Claimed { .. } | ClaimPhase::LookingUp | ClaimPhase::Calling
-            )
+            && match entry.phase {
+                ClaimPhase::LookingUp | ClaimPhase::Calling => true,
+                ClaimPhase::Claimed { .. } => entry.absent_since.is_none(),
+                _ => false,
+            }
         {
             entry.absent_since = None;
             return;

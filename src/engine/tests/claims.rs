@@ -132,6 +132,41 @@ async fn a_vip_that_stays_for_settle_is_migrated_from_the_peer_exactly_once() {
     assert!(h.snapshot().await.alarms.is_empty());
 }
 
+/// A failover and a failback within one re-verification interval: the peer migrated the
+/// VIP while it was away, so its return is claimed again (after `settle`, from a fresh
+/// lookup), not taken for "still bound here" until a re-verification calls it a contest.
+#[tokio::test(start_paused = true)]
+async fn a_failback_within_the_reverify_interval_is_claimed_again_without_a_contest() {
+    let h = start_claims(vec![peer_holding_vip()], |_| {});
+    h.add_vip("keepalived");
+    sleep(SETTLE * 2).await;
+    assert_eq!(h.migrates(), [migrated_from_peer()]);
+    // Failover: keepalived removes the VIP here, the peer migrates it back.
+    h.remove_vip();
+    h.cloud.set(|s| {
+        if let Some(e) = s.eni.as_mut() {
+            e.ips.retain(|i| i.addr != IpAddr::V4(VIP));
+        }
+        s.others[0].ips.push(EniIp {
+            addr: IpAddr::V4(VIP),
+            primary: false,
+            state: "AVAILABLE".into(),
+            eip: None,
+        });
+    });
+    sleep(Duration::from_secs(5)).await;
+    // Failback, well within the 30 s re-verification interval.
+    h.add_vip("keepalived");
+    sleep(SETTLE - Duration::from_millis(100)).await;
+    assert_eq!(h.migrates().len(), 1, "nothing before the settle time");
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.migrates(), [migrated_from_peer(), migrated_from_peer()]);
+    assert_eq!(h.vip_holders(), ["eni-1"]);
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(h.migrates().len(), 2);
+    assert!(h.snapshot().await.alarms.is_empty(), "no contest");
+}
+
 /// A backup that is master for less than `claim.settle` takes nothing.
 #[tokio::test(start_paused = true)]
 async fn a_backup_holding_the_vip_less_than_settle_makes_no_migrate() {

@@ -35,6 +35,7 @@
 mod auth;
 mod calls;
 mod claims;
+mod events;
 mod faults;
 mod legacy;
 mod limits;
@@ -54,6 +55,7 @@ use std::time::Duration;
 pub use auth::{LEGACY_PATH, SERVICE};
 pub use calls::{Call, Surface};
 pub use claims::MAX_CLIENT_TOKEN_LEN;
+pub use events::{EventKind, FakeEvent, monotonic, monotonic_ns};
 pub use faults::{Fault, FaultRule};
 pub use legacy::legacy_code_for;
 pub use limits::{LimitScope, LimitWindow, RateLimits};
@@ -485,6 +487,24 @@ impl FakeCloud {
     /// How many CAM role documents (`cam/security-credentials/<role>`) were served.
     pub fn metadata_credential_fetches(&self) -> u64 {
         self.lock().cam_fetches
+    }
+
+    /// Records events (requests, task ends, binding moves; `events.rs`) from now on,
+    /// keeping the newest `cap` (0 stops recording).
+    pub fn record_events(&self, cap: usize) {
+        self.lock().events.enable(cap);
+    }
+
+    /// The recorded events after `seq` (after ending due tasks), oldest first.
+    pub fn events_since(&self, seq: u64) -> Vec<FakeEvent> {
+        let mut world = self.lock();
+        world.settle();
+        world.events.since(seq)
+    }
+
+    /// How many recorded events were dropped to stay within the cap.
+    pub fn events_dropped(&self) -> u64 {
+        self.lock().events.dropped()
     }
 
     /// Calls `observer` with every logged call, outside the state lock.

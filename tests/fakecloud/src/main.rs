@@ -3,6 +3,7 @@
 //! ```text
 //! fakecloud --listen 127.0.0.1:8080 [--scenario FILE.json] [--task-duration-ms N]
 //!           [--tls-listen ADDR --tls-cert CERT.pem --tls-key KEY.pem] [--timestamps]
+//!           [--events]
 //! ```
 //!
 //! With `--tls-listen` the same cloud is also served over HTTPS on a second listener
@@ -11,6 +12,9 @@
 //! `--timestamps` starts each call line with `@<CLOCK_MONOTONIC seconds> `, the moment
 //! the call was answered, so a benchmark on the same host can line calls up with its own
 //! events.
+//!
+//! `--events` records the event log (requests, task ends, binding moves, stamped with
+//! `CLOCK_MONOTONIC`) served at `GET /_fake/events?since=SEQ`, for `bench/failover.py`.
 //!
 //! Without `--scenario` it serves the built-in demo (`demo-scenario.json`). Prints one
 //! line per call to stdout; serves `GET /_fake/calls` and `GET /_fake/state` as JSON;
@@ -21,14 +25,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use enisync_fakecloud::{Call, Scenario, TlsConfig};
+use enisync_fakecloud::{Call, Scenario, TlsConfig, monotonic};
 
 const DEMO: &str = include_str!("../demo-scenario.json");
 
 const USAGE: &str =
     "usage: fakecloud --listen ADDR:PORT [--scenario FILE.json] [--task-duration-ms N]
                  [--tls-listen ADDR:PORT --tls-cert CERT.pem --tls-key KEY.pem]
-                 [--timestamps]
+                 [--timestamps] [--events]
 
 Serves a fake Tencent Cloud on one listener (and the same cloud over HTTPS on a second
 one with --tls-listen, --tls-cert and --tls-key, PEM):
@@ -37,8 +41,13 @@ one with --tls-listen, --tls-cert and --tls-key, PEM):
   /v2/index.php        legacy VPC API (HmacSHA1/HmacSHA256)
   GET /_fake/calls     the call log, JSON
   GET /_fake/state     instances, ENIs, tasks, faults, JSON
+  GET /_fake/events    with --events: requests, task ends, binding moves (?since=SEQ)
 Without --scenario the built-in demo scenario is loaded. --timestamps starts each
-call line with @<CLOCK_MONOTONIC seconds>.";
+call line with @<CLOCK_MONOTONIC seconds>. --events records the event log (the newest
+100000 events, CLOCK_MONOTONIC nanoseconds).";
+
+/// How many events `--events` keeps (a benchmark run records a few thousand).
+const EVENTS_CAP: usize = 100_000;
 
 #[derive(Debug)]
 struct Args {
@@ -49,6 +58,8 @@ struct Args {
     tls: Option<(SocketAddr, PathBuf, PathBuf)>,
     /// Prefix call lines with the monotonic clock.
     timestamps: bool,
+    /// Record the event log.
+    events: bool,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -59,6 +70,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut tls_cert = None;
     let mut tls_key = None;
     let mut timestamps = false;
+    let mut events = false;
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
@@ -96,6 +108,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--tls-cert" => tls_cert = Some(PathBuf::from(value("--tls-cert")?)),
             "--tls-key" => tls_key = Some(PathBuf::from(value("--tls-key")?)),
             "--timestamps" => timestamps = true,
+            "--events" => events = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -111,6 +124,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         task_duration,
         tls,
         timestamps,
+        events,
     })
 }
 
@@ -126,24 +140,6 @@ fn print_call_timestamped(call: &Call) {
         now.subsec_nanos(),
         call.summary()
     );
-}
-
-/// `CLOCK_MONOTONIC`, the clock `time.monotonic()` and `clock_gettime` users share
-/// (`Instant` does not expose its value).
-fn monotonic() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -176,6 +172,9 @@ async fn run(args: Args) -> Result<(), String> {
     let cloud = scenario.build()?;
     if let Some(duration) = args.task_duration {
         cloud.set_task_duration(duration);
+    }
+    if args.events {
+        cloud.record_events(EVENTS_CAP);
     }
     if args.timestamps {
         cloud.set_call_observer(print_call_timestamped);
@@ -275,6 +274,12 @@ mod tests {
         assert!(args(&["--listen", "127.0.0.1:1", "--bogus"]).is_err());
         assert_eq!(a.tls, None);
         assert!(!a.timestamps);
+        assert!(!a.events);
+        assert!(
+            args(&["--listen=127.0.0.1:1", "--events"])
+                .expect("parses")
+                .events
+        );
         assert!(
             args(&["--listen=127.0.0.1:1", "--timestamps"])
                 .expect("parses")

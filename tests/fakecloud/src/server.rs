@@ -1,5 +1,5 @@
 //! The HTTP server: one listener, three surfaces routed by path, plus the control
-//! endpoints `GET /_fake/calls` and `GET /_fake/state`.
+//! endpoints `GET /_fake/calls`, `GET /_fake/state` and `GET /_fake/events`.
 //!
 //! Every request is handled synchronously under the state lock (so answers are
 //! deterministic), logged, shown to the call observer, and only then, outside the lock,
@@ -409,6 +409,7 @@ async fn route(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = crate::events::monotonic_ns();
     let path = uri.path().to_string();
     let req = RawRequest {
         method: method.as_str().to_string(),
@@ -434,10 +435,17 @@ async fn route(
             None
         };
         let now_s = world.now_s();
-        answer.map(|(reply, call)| (reply, world.log(call), now_s))
+        answer.map(|(reply, call)| {
+            let call = world.log(call);
+            if world.events.on() {
+                let kind = crate::events::EventKind::Request { call: call.clone() };
+                world.events.push(arrived, kind);
+            }
+            (reply, call, now_s)
+        })
     });
     let Some((reply, call, now_s)) = handled else {
-        return control(&app.cloud, &method, &path);
+        return control(&app.cloud, &method, &path, uri.query().unwrap_or(""));
     };
     app.cloud.notify(&call);
     if let Some(delay) = reply.delay {
@@ -453,11 +461,22 @@ async fn route(
     reply.into_response(Some(now_s), &app.cloud.streamed)
 }
 
-/// `GET /_fake/calls`, `GET /_fake/state`; anything else is 404.
-fn control(cloud: &FakeCloud, method: &Method, path: &str) -> Response {
+/// `GET /_fake/calls`, `GET /_fake/state`, `GET /_fake/events?since=SEQ`; anything else
+/// is 404.
+fn control(cloud: &FakeCloud, method: &Method, path: &str, query: &str) -> Response {
     let value = match (method.as_str(), path) {
         ("GET", "/_fake/calls") => serde_json::to_value(cloud.calls()).ok(),
         ("GET", "/_fake/state") => Some(cloud.state_json()),
+        ("GET", "/_fake/events") => {
+            let since = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "since")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            Some(serde_json::json!({
+                "events": cloud.events_since(since),
+                "dropped": cloud.events_dropped(),
+            }))
+        }
         _ => None,
     };
     match value {

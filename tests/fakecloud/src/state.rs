@@ -456,6 +456,8 @@ pub(crate) struct World {
     pub fleet: crate::limits::FleetState,
     /// `ClientToken`s of `AssignPrivateIpAddresses` (see [`crate::claims`]).
     pub client_tokens: crate::claims::ClientTokens,
+    /// The benchmark's event log (`events.rs`), off by default.
+    pub events: crate::events::EventLog,
     rng: u64,
     next_legacy_task: u64,
     next_call: u64,
@@ -485,6 +487,7 @@ impl Default for World {
             metadata_overrides: BTreeMap::new(),
             fleet: crate::limits::FleetState::default(),
             client_tokens: crate::claims::ClientTokens::default(),
+            events: crate::events::EventLog::default(),
             rng: seed,
             next_legacy_task: 10_000,
             next_call: 0,
@@ -664,6 +667,11 @@ impl World {
             let task = &self.tasks[index];
             (task.fail, task.effect.clone())
         };
+        let moves = if self.events.on() {
+            crate::events::moves(&effect, !fail, &self.enis)
+        } else {
+            Vec::new()
+        };
         match effect {
             Effect::Unassign { eni, ips } => {
                 if let Some(eni) = self.enis.get_mut(&eni) {
@@ -734,6 +742,7 @@ impl World {
             task.view.output = "SUCCESS".to_string();
         }
         let (id, now) = (task.view.request_id.clone(), self.now_ms());
+        self.events.task_ended(&self.tasks[index].view, moves);
         self.fleet.task_ended_ms.insert(id, now);
     }
 

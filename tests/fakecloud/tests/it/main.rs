@@ -4,6 +4,7 @@
 mod binary;
 mod claims;
 mod common;
+mod events;
 mod faults;
 mod legacy;
 mod limits;

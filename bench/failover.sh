@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Failover benchmark: a keepalived VIP following the new master in the cloud, side by side
+# in one run: enisync claims (no notify script; claim.settle = 0, then the default settle)
+# and the notify-script recipe (keepalived notify_master runs a Python script with the
+# official SDK that calls MigratePrivateIpAddress). Two nodes in network namespaces on one
+# bridge, one fake cloud holding both instances. Prints one table; writes
+# target/bench/{failover.md,failover.json}. See bench/README.md, "Failover".
+#
+# Usage: sudo bench/failover.sh [failover.py options…]
+#   --systems settle0,default,recipe   which systems (default: all three)
+#   --settle0-failovers 20 --default-failovers 50 --recipe-failovers 20
+#   --task-ms 300   the fake's task duration     --spacing 11   s between enisync failovers
+#
+# Needs root (network namespaces) and a Rust toolchain. Installs what it lacks: apt
+# packages (keepalived, iproute2, python3, python3-venv, openssl, gcc, util-linux for
+# chrt) only when the command is missing, and tencentcloud-sdk-python (pinned, with tccli,
+# as bench/run.sh does) from PyPI into target/bench-venv. About 15 minutes with the
+# default counts. Not part of `cargo test`, not run by CI; measures, asserts nothing.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+die() { printf 'failover: %s\n' "$*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "run as root (sudo bench/failover.sh): it creates network namespaces"
+
+# ---- what it needs ---------------------------------------------------------------------
+apt_missing=()
+command -v keepalived >/dev/null 2>&1 || apt_missing+=(keepalived)
+command -v ip >/dev/null 2>&1 || apt_missing+=(iproute2)
+command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_missing+=(python3-venv)
+command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
+command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)
+command -v chrt >/dev/null 2>&1 || apt_missing+=(util-linux)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null 2>&1 || die "missing ${apt_missing[*]} and no apt-get to install them"
+  echo "failover: installing ${apt_missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+# (Debian's keepalived.service does not start without /etc/keepalived/keepalived.conf; the
+# benchmark runs its own keepalived processes inside its namespaces.)
+if ! command -v cargo >/dev/null 2>&1; then
+  for dir in "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)/.cargo/bin" /root/.cargo/bin; do
+    if [ -x "$dir/cargo" ]; then PATH="$dir:$PATH"; break; fi
+  done
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust 1.85 or newer"
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+echo "failover: cargo build --release --locked (enisync, fakecloud)" >&2
+cargo build --release --locked --bin enisync -p enisync >&2
+cargo build --release --locked --bin fakecloud -p enisync-fakecloud >&2
+BIN=$TARGET/release
+
+VENV=$TARGET/bench-venv
+# The same venv and pins as bench/run.sh (override with BENCH_PIP="pkg==x …").
+PIP_PKGS=${BENCH_PIP:-"tccli==3.1.189.1 tencentcloud-sdk-python==3.1.195"}
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.bench-pkgs" 2>/dev/null)" != "$PIP_PKGS" ]; then
+  echo "failover: pip install $PIP_PKGS into $VENV" >&2
+  python3 -m venv "$VENV"
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q --disable-pip-version-check $PIP_PKGS >&2
+  echo "$PIP_PKGS" >"$VENV/.bench-pkgs"
+fi
+
+# ---- a throwaway CA and a server certificate for the fake at 10.0.1.1 -------------------
+TLS=$(mktemp -d /tmp/enisync-failover-tls.XXXXXX)
+trap 'rm -rf "$TLS"' EXIT
+openssl ecparam -name prime256v1 -genkey -noout -out "$TLS/ca.key" 2>/dev/null
+openssl req -x509 -new -key "$TLS/ca.key" -sha256 -days 2 -subj "/CN=enisync failover bench test CA" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+  -out "$TLS/ca.pem" 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout -out "$TLS/server.sec1" 2>/dev/null
+openssl pkcs8 -topk8 -nocrypt -in "$TLS/server.sec1" -out "$TLS/server.key"
+openssl req -new -key "$TLS/server.key" -subj "/CN=10.0.1.1" -out "$TLS/server.csr" 2>/dev/null
+printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+  "extendedKeyUsage=serverAuth" "subjectAltName=IP:10.0.1.1" >"$TLS/server.ext"
+openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial \
+  -days 2 -sha256 -extfile "$TLS/server.ext" -out "$TLS/server.pem" 2>/dev/null
+openssl verify -CAfile "$TLS/ca.pem" "$TLS/server.pem" >/dev/null
+chmod 644 "$TLS"/*.pem
+
+echo "failover: running (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+python3 "$ROOT/bench/failover.py" --bin-dir "$BIN" --venv "$VENV" --tls-dir "$TLS" --out "$TARGET/bench" "$@"
