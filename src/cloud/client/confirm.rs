@@ -20,6 +20,17 @@ use super::*;
 /// call is followed by `DescribeVpcTaskResult`.
 pub const CONFIRM_WINDOW: Duration = Duration::from_secs(6);
 
+/// The wait before the first confirming listing: two task poll steps (1 s by default).
+///
+/// A task takes 1 to 3 s, so a listing at the first poll step (500 ms) cannot show it
+/// ended. Skipping that step leaves every wait of a node at least 1 s apart (the send-time
+/// listing, then the confirming ones at 1 s and 3 s after the call): a node lists at
+/// most once in any second, and 100 nodes sending together no longer overflow a
+/// fixed-second limit of 100 listings (measured in BENCHMARKS.md, "Fleet").
+fn first_confirm_wait(task_poll_start: Duration) -> Duration {
+    task_poll_start.saturating_mul(2)
+}
+
 /// Sent releases that may be confirmed by listing, by task id.
 #[derive(Debug, Default)]
 pub(super) struct SentReleases(HashMap<String, SentRelease>);
@@ -97,7 +108,7 @@ impl TencentCloud {
         // Within the task cap too: a task followed for less than two task-times
         // (`cloud.task_timeout`) is polled at its cap as before.
         let window = (sent.at + CONFIRM_WINDOW).min(deadline);
-        let mut interval = self.task_poll_start;
+        let mut interval = first_confirm_wait(self.task_poll_start);
         loop {
             let now = Instant::now();
             if now >= window {
@@ -154,6 +165,25 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// The confirming listings' waits under the default poll settings: at least 1 s each,
+    /// so a node lists at most once within any fixed second.
+    #[test]
+    fn confirming_listings_of_a_node_are_a_second_apart_by_default() {
+        let defaults = crate::cloud::client::CloudSettings::new("ap-guangzhou", "ins-1");
+        let mut wait = first_confirm_wait(defaults.task_poll_start);
+        let mut at = Duration::ZERO;
+        while at + wait < CONFIRM_WINDOW {
+            assert!(wait >= Duration::from_secs(1), "a wait of {wait:?}");
+            at += wait;
+            wait = wait.saturating_mul(2).min(defaults.task_poll_cap);
+        }
+        assert_eq!(
+            at,
+            Duration::from_secs(3),
+            "listings at 1 s and 3 s after the call"
+        );
     }
 
     #[test]
