@@ -5,8 +5,13 @@
 //! ```text
 //! fleet [--nodes N] [--ips 30] [--task-ms 2000] [--window fixed|bucket|both]
 //!       [--scenarios a,b,c,d] [--trickle-minutes 2] [--throttle-scale 0.05]
-//!       [--enisync PATH] [--out DIR]
+//!       [--claims] [--enisync PATH] [--out DIR]
 //! ```
+//!
+//! `--claims`: every node also holds one claimed floating IP (`claim.cidrs`, on its
+//! secondary ENI and its link from the start), which it re-verifies every
+//! `claim.reverify_interval` (the default): one `DescribeNetworkInterfaces` per claimed
+//! address per interval on every node, next to the releases' calls.
 //!
 //! Scenarios (each from a fresh start of every daemon with every IP in place):
 //! - `a`: every node removes its `--ips` aux IPs at once (`burst_limit` = that count);
@@ -43,6 +48,8 @@ struct Args {
     trickle_minutes: u64,
     throttle_scale: f64,
     grace_ms: u64,
+    /// One claimed VIP per node, re-verified every `claim.reverify_interval`.
+    claims: bool,
     enisync: PathBuf,
     out: PathBuf,
 }
@@ -57,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
         trickle_minutes: 2,
         throttle_scale: 0.05,
         grace_ms: 1000,
+        claims: false,
         enisync: PathBuf::from("target/release/enisync"),
         out: std::env::temp_dir().join("enisync-fleet"),
     };
@@ -91,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
                     return Err(format!("--scenarios: unknown {bad:?} (a, b, c, d)"));
                 }
             }
+            "--claims" => a.claims = true,
             "--enisync" => a.enisync = PathBuf::from(value()?),
             "--out" => a.out = PathBuf::from(value()?),
             other => return Err(format!("unknown argument {other:?}")),
@@ -180,7 +189,7 @@ impl Fleet {
     fn reset(&mut self, window: LimitWindow) {
         nodes::stop_all(&mut self.daemons);
         for (n, config) in self.nodes.iter().zip(&self.configs) {
-            nodes::restore_ips(&self.cloud, n, self.args.ips);
+            nodes::restore_ips(&self.cloud, n, self.args.ips, self.args.claims);
             let state = config.parent().expect("node dir").join("state");
             let _ = std::fs::remove_dir_all(&state);
             std::fs::create_dir_all(&state).expect("state dir");
@@ -258,7 +267,7 @@ fn main() {
     eprintln!("fleet: network built in {:.1} s", t.elapsed().as_secs_f64());
     let cloud = FakeCloud::new();
     cloud.set_task_duration(Duration::from_millis(args.task_ms));
-    nodes::populate(&cloud, &nodes_list, args.ips);
+    nodes::populate(&cloud, &nodes_list, args.ips, args.claims);
     let server = cloud.serve_in_thread(listener).expect("serve the fake");
     let _ = std::fs::remove_dir_all(&args.out);
     let release = vec![
@@ -267,7 +276,7 @@ fn main() {
     ];
     let configs = nodes_list
         .iter()
-        .map(|n| nodes::write_config(&args.out, n, &server, &release))
+        .map(|n| nodes::write_config(&args.out, n, &server, &release, args.claims))
         .collect();
     let mut fleet = Fleet {
         args: args.clone(),

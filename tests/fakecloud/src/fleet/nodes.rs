@@ -90,6 +90,12 @@ impl NodeSpec {
         }
     }
 
+    /// The floating IP (VIP) node `n` claims with `--claims`: on its secondary ENI and
+    /// `eth1` from the start, so each node holds one claimed address that it re-verifies.
+    pub fn vip(&self) -> Ipv4Addr {
+        format!("{}.200", self.prefix).parse().expect("VIP")
+    }
+
     /// Aux IP `k` (0-based) of the secondary ENI.
     pub fn aux(&self, k: usize) -> Ipv4Addr {
         format!("{}.{}", self.prefix, 11 + k)
@@ -182,8 +188,8 @@ fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) ->
 }
 
 /// The fake's world for the fleet: per node an instance, its primary ENI and one
-/// secondary ENI with `aux` IPs.
-pub fn populate(cloud: &FakeCloud, nodes: &[NodeSpec], aux: usize) {
+/// secondary ENI with `aux` IPs (and the node's VIP with `claims`).
+pub fn populate(cloud: &FakeCloud, nodes: &[NodeSpec], aux: usize, claims: bool) {
     cloud.add_key(SECRET_ID, SECRET_KEY);
     for n in nodes {
         cloud
@@ -214,14 +220,15 @@ pub fn populate(cloud: &FakeCloud, nodes: &[NodeSpec], aux: usize) {
                     format!("{}.10", n.prefix).parse().expect("ip"),
                 )
                 .attached(&n.instance, 1)
-                .secondaries((0..aux).map(|k| n.aux(k))),
+                .secondaries((0..aux).map(|k| n.aux(k)).chain(claims.then(|| n.vip()))),
             )
             .expect("secondary eni");
     }
 }
 
-/// Puts node `n`'s aux IPs back in the cloud (those it lost) and on the host.
-pub fn restore_ips(cloud: &FakeCloud, n: &NodeSpec, aux: usize) {
+/// Puts node `n`'s aux IPs back in the cloud (those it lost) and on the host, and its
+/// VIP on the host with `claims`.
+pub fn restore_ips(cloud: &FakeCloud, n: &NodeSpec, aux: usize, claims: bool) {
     let have = cloud.ips_of(&n.eni);
     let mut script = String::new();
     for k in 0..aux {
@@ -230,6 +237,9 @@ pub fn restore_ips(cloud: &FakeCloud, n: &NodeSpec, aux: usize) {
             cloud.add_secondary_ip(&n.eni, ip).expect("re-add IP");
         }
         script += &format!("addr replace {ip}/24 dev eth1\n");
+    }
+    if claims {
+        script += &format!("addr replace {}/24 dev eth1\n", n.vip());
     }
     ip_batch(Some(&n.ns), &script);
 }
@@ -254,20 +264,36 @@ pub struct Daemon {
     pub child: Child,
 }
 
-/// Writes node `n`'s config; `extra` lines go to `[release]`.
-pub fn write_config(dir: &Path, n: &NodeSpec, server: &FakeServer, release: &[String]) -> PathBuf {
+/// Writes node `n`'s config; `extra` lines go to `[release]`; with `claims`, its VIP is
+/// a claim address (the defaults otherwise, `claim.reverify_interval` among them).
+pub fn write_config(
+    dir: &Path,
+    n: &NodeSpec,
+    server: &FakeServer,
+    release: &[String],
+    claims: bool,
+) -> PathBuf {
     let node_dir = dir.join(&n.ns);
     std::fs::create_dir_all(node_dir.join("state")).expect("node dir");
     let config = format!(
         "[cloud]\nendpoint = \"{v3}\"\nv3_endpoint = \"{v3}\"\nregion = \"{REGION}\"\n\
          allow_plain_http = true\nsecret_id = \"{SECRET_ID}\"\nsecret_key = \"{SECRET_KEY}\"\n\n\
          [metadata]\nendpoint = \"{meta}\"\n\n[release]\n{release}\n\n[state]\ndir = \"{state}\"\n\n\
-         [control]\nsocket = \"{sock}\"\n\n[log]\nlevel = \"info\"\nformat = \"plain\"\n",
+         [control]\nsocket = \"{sock}\"\n\n[log]\nlevel = \"info\"\nformat = \"plain\"\n{claim}",
         v3 = server.v3_endpoint(),
         meta = server.metadata_endpoint(),
         release = release.join("\n"),
         state = node_dir.join("state").display(),
         sock = node_dir.join("enisync.sock").display(),
+        claim = if claims {
+            format!(
+                "\n[claim]\ncidrs = [\"{}/32\"]\npeers = [\"{}\"]\n",
+                n.vip(),
+                n.instance
+            )
+        } else {
+            String::new()
+        },
     );
     let path = node_dir.join("enisync.toml");
     std::fs::write(&path, config).expect("config");
