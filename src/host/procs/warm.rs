@@ -101,6 +101,9 @@ impl Identifier {
                 added += 1;
             }
         }
+        if added > 0 {
+            tracing::debug!(added, "known adders' netlink sockets resolved ahead of use");
+        }
         added
     }
 }
