@@ -112,6 +112,10 @@ pub struct Engine<C: Cloud, R: Router> {
     last_inventory_refresh: Option<Instant>,
     /// Floating IPs claimed when added on the host (docs/design.md, "Claims").
     claims: claim::ClaimBook,
+    /// A claimed address was added on an ENI link: its routing is reconciled on the
+    /// loop's next turn, after the claim's holder lookup has been started (the time of
+    /// a failover counts from the addition; docs/design.md, "Claims").
+    routing_after_claims: bool,
 }
 
 /// Host events taken in one go before the engine decides again.
@@ -180,6 +184,7 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             inventory_loading: false,
             last_inventory_refresh: None,
             claims: claim::ClaimBook::new(Instant::now()),
+            routing_after_claims: false,
         };
         engine.recover(start.replay, Instant::now());
         engine.claims_at_start(Instant::now());
@@ -220,6 +225,12 @@ impl<C: Cloud, R: Router> Engine<C, R> {
             self.unpark(now, false);
             self.dispatch_due(now);
             self.claims_due(now);
+            if std::mem::take(&mut self.routing_after_claims) {
+                // Let the lookup just spawned go out first: a reconcile whose netlink
+                // answers are ready never yields.
+                tokio::task::yield_now().await;
+                self.router.reconcile(&self.view, &self.inventory).await;
+            }
             if self.slots.any_checked() {
                 self.send_checked(now).await;
             }

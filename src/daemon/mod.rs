@@ -132,6 +132,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         warn!(target: "audit", decision = "paused", paused = %p.describe(), "releases stay paused (kept in the state directory); `enisync resume` clears it");
     }
     let (identifier, identification) = remover_identification();
+    // The adders of claimed addresses are identified on the path of a failover: their
+    // sockets are resolved ahead of use (docs/design.md, "Claims").
+    let identifier = identifier.with_warm_names(if config.claim.cidrs.is_empty() {
+        Vec::new()
+    } else {
+        config.claim.adders.clone()
+    });
     let (view, watch_handle, events) = watch::start_with(
         WatchOptions {
             recv_buffer: config.netlink.receive_buffer,

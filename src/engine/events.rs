@@ -42,7 +42,10 @@ impl<C: Cloud, R: Router> Engine<C, R> {
                 self.on_claim_added(&addr, None, false, now);
                 // Policy routing covers ENI links only; container churn on bridges and
                 // veths must not cost a rule and route dump per address.
-                if on_eni {
+                let claimed = matches!(addr.ip, IpAddr::V4(v4) if self.settings.claim.covers(v4));
+                if on_eni && claimed {
+                    self.routing_after_claims = true;
+                } else if on_eni {
                     self.router.reconcile(&self.view, &self.inventory).await;
                 }
             }

@@ -297,7 +297,12 @@ struct RecordingRouter {
     reconciles: Arc<std::sync::atomic::AtomicUsize>,
     /// Every `set_dry_run` the engine made, in order.
     dry_runs: Arc<Mutex<Vec<bool>>>,
+    /// Read at every reconcile, when set (what else had happened by then).
+    probe: Arc<Mutex<Option<ReconcileProbe>>>,
+    probed: Arc<Mutex<Vec<u32>>>,
 }
+
+type ReconcileProbe = Box<dyn Fn() -> u32 + Send>;
 
 impl Router for RecordingRouter {
     async fn after_release(&mut self, released: &[IpAddr], _: &HostView, _: &Inventory) {
@@ -309,6 +314,9 @@ impl Router for RecordingRouter {
     async fn reconcile(&mut self, _: &HostView, _: &Inventory) {
         self.reconciles
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(probe) = self.probe.lock().expect("lock").as_ref() {
+            self.probed.lock().expect("lock").push(probe());
+        }
     }
     async fn plan(&mut self, releasing: &[IpAddr], _: &HostView, _: &Inventory) -> Vec<String> {
         releasing

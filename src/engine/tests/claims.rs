@@ -500,3 +500,26 @@ async fn a_claim_waiting_for_its_enis_slot_does_not_spin() {
     assert_eq!(h.migrates(), [migrated_from_peer()]);
     assert_eq!(h.cloud.calls(), vec![vec![ip(11)]]);
 }
+
+/// With `settle = 0` the claim's lookup goes out before the new address's routing is
+/// reconciled (a failover counts from the addition); the reconcile still follows, once.
+#[tokio::test(start_paused = true)]
+async fn a_claimed_address_is_still_routed_after_its_lookup_starts() {
+    use std::sync::atomic::Ordering;
+
+    let h = start_claims(vec![peer_holding_vip()], |c| c.settle = Duration::ZERO);
+    sleep(Duration::from_millis(10)).await;
+    let before = h.router.reconciles.load(Ordering::SeqCst);
+    let cloud = Arc::clone(&h.cloud);
+    *h.router.probe.lock().expect("lock") =
+        Some(Box::new(move || cloud.state.lock().expect("lock").lookups));
+    h.add_vip("keepalived");
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.migrates(), [migrated_from_peer()]);
+    assert_eq!(h.router.reconciles.load(Ordering::SeqCst), before + 1);
+    assert_eq!(
+        *h.router.probed.lock().expect("lock"),
+        [1],
+        "the holder lookup was made before the routing reconcile"
+    );
+}

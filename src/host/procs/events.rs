@@ -74,6 +74,10 @@ pub struct ProcessEvents {
     /// `CLOCK_BOOTTIME - CLOCK_MONOTONIC`: event timestamps are monotonic, stat start
     /// times count from boot.
     pub(super) boot_offset_ns: u64,
+    /// Process names whose exec or fork is signalled on `watched_started` (the known
+    /// adders, see the module's docs).
+    pub(super) watched: Mutex<Vec<String>>,
+    pub(super) watched_started: tokio::sync::Notify,
 }
 
 impl ProcessEvents {
@@ -92,6 +96,8 @@ impl ProcessEvents {
             hz: ticks_per_second(),
             boot_offset_ns: clock_ns(libc::CLOCK_BOOTTIME)
                 .saturating_sub(clock_ns(libc::CLOCK_MONOTONIC)),
+            watched: Mutex::default(),
+            watched_started: tokio::sync::Notify::new(),
         });
         let reader = Arc::clone(&events);
         std::thread::Builder::new()
@@ -116,11 +122,28 @@ impl ProcessEvents {
         self.running.load(Ordering::Relaxed)
     }
 
+    /// Resolves once a process named in `watched` has exec'd or forked since the last
+    /// time it resolved (it may open netlink sockets now).
+    pub async fn watched_started(&self) {
+        self.watched_started.notified().await;
+    }
+
+    fn is_watched(&self, comm: Option<&String>) -> bool {
+        let Some(comm) = comm else {
+            return false;
+        };
+        self.watched.lock().is_ok_and(|w| {
+            w.iter()
+                .any(|n| n == comm || (comm.len() == 15 && n.starts_with(comm.as_str())))
+        })
+    }
+
     pub(super) fn take(&self, batch: &[ProcEvent]) {
         let Ok(mut mem) = self.memory.lock() else {
             return;
         };
         let now = Instant::now();
+        let mut watched_started = false;
         for event in batch {
             match *event {
                 ProcEvent::Fork {
@@ -130,6 +153,7 @@ impl ProcessEvents {
                 } => {
                     // The child runs the parent's program until it execs.
                     let comm = mem.procs.get(&parent).and_then(|p| p.comm.clone());
+                    watched_started |= self.is_watched(comm.as_ref());
                     mem.procs.insert(
                         child,
                         Seen {
@@ -149,6 +173,7 @@ impl ProcessEvents {
                 ProcEvent::Exec { pid, .. } => {
                     // Read now: an `ip addr del` is gone a millisecond later.
                     if let Ok(Some(stat)) = read_stat(&self.proc_root, pid) {
+                        watched_started |= self.is_watched(Some(&stat.comm));
                         let forked_by = mem.procs.get(&pid).and_then(|s| s.forked_by);
                         let fork_ns = mem.procs.get(&pid).and_then(|s| s.fork_ns);
                         mem.procs.insert(
@@ -237,6 +262,9 @@ impl ProcessEvents {
         }
         drop(mem);
         self.changed.notify_all();
+        if watched_started {
+            self.watched_started.notify_one();
+        }
     }
 
     /// What the connector saw of `pid` once its name is final (see [`Seen::settled`]),

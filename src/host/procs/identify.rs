@@ -16,24 +16,30 @@ use super::{CATCH_UP, MAX_DEPTH, MAX_OWNERS, TICK_SLACK, clock_ns, ns_to_ticks, 
 
 /// A port's owner as last resolved, with the chain found then.
 #[derive(Debug, Clone)]
-struct Owner {
-    inode: u64,
-    pid: u32,
-    start: u64,
-    names: Vec<String>,
+pub(super) struct Owner {
+    pub(super) inode: u64,
+    pub(super) pid: u32,
+    pub(super) start: u64,
+    pub(super) names: Vec<String>,
+    /// Put here ahead of use by [`Identifier::warm`], never confirmed by a lookup: it
+    /// spares the scan of a live owner (validated as any entry is), but never names
+    /// the owner of a socket that is gone (`gone_owner`), as a learnt entry does.
+    pub(super) warmed: bool,
 }
 
 /// Resolves removers; owned by the watcher.
 #[derive(Debug)]
 pub struct Identifier {
-    proc_root: PathBuf,
-    events: Option<Arc<ProcessEvents>>,
+    pub(super) proc_root: PathBuf,
+    pub(super) events: Option<Arc<ProcessEvents>>,
     /// Taskstats exit records: the names of removers gone before the connector's
     /// reader could read them.
     exits: Option<Arc<TaskStats>>,
-    owners: HashMap<u32, Owner>,
+    pub(super) owners: HashMap<u32, Owner>,
     /// Set when the start-up probe failed: every remover is then a failure of ours.
-    disarmed: Option<String>,
+    pub(super) disarmed: Option<String>,
+    /// The process names whose sockets [`Identifier::warm`] resolves ahead of use.
+    pub(super) warm_names: Vec<String>,
     hz: u64,
     /// The IPv6 deletion probe and the requests read from it; `None` when it could not
     /// be loaded (IPv6 removals are then unknown, as the notifications name nobody).
@@ -60,6 +66,7 @@ impl Identifier {
             exits: None,
             owners: HashMap::new(),
             disarmed: None,
+            warm_names: Vec::new(),
             hz: ticks_per_second(),
             ipv6: None,
         }
@@ -225,6 +232,7 @@ impl Identifier {
                             pid,
                             start,
                             names: found.names().map(str::to_owned).collect(),
+                            warmed: false,
                         },
                     );
                 }
@@ -244,7 +252,12 @@ impl Identifier {
         let Ok(Some(inode)) = netlink_inode(&self.proc_root, port) else {
             return;
         };
-        if self.owners.get(&port).is_some_and(|o| o.inode == inode) {
+        // A warmed entry is confirmed here (cheaply: it spares the scan).
+        if self
+            .owners
+            .get(&port)
+            .is_some_and(|o| o.inode == inode && !o.warmed)
+        {
             return;
         }
         let _ = self.identify(port);
@@ -318,7 +331,7 @@ impl Identifier {
 
     /// What we read of `port`'s owner before, if anything.
     fn gone_owner(&mut self, port: u32) -> Remover {
-        if let Some(owner) = self.owners.get(&port) {
+        if let Some(owner) = self.owners.get(&port).filter(|o| !o.warmed) {
             let now = read_stat(&self.proc_root, owner.pid).ok().flatten();
             let alive = now.as_ref().is_some_and(|s| s.start == owner.start);
             if now.is_some() && !alive {

@@ -22,6 +22,14 @@
 //! 4. **Our own earlier answer** for the same port (the cache of 1.), for a process
 //!    that was read while alive and has exited since.
 //!
+//! **Known adders** (`warm.rs`): the sockets of the processes named in `claim.adders`
+//! are resolved to their ports ahead of use (at start, shortly after such a process
+//! starts, and periodically), into the same cache, so that the addition of a claimed
+//! address through keepalived's event socket is identified without the scan. A warmed
+//! entry is checked on use as every entry is and falls back to the scan when stale; it
+//! never names the owner of a socket that is gone (4. uses only owners a lookup read).
+//! See docs/design.md, "Claims", "Known adders, resolved ahead".
+//!
 //! Anything else is **unknown**: a bare `ENOENT` says nothing (the port may not be a
 //! pid, the process may sit in another PID namespace, `/proc` may be hidden). A failure
 //! of enisync itself (`EMFILE`, `ENFILE`, `ENOMEM`, a read error) is reported as such.
@@ -46,6 +54,7 @@ mod identify;
 mod proc_fs;
 #[cfg(test)]
 mod tests;
+mod warm;
 
 pub use events::{ProcessEvents, Seen};
 pub use exits::{Exit, TaskStats};

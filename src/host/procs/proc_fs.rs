@@ -80,6 +80,45 @@ pub fn parse_netlink_table(text: &str, port: u32) -> Option<u64> {
     })
 }
 
+/// Every `NETLINK_ROUTE` row of `/proc/net/netlink` (see [`parse_netlink_table`]):
+/// socket inode to port id.
+pub(super) fn netlink_ports(text: &str) -> std::collections::HashMap<u64, u32> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(1)? != &"0" {
+                return None;
+            }
+            Some((f.get(9)?.parse().ok()?, f.get(2)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The inodes of the sockets `pid` holds; empty when its descriptors cannot be read
+/// (gone, hidden, not ours to read).
+pub(super) fn socket_inodes(proc_root: &Path, pid: u32) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Scans of every process's descriptors made by this thread (tests count them).
+    pub(super) static SCANS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Whether `pid` holds `socket:[inode]`; `Ok(None)` when its descriptors cannot be
 /// read (gone, or not ours to read without `CAP_SYS_PTRACE`).
 pub(super) fn holds_socket(proc_root: &Path, pid: u32, inode: u64) -> io::Result<Option<bool>> {
@@ -108,6 +147,8 @@ pub(super) fn holds_socket(proc_root: &Path, pid: u32, inode: u64) -> io::Result
 
 /// The process holding `socket:[inode]`, by a scan of every process's descriptors.
 pub(super) fn find_socket_owner(proc_root: &Path, inode: u64) -> io::Result<Option<u32>> {
+    #[cfg(test)]
+    SCANS.with(|s| s.set(s.get() + 1));
     for entry in std::fs::read_dir(proc_root)? {
         let Some(pid) = entry?
             .file_name()

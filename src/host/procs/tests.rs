@@ -77,6 +77,8 @@ fn fed(batch: &[ProcEvent]) -> Arc<ProcessEvents> {
         hz: ticks_per_second(),
         boot_offset_ns: clock_ns(libc::CLOCK_BOOTTIME)
             .saturating_sub(clock_ns(libc::CLOCK_MONOTONIC)),
+        watched: Mutex::default(),
+        watched_started: tokio::sync::Notify::new(),
     });
     events.take(batch);
     events
@@ -421,4 +423,184 @@ fn a_probe_named_requester_is_checked_against_proc() {
     child.wait().expect("wait");
     let r = id.task(pid, pid, "sleep");
     assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
+}
+
+/// A fake `/proc`: `thread-self/net/netlink` and, per process, `stat` and `fd/`
+/// symlinks to `socket:[inode]`.
+struct FakeProc {
+    root: PathBuf,
+}
+
+impl Drop for FakeProc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+impl FakeProc {
+    fn new(tag: &str) -> Self {
+        let root = std::env::temp_dir().join(format!("enisync-proc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("thread-self/net")).expect("mkdir");
+        Self { root }
+    }
+
+    fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The netlink table: `(port, inode)` rows of `NETLINK_ROUTE` sockets.
+    fn sockets(&self, rows: &[(u32, u64)]) {
+        let mut text = "sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n".to_owned();
+        for (port, inode) in rows {
+            text.push_str(&format!(
+                "0000000000000000 0   {port} 00000000 0        0        0     2        0        {inode}\n"
+            ));
+        }
+        std::fs::write(self.path().join("thread-self/net/netlink"), text).expect("write");
+    }
+
+    /// Process `pid` named `comm`, child of PID 1, started at `start`, holding the
+    /// sockets `inodes` (replaces what was there).
+    fn process(&self, pid: u32, comm: &str, start: u64, inodes: &[u64]) {
+        let dir = self.path().join(pid.to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("fd")).expect("mkdir");
+        std::fs::write(
+            dir.join("stat"),
+            format!(
+                "{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0"
+            ),
+        )
+        .expect("write");
+        for (fd, inode) in inodes.iter().enumerate() {
+            std::os::unix::fs::symlink(
+                format!("socket:[{inode}]"),
+                dir.join("fd").join((fd + 3).to_string()),
+            )
+            .expect("symlink");
+        }
+    }
+
+    fn identifier(&self, names: &[&str]) -> Identifier {
+        let mut id =
+            Identifier::default().with_warm_names(names.iter().map(|n| (*n).to_owned()).collect());
+        id.proc_root = self.path().to_path_buf();
+        id
+    }
+}
+
+fn scans() -> usize {
+    proc_fs::SCANS.with(std::cell::Cell::get)
+}
+
+/// keepalived's event socket: a port that is not its pid.
+const KEEPALIVED_PORT: u32 = 3_079_057_432;
+
+#[test]
+fn a_warmed_adder_socket_is_identified_without_a_scan() {
+    let fake = FakeProc::new("t1");
+    fake.sockets(&[(KEEPALIVED_PORT, 9001), (600, 9100)]);
+    fake.process(500, "keepalived", 100, &[9002, 9001]);
+    fake.process(600, "other", 100, &[9100]);
+    // Without warming, the port is found by the scan.
+    let mut cold = fake.identifier(&["keepalived"]);
+    let before = scans();
+    let r = cold.identify(KEEPALIVED_PORT);
+    assert_eq!(r.process.as_deref(), Some("keepalived"), "{r:?}");
+    assert_eq!(scans(), before + 1, "a cold lookup scans");
+    // Warmed: only keepalived's sockets (not other's), answered without a scan.
+    let mut warm = fake.identifier(&["keepalived"]);
+    assert_eq!(warm.warm(), 1);
+    let before = scans();
+    let r = warm.identify(KEEPALIVED_PORT);
+    assert_eq!(r.process.as_deref(), Some("keepalived"), "{r:?}");
+    assert_eq!(r.identity, Identity::Alive, "{r:?}");
+    assert_eq!(scans(), before, "a warmed lookup does not scan");
+    // Nothing to warm without names.
+    assert_eq!(fake.identifier(&[]).warm(), 0);
+}
+
+#[test]
+fn a_stale_warm_entry_is_not_believed() {
+    let fake = FakeProc::new("t2");
+    fake.sockets(&[(KEEPALIVED_PORT, 9001)]);
+    fake.process(500, "keepalived", 100, &[9001]);
+    let mut id = fake.identifier(&["keepalived"]);
+    assert_eq!(id.warm(), 1);
+    // Its pid reused by another process that holds the same socket inode number: the
+    // start differs, so the scan decides.
+    fake.process(500, "impostor", 200, &[9001]);
+    let before = scans();
+    let r = id.identify(KEEPALIVED_PORT);
+    assert_eq!(r.process.as_deref(), Some("impostor"), "{r:?}");
+    assert_eq!(scans(), before + 1, "a stale entry falls back to the scan");
+
+    // The port now names another socket (closed and bound again by someone else).
+    let mut id = fake.identifier(&["keepalived"]);
+    fake.process(500, "keepalived", 100, &[9001]);
+    assert_eq!(id.warm(), 1);
+    fake.sockets(&[(KEEPALIVED_PORT, 9005)]);
+    fake.process(700, "intruder", 300, &[9005]);
+    let before = scans();
+    let r = id.identify(KEEPALIVED_PORT);
+    assert_eq!(r.process.as_deref(), Some("intruder"), "{r:?}");
+    assert_eq!(scans(), before + 1);
+}
+
+/// A warmed entry spares a scan of a live owner; it never names the owner of a socket
+/// that is gone, as an owner read by a lookup does.
+#[test]
+fn a_warm_entry_never_names_the_owner_of_a_gone_socket() {
+    let fake = FakeProc::new("t3");
+    fake.sockets(&[(KEEPALIVED_PORT, 9001)]);
+    fake.process(500, "keepalived", 100, &[9001]);
+    let mut id = fake.identifier(&["keepalived"]);
+    assert_eq!(id.warm(), 1);
+    fake.sockets(&[]);
+    let r = id.identify(KEEPALIVED_PORT);
+    assert!(matches!(r.identity, Identity::Unknown(_)), "{r:?}");
+    assert_eq!(r.process, None, "{r:?}");
+    // Confirmed by a lookup while the socket was open (an addition through it): named.
+    fake.sockets(&[(KEEPALIVED_PORT, 9001)]);
+    let mut id = fake.identifier(&["keepalived"]);
+    assert_eq!(id.warm(), 1);
+    id.learn(KEEPALIVED_PORT);
+    fake.sockets(&[]);
+    let r = id.identify(KEEPALIVED_PORT);
+    assert_eq!(r.process.as_deref(), Some("keepalived"), "{r:?}");
+}
+
+/// A name cut to 15 bytes by the kernel is warmed for its full configured name.
+#[test]
+fn a_truncated_name_is_warmed() {
+    let fake = FakeProc::new("t4");
+    fake.sockets(&[(KEEPALIVED_PORT, 9001)]);
+    fake.process(500, "systemd-network", 100, &[9001]);
+    assert_eq!(fake.identifier(&["systemd-networkd"]).warm(), 1);
+    assert_eq!(fake.identifier(&["systemd-netw"]).warm(), 0);
+}
+
+/// The real kernel and `/proc`: this test process, long-lived, holds a second netlink
+/// socket (a port that is not its pid, as keepalived's event socket); warmed for its
+/// name, the port is answered without a scan.
+#[test]
+fn a_real_second_socket_of_a_named_process_is_warmed() {
+    let me = read_stat(Path::new("/proc"), std::process::id())
+        .expect("read")
+        .expect("us");
+    let mut first =
+        rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE).expect("socket");
+    let _ = first.bind_auto().expect("bind");
+    let mut second =
+        rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE).expect("socket");
+    let port = second.bind_auto().expect("bind").port_number();
+    assert_ne!(port, std::process::id());
+    let mut id = Identifier::default().with_warm_names(vec![me.comm.clone()]);
+    assert!(id.warm() >= 1, "our sockets are warmed");
+    let before = scans();
+    let r = id.identify(port);
+    assert_eq!(r.process.as_deref(), Some(me.comm.as_str()), "{r:?}");
+    assert_eq!(r.identity, Identity::Alive, "{r:?}");
+    assert_eq!(scans(), before, "answered from the warmed entry");
 }

@@ -28,6 +28,14 @@ const STREAM_BATCH_DELAY: Duration = Duration::from_millis(1);
 /// ([`DEFAULT_RECV_BUFFER`]).
 const STREAM_BATCH_MIN_RCVBUF: usize = 1024 * 1024;
 
+/// How often the sockets of known adders are resolved ahead of use when claims are on
+/// (see `procs::Identifier::warm`): one read of `/proc` per this, bounded.
+const WARM_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long after a known adder's exec or fork its sockets are resolved: it opens them
+/// while it starts.
+const WARM_AFTER_START: Duration = Duration::from_millis(500);
+
 impl Watcher {
     pub(super) async fn run(mut self) {
         let period = self.opts.resync_interval;
@@ -38,7 +46,27 @@ impl Watcher {
         // and when the current stream began.
         let mut last_burst: Option<Instant> = None;
         let mut stream_since: Option<Instant> = None;
+        // Known adders' sockets, resolved ahead of their first addition (see
+        // `procs::Identifier::warm`): now, periodically, and shortly after one starts.
+        let warming = self.identifier.warms();
+        let adder_starts = self.identifier.warm_events();
+        let mut warm_tick = tokio::time::interval_at(Instant::now() + WARM_INTERVAL, WARM_INTERVAL);
+        warm_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut warm_due: Option<Instant> = None;
+        self.identifier.warm();
         while !self.tx.is_closed() {
+            let warm_timer = async move {
+                match warm_due {
+                    Some(when) => tokio::time::sleep_until(when).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let adder_started = async {
+                match &adder_starts {
+                    Some(events) => events.watched_started().await,
+                    None => std::future::pending().await,
+                }
+            };
             let routing_due = self.routing_due;
             let routing_timer = async move {
                 match routing_due {
@@ -75,7 +103,21 @@ impl Watcher {
                     // The handle is gone; it aborts us on drop anyway.
                     None => break,
                 },
-                _ = periodic.tick() => self.resync(Reason::Periodic).await,
+                _ = periodic.tick() => {
+                    self.resync(Reason::Periodic).await;
+                    self.identifier.warm();
+                }
+                _ = warm_tick.tick(), if warming => {
+                    self.identifier.warm();
+                }
+                () = adder_started => {
+                    // Its sockets are opened after its exec or fork.
+                    warm_due.get_or_insert(Instant::now() + WARM_AFTER_START);
+                }
+                () = warm_timer => {
+                    warm_due = None;
+                    self.identifier.warm();
+                }
                 () = routing_timer => {
                     self.routing_due = None;
                     self.emit(HostEvent::RoutingChanged);
