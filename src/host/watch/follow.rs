@@ -173,24 +173,13 @@ impl Watcher {
         }
     }
 
-    /// Who added `addr`, for a claim (see [`HostEvent::AddrAdder`]).
-    fn adder_event(&mut self, addr: &crate::host::Addr, port_id: u32) -> Option<HostEvent> {
-        let std::net::IpAddr::V4(v4) = addr.ip else {
-            return None;
+    /// Whether `ip` is an IPv4 address of a claim CIDR, whose adder the engine needs
+    /// (see [`HostEvent::AddrAdder`]).
+    fn claims_cover(&self, ip: std::net::IpAddr) -> bool {
+        let std::net::IpAddr::V4(v4) = ip else {
+            return false;
         };
-        let physical = self
-            .mirror
-            .links
-            .get(&addr.link)
-            .is_some_and(Link::is_physical);
-        if !physical || !self.opts.adder_cidrs.iter().any(|c| c.contains(v4)) {
-            return None;
-        }
-        Some(HostEvent::AddrAdder {
-            ip: addr.ip,
-            link: addr.link,
-            adder: self.identifier.identify(port_id),
-        })
+        self.opts.adder_cidrs.iter().any(|c| c.contains(v4))
     }
 
     pub(super) fn emit(&self, event: HostEvent) {
@@ -224,28 +213,35 @@ impl Watcher {
                 }
             }
             Notification::NewAddr { addr, port_id } => {
+                let physical = self
+                    .mirror
+                    .links
+                    .get(&addr.link)
+                    .is_some_and(Link::is_physical);
+                let new = !self.mirror.addrs.contains_key(&addr.key());
+                // Who added a new address of a claim CIDR, read once: the same read
+                // learns the port (below) for its later removal.
+                let adder = (new && physical && self.claims_cover(addr.ip))
+                    .then(|| self.identifier.identify(port_id));
                 // Learn who adds addresses to ENI links while they are alive:
                 // keepalived adds and removes its VIPs through a second netlink socket
                 // (a port that is not a pid) and may have exited (a shutdown) by the
                 // time its removal is read; what was read here identifies it then.
-                if port_id != 0
-                    && self
-                        .mirror
-                        .links
-                        .get(&addr.link)
-                        .is_some_and(Link::is_physical)
-                {
+                if adder.is_none() && port_id != 0 && physical {
                     self.identifier.learn(port_id);
                 }
                 // A repeated RTM_NEWADDR (lifetime or flag updates) is only news when
                 // the address is new or its `secondary` flag changed (a promotion).
                 if self.mirror.addrs.get(&addr.key()) != Some(&addr) {
-                    let new = !self.mirror.addrs.contains_key(&addr.key());
                     let event = HostEvent::AddrAdded(addr);
                     self.mirror.apply(&event);
                     self.emit(event);
-                    if new && let Some(event) = self.adder_event(&addr, port_id) {
-                        self.emit(event);
+                    if let Some(adder) = adder {
+                        self.emit(HostEvent::AddrAdder {
+                            ip: addr.ip,
+                            link: addr.link,
+                            adder,
+                        });
                     }
                 }
             }
