@@ -21,6 +21,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 die() { printf 'failover: %s\n' "$*" >&2; exit 1; }
+BENCH_NAME=failover
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo bench/failover.sh): it creates network namespaces"
 
 # ---- what it needs ---------------------------------------------------------------------
@@ -32,20 +35,10 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_missing+=(python3-ven
 command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)
 command -v chrt >/dev/null 2>&1 || apt_missing+=(util-linux)
-if [ ${#apt_missing[@]} -gt 0 ]; then
-  command -v apt-get >/dev/null 2>&1 || die "missing ${apt_missing[*]} and no apt-get to install them"
-  echo "failover: installing ${apt_missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
-fi
+install_missing ${apt_missing[@]+"${apt_missing[@]}"}
 # (Debian's keepalived.service does not start without /etc/keepalived/keepalived.conf; the
 # benchmark runs its own keepalived processes inside its namespaces.)
-if ! command -v cargo >/dev/null 2>&1; then
-  for dir in "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)/.cargo/bin" /root/.cargo/bin; do
-    if [ -x "$dir/cargo" ]; then PATH="$dir:$PATH"; break; fi
-  done
-fi
-command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust 1.85 or newer"
+find_cargo
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 echo "failover: cargo build --release --locked (enisync, fakecloud)" >&2
@@ -54,15 +47,7 @@ cargo build --release --locked --bin fakecloud -p enisync-fakecloud >&2
 BIN=$TARGET/release
 
 VENV=$TARGET/bench-venv
-# The same venv and pins as bench/run.sh (override with BENCH_PIP="pkg==x …").
-PIP_PKGS=${BENCH_PIP:-"tccli==3.1.189.1 tencentcloud-sdk-python==3.1.195"}
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.bench-pkgs" 2>/dev/null)" != "$PIP_PKGS" ]; then
-  echo "failover: pip install $PIP_PKGS into $VENV" >&2
-  python3 -m venv "$VENV"
-  # shellcheck disable=SC2086
-  "$VENV/bin/pip" install -q --disable-pip-version-check $PIP_PKGS >&2
-  echo "$PIP_PKGS" >"$VENV/.bench-pkgs"
-fi
+bench_venv "$VENV"
 
 # ---- a throwaway CA and a server certificate for the fake at 10.0.1.1 -------------------
 TLS=$(mktemp -d /tmp/enisync-failover-tls.XXXXXX)

@@ -17,6 +17,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+BENCH_NAME=bench
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo bench/run.sh): it creates network namespaces"
 
 QUICK=()
@@ -38,18 +41,8 @@ command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)   # aws-lc-sys builds C
 command -v strace >/dev/null 2>&1 || apt_missing+=(strace)       # names idle wakeups
 command -v file >/dev/null 2>&1 || apt_missing+=(file)
-if [ ${#apt_missing[@]} -gt 0 ]; then
-  command -v apt-get >/dev/null 2>&1 || die "missing ${apt_missing[*]} and no apt-get to install them"
-  echo "bench: installing ${apt_missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-  for dir in "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)/.cargo/bin" /root/.cargo/bin; do
-    if [ -x "$dir/cargo" ]; then PATH="$dir:$PATH"; break; fi
-  done
-fi
-command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust 1.85 or newer"
+install_missing ${apt_missing[@]+"${apt_missing[@]}"}
+find_cargo
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 echo "bench: cargo build --release --locked --workspace --bins" >&2
@@ -57,15 +50,7 @@ cargo build --release --locked --workspace --bins >&2
 BIN=$TARGET/release
 
 VENV=$TARGET/bench-venv
-# Versions the table in BENCHMARKS.md was made with; override with BENCH_PIP="pkg==x …".
-PIP_PKGS=${BENCH_PIP:-"tccli==3.1.189.1 tencentcloud-sdk-python==3.1.195"}
-if [ ! -x "$VENV/bin/tccli" ] || [ "$(cat "$VENV/.bench-pkgs" 2>/dev/null)" != "$PIP_PKGS" ]; then
-  echo "bench: pip install $PIP_PKGS into $VENV" >&2
-  python3 -m venv "$VENV"
-  # shellcheck disable=SC2086
-  "$VENV/bin/pip" install -q --disable-pip-version-check $PIP_PKGS >&2
-  echo "$PIP_PKGS" >"$VENV/.bench-pkgs"
-fi
+bench_venv "$VENV"
 
 # ---- a throwaway CA and a server certificate for 127.0.0.1, made for this run --------
 TLS=$(mktemp -d /tmp/enisync-bench-tls.XXXXXX)
