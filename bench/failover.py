@@ -14,7 +14,12 @@ other way.
 Systems, one after the other, each on fresh namespaces and a fresh fake:
 - `settle0`: enisync on both nodes, claims on (`[claim]`, the peer instance listed), no
   notify script, `claim.settle = "0s"`;
-- `default`: the same with enisync's default `claim.settle`;
+- `settle0-warm`: `settle0` again, with both enisync processes' and the fake's resident
+  pages read every 200 ms by a SCHED_IDLE process through /proc/PID/mem
+  (bench.warm_pages): on the machine this was written on, memory idle for seconds is slow
+  at its next touch (bench/idle_memory.py), and each failover comes after 11 s of
+  idleness; this system measures the same path without that;
+- `default`: the same as `settle0` with enisync's default `claim.settle`;
 - `recipe`: no enisync; keepalived's `notify_master` runs bench/failover_notify.py (the
   notify-script recipe: official SDK, MigratePrivateIpAddress from the peer's ENI).
 For enisync, `claim.startup_holdoff = "0s"` (the default 60 s would hold every Migrate
@@ -61,9 +66,10 @@ NODES = {
     "a": ("10.0.1.10", "eni-nodea001", "52:54:00:fa:00:01", "ins-nodea001"),
     "b": ("10.0.1.20", "eni-nodeb001", "52:54:00:fb:00:01", "ins-nodeb001"),
 }
-SYSTEMS = ["settle0", "default", "recipe"]
+SYSTEMS = ["settle0", "settle0-warm", "default", "recipe"]
 LABEL = {
     "settle0": "enisync, claim.settle = 0",
+    "settle0-warm": "enisync, claim.settle = 0, memory kept warm",
     "default": "enisync, default claim.settle",
     "recipe": "notify script + SDK (recipe)",
 }
@@ -227,6 +233,7 @@ class Duo:
         self.events = []
         self.last_seq = 0
         self.conn = None
+        self.warmer = None
         for ns in [self.hub] + [f"{self.tag}-{x}" for x in NODES]:
             sh("ip", "netns", "add", ns)
             bench.LIVE_NS.append(ns)
@@ -362,7 +369,34 @@ class Duo:
                     n += sum(1 for line in f if needle in line)
         return n
 
+    def start_warmer(self):
+        """bench.warm_pages on both enisync processes and the fake every 200 ms
+        (SCHED_IDLE), until they exit."""
+        pids = [str(n.enisync.pid) for n in self.nodes.values()] + [str(self.fake.pid)]
+        self.warmer_log = os.path.join(self.dir, "warmer.log")
+        with open(self.warmer_log, "w") as out:
+            self.warmer = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "bench.py"), "--warm", "0.2"]
+                                           + pids, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True)
+        bench.LIVE_PROCS.append(self.warmer)
+
+    def warmer_rounds(self):
+        """Pages read per round and a round's time (p50 / max), from the warmer's log."""
+        rounds = []
+        with open(self.warmer_log) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2 and parts[0].isdigit():
+                    rounds.append((int(parts[0]), float(parts[1])))
+        if not rounds:
+            return None
+        pages = sorted(r[0] for r in rounds)
+        secs = sorted(r[1] for r in rounds)
+        return {"rounds": len(rounds), "pages_p50": pages[len(pages) // 2],
+                "round_ms_p50": secs[len(secs) // 2] * 1000, "round_ms_max": secs[-1] * 1000}
+
     def close(self):
+        stop(self.warmer)
         for node in self.nodes.values():
             stop(node.keepalived, 10)
             stop(node.enisync)
@@ -406,7 +440,9 @@ def run_system(system, count, args, tmp, n):
         else:
             for node in duo.nodes.values():
                 node.write_keepalived_conf(None)
-            duo.start_enisync("0s" if system == "settle0" else None)
+            duo.start_enisync("0s" if system in ("settle0", "settle0-warm") else None)
+            if system == "settle0-warm":
+                duo.start_warmer()
         # a first (the cloud binds the VIP to a's ENI), then b, which stays BACKUP.
         a.start_keepalived()
         duo._wait(a.has_vip, 20, "a MASTER with the VIP")
@@ -417,7 +453,8 @@ def run_system(system, count, args, tmp, n):
         time.sleep(args.settle_pause)
         master, backup = a, b
         spacing = args.spacing if system != "recipe" else 0.0
-        settle_s = 0.0 if system == "settle0" else (None if system == "recipe" else default_settle_s())
+        settle_s = (0.0 if system in ("settle0", "settle0-warm")
+                    else (None if system == "recipe" else default_settle_s()))
         converge_s = (settle_s or 0) + args.task_ms / 1000 + args.converge_timeout
         for i in range(count):
             waits0 = (run_delay_ns(backup.enisync), run_delay_ns(duo.fake))
@@ -479,6 +516,8 @@ def run_system(system, count, args, tmp, n):
         duo.poll_events()
         R["events"] = duo.events
         analyse(R, duo)
+        if duo.warmer is not None:
+            R["warmer"] = duo.warmer_rounds()
         if system != "recipe":
             R["contested"] = duo.enisync_log_count('decision="contested"')
             R["claim_wait"] = duo.enisync_log_count('decision="claim_wait"')
@@ -591,11 +630,13 @@ def build_table(results, args, settle_default):
          for r in systems])
     goals = []
     by = {r["system"]: r for r in systems}
-    if "settle0" in by:
-        st = stats(by["settle0"]["samples"], "request_ms")
+    for system in ("settle0", "settle0-warm"):
+        if system not in by:
+            continue
+        st = stats(by[system]["samples"], "request_ms")
         ok = st is not None and st["p99"] <= 5.0
         p99 = "—" if st is None else "%.2f ms" % st["p99"]
-        goals.append(f"- settle 0: VIP added → Migrate request p99 ≤ 5 ms: {p99} over "
+        goals.append(f"- {LABEL[system]}: VIP added → Migrate request p99 ≤ 5 ms: {p99} over "
                      f"{0 if st is None else st['n']} failovers: **{'met' if ok else 'MISSED'}**")
     if "default" in by:
         st = stats(by["default"]["samples"], "bound_ms")
@@ -626,8 +667,8 @@ def main():
     ap.add_argument("--venv", required=True)
     ap.add_argument("--tls-dir", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="of settle0,default,recipe")
-    ap.add_argument("--settle0-failovers", type=int, default=20)
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="of " + ",".join(SYSTEMS))
+    ap.add_argument("--settle0-failovers", type=int, default=20, help="for settle0 and settle0-warm each")
     ap.add_argument("--default-failovers", type=int, default=50)
     ap.add_argument("--recipe-failovers", type=int, default=20)
     ap.add_argument("--task-ms", type=int, default=300, help="the fake's task duration")
@@ -646,7 +687,7 @@ def main():
                      python=os.path.join(args.venv, "bin", "python"))
     bench.TLS.update(ca=os.path.join(args.tls_dir, "ca.pem"), cert=os.path.join(args.tls_dir, "server.pem"),
                      key=os.path.join(args.tls_dir, "server.key"))
-    counts = {"settle0": args.settle0_failovers, "default": args.default_failovers, "recipe": args.recipe_failovers}
+    counts = {"settle0": args.settle0_failovers, "settle0-warm": args.settle0_failovers, "default": args.default_failovers, "recipe": args.recipe_failovers}
     systems = [s for s in args.systems.split(",") if s]
     for s in systems:
         if s not in SYSTEMS:
@@ -679,6 +720,10 @@ def main():
              f"(claim.max_migrations_per_minute, default 3, is never the limit); fake tasks {args.task_ms} ms "
              f"(ended on the fake's 20 ms tick or the next request); netlink monitor "
              f"{'SCHED_FIFO' if args.rt_monitor else 'not real-time'}.\n"
+             + "".join(f"{LABEL[r['system']]}: {r['warmer']['pages_p50']} resident pages read every 200 ms "
+                       f"(a round {r['warmer']['round_ms_p50']:.1f} ms p50, {r['warmer']['round_ms_max']:.1f} ms max, "
+                       f"SCHED_IDLE; {r['warmer']['rounds']} rounds).\n"
+                       for r in R["results"] if r and r.get("warmer")) +
              f"load average {' / '.join(m['loadavg_start'])} at the start, {' / '.join(m['loadavg_end'])} at the end "
              f"(1 / 5 / 15 min); {m.get('cores')} cores; run time {R['duration_s']:.0f} s.")
     text = f"{table}\n\nGoals:\n{goals}\n\n{notes}"
