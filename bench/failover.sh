@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Failover benchmark: a keepalived VIP following the new master in the cloud, side by side
-# in one run: enisync claims (no notify script; claim.settle = 0, then the default settle)
+# in one run: enisync claims (no notify script; claim.settle = 0, the same with its memory
+# kept warm (bench/idle_memory.py says why), then the default settle)
 # and the notify-script recipe (keepalived notify_master runs a Python script with the
 # official SDK that calls MigratePrivateIpAddress). Two nodes in network namespaces on one
 # bridge, one fake cloud holding both instances. Prints one table; writes
 # target/bench/{failover.md,failover.json}. See bench/README.md, "Failover".
 #
 # Usage: sudo bench/failover.sh [failover.py options…]
-#   --systems settle0,default,recipe   which systems (default: all three)
-#   --settle0-failovers 20 --default-failovers 50 --recipe-failovers 20
+#   --systems settle0,settle0-warm,default,recipe   which systems (default: all four)
+#   --settle0-failovers 20 (each of the two settle-0 systems) --default-failovers 50
+#   --recipe-failovers 20
 #   --task-ms 300   the fake's task duration     --spacing 11   s between enisync failovers
 #
 # Needs root (network namespaces) and a Rust toolchain. Installs what it lacks: apt
 # packages (keepalived, iproute2, python3, python3-venv, openssl, gcc, util-linux for
 # chrt) only when the command is missing, and tencentcloud-sdk-python (pinned, with tccli,
-# as bench/run.sh does) from PyPI into target/bench-venv. About 15 minutes with the
+# as bench/run.sh does) from PyPI into target/bench-venv. About 18 minutes with the
 # default counts. Not part of `cargo test`, not run by CI; measures, asserts nothing.
 set -euo pipefail
 
