@@ -370,9 +370,10 @@ class Duo:
         return n
 
     def start_warmer(self):
-        """bench.warm_pages on both enisync processes and the fake every 200 ms
-        (SCHED_IDLE), until they exit."""
-        pids = [str(n.enisync.pid) for n in self.nodes.values()] + [str(self.fake.pid)]
+        """bench.warm_pages on both enisync processes and the fake (`--warm fake`: the
+        fake only) every 200 ms (SCHED_IDLE), until they exit."""
+        agents = [str(n.enisync.pid) for n in self.nodes.values()] if self.args.warm == "all" else []
+        pids = agents + [str(self.fake.pid)]
         self.warmer_log = os.path.join(self.dir, "warmer.log")
         with open(self.warmer_log, "w") as out:
             self.warmer = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "bench.py"), "--warm", "0.2"]
@@ -679,6 +680,9 @@ def main():
     ap.add_argument("--converge-timeout", type=float, default=20.0,
                     help="seconds beyond settle + task time to wait for the binding")
     ap.add_argument("--settle-pause", type=float, default=6.0, help="seconds after start before the first failover")
+    ap.add_argument("--warm", choices=["all", "fake"], default="all",
+                    help="settle0-warm: whose pages are kept warm (fake: the fake's only, so the column "
+                         "shows what enisync's own cold memory costs)")
     ap.add_argument("--enisync-log", default="info", help="enisync's [log] level (diagnosis: e.g. info,enisync=debug)")
     ap.add_argument("--no-rt-monitor", dest="rt_monitor", action="store_false",
                     help="run the netlink monitors without SCHED_FIFO")
@@ -720,7 +724,8 @@ def main():
              f"(claim.max_migrations_per_minute, default 3, is never the limit); fake tasks {args.task_ms} ms "
              f"(ended on the fake's 20 ms tick or the next request); netlink monitor "
              f"{'SCHED_FIFO' if args.rt_monitor else 'not real-time'}.\n"
-             + "".join(f"{LABEL[r['system']]}: {r['warmer']['pages_p50']} resident pages read every 200 ms "
+             + "".join(f"{LABEL[r['system']]}: {r['warmer']['pages_p50']} resident pages "
+                       f"({'both enisync processes and the fake' if args.warm == 'all' else 'the fake only'}) read every 200 ms "
                        f"(a round {r['warmer']['round_ms_p50']:.1f} ms p50, {r['warmer']['round_ms_max']:.1f} ms max, "
                        f"SCHED_IDLE; {r['warmer']['rounds']} rounds).\n"
                        for r in R["results"] if r and r.get("warmer")) +
