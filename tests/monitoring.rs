@@ -87,10 +87,13 @@ fn every_metric_the_rules_and_the_dashboard_name_is_in_a_real_scrape() {
     assert!(queries.len() >= 10, "{queries:?}");
     let from_rules = metric_names(&rules);
     let from_dashboard = metric_names(&queries.join("\n"));
-    // The rules watch the drift gauges, the waiting releases, alarms, rate-limit
-    // refusals and readiness (the monitoring's brief); losing one is a change to see.
+    // The rules watch the drift gauges, the waiting releases, alarms, contested and
+    // orphaned claims, rate-limit refusals and readiness (the monitoring's brief);
+    // losing one is a change to see.
     for needed in [
         "enisync_drift_findings",
+        "enisync_contested_ips",
+        "enisync_claim_orphans",
         "enisync_parked_releases",
         "enisync_held_releases",
         "enisync_alarms_total",
