@@ -652,12 +652,15 @@ fn unresolvable_endpoint() -> String {
     format!("http://{}.enisync-test.invalid", "x".repeat(64))
 }
 
-/// A loopback port nobody listens on (bound, then closed).
-fn closed_port_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
+/// A loopback port nobody listens on: bound and held, never listening, so a connection
+/// is refused. Held rather than bound and closed: a closed port is free for the next
+/// `bind` to port 0, and once it was the very fake the test then served as `b`, so the
+/// "closed" endpoint answered and nothing failed over (CI, `connect: []`).
+fn closed_port_endpoint() -> (String, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (format!("http://127.0.0.1:{port}"), socket)
 }
 
 /// The fake's test certificate (fakecloud/tests/data), whose CA the client does not
@@ -743,9 +746,10 @@ async fn a_request_that_cannot_be_sent_fails_over_to_the_next_endpoint() {
     // `a` fails at each stage before sending: DNS, TCP connect, TLS handshake.
     let other = fake();
     let tls = untrusted_tls_server(&other);
+    let (closed, _held) = closed_port_endpoint();
     for (stage, a) in [
         ("dns", unresolvable_endpoint()),
-        ("connect", closed_port_endpoint()),
+        ("connect", closed),
         ("tls", tls.v3_endpoint()),
     ] {
         let fake = fake();
