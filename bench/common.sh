@@ -35,3 +35,23 @@ bench_venv() {
     echo "$BENCH_PIP_PKGS" >"$venv/.bench-pkgs"
   fi
 }
+
+# A throwaway CA and a server certificate signed by it, valid 2 days, in dir $1 (ca.pem,
+# server.pem, server.key; the PEMs world-readable): CA name $2, server address $3 (its
+# CN), subjectAltName $4 (e.g. "IP:127.0.0.1,DNS:localhost").
+make_test_ca() {
+  local d=$1 ca_name=$2 cn=$3 san=$4
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$d/ca.key" -sha256 -days 2 -subj "/CN=$ca_name" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$d/ca.pem" 2>/dev/null
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/server.sec1" 2>/dev/null
+  openssl pkcs8 -topk8 -nocrypt -in "$d/server.sec1" -out "$d/server.key"
+  openssl req -new -key "$d/server.key" -subj "/CN=$cn" -out "$d/server.csr" 2>/dev/null
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+    "extendedKeyUsage=serverAuth" "subjectAltName=$san" >"$d/server.ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 2 -sha256 -extfile "$d/server.ext" -out "$d/server.pem" 2>/dev/null
+  openssl verify -CAfile "$d/ca.pem" "$d/server.pem" >/dev/null
+  chmod 644 "$d"/*.pem
+}

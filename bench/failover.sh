@@ -54,19 +54,7 @@ bench_venv "$VENV"
 # ---- a throwaway CA and a server certificate for the fake at 10.0.1.1 -------------------
 TLS=$(mktemp -d /tmp/enisync-failover-tls.XXXXXX)
 trap 'rm -rf "$TLS"' EXIT
-openssl ecparam -name prime256v1 -genkey -noout -out "$TLS/ca.key" 2>/dev/null
-openssl req -x509 -new -key "$TLS/ca.key" -sha256 -days 2 -subj "/CN=enisync failover bench test CA" \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-  -out "$TLS/ca.pem" 2>/dev/null
-openssl ecparam -name prime256v1 -genkey -noout -out "$TLS/server.sec1" 2>/dev/null
-openssl pkcs8 -topk8 -nocrypt -in "$TLS/server.sec1" -out "$TLS/server.key"
-openssl req -new -key "$TLS/server.key" -subj "/CN=10.0.1.1" -out "$TLS/server.csr" 2>/dev/null
-printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
-  "extendedKeyUsage=serverAuth" "subjectAltName=IP:10.0.1.1" >"$TLS/server.ext"
-openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial \
-  -days 2 -sha256 -extfile "$TLS/server.ext" -out "$TLS/server.pem" 2>/dev/null
-openssl verify -CAfile "$TLS/ca.pem" "$TLS/server.pem" >/dev/null
-chmod 644 "$TLS"/*.pem
+make_test_ca "$TLS" "enisync failover bench test CA" 10.0.1.1 "IP:10.0.1.1"
 
 echo "failover: running (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
 python3 "$ROOT/bench/failover.py" --bin-dir "$BIN" --venv "$VENV" --tls-dir "$TLS" --out "$TARGET/bench" "$@"

@@ -55,23 +55,7 @@ bench_venv "$VENV"
 # ---- a throwaway CA and a server certificate for 127.0.0.1, made for this run --------
 TLS=$(mktemp -d /tmp/enisync-bench-tls.XXXXXX)
 trap 'rm -rf "$TLS"' EXIT
-gen_ca() { # dir days
-  local d=$1 days=$2
-  openssl ecparam -name prime256v1 -genkey -noout -out "$d/ca.key" 2>/dev/null
-  openssl req -x509 -new -key "$d/ca.key" -sha256 -days "$days" -subj "/CN=enisync bench test CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -out "$d/ca.pem" 2>/dev/null
-  openssl ecparam -name prime256v1 -genkey -noout -out "$d/server.sec1" 2>/dev/null
-  openssl pkcs8 -topk8 -nocrypt -in "$d/server.sec1" -out "$d/server.key"
-  openssl req -new -key "$d/server.key" -subj "/CN=127.0.0.1" -out "$d/server.csr" 2>/dev/null
-  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
-    "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >"$d/server.ext"
-  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
-    -days "$days" -sha256 -extfile "$d/server.ext" -out "$d/server.pem" 2>/dev/null
-  openssl verify -CAfile "$d/ca.pem" "$d/server.pem" >/dev/null
-}
-gen_ca "$TLS" 2
-chmod 644 "$TLS"/*.pem
+make_test_ca "$TLS" "enisync bench test CA" 127.0.0.1 "IP:127.0.0.1,DNS:localhost"
 
 # tccli hands requests certifi's bundle explicitly (verify=certifi.where()), which
 # overrides REQUESTS_CA_BUNDLE; bench.py sets REQUESTS_CA_BUNDLE anyway, and tccli
