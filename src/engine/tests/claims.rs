@@ -83,6 +83,21 @@ impl Harness {
         self.remove_addr(vip_addr(), by("keepalived"));
     }
 
+    /// The cloud moves the VIP from this node's ENI to the peer's (the first other ENI).
+    fn peer_takes_vip(&self) {
+        self.cloud.set(|s| {
+            if let Some(e) = s.eni.as_mut() {
+                e.ips.retain(|i| i.addr != IpAddr::V4(VIP));
+            }
+            s.others[0].ips.push(EniIp {
+                addr: IpAddr::V4(VIP),
+                primary: false,
+                state: "AVAILABLE".into(),
+                eip: None,
+            });
+        });
+    }
+
     fn migrates(&self) -> Vec<(String, String, Ipv4Addr)> {
         self.cloud.state.lock().expect("lock").migrates.clone()
     }
@@ -143,17 +158,7 @@ async fn a_failback_within_the_reverify_interval_is_claimed_again_without_a_cont
     assert_eq!(h.migrates(), [migrated_from_peer()]);
     // Failover: keepalived removes the VIP here, the peer migrates it back.
     h.remove_vip();
-    h.cloud.set(|s| {
-        if let Some(e) = s.eni.as_mut() {
-            e.ips.retain(|i| i.addr != IpAddr::V4(VIP));
-        }
-        s.others[0].ips.push(EniIp {
-            addr: IpAddr::V4(VIP),
-            primary: false,
-            state: "AVAILABLE".into(),
-            eip: None,
-        });
-    });
+    h.peer_takes_vip();
     sleep(Duration::from_secs(5)).await;
     // Failback, well within the 30 s re-verification interval.
     h.add_vip("keepalived");
@@ -366,17 +371,7 @@ async fn a_contest_alarms_backs_off_and_migrations_stay_bounded() {
     for _ in 0..120 {
         let ours = h.vip_holders() == ["eni-1"];
         if ours {
-            h.cloud.set(|s| {
-                if let Some(e) = s.eni.as_mut() {
-                    e.ips.retain(|i| i.addr != IpAddr::V4(VIP));
-                }
-                s.others[0].ips.push(EniIp {
-                    addr: IpAddr::V4(VIP),
-                    primary: false,
-                    state: "AVAILABLE".into(),
-                    eip: None,
-                });
-            });
+            h.peer_takes_vip();
             stolen += 1;
         }
         sleep(Duration::from_secs(1)).await;
