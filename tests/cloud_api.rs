@@ -718,6 +718,15 @@ fn read_and_close_endpoint() -> (String, Arc<Mutex<Vec<u8>>>) {
     (url, seen)
 }
 
+/// `enisync check-config --config <path>`, run.
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_enisync"))
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 /// The `(from, to)` failovers a client reported.
 type Failovers = Arc<Mutex<Vec<(String, String)>>>;
 
@@ -829,11 +838,7 @@ async fn an_endpoint_of_another_region_is_refused() {
             ),
         )
         .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_enisync"))
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check_config(&path);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(!out.status.success(), refused, "{region_line:?}: {stderr}");
         assert!(
@@ -848,11 +853,7 @@ async fn an_endpoint_of_another_region_is_refused() {
         "[cloud]\nregion = \"ap-guangzhou\"\nendpoints = [\"https://vpc.ap-guangzhou.tencentcloudapi.com\", \"https://vpc.tencentcloudapi.com\"]\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enisync"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(
         out.status.success(),
         "{}",
